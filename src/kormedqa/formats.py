@@ -1,0 +1,207 @@
+"""The seed spec's chat strings, and nothing else.
+
+Every string here is binding (../shared/spec/SEED_SPEC.md): users compare our prepared files
+against the spec byte for byte. Prompts end at the user's `<end_of_turn>` and completions begin
+with `<start_of_turn>model\n`, exactly as in the spec's JSONL examples; when the two are joined
+for training or generation, `TURN_SEPARATOR` goes between them, which is what the spec's rendered
+examples and Gemma's chat template both show.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from .records import LETTERS, MCQ, DictEntry
+
+USER_TURN = "<start_of_turn>user\n"
+MODEL_TURN = "<start_of_turn>model\n"
+END_OF_TURN = "<end_of_turn>"
+TURN_SEPARATOR = "\n"
+GENERATION_PREFIX = TURN_SEPARATOR + MODEL_TURN  # appended to a prompt to ask the model to answer
+
+MCQ_INSTRUCTION = "Reasoning 후 정답 알파벳 하나만 답하세요."
+DETAILED_FORMAT_BLOCK = (
+    "```format\n"
+    "첫째: 문제의 핵심 파악 (3-5 문장)\n"
+    "둘째: 관련 의학 지식 설명 (3-5 문장)\n"
+    "셋째: 각 선택지 분석 (3-5 문장)\n"
+    "넷째: A) ~%, B) ~%, C) ~%, D) ~%, E) ~% 형식으로 확률 제시\n"
+    "```"
+)
+DETAILED_EXAMPLE_BLOCK = (
+    "```example\n"
+    "첫째: 이 문제는 심전도 ST 분절 상승을 보이는 환자의 진단에 관한 문제입니다...\n"
+    "둘째: ST 분절 상승은 심근경색의 특징적 소견으로...\n"
+    "셋째: A) 협심증은 ST 하강을 보이므로...\n"
+    "넷째: A) 5%, B) 90%, C) 3%, D) 1%, E) 1%\n"
+    "```"
+)
+REASONING_OPEN, REASONING_CLOSE = "<reasoning>", "</reasoning>"
+DETAILED_KEYWORDS = ("첫째:", "둘째:", "셋째:", "넷째:")
+DETAILED_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class Example:
+    """One prompt/completion pair, as written to the prepared JSONL."""
+
+    prompt: str
+    completion: str
+    id: str = ""
+    kind: str = ""  # "dict", "simple" or "detailed"
+
+    def to_row(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "prompt": self.prompt, "completion": self.completion}
+
+
+# ---------------------------------------------------------------- Track 1: dictionary
+
+
+def dict_prompt(term: str) -> str:
+    return f"{USER_TURN}Meaning of word {term}:{END_OF_TURN}"
+
+
+def dict_example(entry: DictEntry) -> Example:
+    return Example(
+        prompt=dict_prompt(entry.term),
+        completion=f"{MODEL_TURN}{entry.definition}{END_OF_TURN}",
+        id=entry.term,
+        kind="dict",
+    )
+
+
+# ---------------------------------------------------------------- Track 2: MCQ
+
+
+def options_block(mcq: MCQ) -> str:
+    return "\n".join(f"{letter}) {text}" for letter, text in zip(LETTERS, mcq.options))
+
+
+def mcq_body(mcq: MCQ) -> str:
+    return f"{mcq.question}\n{options_block(mcq)}\n\n"
+
+
+def mcq_prompt(mcq: MCQ, detailed: bool = False) -> str:
+    header = f"{MCQ_INSTRUCTION}\n\n"
+    if detailed:
+        header += f"{DETAILED_FORMAT_BLOCK}\n\n{DETAILED_EXAMPLE_BLOCK}\n\n"
+    return f"{USER_TURN}{header}{mcq_body(mcq)}{END_OF_TURN}"
+
+
+def mcq_completion(reasoning: str, answer: str) -> str:
+    return f"{MODEL_TURN}{REASONING_OPEN}\n{reasoning.strip()}\n{REASONING_CLOSE}{answer}{END_OF_TURN}"
+
+
+def answer_only_completion(answer: str) -> str:
+    return f"{MODEL_TURN}{answer}{END_OF_TURN}"
+
+
+# ---------------------------------------------------------------- rationales
+
+
+class Glossary:
+    """Dictionary look-ups for template rationales: which known terms a text mentions."""
+
+    def __init__(self, entries: Sequence[DictEntry] = ()):
+        # Longest terms first, so "급성 심근경색" wins over "심근경색" inside the same text.
+        self._entries = sorted((e for e in entries if e.kind == "term"), key=lambda e: -len(e.term))
+
+    def mentioned(self, text: str, limit: int = 2) -> list[DictEntry]:
+        found: list[DictEntry] = []
+        for entry in self._entries:
+            if entry.term in text and not any(entry.term in f.term for f in found):
+                found.append(entry)
+                if len(found) == limit:
+                    break
+        return found
+
+
+def korean_part(definition: str) -> str:
+    """'Hypertension. 혈압이 ...' -> '혈압이 ...': the part an option is most likely to paraphrase."""
+    head, sep, tail = definition.partition(". ")
+    return tail if sep and head.isascii() else definition
+
+
+def _short(text: str, width: int = 24) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def template_simple_reasoning(mcq: MCQ, glossary: Glossary) -> str:
+    """The spec's '각 선택지를 분석하면:' list, recalling dictionary definitions first.
+
+    The recall runs term -> definition, the direction the dictionary track teaches, so knowledge
+    learned there can be used to pick the option.
+    """
+    lines = ["각 선택지를 분석하면:"]
+    for entry in glossary.mentioned(mcq.question):
+        lines.append(f"{entry.term}: {korean_part(entry.definition)}")
+    for letter, option in zip(LETTERS, mcq.options):
+        mark = " ✓" if letter == mcq.answer else ""
+        lines.append(f"{letter}) {_short(option)}{mark}")
+    return "\n".join(lines)
+
+
+def percentages(answer: str, rng: random.Random) -> dict[str, int]:
+    """A-E percentages summing to 100, most mass on the correct letter."""
+    correct = rng.randint(70, 90)
+    rest = 100 - correct
+    cuts = sorted(rng.randint(0, rest) for _ in range(3))
+    shares = [a - b for a, b in zip(cuts + [rest], [0] + cuts)]
+    out, it = {}, iter(shares)
+    for letter in LETTERS:
+        out[letter] = correct if letter == answer else next(it)
+    return out
+
+
+def template_detailed_reasoning(mcq: MCQ, glossary: Glossary, rng: random.Random, knowledge: str = "") -> str:
+    known = glossary.mentioned(mcq.question)
+    if known:
+        focus = ", ".join(e.term for e in known)
+        first = f"이 문제는 {focus}에 관한 문제입니다. 질문은 '{_short(mcq.question, 60)}'입니다."
+    else:
+        first = f"이 문제는 다음 질문에 답하는 문제입니다: '{_short(mcq.question, 60)}'."
+    if not knowledge:
+        knowledge = " ".join(f"{e.term}은(는) {korean_part(e.definition)}입니다." for e in known)
+    second = knowledge or "각 선택지의 의학적 의미를 질문과 비교합니다."
+    third = " ".join(
+        f"{letter}) {_short(option)}{'는 질문에 부합합니다.' if letter == mcq.answer else '는 해당하지 않습니다.'}"
+        for letter, option in zip(LETTERS, mcq.options)
+    )
+    pct = percentages(mcq.answer, rng)
+    fourth = ", ".join(f"{letter}) {pct[letter]}%" for letter in LETTERS)
+    return f"첫째: {first}\n\n둘째: {second}\n\n셋째: {third}\n\n넷째: {fourth}"
+
+
+def choose_detailed(n: int, seed: int, fraction: float = DETAILED_FRACTION) -> set[int]:
+    """Exactly round(n * fraction) indices get the detailed format, chosen by the seed."""
+    k = round(n * fraction)
+    return set(random.Random(seed).sample(range(n), k))
+
+
+def mcq_examples(
+    mcqs: Sequence[MCQ],
+    seed: int,
+    glossary: Glossary | None = None,
+    rationales: Mapping[str, str] | None = None,
+    detailed_fraction: float = DETAILED_FRACTION,
+) -> list[Example]:
+    """Seed-format MCQ examples. Rationale order: the record's `cot`, the rationale file, a template.
+
+    Same records and seed give the same examples, so prepared files are byte-identical.
+    """
+    glossary = glossary or Glossary()
+    rationales = rationales or {}
+    detailed = choose_detailed(len(mcqs), seed, detailed_fraction)
+    rng = random.Random(seed + 1)
+    out = []
+    for i, mcq in enumerate(mcqs):
+        given = mcq.cot.strip() or rationales.get(mcq.id, "").strip()
+        if i in detailed:
+            reasoning = template_detailed_reasoning(mcq, glossary, rng, knowledge=" ".join(given.split()))
+            out.append(Example(mcq_prompt(mcq, True), mcq_completion(reasoning, mcq.answer), mcq.id, "detailed"))
+        else:
+            reasoning = given or template_simple_reasoning(mcq, glossary)
+            out.append(Example(mcq_prompt(mcq), mcq_completion(reasoning, mcq.answer), mcq.id, "simple"))
+    return out

@@ -1,0 +1,47 @@
+"""Accuracy with intervals, per exam type, and paired significance tests."""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Iterable, Sequence
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion; well behaved at 0%, 100% and small n."""
+    if total == 0:
+        return (0.0, 0.0)
+    p = correct / total
+    denom = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def proportion(correct: int, total: int) -> dict:
+    low, high = wilson_interval(correct, total)
+    return {
+        "value": correct / total if total else 0.0,
+        "correct": correct,
+        "total": total,
+        "ci95": [low, high],
+    }
+
+
+def accuracy_by_group(hits: Sequence[bool], groups: Sequence[str]) -> dict[str, dict]:
+    tally: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for hit, group in zip(hits, groups):
+        tally[group or "unknown"][0] += int(hit)
+        tally[group or "unknown"][1] += 1
+    return {g: proportion(c, n) for g, (c, n) in sorted(tally.items())}
+
+
+def mcnemar_exact(a_hits: Iterable[bool], b_hits: Iterable[bool]) -> dict:
+    """Exact two-sided McNemar test on paired outcomes (binomial test on the discordant pairs)."""
+    from scipy.stats import binomtest
+
+    pairs = list(zip(a_hits, b_hits))
+    only_a = sum(1 for a, b in pairs if a and not b)
+    only_b = sum(1 for a, b in pairs if b and not a)
+    n = only_a + only_b
+    p = 1.0 if n == 0 else binomtest(only_a, n, 0.5).pvalue
+    return {"only_a": only_a, "only_b": only_b, "p_value": p, "significant_at_0.05": p < 0.05}

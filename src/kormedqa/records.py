@@ -1,0 +1,58 @@
+"""The only shapes data takes inside kormedqa.
+
+Everything read from disk or the hub is validated into these records by
+`kormedqa.data`; everything downstream (formats, training, evaluation) takes
+them and nothing else, so a malformed file can only fail in one place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+LETTERS = ("A", "B", "C", "D", "E")
+EXAM_TYPES = ("doctor", "nurse", "pharm", "dentist")
+
+
+@dataclass(frozen=True)
+class MCQ:
+    """One KorMedMCQA question. `answer` is the letter; the public schema's 1-5 is converted on load."""
+
+    id: str
+    question: str
+    options: tuple[str, str, str, str, str]
+    answer: str
+    exam_type: str = ""
+    subject: str = ""
+    year: int | None = None
+    q_number: int | None = None
+    cot: str = ""
+    source: str = ""  # "path:line" the record was read from, for error messages downstream
+
+    @property
+    def answer_index(self) -> int:
+        return LETTERS.index(self.answer)
+
+
+@dataclass(frozen=True)
+class DictEntry:
+    """A medical dictionary term or a character symbol with its definition."""
+
+    term: str
+    definition: str
+    kind: str = "term"  # "term" or "symbol"
+    source: str = ""
+
+
+@dataclass
+class DataError(ValueError):
+    """A malformed input record. The message names file, line and field so users can fix it."""
+
+    path: str
+    line: int | None
+    field: str | None
+    reason: str
+    extra: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        where = self.path if self.line is None else f"{self.path}:{self.line}"
+        what = f" field '{self.field}'" if self.field else ""
+        return f"{where}:{what} {self.reason}".replace(": ", ": ", 1)

@@ -1,0 +1,156 @@
+"""Run folders: atomic writes, refusing to clobber, and provenance (run.json).
+
+Every artefact a user may rely on (checkpoints, metrics, history) is written beside its target
+and renamed into place after an fsync, so a crash leaves either the old file or the new one,
+never half of one. Resume markers are simply the finished artefacts themselves.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Iterator
+
+
+class OutputExistsError(RuntimeError):
+    pass
+
+
+def fsync_tree(path: Path) -> None:
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with open(Path(root) / name, "rb") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yield a scratch folder that becomes `target` only if the block finishes."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        yield scratch
+        fsync_tree(scratch)
+        if target.exists():
+            # Move the old copy aside first: a crash between the two renames leaves it recoverable.
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(scratch, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(scratch, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, ensure_ascii=False, indent=2, default=_json_default)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(obj):
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def clean_stale_scratch(folder: Path) -> None:
+    """Remove scratch folders a killed run left behind; they are never a finished artefact."""
+    if folder.is_dir():
+        for child in folder.iterdir():
+            if child.name.startswith(".") and (".tmp-" in child.name or ".old-" in child.name):
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+
+
+def claim_output(path: str | Path, resume: bool = False, overwrite: bool = False, is_dir: bool = True) -> Path:
+    """Refuse to write into an existing output unless the user asked to resume or overwrite."""
+    path = Path(path)
+    exists = path.exists() and (not path.is_dir() or any(path.iterdir()))
+    if exists and not (resume or overwrite):
+        raise OutputExistsError(f"{path} already exists: pass --resume to continue it or --overwrite to replace it")
+    if exists and overwrite and not resume:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if is_dir:
+        path.mkdir(parents=True, exist_ok=True)
+        clean_stale_scratch(path)
+    return path
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+PACKAGES = ("kormedqa", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "tokenizers")
+
+
+def provenance(config, data_files: dict[str, str] | None = None) -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "command": sys.argv,
+        "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config,
+        "versions": versions,
+        "python": sys.version.split()[0],
+        "git_commit": _git_commit(),
+        "data_sha256": {k: file_sha256(v) for k, v in (data_files or {}).items() if v and Path(v).exists()},
+        "seed": getattr(config, "seed", None),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,417 @@
+"""Prompt/completion fine-tuning with answer-only labels, for both SFT tracks.
+
+Built on `transformers.Trainer` (so `accelerate launch` runs it on several GPUs unchanged) with
+one change to the loss: only supervised positions reach the 262k-entry lm_head, and the answer
+letter can carry a fixed share of the loss (`answer_weight`, the seed's 2/3), because with a plain
+token mean the letter is ~1 of 40 supervised tokens and barely moves.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .formats import END_OF_TURN, MODEL_TURN, REASONING_CLOSE, TURN_SEPARATOR
+from .runs import atomic_dir
+
+log = logging.getLogger(__name__)
+
+TRACK_DEFAULTS = {
+    # The seed's hyperparameters (SEED_SPEC.md, "Hyperparameters").
+    "dict": dict(epochs=3.0, batch_size=4, grad_accum=4, learning_rate=2e-5, max_length=512),
+    "mcq": dict(epochs=5.0, batch_size=2, grad_accum=8, learning_rate=1e-5, max_length=1024),
+}
+
+
+@dataclass
+class TrainConfig:
+    """`kormedqa train dict|mcq`. Unset (None) values take the seed's defaults for the track."""
+
+    data: str = field(default="", metadata={"help": "prepared prompt/completion JSONL (kormedqa prepare)"})
+    output: str = field(default="", metadata={"help": "folder for the adapter, logs and run.json"})
+    base_model: str = field(default="gemma3-270m", metadata={"help": "HF folder, hub id, adapter folder, or 'gemma3-270m'"})
+    track: str = field(default="mcq", metadata={"help": "dict or mcq (sets the seed defaults)"})
+    epochs: float | None = None
+    max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (overrides epochs)"})
+    batch_size: int | None = None
+    grad_accum: int | None = None
+    learning_rate: float | None = None
+    max_length: int | None = None
+    answer_weight: str = field(
+        default="2/3", metadata={"help": "share of the loss on the answer letter (e.g. 2/3, 1, 0.5) or 'none' for the plain token mean"}
+    )
+    lora_r: int = 64
+    lora_alpha: int = 128
+    lora_dropout: float = 0.05
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:0 ..."})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 on capable GPUs, else fp32), fp32, bf16"})
+    seed: int = 42
+    logging_steps: int = 1
+    save_steps: int = field(default=0, metadata={"help": "also keep a resumable Trainer checkpoint every N steps (0: none)"})
+    resume: bool = False
+    overwrite: bool = False
+
+    def resolved(self) -> "TrainConfig":
+        from dataclasses import replace
+
+        defaults = TRACK_DEFAULTS[self.track]
+        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+
+
+def parse_answer_weight(value: str | float | None) -> float | None:
+    """'none' -> None (plain token mean); '2/3' or '0.667' -> a float in [0, 1]."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "")):
+        return None
+    weight = float(Fraction(value)) if isinstance(value, str) else float(value)
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"--answer-weight must lie in [0, 1] or be 'none', got {value}")
+    return weight
+
+
+# ---------------------------------------------------------------- tokenisation
+
+
+def answer_span(completion: str) -> tuple[int, int]:
+    """Character span of the answer inside a completion.
+
+    With reasoning, only the letter(s) after `</reasoning>`: the closing `<end_of_turn>` is
+    trivially predictable and would dilute the answer's share. Without reasoning (the dictionary
+    track, answer-only MCQs) the whole content of the model turn is the answer.
+    """
+    end = completion.rfind(END_OF_TURN)
+    end = len(completion) if end < 0 else end
+    close = completion.rfind(REASONING_CLOSE)
+    if close >= 0:
+        return close + len(REASONING_CLOSE), end
+    start = len(MODEL_TURN) if completion.startswith(MODEL_TURN) else 0
+    return start, end
+
+
+def tokenize_pair(tokenizer, prompt: str, completion: str, max_length: int) -> dict | None:
+    """input_ids, labels (-100 on the prompt) and answer_mask; None when longer than max_length.
+
+    Prompt and completion are tokenised separately and concatenated, so the boundary is a token
+    boundary by construction (TRL does the same) and no marker string is searched for.
+    """
+    prompt_ids = tokenizer(prompt + TURN_SEPARATOR, add_special_tokens=True)["input_ids"]
+    enc = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
+    completion_ids = enc["input_ids"]
+    start, end = answer_span(completion)
+    in_answer = [int(s < end and e > start) for s, e in enc["offset_mapping"]]
+    ids = prompt_ids + completion_ids
+    if len(ids) > max_length:
+        return None
+    return {
+        "input_ids": ids,
+        "labels": [-100] * len(prompt_ids) + completion_ids,
+        "answer_mask": [0] * len(prompt_ids) + in_answer,
+    }
+
+
+def tokenize_rows(tokenizer, rows: Sequence[dict], max_length: int) -> list[dict]:
+    out, dropped = [], 0
+    for row in rows:
+        item = tokenize_pair(tokenizer, row["prompt"], row["completion"], max_length)
+        if item is None:
+            dropped += 1
+        else:
+            out.append(item)
+    if dropped:
+        log.warning("dropped %d of %d examples longer than max_length=%d", dropped, len(rows), max_length)
+    if not out:
+        raise ValueError(f"no example fits in max_length={max_length}")
+    return out
+
+
+class CompletionCollator:
+    """Right-pads a batch; padding is -100 in labels and 0 in the masks."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+
+        def pad(key, value):
+            return torch.tensor([f[key] + [value] * (width - len(f[key])) for f in features], dtype=torch.long)
+
+        return {
+            "input_ids": pad("input_ids", self.pad_token_id),
+            "attention_mask": torch.tensor(
+                [[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features], dtype=torch.long
+            ),
+            "labels": pad("labels", -100),
+            "answer_mask": pad("answer_mask", 0),
+        }
+
+
+# ---------------------------------------------------------------- loss
+
+
+def completion_loss(
+    ce: torch.Tensor,
+    is_answer: torch.Tensor,
+    answer_weight: float | None,
+    n_answer: float,
+    n_other: float,
+) -> torch.Tensor:
+    """Loss over supervised positions, normalised by token counts of the whole accumulation window.
+
+    `ce` is the per-token cross-entropy of the supervised positions.
+    answer_weight None: sum(CE) / (n_answer + n_other), the plain token mean TRL computes.
+    Otherwise W * sum(CE_answer) / n_answer + (1 - W) * sum(CE_other) / n_other; when the window
+    has tokens of one kind only, that kind takes the whole loss.
+    """
+    if answer_weight is None:
+        return ce.sum() / max(n_answer + n_other, 1)
+    is_answer = is_answer.bool()
+    w = answer_weight if n_other > 0 else 1.0
+    w = w if n_answer > 0 else 0.0
+    loss = ce.new_zeros(())
+    if n_answer > 0:
+        loss = loss + w * ce[is_answer].sum() / n_answer
+    if n_other > 0:
+        loss = loss + (1 - w) * ce[~is_answer].sum() / n_other
+    return loss
+
+
+def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Boolean (batch, seq) mask of positions whose next token is supervised."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != -100
+    return keep
+
+
+class AnswerWeightedTrainer(Trainer):
+    """Trainer whose loss sees only supervised positions and can weight the answer letter."""
+
+    def __init__(self, *args, answer_weight: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.answer_weight = answer_weight
+        self.loss_is_scaled_for_ga = True  # compute_loss already divides by the window's token counts
+        self._window_counts = (1.0, 1.0)
+        self._parts = _LossParts()
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        n_answer = n_other = 0
+        for batch in batch_samples:
+            supervised = batch["labels"][:, 1:] != -100
+            answer = supervised & batch["answer_mask"][:, 1:].bool()
+            n_answer += int(answer.sum())
+            n_other += int(supervised.sum()) - int(answer.sum())
+        counts = torch.tensor([n_answer, n_other], dtype=torch.float64, device=device)
+        if self.args.world_size > 1:
+            counts = self.accelerator.gather(counts.unsqueeze(0)).sum(0)
+        self._window_counts = (float(counts[0]), float(counts[1]))
+        return batch_samples, num_items
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"]
+        keep = supervised_positions(labels)
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep)
+        logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])  # (n_supervised, vocab)
+        targets = labels[:, 1:][keep[:, :-1]]
+        is_answer = inputs["answer_mask"][:, 1:][keep[:, :-1]].bool()
+        if model.training:
+            n_answer, n_other = self._window_counts
+        else:
+            n_answer, n_other = float(is_answer.sum()), float((~is_answer).sum())
+        ce = F.cross_entropy(logits.float(), targets, reduction="none")
+        loss = completion_loss(ce, is_answer, self.answer_weight, n_answer, n_other)
+        self._parts.add(ce.detach(), logits.detach().argmax(-1) == targets, is_answer, inputs["answer_mask"], keep)
+        # DDP averages gradients over processes; counts are global, so scale back up.
+        loss = loss * max(self.accelerator.num_processes, 1)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        if "loss" in logs:
+            logs.update(self._parts.summary())
+            self._parts = _LossParts()
+        super().log(logs, start_time)
+
+
+class _LossParts:
+    """Running answer/reasoning losses and teacher-forced answer accuracy between two log lines."""
+
+    def __init__(self):
+        self.sums = {"answer": 0.0, "other": 0.0}
+        self.counts = {"answer": 0, "other": 0}
+        self.first_hits = 0
+        self.first_total = 0
+
+    @torch.no_grad()
+    def add(self, ce, hits, is_answer, answer_mask, keep):
+        self.sums["answer"] += float(ce[is_answer].sum())
+        self.sums["other"] += float(ce[~is_answer].sum())
+        self.counts["answer"] += int(is_answer.sum())
+        self.counts["other"] += int((~is_answer).sum())
+        # The first answer token of each row is the letter: argmax there is the teacher-forced answer.
+        first = _first_answer_flags(answer_mask, keep)
+        self.first_hits += int((hits & first).sum())
+        self.first_total += int(first.sum())
+
+    def summary(self) -> dict:
+        out = {}
+        for kind, name in (("answer", "answer_loss"), ("other", "reasoning_loss")):
+            if self.counts[kind]:
+                out[name] = self.sums[kind] / self.counts[kind]
+        if self.first_total:
+            out["answer_token_accuracy"] = self.first_hits / self.first_total
+        return out
+
+
+def _first_answer_flags(answer_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    target_answer = answer_mask[:, 1:].bool()
+    first = target_answer & (target_answer.long().cumsum(1) == 1)
+    return first[keep[:, :-1]]
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Appends every log line (loss, parts, lr) to a JSONL file a user can plot or grep."""
+
+    def __init__(self, path: Path, stage: str = ""):
+        self.path = path
+        self.stage = stage
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"stage": self.stage, "step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def training_arguments(cfg: TrainConfig, output_dir: Path, device: torch.device, dtype: torch.dtype) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=2,
+        report_to="none",  # TensorBoard is attached explicitly, so its folder outlives the work dir
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=dtype == torch.bfloat16,
+        use_cpu=device.type == "cpu",
+        dataloader_pin_memory=device.type == "cuda",
+        remove_unused_columns=False,
+        activation_checkpointing=False,
+        disable_tqdm=False,
+    )
+
+
+def prepare_trainable(model, cfg: TrainConfig):
+    """Add a fresh LoRA adapter, or keep training the one an adapter folder loaded."""
+    from peft import PeftModel, get_peft_model
+
+    from .modeling import lora_config
+
+    if isinstance(model, PeftModel):
+        return model
+    return get_peft_model(model, lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
+
+
+def run_training(
+    cfg: TrainConfig,
+    rows: Sequence[dict],
+    output: str | Path,
+    model=None,
+    tokenizer=None,
+    stage: str = "",
+    logs_dir: Path | None = None,
+) -> dict:
+    """Train on prompt/completion rows and write the adapter + tokenizer to `output` atomically.
+
+    Returns the training summary (steps, losses, time). `model`/`tokenizer` may be passed in by the
+    loop to avoid reloading; otherwise `cfg.base_model` is loaded. `logs_dir` receives
+    `train_log.jsonl` and `tensorboard/<stage>`; by default the folder holding `output`.
+    """
+    from .modeling import load_model, load_tokenizer, pick_device, pick_dtype
+
+    cfg = cfg.resolved()
+    weight = parse_answer_weight(cfg.answer_weight)
+    output = Path(output)
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(device, cfg.precision)
+    torch.manual_seed(cfg.seed)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(cfg.base_model)
+    if model is None:
+        model = load_model(cfg.base_model, device=cfg.device, precision=cfg.precision, trainable_adapter=True)
+    model = prepare_trainable(model, cfg)
+    features = tokenize_rows(tokenizer, rows, cfg.max_length)
+    from datasets import Dataset
+
+    dataset = Dataset.from_list(features)
+    work = output.parent / f".{output.name}.work"  # resumable Trainer checkpoints; removed when done
+    logs_dir = Path(logs_dir or output.parent)
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    tb_writer = SummaryWriter(log_dir=str(logs_dir / "tensorboard" / (stage or output.name)))
+    trainer = AnswerWeightedTrainer(
+        model=model,
+        args=training_arguments(cfg, work, device, dtype),
+        train_dataset=dataset,
+        data_collator=CompletionCollator(tokenizer.pad_token_id),
+        answer_weight=weight,
+        callbacks=[JsonlLogCallback(logs_dir / "train_log.jsonl", stage or output.name), TensorBoardCallback(tb_writer)],
+    )
+    resume_from = _last_trainer_checkpoint(work) if cfg.resume else None
+    started = time.time()
+    try:
+        result = trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        tb_writer.close()
+    summary = {
+        "stage": stage,
+        "examples": len(features),
+        "steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "seconds": time.time() - started,
+        "answer_weight": weight,
+        "log": [h for h in trainer.state.log_history if "loss" in h],
+    }
+    if trainer.is_world_process_zero():
+        with atomic_dir(output) as scratch:
+            trainer.model.save_pretrained(scratch)
+            tokenizer.save_pretrained(scratch)
+            (scratch / "training_summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    trainer.accelerator.wait_for_everyone()
+    if work.exists():
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    return summary
+
+
+def _last_trainer_checkpoint(folder: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))
