@@ -282,6 +282,7 @@ def _load_hub(dataset_id: str, split: str | None, exam_type: str | None) -> list
 def load_mcq(source: str | Path, split: str | None = None, exam_type: str | None = None) -> list[MCQ]:
     """Load and validate KorMedMCQA-style questions from a file, a split directory or the hub.
 
+    `split` picks the file in a directory (required there and for the hub; ignored for a file).
     For a single file, `exam_type` keeps only matching records and fills it in where absent.
     """
     if exam_type is not None and exam_type not in EXAM_TYPES:
@@ -307,9 +308,9 @@ def load_mcq(source: str | Path, split: str | None = None, exam_type: str | None
 # ----------------------------------------------------------------------------- other inputs
 
 
-def _object_rows(path: Path) -> list[Row]:
-    """Rows of a .json array or a .jsonl file, each checked to be an object."""
-    rows = _jsonl_rows(path) if path.suffix.lower() == ".jsonl" else _json_array_rows(path)
+def _object_rows(path: Path, jsonl: bool) -> list[Row]:
+    """Rows of a .jsonl file or a .json array, each checked to be an object."""
+    rows = _jsonl_rows(path) if jsonl else _json_array_rows(path)
     for line, row in rows:
         if not isinstance(row, dict):
             raise DataError(str(path), line, None, f"expected a JSON object, got {type(row).__name__}")
@@ -321,7 +322,7 @@ def load_dictionary(*paths: str | Path) -> list[DictEntry]:
     entries: list[DictEntry] = []
     first_seen: dict[str, str] = {}
     for path in map(Path, paths):
-        rows = _object_rows(path)
+        rows = _object_rows(path, jsonl=path.suffix.lower() == ".jsonl")
         if not rows:
             raise DataError(str(path), None, None, "no records")
         for line, row in rows:
@@ -352,10 +353,7 @@ def read_text_corpus(path: str | Path) -> list[str]:
 def read_jsonl(path: str | Path, allow_empty: bool = False) -> list[dict]:
     """Objects of a JSONL file (blank lines skipped); errors name the file and line."""
     path = Path(path)
-    rows = _jsonl_rows(path)
-    for line, row in rows:
-        if not isinstance(row, dict):
-            raise DataError(str(path), line, None, f"expected a JSON object, got {type(row).__name__}")
+    rows = _object_rows(path, jsonl=True)
     if not rows and not allow_empty:
         raise DataError(str(path), None, None, "no records")
     return [row for _, row in rows]
@@ -370,6 +368,8 @@ def _write_atomic(path: str | Path, chunks: Iterable[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600; keep the old file's mode, or a normal 0644 for a new one.
+        os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             for chunk in chunks:
                 handle.write(chunk)

@@ -71,8 +71,9 @@ def resolve_model_path(name_or_path: str) -> str:
         return str(local)
     path = Path(name_or_path)
     if path.exists():
-        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
-            raise ModelError(f"{path}: not a model folder (no config.json or adapter_config.json)")
+        markers = ("config.json", "adapter_config.json", "tokenizer_config.json")
+        if not any((path / m).exists() for m in markers):
+            raise ModelError(f"{path}: not a model folder (no config.json, adapter_config.json or tokenizer_config.json)")
         return str(path)
     if name_or_path.startswith((".", "/")) or name_or_path.count("/") != 1:
         raise ModelError(f"{name_or_path}: no such model folder (and not a hub id of the form owner/name)")

@@ -1,0 +1,271 @@
+"""Scoring a model on KorMedMCQA-schema questions: generation, log-likelihood, teacher-forced loss.
+
+Three views of the same questions, reported side by side so a number cannot hide a parsing
+problem: (a) greedy generation with the seed prompt and answer extraction, (b) log-likelihood of
+the letters A-E as the first answer token, (c) the answer-only cross-entropy of the reference
+completion. They run as plain batched forward passes; only the last position (or the supervised
+positions) ever reaches the lm_head.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .extract import extract_answer, has_detailed_keywords, has_reasoning_tags, reasoning_score
+from .formats import GENERATION_PREFIX, Glossary, mcq_completion, mcq_prompt, template_simple_reasoning
+from .metrics import accuracy_by_group, proportion
+from .modeling import stop_token_ids
+from .records import LETTERS, MCQ
+from .sft import CompletionCollator, supervised_positions, tokenize_pair
+
+log = logging.getLogger(__name__)
+
+MODES = ("generate", "loglik", "all")
+
+
+@dataclass
+class EvalConfig:
+    """`kormedqa eval`: score a model on a KorMedMCQA split."""
+
+    model: str = field(default="gemma3-270m", metadata={"help": "HF folder, hub id, adapter folder or 'gemma3-270m'"})
+    data: str = field(default="", metadata={"help": "KorMedMCQA file, split folder or hub id (e.g. sean0042/KorMedMCQA)"})
+    split: str = field(default="test", metadata={"help": "split to read from a folder or the hub"})
+    exam_type: str | None = field(default=None, metadata={"help": "doctor, nurse, pharm or dentist (default: all)"})
+    task: str = field(default="mcq", metadata={"help": "mcq, or dict to score dictionary definitions"})
+    mode: str = field(default="all", metadata={"help": "generate, loglik or all (both, plus the answer-only loss)"})
+    output: str = field(default="", metadata={"help": "folder for metrics.json and predictions.jsonl"})
+    limit: int | None = field(default=None, metadata={"help": "score only the first N questions"})
+    batch_size: int = 8
+    max_new_tokens: int = 256
+    device: str = "auto"
+    precision: str = "auto"
+    overwrite: bool = False
+    seed: int = 42
+
+
+# ---------------------------------------------------------------- the three scorers
+
+
+def _batches(items: Sequence, size: int):
+    for start in range(0, len(items), size):
+        yield start, items[start : start + size]
+
+
+def _encode_left_padded(tokenizer, texts: Sequence[str], device) -> dict:
+    tokenizer.padding_side = "left"
+    enc = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=True)
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+def _by_length(texts: Sequence[str]) -> list[int]:
+    """Batch similar lengths together (less padding); results are put back in input order."""
+    return sorted(range(len(texts)), key=lambda i: len(texts[i]))
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[str], batch_size: int = 8, max_new_tokens: int = 256, desc="generate") -> list[str]:
+    """Greedy continuations of full prompts (already ending with the model turn), stopping at <end_of_turn>."""
+    order = _by_length(prompts)
+    outputs: list[str] = [""] * len(prompts)
+    eos = stop_token_ids(tokenizer)
+    device = next(model.parameters()).device
+    for _, idx in tqdm(list(_batches(order, batch_size)), desc=desc, leave=False):
+        enc = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        new = out[:, enc["input_ids"].shape[1] :]
+        for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
+            outputs[i] = text
+    return outputs
+
+
+def letter_token_ids(tokenizer) -> list[int]:
+    ids = [tokenizer.convert_tokens_to_ids(letter) for letter in LETTERS]
+    if any(i is None or i == tokenizer.unk_token_id for i in ids):
+        raise ValueError("tokenizer has no single-token letters A-E")
+    return ids
+
+
+@torch.no_grad()
+def letter_logprobs(model, tokenizer, prompts: Sequence[str], batch_size: int = 8) -> list[list[float]]:
+    """log P(letter | prompt) for A-E at the next position; only that position hits the lm_head."""
+    letters = torch.tensor(letter_token_ids(tokenizer))
+    order = _by_length(prompts)
+    scores: list[list[float]] = [[] for _ in prompts]
+    device = next(model.parameters()).device
+    for _, idx in tqdm(list(_batches(order, batch_size)), desc="loglik", leave=False):
+        enc = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
+        logits = model(**enc, logits_to_keep=1).logits[:, -1, :].float()
+        logp = F.log_softmax(logits, dim=-1)[:, letters.to(device)]
+        for i, row in zip(idx, logp.tolist()):
+            scores[i] = row
+    return scores
+
+
+@torch.no_grad()
+def completion_losses(model, tokenizer, rows: Sequence[dict], batch_size: int = 8, max_length: int = 2048) -> list[dict]:
+    """Teacher-forced answer-only loss of each reference completion, with its answer-letter part."""
+    results: list[dict] = []
+    device = next(model.parameters()).device
+    collate = CompletionCollator(tokenizer.pad_token_id)
+    for _, chunk in tqdm(list(_batches(rows, batch_size)), desc="loss", leave=False):
+        feats = [tokenize_pair(tokenizer, r["prompt"], r["completion"], max_length) for r in chunk]
+        batch = {k: v.to(device) for k, v in collate([f for f in feats if f is not None]).items()}
+        keep = supervised_positions(batch["labels"])
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+        targets = batch["labels"][:, 1:][keep[:, :-1]]
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, reduction="none")
+        hits = logits.reshape(-1, logits.shape[-1]).argmax(-1) == targets
+        row_of = torch.arange(keep.shape[0], device=device)[:, None].expand_as(keep)[keep]
+        is_answer = batch["answer_mask"][:, 1:][keep[:, :-1]].bool()
+        for r in range(keep.shape[0]):
+            mine = row_of == r
+            ans = mine & is_answer
+            first = ans.nonzero()[:1].squeeze(-1)
+            results.append(
+                {
+                    "loss": float(ce[mine].mean()),
+                    "answer_loss": float(ce[ans].mean()) if ans.any() else float("nan"),
+                    "answer_token_correct": bool(hits[first].all()) if first.numel() else False,
+                    "tokens": int(mine.sum()),
+                }
+            )
+    return results
+
+
+# ---------------------------------------------------------------- putting it together
+
+
+def eval_prompt(mcq: MCQ) -> str:
+    return mcq_prompt(mcq) + GENERATION_PREFIX
+
+
+def evaluate_mcq(
+    model,
+    tokenizer,
+    mcqs: Sequence[MCQ],
+    mode: str = "all",
+    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    glossary: Glossary | None = None,
+) -> tuple[dict, list[dict]]:
+    """Metrics and per-question predictions for `mcqs`."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    model.eval()
+    started = time.time()
+    prompts = [eval_prompt(q) for q in mcqs]
+    preds = [{"id": q.id, "exam_type": q.exam_type, "gold": q.answer} for q in mcqs]
+    groups = [q.exam_type for q in mcqs]
+    metrics: dict = {"n": len(mcqs), "mode": mode}
+
+    if mode in ("generate", "all"):
+        raw = generate(model, tokenizer, prompts, batch_size, max_new_tokens)
+        for p, out in zip(preds, raw):
+            letter = extract_answer(out)
+            p.update(
+                prediction=letter,
+                correct=letter == p["gold"],
+                raw_output=out,
+                reasoning_score=reasoning_score(out, p["gold"]),
+                has_reasoning_tags=has_reasoning_tags(out),
+                good_format=has_reasoning_tags(out) and has_detailed_keywords(out),
+            )
+        hits = [p["correct"] for p in preds]
+        parsed = [p for p in preds if p["prediction"]]
+        metrics["accuracy"] = proportion(sum(hits), len(hits))
+        metrics["accuracy_by_exam_type"] = accuracy_by_group(hits, groups)
+        metrics["parse_rate"] = proportion(len(parsed), len(preds))
+        metrics["accuracy_among_parsed"] = proportion(sum(p["correct"] for p in parsed), len(parsed))
+        metrics["reasoning_score"] = sum(p["reasoning_score"] for p in preds) / max(len(preds), 1)
+        metrics["reasoning_tag_rate"] = sum(p["has_reasoning_tags"] for p in preds) / max(len(preds), 1)
+        metrics["valid_format_rate"] = sum(p["good_format"] for p in preds) / max(len(preds), 1)
+        metrics["prediction_counts"] = {x: sum(p["prediction"] == x for p in preds) for x in (*LETTERS, "")}
+
+    if mode in ("loglik", "all"):
+        scores = letter_logprobs(model, tokenizer, prompts, batch_size)
+        for p, s in zip(preds, scores):
+            best = LETTERS[max(range(5), key=lambda i: s[i])]
+            p.update(loglik_prediction=best, loglik_correct=best == p["gold"], loglik_scores=[round(x, 4) for x in s])
+        hits = [p["loglik_correct"] for p in preds]
+        metrics["loglik_accuracy"] = proportion(sum(hits), len(hits))
+        metrics["loglik_accuracy_by_exam_type"] = accuracy_by_group(hits, groups)
+        if mode == "all":
+            agree = sum(p["prediction"] == p["loglik_prediction"] for p in preds)
+            metrics["generate_loglik_agreement"] = agree / max(len(preds), 1)
+
+    if mode == "all":
+        glossary = glossary or Glossary()
+        rows = [
+            {"prompt": mcq_prompt(q), "completion": mcq_completion(q.cot or template_simple_reasoning(q, glossary), q.answer)}
+            for q in mcqs
+        ]
+        losses = completion_losses(model, tokenizer, rows, batch_size)
+        for p, l in zip(preds, losses):
+            p.update(reference_loss=round(l["loss"], 5), reference_answer_loss=round(l["answer_loss"], 5))
+        total_tokens = sum(l["tokens"] for l in losses)
+        metrics["answer_only_loss"] = sum(l["loss"] * l["tokens"] for l in losses) / max(total_tokens, 1)
+        metrics["answer_letter_loss"] = sum(l["answer_loss"] for l in losses) / max(len(losses), 1)
+        metrics["teacher_forced_answer_accuracy"] = proportion(
+            sum(l["answer_token_correct"] for l in losses), len(losses)
+        )
+    metrics["seconds"] = time.time() - started
+    return metrics, preds
+
+
+def summary_line(metrics: dict) -> str:
+    parts = []
+    if "accuracy" in metrics:
+        a, pr = metrics["accuracy"], metrics["parse_rate"]
+        parts.append(f"accuracy {a['value']:.1%} [{a['ci95'][0]:.1%}, {a['ci95'][1]:.1%}]")
+        parts.append(f"parsed {pr['value']:.0%}")
+    if "loglik_accuracy" in metrics:
+        b = metrics["loglik_accuracy"]
+        parts.append(f"loglik {b['value']:.1%} [{b['ci95'][0]:.1%}, {b['ci95'][1]:.1%}]")
+    if "answer_only_loss" in metrics:
+        parts.append(f"answer-only loss {metrics['answer_only_loss']:.3f}")
+    return f"n={metrics['n']}: " + ", ".join(parts)
+
+
+def write_eval(output: str | Path, metrics: dict, predictions: list[dict], extra: dict | None = None) -> None:
+    from .data import write_jsonl_atomic
+    from .runs import write_json_atomic
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(output / "predictions.jsonl", predictions)
+    write_json_atomic(output / "metrics.json", {**metrics, **(extra or {})})
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    from .data import load_mcq
+    from .modeling import load_model, load_tokenizer
+    from .runs import claim_output, provenance
+
+    if cfg.task != "mcq":
+        raise ValueError("only --task mcq is implemented")
+    if not cfg.data or not cfg.output:
+        raise ValueError("--data and --output are required")
+    mcqs = load_mcq(cfg.data, split=cfg.split, exam_type=cfg.exam_type)
+    if cfg.limit:
+        mcqs = mcqs[: cfg.limit]
+    tokenizer = load_tokenizer(cfg.model)
+    claim_output(cfg.output, overwrite=cfg.overwrite)
+    model = load_model(cfg.model, device=cfg.device, precision=cfg.precision)
+    model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    metrics, preds = evaluate_mcq(model, tokenizer, mcqs, cfg.mode, cfg.batch_size, cfg.max_new_tokens)
+    write_eval(cfg.output, metrics, preds, {"run": provenance(cfg, {"data": cfg.data})})
+    print(summary_line(metrics))
+    return metrics

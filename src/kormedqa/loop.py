@@ -1,0 +1,235 @@
+"""Loop training (the seed's train_01_02_loop): dictionary epoch, MCQ epoch, evaluate, repeat.
+
+Layout of a run folder (the seed's, plus provenance and metrics):
+
+    run/
+      run.json  history.json  train_log.jsonl  tensorboard/
+      loop_1/after_type1/  loop_1/after_type2/  loop_1/eval/{metrics.json,predictions.jsonl}
+      ...
+      best_checkpoint/   highest --select-by metric so far
+      final/             the model the loop ended with (stop reason in history.json)
+
+Every checkpoint is a LoRA adapter folder written atomically. Each stage starts from the previous
+stage's folder on disk, never from memory, so `--resume` after a kill continues from the last
+finished stage and reaches exactly the state an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .runs import atomic_dir, claim_output, provenance, write_json_atomic
+from .sft import TrainConfig, run_training
+
+log = logging.getLogger(__name__)
+
+SELECT_BY = ("accuracy", "loglik_accuracy", "reasoning_score")
+
+
+@dataclass
+class LoopConfig:
+    """`kormedqa loop`: alternate dictionary and MCQ training until the target accuracy."""
+
+    base_model: str = field(default="gemma3-270m", metadata={"help": "model to start from (e.g. the CPT output)"})
+    dictionary: list[str] = field(default_factory=lambda: ["data/sample/dictionary.json", "data/sample/characters.json"])
+    train_data: str = field(default="data/sample/mcq", metadata={"help": "KorMedMCQA training file/folder/hub id"})
+    train_split: str = "train"
+    eval_data: str = field(default="data/sample/mcq", metadata={"help": "KorMedMCQA evaluation file/folder/hub id"})
+    eval_split: str = "test"
+    output: str = "runs/loop"
+    max_loops: int = 10
+    target_accuracy: float = field(default=90.0, metadata={"help": "percent; stop when reached"})
+    patience: int = field(default=3, metadata={"help": "stop after this many loops without improvement"})
+    select_by: str = field(default="accuracy", metadata={"help": "accuracy, loglik_accuracy or reasoning_score"})
+    stages: str = field(default="dict,mcq", metadata={"help": "stages per loop, in order"})
+    epochs_per_stage: float = 1.0
+    dict_max_steps: int = field(default=-1, metadata={"help": "bound each dictionary stage (-1: one epoch)"})
+    mcq_max_steps: int = field(default=-1, metadata={"help": "bound each MCQ stage (-1: one epoch)"})
+    dict_learning_rate: float | None = None
+    mcq_learning_rate: float | None = None
+    dict_batch_size: int | None = None
+    mcq_batch_size: int | None = None
+    dict_grad_accum: int | None = None
+    mcq_grad_accum: int | None = None
+    answer_weight: str = "2/3"
+    lora_r: int = 64
+    lora_alpha: int = 128
+    eval_mode: str = field(default="all", metadata={"help": "generate, loglik or all"})
+    eval_limit: int | None = None
+    eval_batch_size: int = 8
+    max_new_tokens: int = 256
+    allow_overlap: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    seed: int = 42
+    resume: bool = False
+    overwrite: bool = False
+
+
+def _stage_config(cfg: LoopConfig, track: str, base: str, loop: int) -> TrainConfig:
+    pick = lambda name: getattr(cfg, f"{track}_{name}")  # noqa: E731
+    return TrainConfig(
+        base_model=base,
+        track=track,
+        epochs=cfg.epochs_per_stage,
+        max_steps=pick("max_steps"),
+        batch_size=pick("batch_size"),
+        grad_accum=pick("grad_accum"),
+        learning_rate=pick("learning_rate"),
+        answer_weight=cfg.answer_weight,
+        lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        device=cfg.device,
+        precision=cfg.precision,
+        seed=cfg.seed + loop,  # a different data order each loop, the same on every rerun
+    )
+
+
+def _metric(metrics: dict, name: str) -> float:
+    value = metrics.get(name)
+    if isinstance(value, dict):
+        return float(value["value"])
+    if value is None:
+        raise ValueError(f"--select-by {name} needs an evaluation mode that computes it (got {metrics.get('mode')})")
+    return float(value)
+
+
+def copy_checkpoint(src: Path, dest: Path) -> None:
+    with atomic_dir(dest) as scratch:
+        shutil.copytree(src, scratch, dirs_exist_ok=True)
+
+
+def run_loop(cfg: LoopConfig) -> dict:
+    from .data import load_dictionary, load_mcq
+    from .evaluate import evaluate_mcq, summary_line, write_eval
+    from .formats import Glossary
+    from .modeling import load_model, load_tokenizer, resolve_model_path
+    from .prepare import check_overlap, dict_rows, mcq_rows
+
+    if cfg.select_by not in SELECT_BY:
+        raise ValueError(f"--select-by must be one of {SELECT_BY}")
+    stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
+    unknown = set(stages) - {"dict", "mcq"}
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; known: dict, mcq")
+
+    # Everything that can fail on bad input fails here, before any training.
+    entries = load_dictionary(*cfg.dictionary)
+    train = load_mcq(cfg.train_data, split=cfg.train_split)
+    evaluation = load_mcq(cfg.eval_data, split=cfg.eval_split)
+    if cfg.eval_limit:
+        evaluation = evaluation[: cfg.eval_limit]
+    overlap = check_overlap(train, evaluation, cfg.allow_overlap)
+    base = resolve_model_path(cfg.base_model)
+    base = str(Path(base).resolve()) if Path(base).exists() else base
+    tokenizer = load_tokenizer(base)
+
+    out = claim_output(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
+    history_path = out / "history.json"
+    history = _read_json(history_path) if cfg.resume and history_path.exists() else {}
+    if not (out / "run.json").exists():
+        write_json_atomic(out / "run.json", provenance(cfg, {"train": cfg.train_data, "eval": cfg.eval_data}))
+    history.setdefault("select_by", cfg.select_by)
+    history.setdefault("loops", [])
+    history["overlap"] = overlap
+
+    glossary = Glossary(entries)
+    rows = {"dict": dict_rows(entries), "mcq": mcq_rows(train, cfg.seed, glossary)}
+    previous = None  # adapter folder the next stage continues from
+    best_value = None  # replayed from history on --resume, so patience counts the same
+    stale = 0
+    stop_reason = "max_loops"
+
+    for loop in range(1, cfg.max_loops + 1):
+        loop_dir = out / f"loop_{loop}"
+        done = next((l for l in history["loops"] if l["loop"] == loop), None)
+        for i, track in enumerate(stages, start=1):
+            stage_dir = loop_dir / f"after_type{i}"
+            if stage_dir.exists():
+                log.info("loop %d %s: finished earlier, skipping", loop, track)
+            else:
+                stage_cfg = _stage_config(cfg, track, previous or base, loop)
+                run_training(stage_cfg, rows[track], stage_dir, tokenizer=tokenizer, stage=f"loop_{loop}_{track}", logs_dir=out)
+            previous = str(stage_dir.resolve())
+        if done is None:
+            model = load_model(previous, device=cfg.device, precision=cfg.precision)
+            model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+            metrics, preds = evaluate_mcq(
+                model, tokenizer, evaluation, cfg.eval_mode, cfg.eval_batch_size, cfg.max_new_tokens, glossary
+            )
+            del model
+            write_eval(loop_dir / "eval", metrics, preds)
+            done = {
+                "loop": loop,
+                "checkpoint": str(Path(previous).relative_to(out.resolve())),
+                "selected_metric": _metric(metrics, cfg.select_by),
+                "metrics": _history_metrics(metrics),
+                "training": _training_parts(loop_dir, stages),
+            }
+            history["loops"].append(done)
+            log.info("loop %d: %s", loop, summary_line(metrics))
+        value = done["selected_metric"]
+        if best_value is None or value > best_value:
+            best_value, stale = value, 0
+            history["best"] = {"loop": loop, cfg.select_by: value, "checkpoint": done["checkpoint"]}
+        else:
+            stale += 1
+        best_src = history["best"]["checkpoint"]
+        if history.get("best_checkpoint_from") != best_src or not (out / "best_checkpoint").exists():
+            copy_checkpoint(out / best_src, out / "best_checkpoint")
+            history["best_checkpoint_from"] = best_src
+        write_json_atomic(history_path, history)
+        accuracy = done["metrics"].get("accuracy", done["metrics"].get("loglik_accuracy", 0.0))
+        if accuracy * 100 >= cfg.target_accuracy:
+            stop_reason = "target_reached"
+            break
+        if stale >= cfg.patience:
+            stop_reason = "patience"
+            break
+
+    copy_checkpoint(Path(previous), out / "final")
+    history["stop_reason"] = stop_reason
+    history["final"] = str(Path(previous).relative_to(out.resolve()))
+    write_json_atomic(history_path, history)
+    return history
+
+
+def _history_metrics(metrics: dict) -> dict:
+    """The numbers worth plotting per loop: plain floats, intervals kept beside them."""
+    out = {}
+    for key in ("accuracy", "loglik_accuracy", "parse_rate", "accuracy_among_parsed", "teacher_forced_answer_accuracy"):
+        if key in metrics:
+            out[key] = metrics[key]["value"]
+            out[f"{key}_ci95"] = metrics[key]["ci95"]
+    for key in ("reasoning_score", "valid_format_rate", "reasoning_tag_rate", "answer_only_loss", "answer_letter_loss"):
+        if key in metrics:
+            out[key] = metrics[key]
+    return out
+
+
+def _training_parts(loop_dir: Path, stages: list[str]) -> dict:
+    """Last logged training losses per stage, read back from each checkpoint's summary."""
+    import json
+
+    parts = {}
+    for i, track in enumerate(stages, start=1):
+        summary = loop_dir / f"after_type{i}" / "training_summary.json"
+        if summary.exists():
+            data = json.loads(summary.read_text())
+            last = data["log"][-1] if data.get("log") else {}
+            parts[track] = {
+                "train_loss": data.get("train_loss"),
+                "steps": data.get("steps"),
+                "seconds": data.get("seconds"),
+                **{k: last[k] for k in ("answer_loss", "reasoning_loss", "answer_token_accuracy") if k in last},
+            }
+    return parts
+
+
+def _read_json(path: Path):
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8"))
+

@@ -1,0 +1,99 @@
+"""`kormedqa prepare dict|mcq`: records in, the seed's prompt/completion JSONL out."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .formats import DETAILED_FRACTION, Glossary, dict_example, mcq_examples
+from .records import DataError
+
+
+@dataclass
+class PrepareConfig:
+    """`kormedqa prepare dict|mcq`."""
+
+    kind: str = field(default="mcq", metadata={"help": "dict or mcq"})
+    data: list[str] = field(default_factory=list, metadata={"help": "input file(s): dictionary JSON(s) for dict, a KorMedMCQA file/folder/hub id for mcq"})
+    output: str = field(default="", metadata={"help": "prepared JSONL to write"})
+    split: str = field(default="train", metadata={"help": "split to read when --data is a folder or hub id"})
+    dictionary: list[str] = field(default_factory=list, metadata={"help": "dictionary JSON(s) used by template rationales (mcq)"})
+    rationales: str | None = field(default=None, metadata={"help": "JSONL of {id, rationale} (e.g. from a teacher model)"})
+    eval_data: str | None = field(default=None, metadata={"help": "evaluation set checked for overlap with the training questions"})
+    eval_split: str = "test"
+    allow_overlap: bool = field(default=False, metadata={"help": "write the file even when training questions appear in --eval-data"})
+    detailed_fraction: float = DETAILED_FRACTION
+    seed: int = 42
+    overwrite: bool = False
+
+
+def load_rationales(path: str | Path) -> dict[str, str]:
+    """`{"id": ..., "rationale": ...}` per line; bad lines are reported like any other input."""
+    from .data import read_jsonl
+
+    out: dict[str, str] = {}
+    for line_no, row in enumerate(read_jsonl(path), start=1):
+        text = row.get("rationale", row.get("text"))
+        if not isinstance(row.get("id"), str) or not isinstance(text, str) or not text.strip():
+            raise DataError(str(path), line_no, "rationale", "needs a string 'id' and a non-empty string 'rationale'")
+        out[row["id"]] = text
+    return out
+
+
+def dict_rows(entries) -> list[dict]:
+    return [dict_example(e).to_row() for e in entries]
+
+
+def mcq_rows(mcqs, seed: int, glossary: Glossary | None = None, rationales=None, detailed_fraction=DETAILED_FRACTION) -> list[dict]:
+    return [e.to_row() for e in mcq_examples(mcqs, seed, glossary, rationales, detailed_fraction)]
+
+
+def check_overlap(train, evaluation, allow: bool) -> dict:
+    """Refuse training data that contains evaluation questions, unless the user allows it."""
+    from .leakage import find_overlap
+
+    report = find_overlap(train, evaluation)
+    if report.count and not allow:
+        examples = ", ".join(f"{t}~{e}" for t, e in report.exact[:3]) or ", ".join(f"{t}~{e}" for t, e, _ in report.near[:3])
+        raise LeakageError(
+            f"{report.count} training questions also appear in the evaluation set "
+            f"({len(report.exact)} exact, {len(report.near)} near-duplicates; e.g. {examples}). "
+            "Remove them or pass --allow-overlap."
+        )
+    return report.to_dict()
+
+
+class LeakageError(ValueError):
+    pass
+
+
+def run_prepare(cfg: PrepareConfig) -> dict:
+    from .data import load_dictionary, load_mcq, write_jsonl_atomic
+
+    out = Path(cfg.output)
+    if not cfg.output:
+        raise ValueError("--output is required")
+    if out.exists() and not cfg.overwrite:
+        raise FileExistsError(f"{out} already exists: pass --overwrite to replace it")
+    if not cfg.data:
+        raise ValueError("--data is required")
+    info: dict = {"output": str(out), "kind": cfg.kind}
+    if cfg.kind == "dict":
+        rows = dict_rows(load_dictionary(*cfg.data))
+    elif cfg.kind == "mcq":
+        mcqs = [q for source in cfg.data for q in load_mcq(source, split=cfg.split)]
+        if cfg.eval_data:
+            info["overlap"] = check_overlap(mcqs, load_mcq(cfg.eval_data, split=cfg.eval_split), cfg.allow_overlap)
+        glossary = Glossary(load_dictionary(*cfg.dictionary)) if cfg.dictionary else Glossary()
+        rationales = load_rationales(cfg.rationales) if cfg.rationales else None
+        rows = mcq_rows(mcqs, cfg.seed, glossary, rationales, cfg.detailed_fraction)
+        info["detailed"] = sum(r["kind"] == "detailed" for r in rows)
+    else:
+        raise ValueError(f"prepare takes dict or mcq, not {cfg.kind!r}")
+    write_jsonl_atomic(out, rows)
+    info["rows"] = len(rows)
+    return info
+
+
+def print_info(info: dict) -> None:
+    print(json.dumps(info, ensure_ascii=False, indent=2))

@@ -1,0 +1,110 @@
+"""Markdown report and plots from metrics.json / history.json: the last step of the pipeline."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from .metrics import mcnemar_exact
+
+
+def _pct(p: dict | float | None) -> str:
+    if p is None:
+        return "-"
+    if isinstance(p, dict):
+        low, high = p["ci95"]
+        return f"{p['value']:.1%} [{low:.1%}, {high:.1%}]"
+    return f"{p:.1%}"
+
+
+def plot_loops(history: dict, before: dict | None, path: str | Path) -> Path:
+    """Accuracy, log-likelihood accuracy and parse rate per loop (loop 0 = before training), with 95% CIs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loops = history["loops"]
+    xs = [0] + [l["loop"] for l in loops] if before else [l["loop"] for l in loops]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in (("accuracy", "generation accuracy"), ("loglik_accuracy", "log-likelihood accuracy"), ("parse_rate", "parse rate")):
+        ys, errs = [], [[], []]
+        series = ([before[key]] if before and key in before else []) + [
+            {"value": l["metrics"][key], "ci95": l["metrics"][f"{key}_ci95"]} for l in loops if key in l["metrics"]
+        ]
+        if len(series) != len(xs):
+            continue
+        for p in series:
+            ys.append(100 * p["value"])
+            errs[0].append(100 * (p["value"] - p["ci95"][0]))
+            errs[1].append(100 * (p["ci95"][1] - p["value"]))
+        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=label)
+    ax.axhline(20, color="grey", linestyle=":", label="chance (5 options)")
+    ax.set_xlabel("loop (0 = before training)")
+    ax.set_ylabel("% of held-out questions")
+    ax.set_ylim(0, 100)
+    ax.set_xticks(xs)
+    ax.legend(fontsize=8)
+    ax.set_title("Held-out test split")
+    for key, label in (("answer_loss", "answer-letter loss (train)"), ("reasoning_loss", "reasoning-token loss (train)")):
+        ys = [l["training"].get("mcq", {}).get(key) for l in loops]
+        if all(y is not None for y in ys) and ys:
+            ax2.plot([l["loop"] for l in loops], ys, marker="o", label=label)
+    ax2.set_xlabel("loop")
+    ax2.set_ylabel("cross-entropy (last logged step)")
+    ax2.set_xticks([l["loop"] for l in loops])
+    ax2.legend(fontsize=8)
+    ax2.set_title("MCQ training loss parts")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def significance(before_preds: Sequence[dict], after_preds: Sequence[dict], key: str = "correct") -> dict:
+    by_id = {p["id"]: p for p in before_preds}
+    pairs = [(by_id[p["id"]][key], p[key]) for p in after_preds if p["id"] in by_id and key in p]
+    return mcnemar_exact([a for a, _ in pairs], [b for _, b in pairs])
+
+
+def what_moved(before: dict, after: dict, tests: dict) -> list[str]:
+    """Plain sentences on which of parse rate, accuracy and log-likelihood accuracy moved, and whether significantly."""
+    lines = []
+    for key, label in (("parse_rate", "Parse rate"), ("accuracy", "Generation accuracy"),
+                       ("accuracy_among_parsed", "Accuracy among parsed answers"), ("loglik_accuracy", "Log-likelihood accuracy")):
+        if key not in before or key not in after:
+            continue
+        b, a = before[key]["value"], after[key]["value"]
+        line = f"- {label}: {b:.1%} -> {a:.1%} ({(a - b) * 100:+.1f} points)"
+        test = tests.get(key)
+        if test:
+            verdict = "significant" if test["significant_at_0.05"] else "not significant"
+            line += f"; McNemar exact p = {test['p_value']:.3g} ({verdict} at 0.05)"
+        lines.append(line)
+    return lines
+
+
+def markdown_report(title: str, sections: dict[str, str]) -> str:
+    return f"# {title}\n\n" + "\n\n".join(f"## {k}\n\n{v.strip()}" for k, v in sections.items()) + "\n"
+
+
+def results_table(before: dict, history: dict, after: dict | None = None) -> str:
+    rows = ["| stage | accuracy (gen) | parse rate | accuracy among parsed | loglik accuracy | reasoning score |",
+            "|---|---|---|---|---|---|"]
+
+    def row(name, m, from_history=False):
+        if from_history:
+            get = lambda k: ({"value": m[k], "ci95": m[f"{k}_ci95"]} if k in m else None)  # noqa: E731
+        else:
+            get = m.get
+        rows.append(
+            f"| {name} | {_pct(get('accuracy'))} | {_pct(get('parse_rate'))} | {_pct(get('accuracy_among_parsed'))} "
+            f"| {_pct(get('loglik_accuracy'))} | {m.get('reasoning_score', float('nan')):.3f} |"
+        )
+
+    row("before training", before)
+    for l in history["loops"]:
+        row(f"loop {l['loop']}", l["metrics"], from_history=True)
+    if after is not None:
+        row("final (best checkpoint)", after)
+    return "\n".join(rows)

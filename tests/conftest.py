@@ -1,0 +1,45 @@
+"""Shared fixtures: the real Gemma tokenizer (from the embedded GGUF) and tiny random Gemma3 models."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("KORMEDQA_TEST_CACHE", REPO / ".cache" / "test"))
+SPEC = REPO.parent / "shared" / "spec" / "SEED_SPEC.md"
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir() -> Path:
+    from kormedqa.modeling import fetch_tokenizer
+
+    return fetch_tokenizer(CACHE / "gemma3-tokenizer")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir):
+    from kormedqa.modeling import load_tokenizer
+
+    return load_tokenizer(str(tokenizer_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tokenizer_dir) -> Path:
+    from kormedqa.modeling import build_tiny_model
+
+    out = CACHE / "tiny-gemma3"
+    if not (out / "config.json").exists():
+        build_tiny_model(out, tokenizer_dir)
+    return out
+
+
+@pytest.fixture()
+def tiny_model(tiny_model_dir):
+    from kormedqa.modeling import load_model
+
+    return load_model(str(tiny_model_dir), device="cpu", precision="fp32")

@@ -1,0 +1,112 @@
+"""The seed's strings, checked against the spec's own examples."""
+import random
+
+from kormedqa.formats import (
+    Glossary, choose_detailed, dict_example, mcq_completion, mcq_examples, mcq_prompt, percentages,
+)
+from kormedqa.records import MCQ, DictEntry
+
+SPEC_MCQ = MCQ(
+    id="spec-1",
+    question="항문압 측정 검사에서 항문 압력이 증가하는 경우는?",
+    options=(
+        "직장질루(rectovaginal fistula)", "항문열창(anal fissure)", "대변실금(fecal incontinence)",
+        "대변메막힘(fecal impaction)", "직장탈출증(rectal prolapse)",
+    ),
+    answer="B",
+)
+
+
+def test_dict_example_matches_spec_jsonl():
+    ex = dict_example(DictEntry("고혈압", "Hypertension. 혈압이 정상 범위보다 높은 상태"))
+    assert ex.prompt == "<start_of_turn>user\nMeaning of word 고혈압:<end_of_turn>"
+    assert ex.completion == "<start_of_turn>model\nHypertension. 혈압이 정상 범위보다 높은 상태<end_of_turn>"
+
+
+def test_dict_example_rendered_like_spec_format_block(tokenizer):
+    # The spec's rendered block is prompt + "\n" + completion: the chat template must agree.
+    ex = dict_example(DictEntry("고혈압", "Hypertension. 혈압이 정상 범위보다 높은 상태"))
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Meaning of word 고혈압:"},
+         {"role": "assistant", "content": "Hypertension. 혈압이 정상 범위보다 높은 상태"}], tokenize=False)
+    assert rendered == "<bos>" + ex.prompt + "\n" + ex.completion + "\n"
+
+
+def test_simple_mcq_prompt_and_completion_match_spec_block():
+    prompt = mcq_prompt(SPEC_MCQ)
+    reasoning = (
+        "각 선택지를 분석하면:\nA) 직장질루 - 항문 압력 감소\nB) 항문열창 - 괄약근 긴장 증가로 압력 상승 ✓\n"
+        "C) 대변실금 - 압력 감소\nD) 대변메막힘 - 압력 변화 없음\nE) 직장탈출증 - 압력 감소"
+    )
+    spec_block = """<start_of_turn>user
+Reasoning 후 정답 알파벳 하나만 답하세요.
+
+항문압 측정 검사에서 항문 압력이 증가하는 경우는?
+A) 직장질루(rectovaginal fistula)
+B) 항문열창(anal fissure)
+C) 대변실금(fecal incontinence)
+D) 대변메막힘(fecal impaction)
+E) 직장탈출증(rectal prolapse)
+
+<end_of_turn>
+<start_of_turn>model
+<reasoning>
+각 선택지를 분석하면:
+A) 직장질루 - 항문 압력 감소
+B) 항문열창 - 괄약근 긴장 증가로 압력 상승 ✓
+C) 대변실금 - 압력 감소
+D) 대변메막힘 - 압력 변화 없음
+E) 직장탈출증 - 압력 감소
+</reasoning>B<end_of_turn>"""
+    assert prompt + "\n" + mcq_completion(reasoning, "B") == spec_block
+
+
+def test_detailed_prompt_has_spec_blocks_in_order():
+    prompt = mcq_prompt(SPEC_MCQ, detailed=True)
+    assert prompt.startswith("<start_of_turn>user\nReasoning 후 정답 알파벳 하나만 답하세요.\n\n```format\n첫째: 문제의 핵심 파악 (3-5 문장)\n")
+    assert "넷째: A) ~%, B) ~%, C) ~%, D) ~%, E) ~% 형식으로 확률 제시\n```\n\n```example\n첫째: 이 문제는 심전도" in prompt
+    assert prompt.endswith("```\n\n항문압 측정 검사에서 항문 압력이 증가하는 경우는?\nA) 직장질루(rectovaginal fistula)\n"
+                           "B) 항문열창(anal fissure)\nC) 대변실금(fecal incontinence)\nD) 대변메막힘(fecal impaction)\n"
+                           "E) 직장탈출증(rectal prolapse)\n\n<end_of_turn>")
+
+
+def test_percentages_sum_to_100_and_favour_answer():
+    rng = random.Random(0)
+    for answer in "ABCDE" * 20:
+        pct = percentages(answer, rng)
+        assert sum(pct.values()) == 100
+        assert pct[answer] == max(pct.values())
+        assert all(v >= 0 for v in pct.values())
+
+
+def _mcqs(n):
+    letters = "ABCDE"
+    return [MCQ(id=f"q{i}", question=f"질문 {i} 고혈압?", options=("가", "나", "다", "라", "마"), answer=letters[i % 5])
+            for i in range(n)]
+
+
+def test_95_5_split_is_exact_and_seeded():
+    assert len(choose_detailed(1890, seed=1)) == 94  # the spec: 1,796 simple + 94 detailed
+    assert choose_detailed(200, seed=3) == choose_detailed(200, seed=3)
+    assert choose_detailed(200, seed=3) != choose_detailed(200, seed=4)
+    kinds = [e.kind for e in mcq_examples(_mcqs(200), seed=7)]
+    assert kinds.count("detailed") == 10 and kinds.count("simple") == 190
+
+
+def test_rationale_sources_in_order():
+    q = _mcqs(1)[0]
+    from dataclasses import replace
+    glossary = Glossary([DictEntry("고혈압", "Hypertension. 혈압이 정상 범위보다 높은 상태")])
+    with_cot = replace(q, cot="기록된 풀이")
+    assert "<reasoning>\n기록된 풀이\n</reasoning>A" in mcq_examples([with_cot], 0, glossary, {"q0": "교사"}, 0.0)[0].completion
+    assert "<reasoning>\n교사 풀이\n</reasoning>A" in mcq_examples([q], 0, glossary, {"q0": "교사 풀이"}, 0.0)[0].completion
+    templ = mcq_examples([q], 0, glossary, None, 0.0)[0].completion
+    assert "고혈압: 혈압이 정상 범위보다 높은 상태" in templ and "A) 가 ✓" in templ and templ.endswith("</reasoning>A<end_of_turn>")
+
+
+def test_detailed_completion_has_keywords_and_percentages():
+    ex = mcq_examples(_mcqs(1), seed=0, detailed_fraction=1.0)[0]
+    from kormedqa import reasoning_score
+    text = ex.completion
+    assert all(k in text for k in ("첫째:", "둘째:", "셋째:", "넷째:"))
+    assert reasoning_score(text, "A") == 1.0

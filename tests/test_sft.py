@@ -1,0 +1,137 @@
+"""Answer-only labels and the (answer-weighted) loss, against hand computations on a tiny model."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kormedqa.formats import MODEL_TURN, dict_example, mcq_examples
+from kormedqa.records import MCQ, DictEntry
+from kormedqa.sft import (
+    AnswerWeightedTrainer, CompletionCollator, TrainConfig, answer_span, completion_loss,
+    parse_answer_weight, supervised_positions, tokenize_pair,
+)
+
+Q = MCQ(id="q1", question="'고혈압'의 정의로 옳은 것은?", options=("혈압이 높은 상태", "나", "다", "라", "마"), answer="A")
+
+
+def _row():
+    return mcq_examples([Q], seed=0, detailed_fraction=0.0)[0]
+
+
+def test_labels_are_minus_100_exactly_on_prompt_tokens(tokenizer):
+    ex = _row()
+    item = tokenize_pair(tokenizer, ex.prompt, ex.completion, 512)
+    prompt_len = len(tokenizer(ex.prompt + "\n")["input_ids"])
+    assert item["labels"][:prompt_len] == [-100] * prompt_len
+    assert all(l != -100 for l in item["labels"][prompt_len:])
+    assert tokenizer.decode(item["input_ids"][prompt_len:]) == ex.completion
+    assert item["input_ids"][0] == tokenizer.bos_token_id and item["input_ids"].count(tokenizer.bos_token_id) == 1
+
+
+def test_answer_mask_is_the_letter_after_reasoning(tokenizer):
+    ex = _row()
+    item = tokenize_pair(tokenizer, ex.prompt, ex.completion, 512)
+    answer_ids = [t for t, m in zip(item["input_ids"], item["answer_mask"]) if m]
+    assert tokenizer.decode(answer_ids) == "A"
+
+
+def test_answer_span_without_reasoning_is_whole_turn():
+    completion = dict_example(DictEntry("고혈압", "Hypertension. 높은 혈압")).completion
+    start, end = answer_span(completion)
+    assert completion[start:end] == "Hypertension. 높은 혈압"
+    assert completion[:start] == MODEL_TURN
+
+
+def test_too_long_example_is_dropped(tokenizer):
+    ex = _row()
+    assert tokenize_pair(tokenizer, ex.prompt, ex.completion, 10) is None
+
+
+def test_parse_answer_weight():
+    assert parse_answer_weight("none") is None
+    assert parse_answer_weight("2/3") == pytest.approx(2 / 3)
+    assert parse_answer_weight("1") == 1.0
+    with pytest.raises(ValueError):
+        parse_answer_weight("1.5")
+
+
+def _batch(tokenizer, rows):
+    feats = [tokenize_pair(tokenizer, r.prompt, r.completion, 512) for r in rows]
+    return CompletionCollator(tokenizer.pad_token_id)(feats)
+
+
+def _hand_ce(model, batch):
+    """Full-vocabulary logits at every position, shifted by hand: the reference."""
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    ces, kinds = [], []
+    for b in range(logits.shape[0]):
+        for t in range(logits.shape[1] - 1):
+            target = int(batch["labels"][b, t + 1])
+            if target == -100:
+                continue
+            logp = F.log_softmax(logits[b, t].double(), -1)
+            ces.append(-float(logp[target]))
+            kinds.append(bool(batch["answer_mask"][b, t + 1]))
+    return ces, kinds
+
+
+def _trainer_loss(model, tokenizer, batch, weight):
+    from transformers import TrainingArguments
+    args = TrainingArguments(output_dir="/tmp/kq-unused", use_cpu=True, report_to="none")
+    trainer = AnswerWeightedTrainer(model=model, args=args, answer_weight=weight,
+                                    data_collator=CompletionCollator(tokenizer.pad_token_id))
+    model.eval()
+    with torch.no_grad():
+        return float(trainer.compute_loss(model, batch))
+
+
+@pytest.mark.parametrize("weight", [None, 2 / 3, 1.0])
+def test_loss_equals_hand_computation(tiny_model, tokenizer, weight):
+    rows = [_row(), dict_example(DictEntry("고혈압", "Hypertension. 혈압이 정상 범위보다 높은 상태"))]
+    batch = _batch(tokenizer, rows)
+    ces, kinds = _hand_ce(tiny_model, batch)
+    ans = [c for c, k in zip(ces, kinds) if k]
+    other = [c for c, k in zip(ces, kinds) if not k]
+    if weight is None:
+        expected = sum(ces) / len(ces)
+    else:
+        expected = weight * sum(ans) / len(ans) + (1 - weight) * sum(other) / len(other)
+    assert _trainer_loss(tiny_model, tokenizer, batch, weight) == pytest.approx(expected, rel=1e-4)
+
+
+def test_loss_ignores_padding(tiny_model, tokenizer):
+    row = _row()
+    alone = _batch(tokenizer, [row])
+    padded = _batch(tokenizer, [row, dict_example(DictEntry("가" * 40, "긴 정의 " * 20))])
+    ces_alone, _ = _hand_ce(tiny_model, alone)
+    ces_padded, _ = _hand_ce(tiny_model, padded)
+    assert len(ces_padded) > len(ces_alone)  # the long row adds tokens; its padding in row 0 adds none
+    assert ces_padded[: len(ces_alone)] == pytest.approx(ces_alone, rel=1e-4)
+
+
+def test_gradient_accumulation_matches_one_big_batch():
+    """Two micro-batches normalised by window counts sum to the loss of the concatenated batch."""
+    torch.manual_seed(0)
+    ce = torch.rand(30)
+    is_answer = torch.zeros(30, dtype=torch.bool)
+    is_answer[[3, 11, 20, 27]] = True
+    n_a, n_o = float(is_answer.sum()), float((~is_answer).sum())
+    for w in (None, 2 / 3, 1.0):
+        whole = completion_loss(ce, is_answer, w, n_a, n_o)
+        parts = completion_loss(ce[:13], is_answer[:13], w, n_a, n_o) + completion_loss(ce[13:], is_answer[13:], w, n_a, n_o)
+        assert float(parts) == pytest.approx(float(whole), rel=1e-6)
+
+
+def test_supervised_positions_shift():
+    labels = torch.tensor([[-100, -100, 5, 6, -100]])
+    assert supervised_positions(labels).tolist() == [[False, True, True, False, False]]
+
+
+def test_track_defaults_are_the_seeds():
+    d = TrainConfig(track="dict").resolved()
+    m = TrainConfig(track="mcq").resolved()
+    assert (d.epochs, d.batch_size, d.grad_accum, d.learning_rate, d.max_length) == (3, 4, 4, 2e-5, 512)
+    assert (m.epochs, m.batch_size, m.grad_accum, m.learning_rate, m.max_length) == (5, 2, 8, 1e-5, 1024)
+    assert (d.lora_r, d.lora_alpha) == (64, 128)
