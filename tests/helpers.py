@@ -1,0 +1,30 @@
+"""Small valid inputs written into a test's tmp folder."""
+import json
+from pathlib import Path
+
+TERMS = [
+    ("고혈압", "Hypertension. 혈압이 정상 범위보다 높은 상태"),
+    ("저혈당", "Hypoglycemia. 혈중 포도당 농도가 비정상적으로 낮은 상태"),
+    ("빈혈", "Anemia. 혈액의 산소 운반 능력이 감소한 상태"),
+    ("폐렴", "Pneumonia. 폐 실질에 생긴 염증"),
+    ("치은염", "Gingivitis. 잇몸에 생긴 염증"),
+    ("부정맥", "Arrhythmia. 심장 박동의 리듬이 불규칙한 상태"),
+]
+
+
+def write_sample(root: Path, n_train: int = 6, n_test: int = 4) -> dict:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dict.json").write_text(json.dumps([{"term": t, "definition": d} for t, d in TERMS], ensure_ascii=False))
+    defs = [d.split(". ", 1)[1] for _, d in TERMS]
+    mcq_dir = root / "mcq"
+    mcq_dir.mkdir(exist_ok=True)
+    for split, start, n in (("train", 0, n_train), ("test", 100, n_test)):
+        with open(mcq_dir / f"{split}.jsonl", "w", encoding="utf-8") as fh:
+            for i in range(n):
+                term, _ = TERMS[i % len(TERMS)]
+                options = [defs[(i + k) % len(defs)] for k in range(5)]
+                row = {"id": f"{split}-{i}", "question": f"{start + i}번: '{term}'에 대한 설명으로 옳은 것은?",
+                       "A": options[0], "B": options[1], "C": options[2], "D": options[3], "E": options[4],
+                       "answer": 1, "exam_type": ["doctor", "nurse"][i % 2]}
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return {"dictionary": str(root / "dict.json"), "mcq": str(mcq_dir)}

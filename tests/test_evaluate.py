@@ -1,0 +1,48 @@
+"""Generation, log-likelihood and loss scoring on a tiny model, checked against direct computations."""
+import torch
+import torch.nn.functional as F
+
+from kormedqa.data import load_mcq
+from kormedqa.evaluate import eval_prompt, evaluate_mcq, generate, letter_logprobs
+from kormedqa.metrics import wilson_interval
+
+from helpers import write_sample
+
+
+def test_loglik_equals_full_forward(tiny_model, tokenizer, tmp_path):
+    qs = load_mcq(write_sample(tmp_path)["mcq"], split="test")
+    prompts = [eval_prompt(q) for q in qs]
+    batched = letter_logprobs(tiny_model, tokenizer, prompts, batch_size=3)
+    letters = [tokenizer.convert_tokens_to_ids(x) for x in "ABCDE"]
+    for prompt, got in zip(prompts, batched):
+        ids = tokenizer(prompt, return_tensors="pt")
+        with torch.no_grad():
+            logp = F.log_softmax(tiny_model(**ids).logits[0, -1].float(), -1)
+        assert torch.allclose(torch.tensor(got), logp[letters], atol=1e-4)
+
+
+def test_batched_generation_equals_one_by_one(tiny_model, tokenizer, tmp_path):
+    qs = load_mcq(write_sample(tmp_path)["mcq"], split="test")
+    prompts = [eval_prompt(q) for q in qs]
+    batched = generate(tiny_model, tokenizer, prompts, batch_size=4, max_new_tokens=6)
+    single = [generate(tiny_model, tokenizer, [p], batch_size=1, max_new_tokens=6)[0] for p in prompts]
+    assert batched == single
+
+
+def test_evaluate_all_reports_every_view(tiny_model, tokenizer, tmp_path):
+    qs = load_mcq(write_sample(tmp_path)["mcq"], split="test")
+    metrics, preds = evaluate_mcq(tiny_model, tokenizer, qs, "all", batch_size=2, max_new_tokens=4)
+    assert metrics["n"] == len(qs) == len(preds)
+    for key in ("accuracy", "parse_rate", "loglik_accuracy", "teacher_forced_answer_accuracy"):
+        assert 0 <= metrics[key]["value"] <= 1
+    hits = sum(p["loglik_correct"] for p in preds)
+    assert metrics["loglik_accuracy"]["correct"] == hits
+    assert set(metrics["accuracy_by_exam_type"]) == {"doctor", "nurse"}
+    assert metrics["answer_only_loss"] > 0
+    assert {"id", "gold", "prediction", "raw_output", "loglik_prediction"} <= set(preds[0])
+
+
+def test_wilson_interval_known_values():
+    low, high = wilson_interval(8, 10)
+    assert round(low, 4) == 0.4902 and round(high, 4) == 0.9433
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(0, 0) == (0.0, 0.0)

@@ -1,0 +1,78 @@
+"""Loop training on a tiny model: the seed's checkpoint layout, history.json, and --resume."""
+import json
+
+import pytest
+
+from kormedqa.loop import LoopConfig, run_loop
+from kormedqa.runs import OutputExistsError
+
+from helpers import write_sample
+
+
+def _cfg(tmp_path, tiny_model_dir, **kw):
+    data = write_sample(tmp_path / "data")
+    base = dict(
+        base_model=str(tiny_model_dir), dictionary=[data["dictionary"]], train_data=data["mcq"], eval_data=data["mcq"],
+        output=str(tmp_path / "run"), max_loops=1, dict_max_steps=1, mcq_max_steps=1, dict_batch_size=2,
+        mcq_batch_size=2, dict_grad_accum=1, mcq_grad_accum=1, eval_mode="all", max_new_tokens=4,
+        eval_batch_size=4, device="cpu", seed=3,
+    )
+    base.update(kw)
+    return LoopConfig(**base)
+
+
+def test_one_loop_writes_seed_layout_and_history(tmp_path, tiny_model_dir):
+    cfg = _cfg(tmp_path, tiny_model_dir)
+    history = run_loop(cfg)
+    run = tmp_path / "run"
+    for d in ("loop_1/after_type1", "loop_1/after_type2", "best_checkpoint", "final"):
+        assert (run / d / "adapter_model.safetensors").exists(), d
+    assert (run / "loop_1/eval/metrics.json").exists() and (run / "loop_1/eval/predictions.jsonl").exists()
+    saved = json.loads((run / "history.json").read_text())
+    assert saved == history
+    assert [l["loop"] for l in saved["loops"]] == [1]
+    assert saved["stop_reason"] == "max_loops" and saved["select_by"] == "accuracy"
+    assert "answer_loss" in saved["loops"][0]["training"]["mcq"]
+    assert (run / "run.json").exists() and (run / "train_log.jsonl").exists()
+    assert not [p for p in run.rglob(".*tmp-*")], "no scratch folders left behind"
+
+
+def test_existing_output_is_refused_without_resume(tmp_path, tiny_model_dir):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "something").write_text("x")
+    with pytest.raises(OutputExistsError):
+        run_loop(_cfg(tmp_path, tiny_model_dir))
+
+
+def test_resume_continues_instead_of_starting_over(tmp_path, tiny_model_dir):
+    run_loop(_cfg(tmp_path, tiny_model_dir, max_loops=1))
+    run = tmp_path / "run"
+    stamp = (run / "loop_1/after_type2/adapter_model.safetensors").stat().st_mtime_ns
+    # Asking for more loops continues the run: loop 1 is neither retrained nor re-evaluated.
+    history = run_loop(_cfg(tmp_path, tiny_model_dir, max_loops=2, resume=True, patience=5))
+    assert (run / "loop_1/after_type2/adapter_model.safetensors").stat().st_mtime_ns == stamp
+    assert [l["loop"] for l in history["loops"]] == [1, 2]
+    assert history["final"] == "loop_2/after_type2"
+    log = [json.loads(l) for l in (run / "train_log.jsonl").read_text().splitlines()]
+    stages = [r["stage"] for r in log if "loss" in r]
+    assert stages.count("loop_1_dict") == 1 and stages.count("loop_2_dict") == 1
+
+
+def test_resume_after_kill_during_mcq_stage_redoes_only_that_stage(tmp_path, tiny_model_dir):
+    import shutil
+
+    run_loop(_cfg(tmp_path, tiny_model_dir))
+    run = tmp_path / "run"
+    uninterrupted = json.loads((run / "history.json").read_text())["loops"][0]["metrics"]
+    # What a kill during the MCQ stage leaves: the dictionary stage and nothing after it.
+    for d in ("loop_1/after_type2", "loop_1/eval", "best_checkpoint", "final"):
+        shutil.rmtree(run / d)
+    (run / "history.json").unlink()
+    dict_stamp = (run / "loop_1/after_type1/adapter_model.safetensors").stat().st_mtime_ns
+    history = run_loop(_cfg(tmp_path, tiny_model_dir, resume=True))
+    assert (run / "loop_1/after_type1/adapter_model.safetensors").stat().st_mtime_ns == dict_stamp
+    log = [json.loads(l) for l in (run / "train_log.jsonl").read_text().splitlines()]
+    stages = [r["stage"] for r in log if "loss" in r]
+    assert stages.count("loop_1_dict") == 1 and stages.count("loop_1_mcq") == 2
+    # Each stage starts from the folder on disk with a fixed seed, so the result is the same.
+    assert history["loops"][0]["metrics"] == uninterrupted
