@@ -123,7 +123,7 @@ def korean_part(definition: str) -> str:
     return tail if sep and head.isascii() else definition
 
 
-def _short(text: str, width: int = 24) -> str:
+def _short(text: str, width: int = 16) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
 

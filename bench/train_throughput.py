@@ -1,0 +1,152 @@
+"""Training throughput: `kormedqa train mcq` against a plain TRL SFTTrainer, same data, model, steps.
+
+Each arm runs in its own process (so peak RSS is its own) on the shipped sample MCQs in the seed
+format. Both use the plain token-mean loss here (`--answer-weight none`) so their losses can be
+compared step by step; TRL is set up as its documentation shows for prompt/completion data, with
+the same LoRA config, batch, grad-accum, lr and precision, and its other defaults left alone.
+
+    python bench/train_throughput.py [--model DIR] [--steps 4] [--batch-size 2] [--grad-accum 1]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+from common import machine, prepared_mcq_rows, write_result  # noqa: E402
+
+
+def supervised_tokens(tokenizer, rows, max_length):
+    from kormedqa.sft import tokenize_rows
+
+    return [sum(l != -100 for l in f["labels"][1:]) for f in tokenize_rows(tokenizer, rows, max_length)]
+
+
+def arm_kormedqa(args, rows, out: Path) -> dict:
+    from kormedqa.sft import TrainConfig, run_training
+
+    cfg = TrainConfig(
+        base_model=args.model, track="mcq", max_steps=args.steps, batch_size=args.batch_size,
+        grad_accum=args.grad_accum, learning_rate=args.lr, max_length=args.max_length, answer_weight="none",
+        device="cpu" if args.cpu else "auto", precision=args.precision, seed=args.seed,
+    )
+    started = time.time()
+    summary = run_training(cfg, rows, out / "adapter", stage="kormedqa", logs_dir=out)
+    return {"seconds": time.time() - started, "losses": [h["loss"] for h in summary["log"]]}
+
+
+def arm_trl(args, rows, out: Path) -> dict:
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from kormedqa.formats import TURN_SEPARATOR
+    from kormedqa.modeling import load_model, load_tokenizer, lora_config
+
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model, device="cpu" if args.cpu else "auto", precision=args.precision)
+    # TRL concatenates prompt and completion as they are; the separator kormedqa puts between them
+    # goes at the end of the prompt so both arms see the same tokens.
+    data = Dataset.from_list([{"prompt": r["prompt"] + TURN_SEPARATOR, "completion": r["completion"]} for r in rows])
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    config = SFTConfig(
+        output_dir=str(out / "trl"), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, max_length=args.max_length,
+        lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, logging_steps=1, save_strategy="no",
+        report_to="none", seed=args.seed, data_seed=args.seed, bf16=bf16, use_cpu=args.cpu,
+        eos_token="<end_of_turn>",
+    )
+    trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
+                         peft_config=lora_config())
+    started = time.time()
+    trainer.train()
+    return {"seconds": time.time() - started, "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h]}
+
+
+def run_arm(args) -> None:
+    import torch
+
+    from kormedqa.modeling import load_tokenizer
+
+    torch.manual_seed(args.seed)
+    rows = prepared_mcq_rows(args.seed)
+    out = Path(args.work) / args.arm
+    out.mkdir(parents=True, exist_ok=True)
+    result = (arm_kormedqa if args.arm == "kormedqa" else arm_trl)(args, rows, out)
+    tokens = supervised_tokens(load_tokenizer(args.model), rows, args.max_length)
+    examples = args.steps * args.batch_size * args.grad_accum
+    # Both arms draw the same examples (same sampler, same seed); the mean supervised length stands
+    # in for the exact per-step count, identical for both.
+    result.update(
+        examples=examples,
+        examples_per_s=examples / result["seconds"],
+        supervised_tokens_per_s=examples * (sum(tokens) / len(tokens)) / result["seconds"],
+        peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    )
+    if torch.cuda.is_available():
+        result["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    print("RESULT " + json.dumps(result))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(REPO / "models" / "gemma3-270m"))
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--work", default=str(REPO / "bench" / "work" / "train"))
+    p.add_argument("--arm", choices=["kormedqa", "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--cpu", action="store_true", default=not _has_cuda())
+    args = p.parse_args()
+    if args.arm:
+        run_arm(args)
+        return 0
+    from kormedqa.modeling import resolve_model_path
+
+    args.model = resolve_model_path(args.model) if args.model != "gemma3-270m" else resolve_model_path("gemma3-270m")
+    results = {}
+    for arm in ("trl", "kormedqa"):
+        cmd = [sys.executable, __file__, "--arm", arm, *sys.argv[1:]]
+        if "--model" not in sys.argv:
+            cmd += ["--model", args.model]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            print(proc.stderr[-4000:], file=sys.stderr)
+            raise SystemExit(f"{arm} arm failed")
+        results[arm] = json.loads(line[len("RESULT "):])
+    k, t = results["kormedqa"], results["trl"]
+    ratio = k["examples_per_s"] / t["examples_per_s"]
+    delta = abs(k["losses"][0] - t["losses"][0])
+    summary = f"train: kormedqa {ratio:.2f}x TRL (loss delta at step 1 {delta:.1e}; target >= 2x, delta <= 1e-3)"
+    write_result("train_throughput", {
+        "machine": machine(), "settings": {k_: v for k_, v in vars(args).items() if k_ not in ("arm",)},
+        "kormedqa": k, "trl": t, "speedup": ratio, "loss_delta_step1": delta, "summary": summary,
+    })
+    print(summary)
+    return 0
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
