@@ -1,0 +1,105 @@
+"""How far training and scoring are from this machine's dense-matmul limit.
+
+Achieved FLOP/s: training 6 x params x tokens (forward + both backward matmuls of the body; LoRA
+freezes the weights, so this over-counts the weight-gradient third: the fraction reported is an
+upper bound) plus the lm_head on supervised positions; scoring 2 x params x tokens plus the lm_head
+on the scored position only. The limit is torch.matmul of large float32 (and bf16) matrices.
+
+    python bench/roofline.py [--model DIR] [--steps 3]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import SAMPLE, machine, prepared_mcq_rows, write_result  # noqa: E402
+
+
+def matmul_flops(dtype, n: int = 2048, repeats: int = 10) -> float:
+    import torch
+
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    torch.matmul(a, b)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        torch.matmul(a, b)
+    return 2 * n**3 * repeats / (time.perf_counter() - started)
+
+
+def body_and_head_params(model) -> tuple[int, int]:
+    head = model.get_output_embeddings().weight.numel()
+    embed = model.get_input_embeddings().weight.numel()
+    total = sum(p.numel() for p in model.parameters())
+    # Tied embeddings are counted once by parameters(); the body excludes the embedding table.
+    body = total - embed
+    return body, head
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="gemma3-270m")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--questions", type=int, default=48)
+    args = p.parse_args()
+
+    import torch
+
+    from kormedqa.data import load_mcq
+    from kormedqa.evaluate import eval_prompt, letter_logprobs
+    from kormedqa.modeling import load_model, load_tokenizer, resolve_model_path
+    from kormedqa.sft import TrainConfig, run_training, tokenize_rows
+
+    peak32 = matmul_flops(torch.float32)
+    peak16 = matmul_flops(torch.bfloat16)
+    model_dir = resolve_model_path(args.model)
+    tokenizer = load_tokenizer(model_dir)
+    model = load_model(model_dir, device="cpu", precision="fp32")
+    body, head = body_and_head_params(model)
+
+    qs = load_mcq(SAMPLE / "mcq", split="test")[: args.questions]
+    prompts = [eval_prompt(q) for q in qs]
+    tokens = sum(len(tokenizer(p)["input_ids"]) for p in prompts)
+    started = time.time()
+    letter_logprobs(model, tokenizer, prompts, 16)
+    score_s = time.time() - started
+    score_flops = 2 * body * tokens + 2 * head * len(prompts)
+    del model
+
+    rows = prepared_mcq_rows()
+    feats = tokenize_rows(tokenizer, rows, 1024)
+    mean_len = sum(len(f["input_ids"]) for f in feats) / len(feats)
+    mean_sup = sum(sum(l != -100 for l in f["labels"]) for f in feats) / len(feats)
+    cfg = TrainConfig(base_model=model_dir, track="mcq", max_steps=args.steps, batch_size=args.batch_size,
+                      grad_accum=1, answer_weight="none", device="cpu", precision="fp32")
+    out = Path(__file__).resolve().parent / "work" / "roofline"
+    summary = run_training(cfg, rows, out / "adapter", stage="roofline", logs_dir=out)
+    n_examples = args.steps * args.batch_size
+    train_flops = n_examples * (6 * body * mean_len + 6 * head * mean_sup)
+    train_s = summary["seconds"]
+    result = {
+        "machine": machine(),
+        "peak_matmul_flops": {"fp32": peak32, "bf16": peak16},
+        "params": {"body": body, "lm_head": head},
+        "scoring": {"flops_per_s": score_flops / score_s, "fraction_of_fp32_peak": score_flops / score_s / peak32,
+                    "questions": len(prompts), "seconds": score_s},
+        "training": {"flops_per_s": train_flops / train_s, "fraction_of_fp32_peak": train_flops / train_s / peak32,
+                     "examples": n_examples, "mean_tokens": mean_len, "seconds": train_s},
+    }
+    result["summary"] = (
+        f"roofline: fp32 matmul peak {peak32 / 1e9:.0f} GFLOP/s (bf16 {peak16 / 1e9:.0f}); training "
+        f"{result['training']['flops_per_s'] / 1e9:.1f} GFLOP/s ({result['training']['fraction_of_fp32_peak']:.0%} of peak), "
+        f"scoring {result['scoring']['flops_per_s'] / 1e9:.1f} GFLOP/s ({result['scoring']['fraction_of_fp32_peak']:.0%})"
+    )
+    write_result("roofline", result)
+    print(result["summary"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
