@@ -23,6 +23,7 @@ from .formats import GENERATION_PREFIX, Glossary, mcq_completion, mcq_prompt, te
 from .metrics import accuracy_by_group, proportion
 from .modeling import stop_token_ids
 from .records import LETTERS, MCQ
+from .runs import fault_point
 from .sft import CompletionCollator, supervised_positions, tokenize_pair
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ def generate(model, tokenizer, prompts: Sequence[str], batch_size: int = 8, max_
     eos = stop_token_ids(tokenizer)
     device = next(model.parameters()).device
     for _, idx in tqdm(list(_batches(order, batch_size)), desc=desc, leave=False):
+        fault_point("generate_batch")
         enc = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
         out = model.generate(
             **enc,

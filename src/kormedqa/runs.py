@@ -24,6 +24,28 @@ class OutputExistsError(RuntimeError):
     pass
 
 
+_FAULT_COUNTS: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Crash-test hook: `KORMEDQA_KILL_AT=name:N` SIGKILLs this process the N-th time `name` is reached.
+
+    The reliability tests use it to kill a real run at exact places (mid-training, mid-evaluation,
+    mid-checkpoint) and check that `--resume` loses nothing. Unset, it costs a dict lookup.
+    """
+    spec = os.environ.get("KORMEDQA_KILL_AT")
+    if not spec:
+        return
+    target, _, nth = spec.partition(":")
+    if target != name:
+        return
+    _FAULT_COUNTS[name] = _FAULT_COUNTS.get(name, 0) + 1
+    if _FAULT_COUNTS[name] == int(nth or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def fsync_tree(path: Path) -> None:
     for root, _dirs, files in os.walk(path):
         for name in files:
@@ -49,6 +71,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
         yield scratch
+        fault_point("checkpoint_written")
         fsync_tree(scratch)
         if target.exists():
             # Move the old copy aside first: a crash between the two renames leaves it recoverable.
@@ -90,14 +113,15 @@ def _json_default(obj):
 
 
 def clean_stale_scratch(folder: Path) -> None:
-    """Remove scratch folders a killed run left behind; they are never a finished artefact."""
-    if folder.is_dir():
-        for child in folder.iterdir():
-            if child.name.startswith(".") and (".tmp-" in child.name or ".old-" in child.name):
-                if child.is_dir():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink(missing_ok=True)
+    """Remove scratch folders a killed run left anywhere below `folder`; they are never finished work."""
+    if not folder.is_dir():
+        return
+    stale = [p for p in folder.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name]
+    for path in sorted(stale, key=lambda p: len(p.parts)):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists():
+            path.unlink(missing_ok=True)
 
 
 def claim_output(path: str | Path, resume: bool = False, overwrite: bool = False, is_dir: bool = True) -> Path:

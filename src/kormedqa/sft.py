@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .formats import END_OF_TURN, MODEL_TURN, REASONING_CLOSE, TURN_SEPARATOR
-from .runs import atomic_dir
+from .runs import atomic_dir, fault_point
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +289,7 @@ class JsonlLogCallback(TrainerCallback):
         row = {"stage": self.stage, "step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        fault_point("train_step_logged")
 
 
 # ---------------------------------------------------------------- the stage

@@ -1,0 +1,68 @@
+"""Kill a real `kormedqa loop` with SIGKILL at several points, resume, and compare with an uninterrupted run.
+
+On CPU with a fixed seed every stage is deterministic, so the resumed run's metrics must equal the
+uninterrupted run's exactly (no tolerance is needed; none is used).
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from helpers import write_sample
+
+
+def _loop(tmp_path, tiny_model_dir, data, out, *extra, kill_at=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "KORMEDQA_LOG": "WARNING"}
+    env.pop("KORMEDQA_KILL_AT", None)
+    if kill_at:
+        env["KORMEDQA_KILL_AT"] = kill_at
+    cmd = [sys.executable, "-m", "kormedqa", "loop", "--base-model", str(tiny_model_dir),
+           "--dictionary", data["dictionary"], "--train-data", data["mcq"], "--eval-data", data["mcq"],
+           "--output", str(out), "--max-loops", "2", "--patience", "5", "--dict-max-steps", "2", "--mcq-max-steps", "2",
+           "--dict-batch-size", "2", "--mcq-batch-size", "2", "--dict-grad-accum", "1", "--mcq-grad-accum", "1",
+           "--max-new-tokens", "3", "--eval-batch-size", "2", "--device", "cpu", "--seed", "5", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("ref")
+    data = write_sample(tmp / "data")
+    r = _loop(tmp, tiny_model_dir, data, tmp / "run")
+    assert r.returncode == 0, r.stderr
+    return data, json.loads((tmp / "run" / "history.json").read_text())
+
+
+@pytest.mark.parametrize("kill_at", [
+    "train_step_logged:5",     # loop 2, in the dictionary stage
+    "generate_batch:2",        # loop 1, during evaluation
+    "checkpoint_written:3",    # loop 1, best_checkpoint staged but not yet renamed
+    "checkpoint_written:4",    # loop 2, its dictionary checkpoint staged but not yet renamed
+])
+def test_kill_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir, reference, kill_at):
+    data, expected = reference
+    out = tmp_path / "run"
+    killed = _loop(tmp_path, tiny_model_dir, data, out, kill_at=kill_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    before = {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("adapter_model.safetensors")
+              if not any(part.startswith(".") for part in p.relative_to(out).parts)}
+    assert before, "the kill came after at least one finished stage"
+
+    refused = _loop(tmp_path, tiny_model_dir, data, out)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+
+    resumed = _loop(tmp_path, tiny_model_dir, data, out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    history = json.loads((out / "history.json").read_text())
+    assert [l["loop"] for l in history["loops"]] == [1, 2]
+    assert [l["metrics"] for l in history["loops"]] == [l["metrics"] for l in expected["loops"]]
+    # Finished stages were not redone; no scratch or half-written folder is left.
+    for path, stamp in before.items():
+        assert (out / path).stat().st_mtime_ns == stamp, f"{path} was rewritten"
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name or ".old-" in p.name]
+    for d in ("loop_1/after_type1", "loop_1/after_type2", "loop_2/after_type1", "loop_2/after_type2",
+              "best_checkpoint", "final"):
+        assert (out / d / "adapter_model.safetensors").exists() and (out / d / "adapter_config.json").exists()
