@@ -46,3 +46,22 @@ def test_wilson_interval_known_values():
     low, high = wilson_interval(8, 10)
     assert round(low, 4) == 0.4902 and round(high, 4) == 0.9433
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(0, 0) == (0.0, 0.0)
+
+
+def test_dict_eval_scores_exact_and_chrf(monkeypatch, tiny_model, tokenizer):
+    import kormedqa.evaluate as ev
+    from kormedqa.records import DictEntry
+
+    entries = [DictEntry("고혈압", "Hypertension. 혈압이 높은 상태"), DictEntry("빈혈", "Anemia. 산소 운반 능력 감소")]
+    seen = {}
+
+    def fake_generate(model, tok, prompts, *a, **k):
+        seen["prompts"] = prompts
+        return [" Hypertension. 혈압이 높은 상태", "전혀 다른 말"]
+
+    monkeypatch.setattr(ev, "generate", fake_generate)
+    metrics, preds = ev.evaluate_dict(tiny_model, tokenizer, entries)
+    assert seen["prompts"][0] == "<start_of_turn>user\nMeaning of word 고혈압:<end_of_turn>\n<start_of_turn>model\n"
+    assert [p["exact"] for p in preds] == [True, False]
+    assert preds[0]["chrf"] == 100.0 and preds[1]["chrf"] < 20
+    assert metrics["exact_match"]["value"] == 0.5

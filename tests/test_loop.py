@@ -15,7 +15,7 @@ def _cfg(tmp_path, tiny_model_dir, **kw):
         base_model=str(tiny_model_dir), dictionary=[data["dictionary"]], train_data=data["mcq"], eval_data=data["mcq"],
         output=str(tmp_path / "run"), max_loops=1, dict_max_steps=1, mcq_max_steps=1, dict_batch_size=2,
         mcq_batch_size=2, dict_grad_accum=1, mcq_grad_accum=1, eval_mode="all", max_new_tokens=4,
-        eval_batch_size=4, device="cpu", seed=3,
+        eval_batch_size=4, device="cpu", seed=3, dict_eval_limit=2,
     )
     base.update(kw)
     return LoopConfig(**base)
@@ -28,6 +28,8 @@ def test_one_loop_writes_seed_layout_and_history(tmp_path, tiny_model_dir):
     for d in ("loop_1/after_type1", "loop_1/after_type2", "best_checkpoint", "final"):
         assert (run / d / "adapter_model.safetensors").exists(), d
     assert (run / "loop_1/eval/metrics.json").exists() and (run / "loop_1/eval/predictions.jsonl").exists()
+    assert (run / "loop_1/eval_dict/metrics.json").exists() and "dict_chrf" in history["loops"][0]["metrics"]
+    assert json.loads((run / "loop_1/eval/metrics.json").read_text())["overlap"]["count"] == 0
     saved = json.loads((run / "history.json").read_text())
     assert saved == history
     assert [l["loop"] for l in saved["loops"]] == [1]

@@ -39,7 +39,8 @@ class EvalConfig:
     data: str = field(default="", metadata={"help": "KorMedMCQA file, split folder or hub id (e.g. sean0042/KorMedMCQA)"})
     split: str = field(default="test", metadata={"help": "split to read from a folder or the hub"})
     exam_type: str | None = field(default=None, metadata={"help": "doctor, nurse, pharm or dentist (default: all)"})
-    task: str = field(default="mcq", metadata={"help": "mcq, or dict to score dictionary definitions"})
+    task: str = field(default="mcq", metadata={"help": "mcq, or dict to score dictionary definitions (Track 1)"})
+    dictionary: list[str] = field(default_factory=list, metadata={"help": "dictionary JSON(s) for --task dict"})
     mode: str = field(default="all", metadata={"help": "generate, loglik or all (both, plus the answer-only loss)"})
     output: str = field(default="", metadata={"help": "folder for metrics.json and predictions.jsonl"})
     limit: int | None = field(default=None, metadata={"help": "score only the first N questions"})
@@ -227,7 +228,40 @@ def evaluate_mcq(
     return metrics, preds
 
 
+@torch.no_grad()
+def evaluate_dict(model, tokenizer, entries, batch_size: int = 8, max_new_tokens: int = 64) -> tuple[dict, list[dict]]:
+    """Track 1: generate after `Meaning of word {term}:` and compare with the definition (exact match, chrF)."""
+    from sacrebleu.metrics import CHRF
+
+    from .formats import dict_prompt
+
+    model.eval()
+    started = time.time()
+    outputs = generate(model, tokenizer, [dict_prompt(e.term) + GENERATION_PREFIX for e in entries], batch_size,
+                       max_new_tokens, desc="dict")
+    chrf = CHRF()
+    preds = []
+    for entry, out in zip(entries, outputs):
+        text = out.strip()
+        preds.append({"term": entry.term, "kind": entry.kind, "definition": entry.definition, "output": text,
+                      "exact": text == entry.definition.strip(),
+                      "chrf": chrf.sentence_score(text, [entry.definition]).score})
+    exact = sum(p["exact"] for p in preds)
+    metrics = {
+        "n": len(preds),
+        "task": "dict",
+        "exact_match": proportion(exact, len(preds)),
+        "chrf": chrf.corpus_score([p["output"] for p in preds], [[p["definition"] for p in preds]]).score,
+        "mean_sentence_chrf": sum(p["chrf"] for p in preds) / max(len(preds), 1),
+        "seconds": time.time() - started,
+    }
+    return metrics, preds
+
+
 def summary_line(metrics: dict) -> str:
+    if metrics.get("task") == "dict":
+        em = metrics["exact_match"]
+        return f"n={metrics['n']}: exact match {em['value']:.1%} [{em['ci95'][0]:.1%}, {em['ci95'][1]:.1%}], chrF {metrics['chrf']:.1f}"
     parts = []
     if "accuracy" in metrics:
         a, pr = metrics["accuracy"], metrics["parse_rate"]
@@ -256,8 +290,10 @@ def run_eval(cfg: EvalConfig) -> dict:
     from .modeling import load_model, load_tokenizer
     from .runs import claim_output, provenance
 
-    if cfg.task != "mcq":
-        raise ValueError("only --task mcq is implemented")
+    if cfg.task not in ("mcq", "dict"):
+        raise ValueError(f"--task is mcq or dict, not {cfg.task!r}")
+    if cfg.task == "dict":
+        return _run_dict_eval(cfg)
     if not cfg.data or not cfg.output:
         raise ValueError("--data and --output are required")
     mcqs = load_mcq(cfg.data, split=cfg.split, exam_type=cfg.exam_type)
@@ -269,5 +305,24 @@ def run_eval(cfg: EvalConfig) -> dict:
     model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     metrics, preds = evaluate_mcq(model, tokenizer, mcqs, cfg.mode, cfg.batch_size, cfg.max_new_tokens)
     write_eval(cfg.output, metrics, preds, {"run": provenance(cfg, {"data": cfg.data})})
+    print(summary_line(metrics))
+    return metrics
+
+
+def _run_dict_eval(cfg: EvalConfig) -> dict:
+    from .data import load_dictionary
+    from .modeling import load_model, load_tokenizer
+    from .runs import claim_output, provenance
+
+    paths = cfg.dictionary or ([cfg.data] if cfg.data else [])
+    if not paths or not cfg.output:
+        raise ValueError("--dictionary (or --data) and --output are required for --task dict")
+    entries = load_dictionary(*paths)[: cfg.limit or None]
+    tokenizer = load_tokenizer(cfg.model)
+    claim_output(cfg.output, overwrite=cfg.overwrite)
+    model = load_model(cfg.model, device=cfg.device, precision=cfg.precision)
+    model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    metrics, preds = evaluate_dict(model, tokenizer, entries, cfg.batch_size, min(cfg.max_new_tokens, 96))
+    write_eval(cfg.output, metrics, preds, {"run": provenance(cfg)})
     print(summary_line(metrics))
     return metrics

@@ -58,6 +58,7 @@ class LoopConfig:
     lora_alpha: int = 128
     eval_mode: str = field(default="all", metadata={"help": "generate, loglik or all"})
     eval_limit: int | None = None
+    dict_eval_limit: int = field(default=0, metadata={"help": "also score Track 1 on this many dictionary entries per loop (0: off)"})
     eval_batch_size: int = 8
     max_new_tokens: int = 256
     allow_overlap: bool = False
@@ -103,7 +104,7 @@ def copy_checkpoint(src: Path, dest: Path) -> None:
 
 def run_loop(cfg: LoopConfig) -> dict:
     from .data import load_dictionary, load_mcq
-    from .evaluate import evaluate_mcq, summary_line, write_eval
+    from .evaluate import evaluate_dict, evaluate_mcq, summary_line, write_eval
     from .formats import Glossary
     from .modeling import load_model, load_tokenizer, resolve_model_path
     from .prepare import check_overlap, dict_rows, mcq_rows
@@ -159,6 +160,12 @@ def run_loop(cfg: LoopConfig) -> dict:
             metrics, preds = evaluate_mcq(
                 model, tokenizer, evaluation, cfg.eval_mode, cfg.eval_batch_size, cfg.max_new_tokens, glossary
             )
+            metrics["overlap"] = overlap
+            if cfg.dict_eval_limit:
+                dict_metrics, dict_preds = evaluate_dict(model, tokenizer, entries[: cfg.dict_eval_limit], cfg.eval_batch_size)
+                write_eval(loop_dir / "eval_dict", dict_metrics, dict_preds)
+                metrics["dict_exact_match"] = dict_metrics["exact_match"]
+                metrics["dict_chrf"] = dict_metrics["chrf"]
             del model
             write_eval(loop_dir / "eval", metrics, preds)
             done = {
@@ -199,11 +206,13 @@ def run_loop(cfg: LoopConfig) -> dict:
 def _history_metrics(metrics: dict) -> dict:
     """The numbers worth plotting per loop: plain floats, intervals kept beside them."""
     out = {}
-    for key in ("accuracy", "loglik_accuracy", "parse_rate", "accuracy_among_parsed", "teacher_forced_answer_accuracy"):
+    for key in ("accuracy", "loglik_accuracy", "parse_rate", "accuracy_among_parsed", "teacher_forced_answer_accuracy",
+                "dict_exact_match"):
         if key in metrics:
             out[key] = metrics[key]["value"]
             out[f"{key}_ci95"] = metrics[key]["ci95"]
-    for key in ("reasoning_score", "valid_format_rate", "reasoning_tag_rate", "answer_only_loss", "answer_letter_loss"):
+    for key in ("reasoning_score", "valid_format_rate", "reasoning_tag_rate", "answer_only_loss", "answer_letter_loss",
+                "dict_chrf"):
         if key in metrics:
             out[key] = metrics[key]
     return out
