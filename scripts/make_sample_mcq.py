@@ -61,8 +61,41 @@ TEMPLATES = (
     lambda t: f"'{t}'의 정의로 가장 적절한 것은?",
     lambda t: f"{particle(t, '이란', '란')} 무엇인가?",
     lambda t: f"다음 중 {particle(t, '을', '를')} 올바르게 설명한 것은?",
-    lambda t: f"다음 중 {particle(t, '에', '에')} 해당하는 설명으로 가장 옳은 것은?",
+    lambda t: f"다음 중 {t}에 해당하는 설명으로 가장 옳은 것은?",
 )
+
+
+# A distractor must not also describe the asked term. Besides pairs where one term contains
+# the other (치수염 / 가역성 치수염), these groups hold a general term and members it also
+# describes (부정교합 / 개방교합, 길항제 / 날록손, 비스테로이드성 소염진통제 / 아스피린):
+# no member's definition is used as a distractor for another member of the same group.
+RELATED_GROUPS = (
+    ("갑상선기능항진증", "그레이브스병"),
+    ("갑상선기능저하증", "하시모토 갑상선염", "선천성 갑상선기능저하증"),
+    ("요로감염", "신우신염"),
+    ("격리", "공기주의", "접촉주의", "표준주의"),
+    ("의료관련감염", "인공호흡기 관련 폐렴"),
+    ("근육주사", "Z-트랙 기법"),
+    ("호스피스", "임종간호"),
+    ("지역사회 간호", "가정간호"),
+    ("효능제", "부분효능제", "에피네프린", "오피오이드"),
+    ("길항제", "부분효능제", "날록손", "플루마제닐", "아트로핀", "항콜린제", "베타차단제",
+     "안지오텐신 수용체 차단제", "히스타민 H2 수용체 길항제", "항히스타민제", "항정신병약물", "타목시펜"),
+    ("항콜린제", "아트로핀"),
+    ("비스테로이드성 소염진통제", "아스피린"),
+    ("약물유해반응", "추체외로 증상", "스티븐스-존슨 증후군", "QT 연장", "세로토닌 증후군"),
+    ("전구약물", "레보도파"),
+    ("부정교합", "앵글 II급 부정교합", "앵글 III급 부정교합", "개방교합", "반대교합", "총생"),
+    ("치아 변색", "치아 불소증"),
+)
+
+
+def related(a: str, b: str) -> bool:
+    """True if one term's definition could also describe the other (see RELATED_GROUPS)."""
+    x, y = a.replace(" ", ""), b.replace(" ", "")
+    if x in y or y in x:
+        return True
+    return any(a in group and b in group for group in RELATED_GROUPS)
 
 
 def korean_part(definition: str) -> str:
@@ -97,8 +130,8 @@ def split_sizes(n: int) -> tuple[int, int, int]:
     return n - n_test - n_dev, n_dev, n_test
 
 
-def make_question(rng: random.Random, term: str, correct: str, pool: list[str]) -> tuple[str, list[str], int]:
-    candidates = sorted({d for d in pool if d != correct})
+def make_question(rng: random.Random, term: str, correct: str, pool: list[tuple[str, str]]) -> tuple[str, list[str], int]:
+    candidates = sorted({d for other, d in pool if d != correct and not related(term, other)})
     if len(candidates) < 4:
         raise ValueError(f"fewer than 4 distinct distractors for {term!r}")
     options = rng.sample(candidates, 4)
@@ -122,7 +155,7 @@ def generate(dictionary: Path, seed: int) -> dict[str, list[dict]]:
         split_of = {}
         for rank, idx in enumerate(order):
             split_of[idx] = "train" if rank < n_train else "dev" if rank < n_train + n_dev else "test"
-        pool = [definition for _, definition in entries]
+        pool = entries
         for idx, (term, correct) in enumerate(entries):
             question, options, answer = make_question(rng, term, correct, pool)
             number = idx + 1

@@ -105,7 +105,21 @@ def cmd_train(argv):
             raise DataError(cfg.data, line, "prompt/completion", "a prepared row needs string 'prompt' and 'completion'")
     out = claim_output(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
     write_json_atomic(out / "run.json", provenance(cfg.resolved(), {"data": cfg.data}))
-    summary = run_training(cfg, rows, Path(out) / "adapter", stage=track, logs_dir=out)
+    if cfg.method == "grpo":
+        if track != "mcq":
+            raise UsageError("--method grpo trains MCQs: use kormedqa train mcq")
+        from .grpo import grpo_rows_from_prepared, run_grpo
+
+        r = cfg.resolved()
+        summary = run_grpo(cfg.base_model, grpo_rows_from_prepared(rows), Path(out) / "adapter",
+                           max_steps=cfg.max_steps if cfg.max_steps > 0 else 20, num_generations=cfg.num_generations,
+                           max_completion_length=cfg.max_completion_length, batch_size=r.batch_size * r.grad_accum,
+                           learning_rate=r.learning_rate, device=cfg.device, precision=cfg.precision, seed=cfg.seed,
+                           logs_dir=out)
+    elif cfg.method == "sft":
+        summary = run_training(cfg, rows, Path(out) / "adapter", stage=track, logs_dir=out)
+    else:
+        raise UsageError(f"--method is sft or grpo, not {cfg.method!r}")
     print(json.dumps({k: v for k, v in summary.items() if k != "log"}, indent=2))
     print(f"adapter written to {Path(out) / 'adapter'}")
 

@@ -47,6 +47,10 @@ class LoopConfig:
     epochs_per_stage: float = 1.0
     dict_max_steps: int = field(default=-1, metadata={"help": "bound each dictionary stage (-1: one epoch)"})
     mcq_max_steps: int = field(default=-1, metadata={"help": "bound each MCQ stage (-1: one epoch)"})
+    grpo_max_steps: int = field(default=20, metadata={"help": "optimizer steps of each grpo stage"})
+    grpo_learning_rate: float = 1e-5
+    num_generations: int = 4
+    max_completion_length: int = 128
     dict_learning_rate: float | None = None
     mcq_learning_rate: float | None = None
     dict_batch_size: int | None = None
@@ -112,9 +116,9 @@ def run_loop(cfg: LoopConfig) -> dict:
     if cfg.select_by not in SELECT_BY:
         raise ValueError(f"--select-by must be one of {SELECT_BY}")
     stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
-    unknown = set(stages) - {"dict", "mcq"}
+    unknown = set(stages) - {"dict", "mcq", "grpo"}
     if unknown:
-        raise ValueError(f"unknown stage(s) {sorted(unknown)}; known: dict, mcq")
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; known: dict, mcq, grpo")
 
     # Everything that can fail on bad input fails here, before any training.
     entries = load_dictionary(*cfg.dictionary)
@@ -150,6 +154,13 @@ def run_loop(cfg: LoopConfig) -> dict:
             stage_dir = loop_dir / f"after_type{i}"
             if stage_dir.exists():
                 log.info("loop %d %s: finished earlier, skipping", loop, track)
+            elif track == "grpo":
+                from .grpo import grpo_rows_from_mcqs, run_grpo
+
+                run_grpo(previous or base, grpo_rows_from_mcqs(train), stage_dir, max_steps=cfg.grpo_max_steps,
+                         num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
+                         batch_size=cfg.num_generations * 2, learning_rate=cfg.grpo_learning_rate, device=cfg.device,
+                         precision=cfg.precision, seed=cfg.seed + loop, logs_dir=out, stage=f"loop_{loop}_grpo")
             else:
                 stage_cfg = _stage_config(cfg, track, previous or base, loop)
                 run_training(stage_cfg, rows[track], stage_dir, tokenizer=tokenizer, stage=f"loop_{loop}_{track}", logs_dir=out)

@@ -40,6 +40,9 @@ class TrainConfig:
     output: str = field(default="", metadata={"help": "folder for the adapter, logs and run.json"})
     base_model: str = field(default="gemma3-270m", metadata={"help": "HF folder, hub id, adapter folder, or 'gemma3-270m'"})
     track: str = field(default="mcq", metadata={"help": "dict or mcq (sets the seed defaults)"})
+    method: str = field(default="sft", metadata={"help": "sft, or grpo (reward = the seed's reasoning score; mcq only, after SFT)"})
+    num_generations: int = field(default=4, metadata={"help": "grpo: completions per prompt"})
+    max_completion_length: int = field(default=128, metadata={"help": "grpo: generated tokens at most"})
     epochs: float | None = None
     max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (overrides epochs)"})
     batch_size: int | None = None

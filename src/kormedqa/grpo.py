@@ -1,0 +1,116 @@
+"""Reward training with the seed's own score (TRL GRPOTrainer).
+
+The reward is `reasoning_score(output, gold)`: 2/3 for the right letter, +1/3 with the detailed
+format, 1/4 for the format alone. Generations stop at `<end_of_turn>`. Meant to run after SFT,
+from its adapter (the adapter keeps training); from a plain model a fresh LoRA is added.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .extract import reasoning_score
+from .records import MCQ
+
+
+def seed_reward(completions: Sequence, gold: Sequence[str], **_) -> list[float]:
+    """TRL reward function: one float per completion; `gold` comes from the dataset column."""
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    return [reasoning_score(text, g) for text, g in zip(texts, gold)]
+
+
+def grpo_rows_from_mcqs(mcqs: Sequence[MCQ]) -> list[dict]:
+    from .evaluate import eval_prompt
+
+    return [{"prompt": eval_prompt(q), "gold": q.answer} for q in mcqs]
+
+
+def grpo_rows_from_prepared(rows: Sequence[dict]) -> list[dict]:
+    """Prepared SFT rows -> GRPO prompts; the gold letter is the one the reference completion gives."""
+    from .extract import extract_answer
+    from .formats import GENERATION_PREFIX
+
+    return [{"prompt": r["prompt"] + GENERATION_PREFIX, "gold": extract_answer(r["completion"])} for r in rows]
+
+
+def run_grpo(
+    base_model: str,
+    rows: Sequence[dict],
+    output: str | Path,
+    max_steps: int = 20,
+    num_generations: int = 4,
+    max_completion_length: int = 128,
+    batch_size: int = 4,
+    learning_rate: float = 1e-5,
+    temperature: float = 1.0,
+    device: str = "auto",
+    precision: str = "auto",
+    seed: int = 42,
+    logs_dir: str | Path | None = None,
+    stage: str = "grpo",
+) -> dict:
+    from datasets import Dataset
+    from peft import PeftModel
+    from trl import GRPOConfig, GRPOTrainer
+
+    from .modeling import load_model, load_tokenizer, lora_config, pick_device, pick_dtype, stop_token_ids
+    from .runs import atomic_dir
+    from .sft import JsonlLogCallback
+
+    output = Path(output)
+    logs_dir = Path(logs_dir or output.parent)
+    dev = pick_device(device)
+    dtype = pick_dtype(dev, precision)
+    tokenizer = load_tokenizer(base_model)
+    model = load_model(base_model, device=device, precision=precision, trainable_adapter=True)
+    peft_config = None if isinstance(model, PeftModel) else lora_config()
+    if any(r["gold"] not in "ABCDE" or not r["gold"] for r in rows):
+        raise ValueError("every GRPO row needs a gold letter A-E")
+    data = Dataset.from_list(list(rows))
+    # Each optimizer step sees batch_size completions = batch_size / num_generations prompts.
+    per_device = max(num_generations, batch_size - batch_size % num_generations)
+    args = GRPOConfig(
+        output_dir=str(output.parent / f".{output.name}.work"),
+        max_steps=max_steps,
+        per_device_train_batch_size=per_device,
+        num_generations=num_generations,
+        max_completion_length=max_completion_length,
+        learning_rate=learning_rate,
+        temperature=temperature,
+        generation_kwargs={"eos_token_id": stop_token_ids(tokenizer)},
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        bf16=dtype.is_floating_point and str(dtype) == "torch.bfloat16",
+        use_cpu=dev.type == "cpu",
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=seed_reward,
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[JsonlLogCallback(logs_dir / "train_log.jsonl", stage)],
+    )
+    started = time.time()
+    result = trainer.train()
+    summary = {
+        "stage": stage,
+        "steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "seconds": time.time() - started,
+        "log": [h for h in trainer.state.log_history if "loss" in h or "reward" in h],
+    }
+    with atomic_dir(output) as scratch:
+        trainer.model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        import json
+
+        (scratch / "training_summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
+    import shutil
+
+    shutil.rmtree(output.parent / f".{output.name}.work", ignore_errors=True)
+    return summary

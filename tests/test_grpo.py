@@ -1,0 +1,32 @@
+"""Reward training with the seed's score: the reward matches the table; a few steps write an adapter."""
+import json
+
+import pytest
+
+from kormedqa.data import load_mcq
+from kormedqa.grpo import grpo_rows_from_mcqs, grpo_rows_from_prepared, run_grpo, seed_reward
+
+from helpers import write_sample
+
+DETAILED = "<reasoning>\n첫째: a\n둘째: b\n셋째: c\n넷째: A) 70%, B) 10%, C) 10%, D) 5%, E) 5%\n</reasoning>A"
+
+
+def test_reward_is_the_seed_table():
+    outs = [DETAILED, DETAILED, "<reasoning>x</reasoning>A", "<reasoning>x</reasoning>B", "", [{"role": "assistant", "content": DETAILED}]]
+    gold = ["A", "B", "A", "A", "A", "A"]
+    assert seed_reward(outs, gold=gold) == pytest.approx([1.0, 0.25, 2 / 3, 0.0, 0.0, 1.0])
+
+
+def test_prepared_rows_give_gold_from_reference_completion():
+    rows = [{"prompt": "<start_of_turn>user\nq<end_of_turn>", "completion": "<start_of_turn>model\n<reasoning>\nx\n</reasoning>D<end_of_turn>"}]
+    assert grpo_rows_from_prepared(rows) == [{"prompt": "<start_of_turn>user\nq<end_of_turn>\n<start_of_turn>model\n", "gold": "D"}]
+
+
+def test_a_few_grpo_steps_write_an_adapter(tmp_path, tiny_model_dir):
+    qs = load_mcq(write_sample(tmp_path / "d")["mcq"], split="train")
+    summary = run_grpo(str(tiny_model_dir), grpo_rows_from_mcqs(qs), tmp_path / "grpo", max_steps=2,
+                       num_generations=2, max_completion_length=6, batch_size=4, device="cpu")
+    assert summary["steps"] == 2
+    assert (tmp_path / "grpo" / "adapter_model.safetensors").exists()
+    logged = [json.loads(l) for l in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert any("reward" in l for l in logged)
