@@ -8,9 +8,11 @@ to <out-dir>/{train,dev,test}.jsonl.
 Each question asks, term -> definition, which option describes the term. The options
 are the Korean part of dictionary definitions (the text after the first ". "): the
 term's own plus four distractors drawn from other terms of the same category. The
-split (about 55/5/40 per category), the question wording, the distractors and the
-answer position all come from one `random.Random(seed)`, so a seed always gives the
-same files byte for byte.
+split (about 55/5/40 per category; terms whose names contain one another stay
+together), the question wording, the distractors and the answer position all come
+from one `random.Random(seed)`, so a seed always gives the same files byte for byte.
+The script refuses to write splits whose questions would trip kormedqa's train/eval
+leakage check.
 
 Usage: python3 scripts/make_sample_mcq.py [--seed 20261125] [--dictionary PATH] [--out-dir DIR]
 Standard library only.
@@ -23,6 +25,7 @@ import os
 import random
 import sys
 import tempfile
+import unicodedata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,6 +144,73 @@ def make_question(rng: random.Random, term: str, correct: str, pool: list[tuple[
     return question, options, answer_index + 1
 
 
+def term_clusters(terms: list[str]) -> list[list[int]]:
+    """Indices of terms grouped so that a term and any term containing it share a group.
+
+    Such terms (가역성 치수염 / 비가역성 치수염, 부종 / 함요부종) give near-identical
+    questions, so they are kept in one split; otherwise kormedqa's train/eval leakage check
+    (character 5-gram Jaccard >= 0.9) would flag them.
+    """
+    parent = list(range(len(terms)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    squashed = [t.replace(" ", "") for t in terms]
+    for i in range(len(terms)):
+        for j in range(i + 1, len(terms)):
+            if squashed[i] in squashed[j] or squashed[j] in squashed[i]:
+                parent[find(i)] = find(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(terms)):
+        groups.setdefault(find(i), []).append(i)
+    return sorted(groups.values())
+
+
+def assign_splits(rng: random.Random, terms: list[str]) -> dict[int, str]:
+    """Shuffle the term clusters and fill test, then dev, up to their target sizes; the rest is train."""
+    _, n_dev, n_test = split_sizes(len(terms))
+    clusters = term_clusters(terms)
+    rng.shuffle(clusters)
+    split_of: dict[int, str] = {}
+    filled = {"test": 0, "dev": 0}
+    for cluster in clusters:
+        for name, target in (("test", n_test), ("dev", n_dev)):
+            if filled[name] + len(cluster) <= target:
+                filled[name] += len(cluster)
+                break
+        else:
+            name = "train"
+        for idx in cluster:
+            split_of[idx] = name
+    return split_of
+
+
+def normalize_question(text: str) -> str:
+    """The normalisation of kormedqa.leakage: NFKC, lowercase, no whitespace, punctuation or symbols."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    return "".join(c for c in text if not c.isspace() and unicodedata.category(c)[0] not in "PS")
+
+
+def char_5grams(text: str) -> set[str]:
+    norm = normalize_question(text)
+    return {norm} if len(norm) < 5 else {norm[i : i + 5] for i in range(len(norm) - 4)}
+
+
+def check_no_leakage(splits: dict[str, list[dict]], threshold: float = 0.9) -> None:
+    """Fail if a training question equals or nearly equals (5-gram Jaccard >= threshold) a dev/test question."""
+    held_out = [(r["id"], char_5grams(r["question"])) for name in ("dev", "test") for r in splits[name]]
+    for record in splits["train"]:
+        grams = char_5grams(record["question"])
+        for other_id, other in held_out:
+            shared = len(grams & other)
+            if shared / (len(grams) + len(other) - shared) >= threshold:
+                raise RuntimeError(f"near-duplicate questions across splits: {record['id']} ~ {other_id}")
+
+
 def generate(dictionary: Path, seed: int) -> dict[str, list[dict]]:
     rng = random.Random(seed)
     by_category = load_terms(dictionary)
@@ -149,21 +219,16 @@ def generate(dictionary: Path, seed: int) -> dict[str, list[dict]]:
         entries = by_category[category]
         if not entries:
             continue
-        order = list(range(len(entries)))
-        rng.shuffle(order)
-        n_train, n_dev, _ = split_sizes(len(entries))
-        split_of = {}
-        for rank, idx in enumerate(order):
-            split_of[idx] = "train" if rank < n_train else "dev" if rank < n_train + n_dev else "test"
-        pool = entries
+        split_of = assign_splits(rng, [term for term, _ in entries])
         for idx, (term, correct) in enumerate(entries):
-            question, options, answer = make_question(rng, term, correct, pool)
+            question, options, answer = make_question(rng, term, correct, entries)
             number = idx + 1
             record = {"id": f"sample-{category}-{number:04d}", "question": question}
             record.update(zip(LETTERS, options))
             record.update({"answer": answer, "exam_type": category, "subject": SUBJECTS[category],
                            "year": YEAR, "q_number": number})
             splits[split_of[idx]].append(record)
+    check_no_leakage(splits)
     return splits
 
 

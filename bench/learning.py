@@ -1,0 +1,128 @@
+"""Does training move the answer? Four arms, one model, one data set, one optimizer-step budget.
+
+(a) plain token mean (TRL's loss), (b) answer-weighted loss (W = 2/3, the seed's weight),
+(c) (b) followed by GRPO with the seed's reasoning score, (d) the seed's own hyperparameters
+(lr 2e-5 dictionary / 1e-5 MCQ, plain answer-only loss). Every arm trains a dictionary stage then
+an MCQ stage from the same base, then is scored on the whole held-out test split: generation
+accuracy, parse rate, accuracy among parsed answers, log-likelihood accuracy (95% Wilson
+intervals), and McNemar's exact test of each arm against (a) on the same questions.
+
+    python bench/learning.py [--model DIR] [--dict-steps 15] [--mcq-steps 40] [--grpo-steps 8]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import SAMPLE, machine, write_result  # noqa: E402
+
+ARMS = {
+    "a_token_mean": {"answer_weight": "none", "lr": (5e-4, 5e-4), "grpo": False},
+    "b_answer_weighted": {"answer_weight": "2/3", "lr": (5e-4, 5e-4), "grpo": False},
+    "c_weighted_grpo": {"answer_weight": "2/3", "lr": (5e-4, 5e-4), "grpo": True},
+    "d_seed_hparams": {"answer_weight": "none", "lr": (2e-5, 1e-5), "grpo": False},
+}
+
+
+def run_arm(name: str, spec: dict, args, work: Path, entries, train, test, glossary) -> dict:
+    from kormedqa.evaluate import evaluate_mcq
+    from kormedqa.grpo import grpo_rows_from_mcqs, run_grpo
+    from kormedqa.modeling import load_model, load_tokenizer
+    from kormedqa.prepare import dict_rows, mcq_rows
+    from kormedqa.sft import TrainConfig, run_training
+
+    arm_dir = work / name
+    tokenizer = load_tokenizer(args.model)
+    started = time.time()
+    mcq_steps = args.mcq_steps - (args.grpo_steps if spec["grpo"] else 0)  # same optimizer-step budget
+    dict_cfg = TrainConfig(base_model=args.model, track="dict", max_steps=args.dict_steps, batch_size=4, grad_accum=1,
+                           learning_rate=spec["lr"][0], answer_weight=spec["answer_weight"], device="cpu", seed=args.seed)
+    run_training(dict_cfg, dict_rows(entries), arm_dir / "dict", tokenizer=tokenizer, stage=f"{name}_dict", logs_dir=arm_dir)
+    mcq_cfg = TrainConfig(base_model=str(arm_dir / "dict"), track="mcq", max_steps=mcq_steps, batch_size=4, grad_accum=1,
+                          learning_rate=spec["lr"][1], answer_weight=spec["answer_weight"], device="cpu", seed=args.seed)
+    summary = run_training(mcq_cfg, mcq_rows(train, args.seed, glossary), arm_dir / "mcq", tokenizer=tokenizer,
+                           stage=f"{name}_mcq", logs_dir=arm_dir)
+    final = arm_dir / "mcq"
+    if spec["grpo"]:
+        run_grpo(str(final), grpo_rows_from_mcqs(train), arm_dir / "grpo", max_steps=args.grpo_steps,
+                 num_generations=4, max_completion_length=args.max_new_tokens, batch_size=8, learning_rate=1e-5,
+                 device="cpu", seed=args.seed, logs_dir=arm_dir, stage=f"{name}_grpo")
+        final = arm_dir / "grpo"
+    train_s = time.time() - started
+    model = load_model(str(final), device="cpu", precision="fp32").merge_and_unload()
+    metrics, preds = evaluate_mcq(model, tokenizer, test, "all", 16, args.max_new_tokens, glossary)
+    last = summary["log"][-1] if summary["log"] else {}
+    return {
+        "metrics": {k: metrics[k] for k in ("accuracy", "parse_rate", "accuracy_among_parsed", "loglik_accuracy",
+                                            "reasoning_score", "answer_only_loss", "teacher_forced_answer_accuracy")},
+        "train_seconds": train_s,
+        "last_train_log": {k: last.get(k) for k in ("loss", "answer_loss", "reasoning_loss", "answer_token_accuracy")},
+        "hits": [p["correct"] for p in preds],
+        "loglik_hits": [p["loglik_correct"] for p in preds],
+    }
+
+
+def table(results: dict, tests: dict) -> str:
+    pct = lambda p: f"{p['value']:.1%} [{p['ci95'][0]:.1%}, {p['ci95'][1]:.1%}]"  # noqa: E731
+    lines = ["| arm | accuracy | parse rate | acc. among parsed | loglik accuracy | McNemar p vs (a): gen / loglik |",
+             "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        m = r["metrics"]
+        t = tests.get(name)
+        sig = "-" if t is None else f"{t['accuracy']['p_value']:.3g} / {t['loglik_accuracy']['p_value']:.3g}"
+        lines.append(f"| {name} | {pct(m['accuracy'])} | {pct(m['parse_rate'])} | {pct(m['accuracy_among_parsed'])} "
+                     f"| {pct(m['loglik_accuracy'])} | {sig} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="gemma3-270m")
+    p.add_argument("--dict-steps", type=int, default=15)
+    p.add_argument("--mcq-steps", type=int, default=40)
+    p.add_argument("--grpo-steps", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=112)
+    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--seed", type=int, default=42)
+    args = p.parse_args()
+
+    from kormedqa.data import load_dictionary, load_mcq
+    from kormedqa.formats import Glossary
+    from kormedqa.metrics import mcnemar_exact
+    from kormedqa.modeling import resolve_model_path
+
+    args.model = str(Path(resolve_model_path(args.model)).resolve())
+    entries = load_dictionary(SAMPLE / "dictionary.json", SAMPLE / "characters.json")
+    train = load_mcq(SAMPLE / "mcq", split="train")
+    test = load_mcq(SAMPLE / "mcq", split="test")
+    glossary = Glossary(entries)
+    work = HERE / "work" / "learning"
+    results = {}
+    for name in args.arms.split(","):
+        results[name] = run_arm(name, ARMS[name], args, work, entries, train, test, glossary)
+        print(name, json.dumps({k: v["value"] if isinstance(v, dict) else v for k, v in results[name]["metrics"].items()}))
+    base = results.get("a_token_mean")
+    tests = {}
+    if base:
+        for name, r in results.items():
+            if name != "a_token_mean":
+                tests[name] = {"accuracy": mcnemar_exact(base["hits"], r["hits"]),
+                               "loglik_accuracy": mcnemar_exact(base["loglik_hits"], r["loglik_hits"])}
+    significant = [f"{n} ({k})" for n, t in tests.items() for k, v in t.items() if v["significant_at_0.05"]]
+    summary = "learning: " + (("significant vs (a): " + ", ".join(significant)) if significant
+                              else "no arm differs significantly from (a) at 0.05")
+    write_result("learning", {"machine": machine(), "settings": vars(args), "test_questions": len(test),
+                              "results": results, "mcnemar_vs_a": tests, "table": table(results, tests),
+                              "summary": summary})
+    print(table(results, tests))
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
