@@ -123,7 +123,7 @@ def korean_part(definition: str) -> str:
     return tail if sep and head.isascii() else definition
 
 
-def _short(text: str, width: int = 16) -> str:
+def _short(text: str, width: int = 10) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -159,14 +159,14 @@ def template_detailed_reasoning(mcq: MCQ, glossary: Glossary, rng: random.Random
     known = glossary.mentioned(mcq.question)
     if known:
         focus = ", ".join(e.term for e in known)
-        first = f"이 문제는 {focus}에 관한 문제입니다. 질문은 '{_short(mcq.question, 60)}'입니다."
+        first = f"이 문제는 {focus}에 관한 문제입니다. 선택지 중 질문에 맞는 설명을 골라야 합니다."
     else:
-        first = f"이 문제는 다음 질문에 답하는 문제입니다: '{_short(mcq.question, 60)}'."
+        first = f"이 문제는 다음 질문에 답하는 문제입니다. {_short(mcq.question, 60)}"
     if not knowledge:
         knowledge = " ".join(f"{e.term}은(는) {korean_part(e.definition)}입니다." for e in known)
     second = knowledge or "각 선택지의 의학적 의미를 질문과 비교합니다."
     third = " ".join(
-        f"{letter}) {_short(option)}{'는 질문에 부합합니다.' if letter == mcq.answer else '는 해당하지 않습니다.'}"
+        f"{letter}) {_short(option)}: {'질문에 부합함.' if letter == mcq.answer else '해당하지 않음.'}"
         for letter, option in zip(LETTERS, mcq.options)
     )
     pct = percentages(mcq.answer, rng)
