@@ -18,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import REPO, SAMPLE, machine, write_result  # noqa: E402
+from common import SAMPLE, machine, write_result  # noqa: E402
 
 TASK_YAML = """task: kormedqa_bench
 dataset_path: json

@@ -1,5 +1,4 @@
 """Answer-only labels and the (answer-weighted) loss, against hand computations on a tiny model."""
-import math
 
 import pytest
 import torch

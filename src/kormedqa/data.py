@@ -10,11 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from kormedqa.records import EXAM_TYPES, LETTERS, MCQ, DataError, DictEntry
 
@@ -359,35 +357,5 @@ def read_jsonl(path: str | Path, allow_empty: bool = False) -> list[dict]:
     return [row for _, row in rows]
 
 
-# ----------------------------------------------------------------------------- atomic writers
-
-
-def _write_atomic(path: str | Path, chunks: Iterable[str]) -> None:
-    """Write via a temp file + fsync + rename so readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes the file 0600; keep the old file's mode, or a normal 0644 for a new one.
-        os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> None:
-    _write_atomic(path, (json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    _write_atomic(path, [json.dumps(obj, ensure_ascii=False, indent=2) + "\n"])
-
+# Writers live with the other run-output helpers; re-exported because callers read and write here.
+from kormedqa.runs import write_json_atomic, write_jsonl_atomic  # noqa: E402,F401

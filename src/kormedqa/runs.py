@@ -17,7 +17,7 @@ import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 
 class OutputExistsError(RuntimeError):
@@ -87,14 +87,17 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         raise
 
 
-def write_json_atomic(path: str | Path, obj) -> None:
+def write_text_atomic(path: str | Path, chunks: Iterable[str]) -> None:
+    """Write via a scratch file + fsync + rename, so readers never see a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, ensure_ascii=False, indent=2, default=_json_default)
-            fh.write("\n")
+        # mkstemp makes the file 0600; keep the old file's mode, or a normal 0644 for a new one.
+        os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -102,6 +105,14 @@ def write_json_atomic(path: str | Path, obj) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> None:
+    write_text_atomic(path, (json.dumps(row, ensure_ascii=False, default=_json_default) + "\n" for row in rows))
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    write_text_atomic(path, [json.dumps(obj, ensure_ascii=False, indent=2, default=_json_default) + "\n"])
 
 
 def _json_default(obj):
