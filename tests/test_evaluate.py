@@ -1,4 +1,5 @@
 """Generation, log-likelihood and loss scoring on a tiny model, checked against direct computations."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -65,3 +66,22 @@ def test_dict_eval_scores_exact_and_chrf(monkeypatch, tiny_model, tokenizer):
     assert [p["exact"] for p in preds] == [True, False]
     assert preds[0]["chrf"] == 100.0 and preds[1]["chrf"] < 20
     assert metrics["exact_match"]["value"] == 0.5
+
+
+def test_chunked_completion_loss_equals_full_logits(tiny_model, tokenizer, tmp_path):
+    from kormedqa.evaluate import completion_losses
+    from kormedqa.formats import mcq_examples
+    from kormedqa.sft import CompletionCollator, tokenize_pair
+
+    qs = load_mcq(write_sample(tmp_path)["mcq"], split="test")
+    rows = [e.to_row() for e in mcq_examples(qs, seed=0, detailed_fraction=0.0)]
+    got = completion_losses(tiny_model, tokenizer, rows, batch_size=3)
+    for row, result in zip(rows, got):
+        feat = tokenize_pair(tokenizer, row["prompt"], row["completion"], 2048)
+        batch = CompletionCollator(tokenizer.pad_token_id)([feat])
+        with torch.no_grad():
+            logits = tiny_model(input_ids=batch["input_ids"]).logits[0, :-1].float()
+        targets = batch["labels"][0, 1:]
+        ce = F.cross_entropy(logits, targets, ignore_index=-100, reduction="none")[targets != -100]
+        assert result["loss"] == pytest.approx(float(ce.mean()), rel=1e-4)
+        assert result["tokens"] == int((targets != -100).sum())

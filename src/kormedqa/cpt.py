@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 
 @dataclass
@@ -63,7 +62,8 @@ def text_features(tokenizer, texts: Sequence[str], max_length: int) -> list[dict
 @torch.no_grad()
 def perplexity(model, tokenizer, texts: Sequence[str], max_length: int = 256, batch_size: int = 8) -> float:
     """exp(mean next-token cross-entropy) over all tokens of `texts`."""
-    from .sft import CompletionCollator, supervised_positions
+    from .evaluate import supervised_ce
+    from .sft import CompletionCollator
 
     model.eval()
     device = next(model.parameters()).device
@@ -72,11 +72,9 @@ def perplexity(model, tokenizer, texts: Sequence[str], max_length: int = 256, ba
     total, count = 0.0, 0
     for start in range(0, len(feats), batch_size):
         batch = {k: v.to(device) for k, v in collate(feats[start : start + batch_size]).items()}
-        keep = supervised_positions(batch["labels"])
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
-        targets = batch["labels"][:, 1:][keep[:, :-1]]
-        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, reduction="sum"))
-        count += int(targets.numel())
+        ce, _, _ = supervised_ce(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        total += float(ce.sum())
+        count += int(ce.numel())
     return math.exp(min(total / max(count, 1), 50.0))
 
 

@@ -117,6 +117,36 @@ def letter_logprobs(model, tokenizer, prompts: Sequence[str], batch_size: int = 
     return scores
 
 
+def _final_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """The lm_head (and Gemma's optional final soft-capping) on selected hidden states."""
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits.float()
+
+
+@torch.no_grad()
+def supervised_ce(model, input_ids, attention_mask, labels, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token cross-entropy and argmax hits at supervised positions, lm_head in chunks.
+
+    Scoring only: the decoder runs once and the 262k-wide logits exist `chunk` rows at a time,
+    instead of one (tokens x vocab) tensor of gigabytes. Returns (ce, hits, keep mask).
+    """
+    keep = supervised_positions(labels)
+    decoder = model.get_decoder()
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[keep]
+    targets = labels[:, 1:][keep[:, :-1]]
+    ces, hits = [], []
+    for start in range(0, hidden.shape[0], chunk):
+        logits = _final_logits(model, hidden[start : start + chunk])
+        t = targets[start : start + chunk]
+        ces.append(F.cross_entropy(logits, t, reduction="none"))
+        hits.append(logits.argmax(-1) == t)
+    empty = hidden.new_zeros(0)
+    return (torch.cat(ces) if ces else empty), (torch.cat(hits) if hits else empty.bool()), keep
+
+
 @torch.no_grad()
 def completion_losses(model, tokenizer, rows: Sequence[dict], batch_size: int = 8, max_length: int = 2048) -> list[dict]:
     """Teacher-forced answer-only loss of each reference completion, with its answer-letter part."""
@@ -126,11 +156,7 @@ def completion_losses(model, tokenizer, rows: Sequence[dict], batch_size: int = 
     for _, chunk in tqdm(list(_batches(rows, batch_size)), desc="loss", leave=False):
         feats = [tokenize_pair(tokenizer, r["prompt"], r["completion"], max_length) for r in chunk]
         batch = {k: v.to(device) for k, v in collate([f for f in feats if f is not None]).items()}
-        keep = supervised_positions(batch["labels"])
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
-        targets = batch["labels"][:, 1:][keep[:, :-1]]
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, reduction="none")
-        hits = logits.reshape(-1, logits.shape[-1]).argmax(-1) == targets
+        ce, hits, keep = supervised_ce(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
         row_of = torch.arange(keep.shape[0], device=device)[:, None].expand_as(keep)[keep]
         is_answer = batch["answer_mask"][:, 1:][keep[:, :-1]].bool()
         for r in range(keep.shape[0]):
