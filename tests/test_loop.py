@@ -35,7 +35,11 @@ def test_one_loop_writes_seed_layout_and_history(tmp_path, tiny_model_dir):
     assert [l["loop"] for l in saved["loops"]] == [1]
     assert saved["stop_reason"] == "max_loops" and saved["select_by"] == "accuracy"
     assert "answer_loss" in saved["loops"][0]["training"]["mcq"]
-    assert (run / "run.json").exists() and (run / "train_log.jsonl").exists()
+    provenance = json.loads((run / "run.json").read_text())
+    assert provenance["seed"] == 3 and provenance["config"]["max_loops"] == 1
+    assert provenance["versions"]["transformers"] and provenance["versions"]["torch"]
+    assert set(provenance["data_sha256"]) == {"train", "eval"} and "git_commit" in provenance
+    assert (run / "train_log.jsonl").exists()
     assert not [p for p in run.rglob(".*tmp-*")], "no scratch folders left behind"
 
 

@@ -28,7 +28,7 @@ from .sft import CompletionCollator, supervised_positions, tokenize_pair
 
 log = logging.getLogger(__name__)
 
-MODES = ("generate", "loglik", "all")
+MODES = ("generate", "loglik", "both", "all")  # both = generate + loglik; all = both + teacher-forced loss
 
 
 @dataclass
@@ -41,7 +41,7 @@ class EvalConfig:
     exam_type: str | None = field(default=None, metadata={"help": "doctor, nurse, pharm or dentist (default: all)"})
     task: str = field(default="mcq", metadata={"help": "mcq, or dict to score dictionary definitions (Track 1)"})
     dictionary: list[str] = field(default_factory=list, metadata={"help": "dictionary JSON(s) for --task dict"})
-    mode: str = field(default="all", metadata={"help": "generate, loglik or all (both, plus the answer-only loss)"})
+    mode: str = field(default="all", metadata={"help": "generate, loglik, both (the two), or all (both + answer-only loss)"})
     output: str = field(default="", metadata={"help": "folder for metrics.json and predictions.jsonl"})
     limit: int | None = field(default=None, metadata={"help": "score only the first N questions"})
     batch_size: int = 8
@@ -200,7 +200,7 @@ def evaluate_mcq(
     groups = [q.exam_type for q in mcqs]
     metrics: dict = {"n": len(mcqs), "mode": mode}
 
-    if mode in ("generate", "all"):
+    if mode in ("generate", "both", "all"):
         raw = generate(model, tokenizer, prompts, batch_size, max_new_tokens)
         for p, out in zip(preds, raw):
             letter = extract_answer(out)
@@ -223,7 +223,7 @@ def evaluate_mcq(
         metrics["valid_format_rate"] = sum(p["good_format"] for p in preds) / max(len(preds), 1)
         metrics["prediction_counts"] = {x: sum(p["prediction"] == x for p in preds) for x in (*LETTERS, "")}
 
-    if mode in ("loglik", "all"):
+    if mode in ("loglik", "both", "all"):
         scores = letter_logprobs(model, tokenizer, prompts, batch_size)
         for p, s in zip(preds, scores):
             best = LETTERS[max(range(5), key=lambda i: s[i])]
@@ -231,7 +231,7 @@ def evaluate_mcq(
         hits = [p["loglik_correct"] for p in preds]
         metrics["loglik_accuracy"] = proportion(sum(hits), len(hits))
         metrics["loglik_accuracy_by_exam_type"] = accuracy_by_group(hits, groups)
-        if mode == "all":
+        if mode in ("both", "all"):
             agree = sum(p["prediction"] == p["loglik_prediction"] for p in preds)
             metrics["generate_loglik_agreement"] = agree / max(len(preds), 1)
 

@@ -60,7 +60,7 @@ class LoopConfig:
     answer_weight: str = "2/3"
     lora_r: int = 64
     lora_alpha: int = 128
-    eval_mode: str = field(default="all", metadata={"help": "generate, loglik or all"})
+    eval_mode: str = field(default="all", metadata={"help": "generate, loglik, both, or all (both + answer-only loss)"})
     eval_limit: int | None = None
     dict_eval_limit: int = field(default=0, metadata={"help": "also score Track 1 on this many dictionary entries per loop (0: off)"})
     eval_batch_size: int = 8
