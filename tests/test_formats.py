@@ -101,7 +101,7 @@ def test_rationale_sources_in_order():
     assert "<reasoning>\n기록된 풀이\n</reasoning>A" in mcq_examples([with_cot], 0, glossary, {"q0": "교사"}, 0.0)[0].completion
     assert "<reasoning>\n교사 풀이\n</reasoning>A" in mcq_examples([q], 0, glossary, {"q0": "교사 풀이"}, 0.0)[0].completion
     templ = mcq_examples([q], 0, glossary, None, 0.0)[0].completion
-    assert "고혈압: 혈압이 정상 범위보다 높은 상태" in templ and "A) 가 ✓" in templ and templ.endswith("</reasoning>A<end_of_turn>")
+    assert "고혈압: 혈압이 정상 범위보다 높은 상태" in templ and "A) 정답 ✓\nB) 오답" in templ and templ.endswith("</reasoning>A<end_of_turn>")
 
 
 def test_detailed_completion_has_keywords_and_percentages():

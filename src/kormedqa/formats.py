@@ -132,14 +132,14 @@ def template_simple_reasoning(mcq: MCQ, glossary: Glossary) -> str:
     """The spec's '각 선택지를 분석하면:' list, recalling dictionary definitions first.
 
     The recall runs term -> definition, the direction the dictionary track teaches, so knowledge
-    learned there can be used to pick the option.
+    learned there can be used to pick the option; each option then gets a one-word verdict. Options
+    are not copied: a copy adds ~60 tokens that teach nothing, slows generation, and invites loops.
     """
     lines = ["각 선택지를 분석하면:"]
     for entry in glossary.mentioned(mcq.question):
         lines.append(f"{entry.term}: {korean_part(entry.definition)}")
-    for letter, option in zip(LETTERS, mcq.options):
-        mark = " ✓" if letter == mcq.answer else ""
-        lines.append(f"{letter}) {_short(option)}{mark}")
+    for letter in LETTERS:
+        lines.append(f"{letter}) 정답 ✓" if letter == mcq.answer else f"{letter}) 오답")
     return "\n".join(lines)
 
 

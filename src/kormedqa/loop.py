@@ -58,10 +58,12 @@ class LoopConfig:
     dict_grad_accum: int | None = None
     mcq_grad_accum: int | None = None
     answer_weight: str = "2/3"
+    group_by_length: bool = False
     lora_r: int = 64
     lora_alpha: int = 128
     eval_mode: str = field(default="all", metadata={"help": "generate, loglik, both, or all (both + answer-only loss)"})
     eval_limit: int | None = None
+    eval_every: int = field(default=1, metadata={"help": "score every k-th evaluation question (a quicker, stratified subset)"})
     dict_eval_limit: int = field(default=0, metadata={"help": "also score Track 1 on this many dictionary entries per loop (0: off)"})
     eval_batch_size: int = 8
     max_new_tokens: int = 256
@@ -84,6 +86,7 @@ def _stage_config(cfg: LoopConfig, track: str, base: str, loop: int) -> TrainCon
         grad_accum=pick("grad_accum"),
         learning_rate=pick("learning_rate"),
         answer_weight=cfg.answer_weight,
+        group_by_length=cfg.group_by_length,
         lora_r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         device=cfg.device,
@@ -123,7 +126,7 @@ def run_loop(cfg: LoopConfig) -> dict:
     # Everything that can fail on bad input fails here, before any training.
     entries = load_dictionary(*cfg.dictionary)
     train = load_mcq(cfg.train_data, split=cfg.train_split)
-    evaluation = load_mcq(cfg.eval_data, split=cfg.eval_split)
+    evaluation = load_mcq(cfg.eval_data, split=cfg.eval_split)[:: max(cfg.eval_every, 1)]
     if cfg.eval_limit:
         evaluation = evaluation[: cfg.eval_limit]
     overlap = check_overlap(train, evaluation, cfg.allow_overlap)

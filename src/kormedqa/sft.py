@@ -58,6 +58,7 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:0 ..."})
     precision: str = field(default="auto", metadata={"help": "auto (bf16 on capable GPUs, else fp32), fp32, bf16"})
     seed: int = 42
+    group_by_length: bool = field(default=False, metadata={"help": "batch similar lengths together (less padding, faster; changes the data order)"})
     logging_steps: int = 1
     save_steps: int = field(default=0, metadata={"help": "also keep a resumable Trainer checkpoint every N steps (0: none)"})
     resume: bool = False
@@ -316,6 +317,7 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, device: torch.device,
         report_to="none",  # TensorBoard is attached explicitly, so its folder outlives the work dir
         seed=cfg.seed,
         data_seed=cfg.seed,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         bf16=dtype == torch.bfloat16,
         use_cpu=device.type == "cpu",
         dataloader_pin_memory=device.type == "cuda",
