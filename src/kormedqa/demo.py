@@ -136,6 +136,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "accuracy": significance(before_preds, after_preds, "correct"),
         "loglik_accuracy": significance(before_preds, after_preds, "loglik_correct"),
         "parse_rate": _parse_test(before_preds, after_preds),
+        "format_parse_rate": significance(before_preds, after_preds, "answer_after_reasoning"),
     }
     plot = plot_loops(history, before, out / "accuracy_per_loop.png")
     timings["total"] = round(time.time() - started, 1)
@@ -190,8 +191,15 @@ def _reading(before: dict, after: dict, tests: dict) -> str:
     ll_sig = tests["loglik_accuracy"]["significant_at_0.05"]
     chance = after["accuracy_among_parsed"]["ci95"][0] <= 0.2 <= after["accuracy_among_parsed"]["ci95"][1]
     text = []
-    if after["parse_rate"]["value"] > before["parse_rate"]["value"]:
-        text.append("The model learned the answer format (parse rate rose).")
+    fmt_before = before.get("format_parse_rate", {}).get("value", 0.0)
+    fmt_after = after.get("format_parse_rate", {}).get("value", 0.0)
+    if fmt_after > 0.5 and fmt_after > fmt_before:
+        text.append(f"The model learned the seed's answer format ({fmt_after:.0%} of answers right after `</reasoning>`).")
+    elif after["parse_rate"]["value"] > before["parse_rate"]["value"]:
+        text.append(
+            f"Answers became parseable, but only {fmt_after:.0%} put the letter right after `</reasoning>`: most letters "
+            "were found by the fallback cascade in unfinished outputs, so the format is not yet learned."
+        )
     if acc_sig and chance:
         text.append(
             "Generation accuracy rose significantly, but accuracy among parsed answers is still within chance: "

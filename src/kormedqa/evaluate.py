@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .extract import extract_answer, has_detailed_keywords, has_reasoning_tags, reasoning_score
+from .extract import AFTER_REASONING, extract_answer, has_detailed_keywords, has_reasoning_tags, reasoning_score
 from .formats import GENERATION_PREFIX, Glossary, mcq_completion, mcq_prompt, template_simple_reasoning
 from .metrics import accuracy_by_group, proportion
 from .modeling import stop_token_ids
@@ -210,6 +210,7 @@ def evaluate_mcq(
                 raw_output=out,
                 reasoning_score=reasoning_score(out, p["gold"]),
                 has_reasoning_tags=has_reasoning_tags(out),
+                answer_after_reasoning=AFTER_REASONING.search(out) is not None,
                 good_format=has_reasoning_tags(out) and has_detailed_keywords(out),
             )
         hits = [p["correct"] for p in preds]
@@ -217,6 +218,9 @@ def evaluate_mcq(
         metrics["accuracy"] = proportion(sum(hits), len(hits))
         metrics["accuracy_by_exam_type"] = accuracy_by_group(hits, groups)
         metrics["parse_rate"] = proportion(len(parsed), len(preds))
+        # Stricter: the letter sits where the seed format puts it. A letter fished out of a
+        # degenerate output by the fallback cascade counts in parse_rate but not here.
+        metrics["format_parse_rate"] = proportion(sum(p["answer_after_reasoning"] for p in preds), len(preds))
         metrics["accuracy_among_parsed"] = proportion(sum(p["correct"] for p in parsed), len(parsed))
         metrics["reasoning_score"] = sum(p["reasoning_score"] for p in preds) / max(len(preds), 1)
         metrics["reasoning_tag_rate"] = sum(p["has_reasoning_tags"] for p in preds) / max(len(preds), 1)

@@ -220,7 +220,7 @@ def run_loop(cfg: LoopConfig) -> dict:
 def _history_metrics(metrics: dict) -> dict:
     """The numbers worth plotting per loop: plain floats, intervals kept beside them."""
     out = {}
-    for key in ("accuracy", "loglik_accuracy", "parse_rate", "accuracy_among_parsed", "teacher_forced_answer_accuracy",
+    for key in ("accuracy", "loglik_accuracy", "parse_rate", "format_parse_rate", "accuracy_among_parsed", "teacher_forced_answer_accuracy",
                 "dict_exact_match"):
         if key in metrics:
             out[key] = metrics[key]["value"]

@@ -70,7 +70,9 @@ def significance(before_preds: Sequence[dict], after_preds: Sequence[dict], key:
 def what_moved(before: dict, after: dict, tests: dict) -> list[str]:
     """Plain sentences on which of parse rate, accuracy and log-likelihood accuracy moved, and whether significantly."""
     lines = []
-    for key, label in (("parse_rate", "Parse rate"), ("accuracy", "Generation accuracy"),
+    for key, label in (("parse_rate", "Parse rate (any letter found)"),
+                       ("format_parse_rate", "Letter right after </reasoning> (the seed format)"),
+                       ("accuracy", "Generation accuracy"),
                        ("accuracy_among_parsed", "Accuracy among parsed answers"), ("loglik_accuracy", "Log-likelihood accuracy")):
         if key not in before or key not in after:
             continue
@@ -89,8 +91,8 @@ def markdown_report(title: str, sections: dict[str, str]) -> str:
 
 
 def results_table(before: dict, history: dict, after: dict | None = None) -> str:
-    rows = ["| stage | accuracy (gen) | parse rate | accuracy among parsed | loglik accuracy | reasoning score |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| stage | accuracy (gen) | parse rate | letter after `</reasoning>` | accuracy among parsed | loglik accuracy | reasoning score |",
+            "|---|---|---|---|---|---|---|"]
 
     def row(name, m, from_history=False):
         if from_history:
@@ -98,7 +100,8 @@ def results_table(before: dict, history: dict, after: dict | None = None) -> str
         else:
             get = m.get
         rows.append(
-            f"| {name} | {_pct(get('accuracy'))} | {_pct(get('parse_rate'))} | {_pct(get('accuracy_among_parsed'))} "
+            f"| {name} | {_pct(get('accuracy'))} | {_pct(get('parse_rate'))} | {_pct(get('format_parse_rate'))} "
+            f"| {_pct(get('accuracy_among_parsed'))} "
             f"| {_pct(get('loglik_accuracy'))} | {m.get('reasoning_score', float('nan')):.3f} |"
         )
 
