@@ -66,12 +66,14 @@ def harness_run(model_dir: str, prompts: list[str], golds: list[int], batch_size
 
 
 def naive_generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
+    from kormedqa.evaluate import ANSWER_STOPS
     from kormedqa.modeling import stop_token_ids
 
     outs = []
     for prompt in prompts:
         enc = tokenizer(prompt, return_tensors="pt")
-        ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_token_ids(tokenizer))
+        ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_token_ids(tokenizer),
+                             stop_strings=list(ANSWER_STOPS), tokenizer=tokenizer)
         outs.append(tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
     return outs
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .extract import AFTER_REASONING, extract_answer, has_detailed_keywords, has_reasoning_tags, reasoning_score
-from .formats import GENERATION_PREFIX, Glossary, mcq_completion, mcq_prompt, template_simple_reasoning
+from .formats import GENERATION_PREFIX, REASONING_CLOSE, Glossary, mcq_completion, mcq_prompt, template_simple_reasoning
 from .metrics import accuracy_by_group, proportion
 from .modeling import stop_token_ids
 from .records import LETTERS, MCQ
@@ -71,9 +71,18 @@ def _by_length(texts: Sequence[str]) -> list[int]:
     return sorted(range(len(texts)), key=lambda i: len(texts[i]))
 
 
+ANSWER_STOPS = tuple(f"{REASONING_CLOSE}{letter}" for letter in LETTERS)
+
+
 @torch.no_grad()
-def generate(model, tokenizer, prompts: Sequence[str], batch_size: int = 8, max_new_tokens: int = 256, desc="generate") -> list[str]:
-    """Greedy continuations of full prompts (already ending with the model turn), stopping at <end_of_turn>."""
+def generate(model, tokenizer, prompts: Sequence[str], batch_size: int = 8, max_new_tokens: int = 256, desc="generate",
+             stop_strings: Sequence[str] = ANSWER_STOPS) -> list[str]:
+    """Greedy continuations of full prompts (already ending with the model turn).
+
+    Stops at <end_of_turn>/<eos>, and by default once the seed format's answer is complete
+    (`</reasoning>X`): anything after it cannot change the extracted letter or the reasoning
+    score, and a half-trained model often runs on to max_new_tokens there.
+    """
     order = _by_length(prompts)
     outputs: list[str] = [""] * len(prompts)
     eos = stop_token_ids(tokenizer)
@@ -87,6 +96,7 @@ def generate(model, tokenizer, prompts: Sequence[str], batch_size: int = 8, max_
             do_sample=False,
             eos_token_id=eos,
             pad_token_id=tokenizer.pad_token_id,
+            **({"stop_strings": list(stop_strings), "tokenizer": tokenizer} if stop_strings else {}),
         )
         new = out[:, enc["input_ids"].shape[1] :]
         for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
@@ -268,7 +278,7 @@ def evaluate_dict(model, tokenizer, entries, batch_size: int = 8, max_new_tokens
     model.eval()
     started = time.time()
     outputs = generate(model, tokenizer, [dict_prompt(e.term) + GENERATION_PREFIX for e in entries], batch_size,
-                       max_new_tokens, desc="dict")
+                       max_new_tokens, desc="dict", stop_strings=())
     chrf = CHRF()
     preds = []
     for entry, out in zip(entries, outputs):

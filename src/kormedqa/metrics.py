@@ -43,5 +43,5 @@ def mcnemar_exact(a_hits: Iterable[bool], b_hits: Iterable[bool]) -> dict:
     only_a = sum(1 for a, b in pairs if a and not b)
     only_b = sum(1 for a, b in pairs if b and not a)
     n = only_a + only_b
-    p = 1.0 if n == 0 else binomtest(only_a, n, 0.5).pvalue
-    return {"only_a": only_a, "only_b": only_b, "p_value": p, "significant_at_0.05": p < 0.05}
+    p = 1.0 if n == 0 else float(binomtest(only_a, n, 0.5).pvalue)
+    return {"only_a": only_a, "only_b": only_b, "p_value": p, "significant_at_0.05": bool(p < 0.05)}

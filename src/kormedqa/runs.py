@@ -120,6 +120,8 @@ def _json_default(obj):
         return dataclasses.asdict(obj)
     if isinstance(obj, Path):
         return str(obj)
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
