@@ -39,7 +39,7 @@ class DemoConfig:
     batch_size: int = 4
     answer_weight: str = "2/3"
     eval_limit: int | None = None
-    eval_every: int = field(default=2, metadata={"help": "score every k-th test question (2: 81 of 162, all exam types)"})
+    eval_every: int = field(default=3, metadata={"help": "score every k-th test question (3: 54 of 162, all exam types; 1: all)"})
     # Generation + log-likelihood; the teacher-forced loss pass (`all`) costs ~3 min more per
     # evaluation here and is one `kormedqa eval --mode all` away.
     eval_mode: str = "both"

@@ -26,7 +26,8 @@ def plot_loops(history: dict, before: dict | None, path: str | Path) -> Path:
     loops = history["loops"]
     xs = [0] + [l["loop"] for l in loops] if before else [l["loop"] for l in loops]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in (("accuracy", "generation accuracy"), ("loglik_accuracy", "log-likelihood accuracy"), ("parse_rate", "parse rate")):
+    for key, label in (("accuracy", "generation accuracy"), ("loglik_accuracy", "log-likelihood accuracy"),
+                       ("parse_rate", "parse rate (any letter)"), ("format_parse_rate", "letter right after </reasoning>")):
         ys, errs = [], [[], []]
         series = ([before[key]] if before and key in before else []) + [
             {"value": l["metrics"][key], "ci95": l["metrics"][f"{key}_ci95"]} for l in loops if key in l["metrics"]
