@@ -102,3 +102,14 @@ def test_out_of_memory_names_the_settings_to_lower(monkeypatch, capsys):
     monkeypatch.setitem(cli.COMMANDS, "train", boom)
     code, err = _run(["train", "mcq"], capsys)
     assert code == 2 and "--batch-size" in err and "--max-length" in err and "--resume" in err
+
+
+def test_config_yaml_sets_flags_and_flags_win(tmp_path, capsys):
+    src = tmp_path / "dict.json"
+    src.write_text(json.dumps([{"term": "고혈압", "definition": "x"}], ensure_ascii=False))
+    cfg = tmp_path / "prepare.yaml"
+    cfg.write_text(f"data: [{src}]\noutput: {tmp_path / 'from_yaml.jsonl'}\n")
+    assert _run(["prepare", "dict", "--config", str(cfg)], capsys)[0] == 0
+    assert (tmp_path / "from_yaml.jsonl").exists()
+    assert _run(["prepare", "dict", "--config", str(cfg), "--output", str(tmp_path / "flag.jsonl")], capsys)[0] == 0
+    assert (tmp_path / "flag.jsonl").exists()
