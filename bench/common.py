@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime
 import os
-import platform
+import platform  # noqa: F401
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -14,25 +14,17 @@ SAMPLE = REPO / "data" / "sample"
 def machine() -> dict:
     import torch
 
+    from kormedqa.runs import cpu_name
+
     return {
         "date": datetime.date.today().isoformat(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def prepared_mcq_rows(seed: int = 42) -> list[dict]:

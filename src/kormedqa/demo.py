@@ -13,10 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +174,8 @@ def _parse_test(before_preds, after_preds) -> dict:
 def _setup_text(cfg: DemoConfig, base: str, n_train: int, n_test: int, n_dict: int, history: dict) -> str:
     import torch
 
+    from .runs import cpu_name
+
     return (
         f"- Model: {base} (Gemma 3 270M, pretrained, dequantized from the embedded Q4_K_M GGUF), LoRA r64/alpha128 on all projections.\n"
         f"- Data: the shipped sample data (not KorMedMCQA): {n_dict} dictionary entries, {n_train} training MCQs, "
@@ -184,20 +184,10 @@ def _setup_text(cfg: DemoConfig, base: str, n_train: int, n_test: int, n_dict: i
         f"at batch {cfg.batch_size}; learning rates {cfg.dict_learning_rate} / {cfg.mcq_learning_rate} "
         f"(the seed's 2e-5 / 1e-5 change nothing measurable in a few CPU minutes); answer weight {cfg.answer_weight}; "
         f"stop reason: {history.get('stop_reason')}.\n"
-        f"- Machine: {_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads.\n"
+        f"- Machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads.\n"
         "- Evaluation: greedy generation with the seed prompt, letter read after `</reasoning>` "
         "(lm-evaluation-harness cascade otherwise); log-likelihood of A-E as the first answer token."
     )
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _reading(before: dict, after: dict, tests: dict) -> str:

@@ -162,6 +162,19 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def cpu_name() -> str:
+    """The processor's model name, for reports that quote measured speeds."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 PACKAGES = ("kormedqa", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "tokenizers")
 
 
