@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime
 import os
-import platform  # noqa: F401
+import platform
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
