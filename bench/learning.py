@@ -54,7 +54,7 @@ def run_arm(name: str, spec: dict, args, work: Path, entries, train, test, gloss
                  device="cpu", seed=args.seed, logs_dir=arm_dir, stage=f"{name}_grpo")
         final = arm_dir / "grpo"
     train_s = time.time() - started
-    model = load_model(str(final), device="cpu", precision="fp32").merge_and_unload()
+    model = load_model(str(final), device="cpu", precision="fp32", merge_adapter=True)
     metrics, preds = evaluate_mcq(model, tokenizer, test, "all", 16, args.max_new_tokens, glossary)
     last = summary["log"][-1] if summary["log"] else {}
     return {

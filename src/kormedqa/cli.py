@@ -132,9 +132,8 @@ def cmd_merge(argv):
     from .runs import atomic_dir, claim_output
 
     claim_output(cfg.output, overwrite=cfg.overwrite, is_dir=False)
-    model = load_model(cfg.adapter, device="cpu", precision="fp32")
+    merged = load_model(cfg.adapter, device="cpu", precision="fp32", merge_adapter=True)
     tokenizer = load_tokenizer(cfg.adapter)
-    merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     with atomic_dir(cfg.output) as scratch:
         merged.save_pretrained(scratch, safe_serialization=True)
         tokenizer.save_pretrained(scratch)

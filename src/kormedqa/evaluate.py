@@ -341,8 +341,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         mcqs = mcqs[: cfg.limit]
     tokenizer = load_tokenizer(cfg.model)
     claim_output(cfg.output, overwrite=cfg.overwrite)
-    model = load_model(cfg.model, device=cfg.device, precision=cfg.precision)
-    model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    model = load_model(cfg.model, device=cfg.device, precision=cfg.precision, merge_adapter=True)
     metrics, preds = evaluate_mcq(model, tokenizer, mcqs, cfg.mode, cfg.batch_size, cfg.max_new_tokens)
     write_eval(cfg.output, metrics, preds, {"run": provenance(cfg, {"data": cfg.data})})
     print(summary_line(metrics))
@@ -360,8 +359,7 @@ def _run_dict_eval(cfg: EvalConfig) -> dict:
     entries = load_dictionary(*paths)[: cfg.limit or None]
     tokenizer = load_tokenizer(cfg.model)
     claim_output(cfg.output, overwrite=cfg.overwrite)
-    model = load_model(cfg.model, device=cfg.device, precision=cfg.precision)
-    model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    model = load_model(cfg.model, device=cfg.device, precision=cfg.precision, merge_adapter=True)
     metrics, preds = evaluate_dict(model, tokenizer, entries, cfg.batch_size, min(cfg.max_new_tokens, 96))
     write_eval(cfg.output, metrics, preds, {"run": provenance(cfg)})
     print(summary_line(metrics))

@@ -7,6 +7,8 @@ from its adapter (the adapter keeps training); from a plain model a fresh LoRA i
 from __future__ import annotations
 
 import time
+
+import torch
 from pathlib import Path
 from typing import Sequence
 
@@ -55,10 +57,10 @@ def run_grpo(
     from trl import GRPOConfig, GRPOTrainer
 
     from .modeling import load_model, load_tokenizer, lora_config, pick_device, pick_dtype, stop_token_ids
-    from .runs import atomic_dir
-    from .sft import JsonlLogCallback
+    from .sft import JsonlLogCallback, save_checkpoint
 
     output = Path(output)
+    work = output.parent / f".{output.name}.work"
     logs_dir = Path(logs_dir or output.parent)
     dev = pick_device(device)
     dtype = pick_dtype(dev, precision)
@@ -71,7 +73,7 @@ def run_grpo(
     # Each optimizer step sees batch_size completions = batch_size / num_generations prompts.
     per_device = max(num_generations, batch_size - batch_size % num_generations)
     args = GRPOConfig(
-        output_dir=str(output.parent / f".{output.name}.work"),
+        output_dir=str(work),
         max_steps=max_steps,
         per_device_train_batch_size=per_device,
         num_generations=num_generations,
@@ -83,7 +85,7 @@ def run_grpo(
         save_strategy="no",
         report_to="none",
         seed=seed,
-        bf16=dtype.is_floating_point and str(dtype) == "torch.bfloat16",
+        bf16=dtype == torch.bfloat16,
         use_cpu=dev.type == "cpu",
     )
     trainer = GRPOTrainer(
@@ -104,13 +106,5 @@ def run_grpo(
         "seconds": time.time() - started,
         "log": [h for h in trainer.state.log_history if "loss" in h or "reward" in h],
     }
-    with atomic_dir(output) as scratch:
-        trainer.model.save_pretrained(scratch)
-        tokenizer.save_pretrained(scratch)
-        import json
-
-        (scratch / "training_summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
-    import shutil
-
-    shutil.rmtree(output.parent / f".{output.name}.work", ignore_errors=True)
+    save_checkpoint(trainer, tokenizer, output, summary, work)
     return summary

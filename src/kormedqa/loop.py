@@ -169,8 +169,7 @@ def run_loop(cfg: LoopConfig) -> dict:
                 run_training(stage_cfg, rows[track], stage_dir, tokenizer=tokenizer, stage=f"loop_{loop}_{track}", logs_dir=out)
             previous = str(stage_dir.resolve())
         if done is None:
-            model = load_model(previous, device=cfg.device, precision=cfg.precision)
-            model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+            model = load_model(previous, device=cfg.device, precision=cfg.precision, merge_adapter=True)
             metrics, preds = evaluate_mcq(
                 model, tokenizer, evaluation, cfg.eval_mode, cfg.eval_batch_size, cfg.max_new_tokens, glossary
             )

@@ -118,11 +118,13 @@ def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def load_model(name_or_path: str, device: str = "auto", precision: str = "auto", trainable_adapter: bool = False):
+def load_model(name_or_path: str, device: str = "auto", precision: str = "auto", trainable_adapter: bool = False,
+               merge_adapter: bool = False):
     """Load a full model, or a LoRA adapter folder on top of its recorded base model.
 
     An adapter folder loads as a `PeftModel`; with `trainable_adapter` its LoRA weights stay
-    trainable so the loop can continue training the same adapter stage after stage.
+    trainable so the loop can continue training the same adapter stage after stage; with
+    `merge_adapter` they are folded into the base weights (faster inference, plain model).
     """
     from transformers import AutoModelForCausalLM
 
@@ -136,6 +138,8 @@ def load_model(name_or_path: str, device: str = "auto", precision: str = "auto",
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, path, is_trainable=trainable_adapter)
+        if merge_adapter:
+            model = model.merge_and_unload()
     model.to(dev)
     return model
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -400,17 +399,23 @@ def run_training(
         "answer_weight": weight,
         "log": [h for h in trainer.state.log_history if "loss" in h],
     }
+    save_checkpoint(trainer, tokenizer, output, summary, work)
+    return summary
+
+
+def save_checkpoint(trainer, tokenizer, output: Path, summary: dict, work: Path) -> None:
+    """Adapter + tokenizer + training_summary.json, written atomically; then drop the work dir."""
+    import shutil
+
     if trainer.is_world_process_zero():
         with atomic_dir(output) as scratch:
             trainer.model.save_pretrained(scratch)
             tokenizer.save_pretrained(scratch)
-            (scratch / "training_summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+            (scratch / "training_summary.json").write_text(
+                json.dumps(summary, indent=2, ensure_ascii=False, default=str)
+            )
     trainer.accelerator.wait_for_everyone()
-    if work.exists():
-        import shutil
-
-        shutil.rmtree(work, ignore_errors=True)
-    return summary
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def _last_trainer_checkpoint(folder: Path) -> str | None:
@@ -418,6 +423,3 @@ def _last_trainer_checkpoint(folder: Path) -> str | None:
 
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
-
-def perplexity(loss: float) -> float:
-    return math.exp(min(loss, 50.0))
