@@ -3,7 +3,7 @@
 Achieved FLOP/s: training 6 x params x tokens (forward + both backward matmuls of the body; LoRA
 freezes the weights, so this over-counts the weight-gradient third: the fraction reported is an
 upper bound) plus the lm_head on supervised positions; scoring 2 x params x tokens plus the lm_head
-on the scored position only. The limit is torch.matmul of large float32 (and bf16) matrices.
+on the scored position only. The limit is torch.matmul of large float32 matrices (bf16 is measured too, for the record).
 
     python bench/roofline.py [--model DIR] [--steps 3]
 """
@@ -19,16 +19,30 @@ sys.path.insert(0, str(HERE))
 from common import SAMPLE, machine, prepared_mcq_rows, write_result  # noqa: E402
 
 
-def matmul_flops(dtype, n: int = 2048, repeats: int = 10) -> float:
+def matmul_flops(dtype, max_n: int = 2048, budget_s: float = 2.0) -> dict:
+    """Dense matmul FLOP/s, growing the matrix until one product takes a measurable time.
+
+    bf16 matmul has no fast kernel on some CPUs (0.2 GFLOP/s at 2048 here, about 300x slower than
+    fp32), so a fixed 2048 x 2048 x 10 run would take a quarter of an hour; the size and the number
+    of repeats are capped by a time budget instead, and the size used is reported.
+    """
     import torch
 
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
-    torch.matmul(a, b)
+    n = 256
+    while True:
+        a = torch.randn(n, n, dtype=dtype)
+        b = torch.randn(n, n, dtype=dtype)
+        started = time.perf_counter()
+        torch.matmul(a, b)  # warm-up, and a first timing
+        one = time.perf_counter() - started
+        if n >= max_n or one > budget_s / 20:
+            break
+        n *= 2
+    repeats = max(1, min(20, int(budget_s / max(one, 1e-6))))
     started = time.perf_counter()
     for _ in range(repeats):
         torch.matmul(a, b)
-    return 2 * n**3 * repeats / (time.perf_counter() - started)
+    return {"flops_per_s": 2 * n**3 * repeats / (time.perf_counter() - started), "n": n, "repeats": repeats}
 
 
 def body_and_head_params(model) -> tuple[int, int]:
@@ -55,8 +69,9 @@ def main() -> int:
     from kormedqa.modeling import load_model, load_tokenizer, resolve_model_path
     from kormedqa.sft import TrainConfig, run_training, tokenize_rows
 
-    peak32 = matmul_flops(torch.float32)
-    peak16 = matmul_flops(torch.bfloat16)
+    mm32 = matmul_flops(torch.float32)
+    mm16 = matmul_flops(torch.bfloat16)
+    peak32, peak16 = mm32["flops_per_s"], mm16["flops_per_s"]
     model_dir = resolve_model_path(args.model)
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, device="cpu", precision="fp32")
@@ -85,6 +100,7 @@ def main() -> int:
     result = {
         "machine": machine(),
         "peak_matmul_flops": {"fp32": peak32, "bf16": peak16},
+        "matmul_sizes": {"fp32": mm32, "bf16": mm16},
         "params": {"body": body, "lm_head": head},
         "scoring": {"flops_per_s": score_flops / score_s, "fraction_of_fp32_peak": score_flops / score_s / peak32,
                     "questions": len(prompts), "seconds": score_s},

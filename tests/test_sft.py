@@ -134,3 +134,26 @@ def test_track_defaults_are_the_seeds():
     assert (d.epochs, d.batch_size, d.grad_accum, d.learning_rate, d.max_length) == (3, 4, 4, 2e-5, 512)
     assert (m.epochs, m.batch_size, m.grad_accum, m.learning_rate, m.max_length) == (5, 2, 8, 1e-5, 1024)
     assert (d.lora_r, d.lora_alpha) == (64, 128)
+
+
+@pytest.mark.parametrize("weight", [None, 2 / 3])
+def test_padding_free_batch_has_the_padded_loss(tiny_model, tokenizer, weight):
+    """One packed row with restarting position_ids gives the padded batch's loss and parts."""
+    rows = [_row(), dict_example(DictEntry("가" * 30, "긴 정의 " * 12)), _row()]
+    feats = [tokenize_pair(tokenizer, r.prompt, r.completion, 512) for r in rows]
+    padded = CompletionCollator(tokenizer.pad_token_id)(feats)
+    packed = CompletionCollator(tokenizer.pad_token_id, padding_free=True)(feats)
+    assert packed["input_ids"].shape == (1, sum(len(f["input_ids"]) for f in feats))
+    assert "attention_mask" not in packed and int((packed["position_ids"] == 0).sum()) == 3
+    assert _trainer_loss(tiny_model, tokenizer, packed, weight) == pytest.approx(
+        _trainer_loss(tiny_model, tokenizer, padded, weight), rel=1e-5)
+
+
+def test_teacher_forced_letter_is_counted_once_per_packed_example(tiny_model, tokenizer):
+    from kormedqa.sft import _first_answer_flags
+
+    feats = [tokenize_pair(tokenizer, r.prompt, r.completion, 512) for r in (_row(), _row())]
+    for padding_free in (False, True):
+        batch = CompletionCollator(tokenizer.pad_token_id, padding_free=padding_free)(feats)
+        flags = _first_answer_flags(batch["answer_mask"], supervised_positions(batch["labels"]))
+        assert int(flags.sum()) == 2

@@ -58,6 +58,7 @@ class TrainConfig:
     precision: str = field(default="auto", metadata={"help": "auto (bf16 on capable GPUs, else fp32), fp32, bf16"})
     seed: int = 42
     group_by_length: bool = field(default=False, metadata={"help": "batch similar lengths together (less padding, faster; changes the data order)"})
+    padding_free: bool = field(default=True, metadata={"help": "pack each batch into one row with restarting position_ids (no padding compute; same loss)"})
     logging_steps: int = 1
     save_steps: int = field(default=0, metadata={"help": "also keep a resumable Trainer checkpoint every N steps (0: none)"})
     resume: bool = False
@@ -136,12 +137,27 @@ def tokenize_rows(tokenizer, rows: Sequence[dict], max_length: int) -> list[dict
 
 
 class CompletionCollator:
-    """Right-pads a batch; padding is -100 in labels and 0 in the masks."""
+    """Right-pads a batch; padding is -100 in labels and 0 in the masks.
 
-    def __init__(self, pad_token_id: int):
+    `padding_free=True` instead concatenates the batch into one row with `position_ids` restarting
+    at 0 for every example and no attention mask: transformers then builds a block-diagonal causal
+    mask (flash-attention varlen kernels on GPU, a packed mask for sdpa/eager), so no compute goes
+    to padding (8% of tokens at batch 2 on the sample MCQs, 19% at 4, 31% at 8) and the loss is the
+    padded batch's loss. Every prompt starts with labels -100, so no target crosses two examples.
+    """
+
+    def __init__(self, pad_token_id: int, padding_free: bool = False):
         self.pad_token_id = pad_token_id
+        self.padding_free = padding_free
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        if self.padding_free:
+            return {
+                "input_ids": torch.tensor([[t for f in features for t in f["input_ids"]]], dtype=torch.long),
+                "position_ids": torch.tensor([[i for f in features for i in range(len(f["input_ids"]))]], dtype=torch.long),
+                "labels": torch.tensor([[t for f in features for t in f["labels"]]], dtype=torch.long),
+                "answer_mask": torch.tensor([[t for f in features for t in f["answer_mask"]]], dtype=torch.long),
+            }
         width = max(len(f["input_ids"]) for f in features)
 
         def pad(key, value):
@@ -221,7 +237,8 @@ class AnswerWeightedTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
         keep = supervised_positions(labels)
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep)
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                        position_ids=inputs.get("position_ids"), logits_to_keep=keep)
         logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])  # (n_supervised, vocab)
         targets = labels[:, 1:][keep[:, :-1]]
         is_answer = inputs["answer_mask"][:, 1:][keep[:, :-1]].bool()
@@ -258,7 +275,7 @@ class _LossParts:
         self.sums["other"] += float(ce[~is_answer].sum())
         self.counts["answer"] += int(is_answer.sum())
         self.counts["other"] += int((~is_answer).sum())
-        # The first answer token of each row is the letter: argmax there is the teacher-forced answer.
+        # The first token of each answer span is the letter: argmax there is the teacher-forced answer.
         first = _first_answer_flags(answer_mask, keep)
         self.first_hits += int((hits & first).sum())
         self.first_total += int(first.sum())
@@ -274,8 +291,11 @@ class _LossParts:
 
 
 def _first_answer_flags(answer_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    # Starts of contiguous answer runs: one per example, also when a row packs several examples.
     target_answer = answer_mask[:, 1:].bool()
-    first = target_answer & (target_answer.long().cumsum(1) == 1)
+    before = torch.zeros_like(target_answer)
+    before[:, 1:] = target_answer[:, :-1]
+    first = target_answer & ~before
     return first[keep[:, :-1]]
 
 
@@ -380,7 +400,7 @@ def run_training(
         model=model,
         args=training_arguments(cfg, work, device, dtype),
         train_dataset=dataset,
-        data_collator=CompletionCollator(tokenizer.pad_token_id),
+        data_collator=CompletionCollator(tokenizer.pad_token_id, padding_free=cfg.padding_free),
         answer_weight=weight,
         callbacks=[JsonlLogCallback(logs_dir / "train_log.jsonl", stage or output.name), TensorBoardCallback(tb_writer)],
     )
