@@ -157,3 +157,30 @@ def test_teacher_forced_letter_is_counted_once_per_packed_example(tiny_model, to
         batch = CompletionCollator(tokenizer.pad_token_id, padding_free=padding_free)(feats)
         flags = _first_answer_flags(batch["answer_mask"], supervised_positions(batch["labels"]))
         assert int(flags.sum()) == 2
+
+
+@pytest.mark.parametrize("weight", ["none", "2/3"])
+def test_gradient_accumulation_trains_like_one_big_batch(tiny_model_dir, tokenizer, tmp_path, weight):
+    """batch 3 x accum 1 and batch 1 x accum 3 see the same examples: same logged loss, same update."""
+    from safetensors.torch import load_file
+
+    from kormedqa.sft import run_training
+
+    rows = [_row(), dict_example(DictEntry("고혈압", "Hypertension. 혈압이 높은 상태")),
+            mcq_examples([MCQ(id="q2", question="'빈혈'의 정의는?", options=("가", "나", "다", "라", "마"), answer="C")],
+                         seed=0, detailed_fraction=0.0)[0]]
+    rows = [{"prompt": r.prompt, "completion": r.completion} for r in rows]
+    runs = {}
+    for name, (batch, accum) in {"big": (3, 1), "accum": (1, 3)}.items():
+        cfg = TrainConfig(base_model=str(tiny_model_dir), track="mcq", max_steps=1, batch_size=batch, grad_accum=accum,
+                          learning_rate=1e-2, answer_weight=weight, lora_dropout=0.0, device="cpu", seed=7)
+        summary = run_training(cfg, rows, tmp_path / name, tokenizer=tokenizer, stage=name)
+        runs[name] = (summary["log"][0]["loss"], load_file(tmp_path / name / "adapter_model.safetensors"))
+    assert runs["accum"][0] == pytest.approx(runs["big"][0], rel=1e-5)
+    # Adam's first step is lr * g / (|g| + eps): entries whose gradient is ~0 take a sign from
+    # rounding noise, so compare the update entry by entry and allow only those few to differ.
+    differ = sum(int((~torch.isclose(runs["accum"][1][k], v, atol=1e-6)).sum()) for k, v in runs["big"][1].items())
+    total = sum(v.numel() for v in runs["big"][1].values())
+    assert differ / total < 1e-3, (differ, total)
+    # The step changed something (lora_B starts at zero), so the comparison above is not vacuous.
+    assert any(float(v.abs().sum()) > 0 for k, v in runs["big"][1].items() if "lora_B" in k)
