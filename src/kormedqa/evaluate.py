@@ -46,6 +46,7 @@ class EvalConfig:
     limit: int | None = field(default=None, metadata={"help": "score only the first N questions"})
     batch_size: int = 8
     max_new_tokens: int = 256
+    backend: str = field(default="auto", metadata={"help": "generation backend: auto (vLLM when installed and on a GPU), hf, vllm"})
     device: str = "auto"
     precision: str = "auto"
     overwrite: bool = False
@@ -199,11 +200,17 @@ def evaluate_mcq(
     batch_size: int = 8,
     max_new_tokens: int = 256,
     glossary: Glossary | None = None,
+    generator=None,
 ) -> tuple[dict, list[dict]]:
-    """Metrics and per-question predictions for `mcqs`."""
+    """Metrics and per-question predictions for `mcqs`.
+
+    `generator(prompts, max_new_tokens, stop_strings)` replaces the HF generation (the vLLM
+    backend); `model` may then be None when `mode` is "generate".
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    model.eval()
+    if model is not None:
+        model.eval()
     started = time.time()
     prompts = [eval_prompt(q) for q in mcqs]
     preds = [{"id": q.id, "exam_type": q.exam_type, "gold": q.answer} for q in mcqs]
@@ -211,7 +218,10 @@ def evaluate_mcq(
     metrics: dict = {"n": len(mcqs), "mode": mode}
 
     if mode in ("generate", "both", "all"):
-        raw = generate(model, tokenizer, prompts, batch_size, max_new_tokens)
+        if generator is not None:
+            raw = generator(prompts, max_new_tokens, ANSWER_STOPS)
+        else:
+            raw = generate(model, tokenizer, prompts, batch_size, max_new_tokens)
         for p, out in zip(preds, raw):
             letter = extract_answer(out)
             p.update(
@@ -329,6 +339,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     from .data import load_mcq
     from .modeling import load_model, load_tokenizer
     from .runs import claim_output, provenance
+    from .vllm_backend import resolve_backend
 
     if cfg.task not in ("mcq", "dict"):
         raise ValueError(f"--task is mcq or dict, not {cfg.task!r}")
@@ -340,9 +351,18 @@ def run_eval(cfg: EvalConfig) -> dict:
     if cfg.limit:
         mcqs = mcqs[: cfg.limit]
     tokenizer = load_tokenizer(cfg.model)
+    backend = resolve_backend(cfg.backend, cfg.device) if cfg.mode != "loglik" else "hf"
     claim_output(cfg.output, overwrite=cfg.overwrite)
-    model = load_model(cfg.model, device=cfg.device, precision=cfg.precision, merge_adapter=True)
-    metrics, preds = evaluate_mcq(model, tokenizer, mcqs, cfg.mode, cfg.batch_size, cfg.max_new_tokens)
+    generator = None
+    if backend == "vllm":
+        from .vllm_backend import VllmGenerator
+
+        generator = VllmGenerator(cfg.model, tokenizer, cfg.precision, cfg.seed)
+    needs_hf = backend == "hf" or cfg.mode != "generate"
+    model = load_model(cfg.model, device=cfg.device, precision=cfg.precision, merge_adapter=True) if needs_hf else None
+    metrics, preds = evaluate_mcq(model, tokenizer, mcqs, cfg.mode, cfg.batch_size, cfg.max_new_tokens,
+                                  generator=generator)
+    metrics["generation_backend"] = backend if cfg.mode != "loglik" else None
     write_eval(cfg.output, metrics, preds, {"run": provenance(cfg, {"data": cfg.data})})
     print(summary_line(metrics))
     return metrics

@@ -1,0 +1,82 @@
+"""Greedy generation through vLLM for `kormedqa eval`, when vLLM and a CUDA GPU are present.
+
+The HF path stays the reference: the same prompt token ids go in (tokenised here, by the
+tokenizer the HF path uses, so vLLM adds no second <bos>), decoding is greedy, and generation
+stops where the HF path stops (<eos>/<end_of_turn> ids, and the complete `</reasoning>X`, kept
+in the text as HF keeps it). A LoRA adapter folder is served on top of its recorded base model
+with vLLM's LoRA support, so an unmerged checkpoint needs no merge step.
+
+`pip install kormedqa[vllm]`; `--backend auto` (the default) picks vLLM only when it imports and
+the device is a CUDA GPU, `--backend hf` forces the reference path.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+BACKENDS = ("auto", "hf", "vllm")
+
+
+def vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def resolve_backend(backend: str, device: str = "auto") -> str:
+    """"hf" or "vllm"; a clear error when vLLM is asked for and cannot run."""
+    import torch
+
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend is one of {BACKENDS}, not {backend!r}")
+    on_gpu = torch.cuda.is_available() and (device == "auto" or device.startswith("cuda"))
+    if backend == "hf":
+        return "hf"
+    if backend == "vllm":
+        if not vllm_installed():
+            raise ValueError("--backend vllm needs vLLM: pip install 'kormedqa[vllm]'")
+        if not on_gpu:
+            raise ValueError("--backend vllm needs a CUDA GPU; use --backend hf on CPU")
+        return "vllm"
+    return "vllm" if on_gpu and vllm_installed() else "hf"
+
+
+def _lora_rank(adapter: Path) -> int:
+    return int(json.loads((adapter / "adapter_config.json").read_text()).get("r", 64))
+
+
+class VllmGenerator:
+    """Callable `(prompts, max_new_tokens, stop_strings) -> outputs`, like `evaluate.generate`."""
+
+    def __init__(self, model: str, tokenizer, precision: str = "auto", seed: int = 0,
+                 gpu_memory_utilization: float = 0.5, max_model_len: int | None = 4096):
+        from vllm import LLM
+        from vllm.lora.request import LoRARequest
+
+        from .modeling import _adapter_base, resolve_model_path
+
+        path = Path(resolve_model_path(model))
+        base = _adapter_base(path)
+        dtype = {"auto": "auto", "bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}[precision]
+        lora = {"enable_lora": True, "max_lora_rank": _lora_rank(path)} if base else {}
+        # Half the GPU by default: `--mode both|all` keeps the HF model on the same GPU for scoring.
+        self.llm = LLM(model=str(base or path), tokenizer=str(path), dtype=dtype, seed=seed,
+                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, **lora)
+        self.lora_request = LoRARequest("kormedqa-adapter", 1, str(path)) if base else None
+        self.tokenizer = tokenizer
+
+    def sampling_params(self, max_new_tokens: int, stop_strings: Sequence[str]):
+        from vllm import SamplingParams
+
+        from .modeling import stop_token_ids
+
+        return SamplingParams(
+            temperature=0.0, max_tokens=max_new_tokens, stop=list(stop_strings), include_stop_str_in_output=True,
+            stop_token_ids=stop_token_ids(self.tokenizer), skip_special_tokens=True,
+        )
+
+    def __call__(self, prompts: Sequence[str], max_new_tokens: int, stop_strings: Sequence[str] = ()) -> list[str]:
+        inputs = [{"prompt_token_ids": self.tokenizer(p)["input_ids"]} for p in prompts]
+        outs = self.llm.generate(inputs, self.sampling_params(max_new_tokens, stop_strings),
+                                 lora_request=self.lora_request, use_tqdm=False)
+        return [o.outputs[0].text for o in outs]
