@@ -61,6 +61,7 @@ def render() -> str:
                 f"{rf['peak_matmul_flops']['bf16'] / 1e9:.0f} GFLOP/s.", "",
                 "| | achieved GFLOP/s | fraction of fp32 peak |", "|---|---|---|",
                 f"| training (LoRA, 6·N·tokens + lm_head on supervised positions) | {rf['training']['flops_per_s'] / 1e9:.1f} | {rf['training']['fraction_of_fp32_peak']:.1%} |",
+                f"| training, counting only what LoRA needs (4·N frozen + 6·N LoRA per token, 4·lm_head) | {rf['training'].get('needed_flops_per_s', float('nan')) / 1e9:.1f} | {rf['training'].get('needed_fraction_of_fp32_peak', float('nan')):.1%} |",
                 f"| scoring (2·N·tokens + lm_head on the last position) | {rf['scoring']['flops_per_s'] / 1e9:.1f} | {rf['scoring']['fraction_of_fp32_peak']:.1%} |",
                 "", f"**{rf['summary']}**", ""]
     ln = _load("learning")
