@@ -50,7 +50,7 @@ def run_arm(name: str, spec: dict, args, work: Path, entries, train, test, gloss
     final = arm_dir / "mcq"
     if spec["grpo"]:
         run_grpo(str(final), grpo_rows_from_mcqs(train), arm_dir / "grpo", max_steps=args.grpo_steps,
-                 num_generations=4, max_completion_length=args.max_new_tokens, batch_size=8, learning_rate=1e-5,
+                 num_generations=4, max_completion_length=args.max_new_tokens, batch_size=4, learning_rate=1e-5,
                  device="cpu", seed=args.seed, logs_dir=arm_dir, stage=f"{name}_grpo")
         final = arm_dir / "grpo"
     train_s = time.time() - started

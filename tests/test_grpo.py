@@ -23,10 +23,18 @@ def test_prepared_rows_give_gold_from_reference_completion():
 
 
 def test_a_few_grpo_steps_write_an_adapter(tmp_path, tiny_model_dir):
+    import shutil
+
     qs = load_mcq(write_sample(tmp_path / "d")["mcq"], split="train")
-    summary = run_grpo(str(tiny_model_dir), grpo_rows_from_mcqs(qs), tmp_path / "grpo", max_steps=2,
+    # A checkpoint whose generation config stops on <eos> only, as many Gemma checkpoints ship.
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    gen = json.loads((model_dir / "generation_config.json").read_text())
+    (model_dir / "generation_config.json").write_text(json.dumps({**gen, "eos_token_id": 1}))
+    summary = run_grpo(str(model_dir), grpo_rows_from_mcqs(qs), tmp_path / "grpo", max_steps=2,
                        num_generations=2, max_completion_length=6, batch_size=4, device="cpu")
     assert summary["steps"] == 2
+    assert 106 in summary["eos_token_ids"]  # <end_of_turn> ends a completion and its loss mask
     assert (tmp_path / "grpo" / "adapter_model.safetensors").exists()
     logged = [json.loads(l) for l in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert any("reward" in l for l in logged)

@@ -66,6 +66,10 @@ def run_grpo(
     dtype = pick_dtype(dev, precision)
     tokenizer = load_tokenizer(base_model)
     model = load_model(base_model, device=device, precision=precision, trainable_adapter=True)
+    # TRL ends a completion (and its loss mask) at the model's generation_config eos ids, which for
+    # Gemma checkpoints is often <eos> alone: completions stopped at <end_of_turn> would then count
+    # as untruncated-to-the-limit, with their padding inside the loss.
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
     peft_config = None if isinstance(model, PeftModel) else lora_config()
     if any(r["gold"] not in "ABCDE" or not r["gold"] for r in rows):
         raise ValueError("every GRPO row needs a gold letter A-E")
@@ -87,6 +91,9 @@ def run_grpo(
         seed=seed,
         bf16=dtype == torch.bfloat16,
         use_cpu=dev.type == "cpu",
+        # TRL turns activation checkpointing on by default; on CPU memory is not the limit and the
+        # recomputation costs a third more compute. GPU runs keep TRL's default.
+        **({"activation_checkpointing": False} if dev.type == "cpu" else {}),
     )
     trainer = GRPOTrainer(
         model=model,
@@ -104,6 +111,7 @@ def run_grpo(
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         "seconds": time.time() - started,
+        "eos_token_ids": list(trainer.eos_token_ids),
         "log": [h for h in trainer.state.log_history if "loss" in h or "reward" in h],
     }
     save_checkpoint(trainer, tokenizer, output, summary, work)
