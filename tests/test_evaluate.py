@@ -85,3 +85,23 @@ def test_chunked_completion_loss_equals_full_logits(tiny_model, tokenizer, tmp_p
         ce = F.cross_entropy(logits, targets, ignore_index=-100, reduction="none")[targets != -100]
         assert result["loss"] == pytest.approx(float(ce.mean()), rel=1e-4)
         assert result["tokens"] == int((targets != -100).sum())
+
+
+def test_generation_stops_after_a_stop_string_as_hf_does(tiny_model, tokenizer, tmp_path):
+    """The prebuilt stop criterion cuts where `generate(stop_strings=...)` cuts, and only there."""
+    qs = load_mcq(write_sample(tmp_path)["mcq"], split="test")
+    prompts = [eval_prompt(q) for q in qs]
+    free = generate(tiny_model, tokenizer, prompts, batch_size=4, max_new_tokens=10, stop_strings=())
+    # A stop string the first output reaches after a few tokens (random weights say nothing else).
+    first_ids = tokenizer(free[0], add_special_tokens=False)["input_ids"]
+    stop = tokenizer.decode(first_ids[:4])
+    assert stop and len(stop) < len(free[0])
+    ours = generate(tiny_model, tokenizer, prompts, batch_size=4, max_new_tokens=10, stop_strings=(stop,))
+    reference = []
+    for p in prompts:
+        enc = tokenizer(p, return_tensors="pt")
+        out = tiny_model.generate(**enc, max_new_tokens=10, do_sample=False, eos_token_id=[1, 106],
+                                  pad_token_id=tokenizer.pad_token_id, stop_strings=[stop], tokenizer=tokenizer)
+        reference.append(tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+    assert ours == reference
+    assert ours[0] == stop

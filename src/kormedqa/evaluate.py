@@ -84,10 +84,15 @@ def generate(model, tokenizer, prompts: Sequence[str], batch_size: int = 8, max_
     (`</reasoning>X`): anything after it cannot change the extracted letter or the reasoning
     score, and a half-trained model often runs on to max_new_tokens there.
     """
+    from transformers import StopStringCriteria, StoppingCriteriaList
+
     order = _by_length(prompts)
     outputs: list[str] = [""] * len(prompts)
     eos = stop_token_ids(tokenizer)
     device = next(model.parameters()).device
+    # Built once: over a 262k vocabulary its token tables take seconds, which `stop_strings=`
+    # would pay again for every batch. The criterion keeps no state between calls.
+    stops = StoppingCriteriaList([StopStringCriteria(tokenizer, list(stop_strings))]) if stop_strings else None
     for _, idx in tqdm(list(_batches(order, batch_size)), desc=desc, leave=False):
         fault_point("generate_batch")
         enc = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
@@ -97,7 +102,7 @@ def generate(model, tokenizer, prompts: Sequence[str], batch_size: int = 8, max_
             do_sample=False,
             eos_token_id=eos,
             pad_token_id=tokenizer.pad_token_id,
-            **({"stop_strings": list(stop_strings), "tokenizer": tokenizer} if stop_strings else {}),
+            stopping_criteria=stops,
         )
         new = out[:, enc["input_ids"].shape[1] :]
         for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
