@@ -54,6 +54,7 @@ def run_arm(name: str, spec: dict, args, work: Path, entries, train, test, gloss
                  device="cpu", seed=args.seed, logs_dir=arm_dir, stage=f"{name}_grpo")
         final = arm_dir / "grpo"
     train_s = time.time() - started
+    eval_started = time.time()
     model = load_model(str(final), device="cpu", precision="fp32", merge_adapter=True)
     # "both": generation and letter log-likelihood. The teacher-forced pass ("all") would add ~15 s
     # per 16 questions and measures the letter given the gold rationale, which names it already.
@@ -63,6 +64,7 @@ def run_arm(name: str, spec: dict, args, work: Path, entries, train, test, gloss
         "metrics": {k: metrics[k] for k in ("accuracy", "parse_rate", "format_parse_rate", "accuracy_among_parsed",
                                             "loglik_accuracy", "reasoning_score")},
         "train_seconds": train_s,
+        "eval_seconds": time.time() - eval_started,
         "last_train_log": {k: last.get(k) for k in ("loss", "answer_loss", "reasoning_loss", "answer_token_accuracy")},
         "hits": [p["correct"] for p in preds],
         "loglik_hits": [p["loglik_correct"] for p in preds],

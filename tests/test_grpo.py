@@ -17,6 +17,12 @@ def test_reward_is_the_seed_table():
     assert seed_reward(outs, gold=gold) == pytest.approx([1.0, 0.25, 2 / 3, 0.0, 0.0, 1.0])
 
 
+def test_reward_pays_only_an_answer_in_the_seeds_place():
+    # The lenient extraction reads "A" from the last listed option; as a reward that pays looping.
+    looping = "<reasoning>\n각 선택지를 분석하면:\nC) 오답\nB) 오답\nA) 오답"
+    assert seed_reward([looping, looping + "\n</reasoning>A"], gold=["A", "A"]) == pytest.approx([0.0, 2 / 3])
+
+
 def test_prepared_rows_give_gold_from_reference_completion():
     rows = [{"prompt": "<start_of_turn>user\nq<end_of_turn>", "completion": "<start_of_turn>model\n<reasoning>\nx\n</reasoning>D<end_of_turn>"}]
     assert grpo_rows_from_prepared(rows) == [{"prompt": "<start_of_turn>user\nq<end_of_turn>\n<start_of_turn>model\n", "gold": "D"}]

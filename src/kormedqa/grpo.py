@@ -1,7 +1,8 @@
 """Reward training with the seed's own score (TRL GRPOTrainer).
 
 The reward is `reasoning_score(output, gold)`: 2/3 for the right letter, +1/3 with the detailed
-format, 1/4 for the format alone. Generations stop at `<end_of_turn>`. Meant to run after SFT,
+format, 1/4 for the format alone, paid only when the letter follows `</reasoning>` (see
+`seed_reward`). Generations stop at `<end_of_turn>`; truncated ones stay out of the loss. Meant to run after SFT,
 from its adapter (the adapter keeps training); from a plain model a fresh LoRA is added.
 """
 from __future__ import annotations
@@ -12,14 +13,21 @@ import torch
 from pathlib import Path
 from typing import Sequence
 
-from .extract import reasoning_score
+from .extract import AFTER_REASONING, reasoning_score
 from .records import MCQ
 
 
 def seed_reward(completions: Sequence, gold: Sequence[str], **_) -> list[float]:
-    """TRL reward function: one float per completion; `gold` comes from the dataset column."""
+    """TRL reward function: one float per completion; `gold` comes from the dataset column.
+
+    The seed's table, paid only to completions that give their letter in the seed's place
+    (`</reasoning>X`). The lenient extraction's last resort (any bare letter) is right for
+    measuring, wrong for rewarding: sampled completions that list `C) 오답` lines until the length
+    limit earn 2/3 whenever the last letter listed is the gold one. Measured here: with that
+    reward, 8 GRPO steps after SFT took the letter-after-</reasoning> rate from ~97% to 2%.
+    """
     texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
-    return [reasoning_score(text, g) for text, g in zip(texts, gold)]
+    return [reasoning_score(text, g) if AFTER_REASONING.search(text) else 0.0 for text, g in zip(texts, gold)]
 
 
 def grpo_rows_from_mcqs(mcqs: Sequence[MCQ]) -> list[dict]:
@@ -85,6 +93,8 @@ def run_grpo(
         learning_rate=learning_rate,
         temperature=temperature,
         generation_kwargs={"eos_token_id": stop_token_ids(tokenizer)},
+        # A completion cut at the length limit has no answer to judge: keep it out of the loss.
+        mask_truncated_completions=True,
         logging_steps=1,
         save_strategy="no",
         report_to="none",
