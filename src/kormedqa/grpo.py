@@ -23,8 +23,9 @@ def seed_reward(completions: Sequence, gold: Sequence[str], **_) -> list[float]:
     The seed's table, paid only to completions that give their letter in the seed's place
     (`</reasoning>X`). The lenient extraction's last resort (any bare letter) is right for
     measuring, wrong for rewarding: sampled completions that list `C) 오답` lines until the length
-    limit earn 2/3 whenever the last letter listed is the gold one. Measured here: with that
-    reward, 8 GRPO steps after SFT took the letter-after-</reasoning> rate from ~97% to 2%.
+    limit earn 2/3 whenever the last letter listed is the gold one. Measured here (bench/learning.py,
+    162 questions): SFT alone gave the letter after </reasoning> in 97% of answers; the same SFT
+    plus 8 GRPO steps on that lenient reward, in 2%.
     """
     texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
     return [reasoning_score(text, g) if AFTER_REASONING.search(text) else 0.0 for text, g in zip(texts, gold)]
