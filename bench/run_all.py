@@ -69,7 +69,9 @@ def render() -> str:
         m = ln["machine"]
         out += [f"## Learning ({m['date']}, {m['cpu']})", "", f"{ln['test_questions']} held-out questions; settings "
                 f"{json.dumps({k: v for k, v in ln['settings'].items() if k != 'model'})}.", "", ln["table"], "",
-                f"**{ln['summary']}**", ""]
+                f"**{ln['summary']}**", "",
+                "How to read it, and which arms ran before which fix (arm c used a lenient GRPO reward since "
+                "replaced): the README, section \"Which training settings to start from\".", ""]
     runs = _load("run_all")
     if runs:
         parts = ", ".join(f"{k} {v / 60:.1f} min" for k, v in runs["seconds"].items())
