@@ -99,7 +99,7 @@ def main() -> int:
     train_flops = n_examples * (6 * body * mean_len + 6 * head * mean_sup)
     # What the step must do: frozen weights need the forward and the input gradient (4 per weight
     # and token), the LoRA weights also their own gradient (6); the tied lm_head is frozen too.
-    lora = sum(v.numel() for k, v in load_file(Path(out / "adapter" / "adapter_model.safetensors")).items())
+    lora = sum(v.numel() for v in load_file(out / "adapter" / "adapter_model.safetensors").values())
     needed_flops = n_examples * ((4 * body + 6 * lora) * mean_len + 4 * head * mean_sup)
     train_s = summary["seconds"]
     result = {

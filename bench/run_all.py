@@ -2,20 +2,22 @@
 
     python bench/run_all.py [--only train_throughput,eval_throughput,roofline] [--with-learning]
 
-The learning benchmark (about an hour here) runs only with --with-learning; its last result,
+The learning benchmark (about 80 minutes here) runs only with --with-learning; its last result,
 if any, is still rendered.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import datetime
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import write_result
 RESULTS = HERE / "results"
 FAST = ("train_throughput", "eval_throughput", "roofline")
 
@@ -96,10 +98,8 @@ def main() -> int:
         timings[name] = round(time.time() - started, 1)
     if timings:
         # The run's own duration is a result too: the issue bounds `make bench` at 30 minutes.
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "run_all.json").write_text(json.dumps(
-            {"date": datetime.date.today().isoformat(), "seconds": timings, "total_seconds": sum(timings.values())},
-            indent=2) + "\n")
+        write_result("run_all", {"date": datetime.date.today().isoformat(), "seconds": timings,
+                                 "total_seconds": sum(timings.values())})
     (HERE / "README.md").write_text(render(), encoding="utf-8")
     for name in (*FAST, "learning"):
         result = _load(name)

@@ -356,18 +356,18 @@ def run_eval(cfg: EvalConfig) -> dict:
     if cfg.limit:
         mcqs = mcqs[: cfg.limit]
     tokenizer = load_tokenizer(cfg.model)
-    backend = resolve_backend(cfg.backend, cfg.device) if cfg.mode != "loglik" else "hf"
+    backend = resolve_backend(cfg.backend, cfg.device) if cfg.mode != "loglik" else None  # None: no generation
     claim_output(cfg.output, overwrite=cfg.overwrite)
     generator = None
     if backend == "vllm":
         from .vllm_backend import VllmGenerator
 
         generator = VllmGenerator(cfg.model, tokenizer, cfg.precision, cfg.seed)
-    needs_hf = backend == "hf" or cfg.mode != "generate"
+    needs_hf = backend != "vllm" or cfg.mode != "generate"
     model = load_model(cfg.model, device=cfg.device, precision=cfg.precision, merge_adapter=True) if needs_hf else None
     metrics, preds = evaluate_mcq(model, tokenizer, mcqs, cfg.mode, cfg.batch_size, cfg.max_new_tokens,
                                   generator=generator)
-    metrics["generation_backend"] = backend if cfg.mode != "loglik" else None
+    metrics["generation_backend"] = backend
     write_eval(cfg.output, metrics, preds, {"run": provenance(cfg, {"data": cfg.data})})
     print(summary_line(metrics))
     return metrics

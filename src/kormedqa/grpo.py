@@ -8,10 +8,10 @@ from its adapter (the adapter keeps training); from a plain model a fresh LoRA i
 from __future__ import annotations
 
 import time
-
-import torch
 from pathlib import Path
 from typing import Sequence
+
+import torch
 
 from .extract import AFTER_REASONING, reasoning_score
 from .records import MCQ
@@ -75,9 +75,8 @@ def run_grpo(
     dtype = pick_dtype(dev, precision)
     tokenizer = load_tokenizer(base_model)
     model = load_model(base_model, device=device, precision=precision, trainable_adapter=True)
-    # TRL ends a completion (and its loss mask) at the model's generation_config eos ids, which for
-    # Gemma checkpoints is often <eos> alone: completions stopped at <end_of_turn> would then count
-    # as untruncated-to-the-limit, with their padding inside the loss.
+    # TRL both stops generation and ends a completion's loss mask at the model's generation_config
+    # eos ids, which for many Gemma checkpoints is <eos> alone: <end_of_turn> must be among them.
     model.generation_config.eos_token_id = stop_token_ids(tokenizer)
     peft_config = None if isinstance(model, PeftModel) else lora_config()
     if any(r["gold"] not in "ABCDE" or not r["gold"] for r in rows):
@@ -93,7 +92,6 @@ def run_grpo(
         max_completion_length=max_completion_length,
         learning_rate=learning_rate,
         temperature=temperature,
-        generation_kwargs={"eos_token_id": stop_token_ids(tokenizer)},
         # A completion cut at the length limit has no answer to judge: keep it out of the loss.
         mask_truncated_completions=True,
         logging_steps=1,

@@ -152,11 +152,15 @@ class CompletionCollator:
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         if self.padding_free:
+            def packed(key):
+                return torch.tensor([[t for f in features for t in f[key]]], dtype=torch.long)
+
+            positions = [[i for f in features for i in range(len(f["input_ids"]))]]
             return {
-                "input_ids": torch.tensor([[t for f in features for t in f["input_ids"]]], dtype=torch.long),
-                "position_ids": torch.tensor([[i for f in features for i in range(len(f["input_ids"]))]], dtype=torch.long),
-                "labels": torch.tensor([[t for f in features for t in f["labels"]]], dtype=torch.long),
-                "answer_mask": torch.tensor([[t for f in features for t in f["answer_mask"]]], dtype=torch.long),
+                "input_ids": packed("input_ids"),
+                "position_ids": torch.tensor(positions, dtype=torch.long),
+                "labels": packed("labels"),
+                "answer_mask": packed("answer_mask"),
             }
         width = max(len(f["input_ids"]) for f in features)
 
