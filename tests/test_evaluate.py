@@ -105,3 +105,24 @@ def test_generation_stops_after_a_stop_string_as_hf_does(tiny_model, tokenizer, 
         reference.append(tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
     assert ours == reference
     assert ours[0] == stop
+
+
+def test_cpu_vocab_projection_same_logits_and_gradients_then_restored(tiny_model, tokenizer):
+    """The W @ h.T lm_head gives the logits and input gradients F.linear gives, and is undone after."""
+    from kormedqa.modeling import cpu_vocab_projection
+
+    head = tiny_model.get_output_embeddings()
+    ids = tokenizer(["Meaning of word 고혈압:", "A) 정답"], return_tensors="pt", padding=True)
+    plain = tiny_model(**ids).logits
+    hidden = torch.randn(3, 5, head.weight.shape[1], requires_grad=True)
+    F.linear(hidden, head.weight).square().sum().backward()
+    plain_grad = hidden.grad.clone()
+    hidden.grad = None
+    with cpu_vocab_projection(tiny_model):
+        assert "forward" in vars(head)
+        patched = tiny_model(**ids).logits
+        head(hidden).square().sum().backward()
+    assert torch.allclose(patched, plain, atol=1e-5)
+    assert torch.allclose(hidden.grad, plain_grad, rtol=1e-4, atol=1e-4)
+    assert "forward" not in vars(head)  # the class's forward is back
+    assert tiny_model.get_output_embeddings().weight is tiny_model.get_input_embeddings().weight

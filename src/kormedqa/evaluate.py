@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .extract import AFTER_REASONING, extract_answer, has_detailed_keywords, has_reasoning_tags, reasoning_score
 from .formats import GENERATION_PREFIX, REASONING_CLOSE, Glossary, mcq_completion, mcq_prompt, template_simple_reasoning
 from .metrics import accuracy_by_group, proportion
-from .modeling import stop_token_ids
+from .modeling import cpu_vocab_projection, stop_token_ids
 from .records import LETTERS, MCQ
 from .runs import fault_point
 from .sft import CompletionCollator, supervised_positions, tokenize_pair
@@ -93,20 +93,21 @@ def generate(model, tokenizer, prompts: Sequence[str], batch_size: int = 8, max_
     # Built once: over a 262k vocabulary its token tables take seconds, which `stop_strings=`
     # would pay again for every batch. The criterion keeps no state between calls.
     stops = StoppingCriteriaList([StopStringCriteria(tokenizer, list(stop_strings))]) if stop_strings else None
-    for _, idx in tqdm(list(_batches(order, batch_size)), desc=desc, leave=False):
-        fault_point("generate_batch")
-        enc = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=eos,
-            pad_token_id=tokenizer.pad_token_id,
-            stopping_criteria=stops,
-        )
-        new = out[:, enc["input_ids"].shape[1] :]
-        for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
-            outputs[i] = text
+    with cpu_vocab_projection(model):
+        for _, idx in tqdm(list(_batches(order, batch_size)), desc=desc, leave=False):
+            fault_point("generate_batch")
+            enc = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=tokenizer.pad_token_id,
+                stopping_criteria=stops,
+            )
+            new = out[:, enc["input_ids"].shape[1] :]
+            for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
+                outputs[i] = text
     return outputs
 
 
@@ -124,12 +125,13 @@ def letter_logprobs(model, tokenizer, prompts: Sequence[str], batch_size: int = 
     order = _by_length(prompts)
     scores: list[list[float]] = [[] for _ in prompts]
     device = next(model.parameters()).device
-    for _, idx in tqdm(list(_batches(order, batch_size)), desc="loglik", leave=False):
-        enc = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
-        logits = model(**enc, logits_to_keep=1).logits[:, -1, :].float()
-        logp = F.log_softmax(logits, dim=-1)[:, letters.to(device)]
-        for i, row in zip(idx, logp.tolist()):
-            scores[i] = row
+    with cpu_vocab_projection(model):
+        for _, idx in tqdm(list(_batches(order, batch_size)), desc="loglik", leave=False):
+            enc = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
+            logits = model(**enc, logits_to_keep=1).logits[:, -1, :].float()
+            logp = F.log_softmax(logits, dim=-1)[:, letters.to(device)]
+            for i, row in zip(idx, logp.tolist()):
+                scores[i] = row
     return scores
 
 

@@ -65,7 +65,8 @@ def run_grpo(
     from peft import PeftModel
     from trl import GRPOConfig, GRPOTrainer
 
-    from .modeling import load_model, load_tokenizer, lora_config, pick_device, pick_dtype, stop_token_ids
+    from .modeling import (cpu_vocab_projection, load_model, load_tokenizer, lora_config, pick_device, pick_dtype,
+                           stop_token_ids)
     from .sft import JsonlLogCallback, save_checkpoint
 
     output = Path(output)
@@ -114,7 +115,8 @@ def run_grpo(
         callbacks=[JsonlLogCallback(logs_dir / "train_log.jsonl", stage)],
     )
     started = time.time()
-    result = trainer.train()
+    with cpu_vocab_projection(trainer.model):  # sampling is most of a CPU step; its lm_head runs 3x faster
+        result = trainer.train()
     summary = {
         "stage": stage,
         "steps": trainer.state.global_step,

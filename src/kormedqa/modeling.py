@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -55,6 +56,36 @@ def stop_token_ids(tokenizer) -> list[int]:
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id != eot:
         ids.insert(0, tokenizer.eos_token_id)
     return ids
+
+
+@contextmanager
+def cpu_vocab_projection(model):
+    """Inside the block, a CPU model's lm_head computes `W @ h.T` instead of `h @ W.T`.
+
+    Same products, same result (argmax-identical, tested), but MKL's path for a tall weight times
+    a few columns is 1.6x (16 rows) to 3x (4 rows) faster here than the small-M path `F.linear`
+    takes; with a 262k vocabulary that projection is most of a decode step at generation batch
+    sizes. The weight is read at call time, so a tied embedding stays tied. Off CPU, or when
+    the lm_head is not a plain Linear, nothing changes.
+    """
+    head = model.get_output_embeddings() if model is not None else None
+    device = next(model.parameters()).device if model is not None else None
+    if type(head) is not torch.nn.Linear or device.type != "cpu":
+        yield model
+        return
+
+    def forward(hidden: torch.Tensor) -> torch.Tensor:
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        out = (head.weight @ flat.T).T
+        if head.bias is not None:
+            out = out + head.bias
+        return out.reshape(*hidden.shape[:-1], head.weight.shape[0])
+
+    head.forward = forward
+    try:
+        yield model
+    finally:
+        del head.forward  # back to the class's forward
 
 
 def ensure_chat_template(tokenizer) -> None:
