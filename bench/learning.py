@@ -7,12 +7,16 @@ an MCQ stage from the same base, then is scored on the whole held-out test split
 accuracy, parse rate, accuracy among parsed answers, log-likelihood accuracy (95% Wilson
 intervals), and McNemar's exact test of each arm against (a) on the same questions.
 
-    python bench/learning.py [--model DIR] [--dict-steps 15] [--mcq-steps 40] [--grpo-steps 8]
+    python bench/learning.py [--model DIR] [--dict-steps 15] [--mcq-steps 40] [--grpo-steps 8] [--fresh]
+
+Finished arms are kept (work/learning/<arm>/result.json) and skipped on the next run; --fresh
+retrains them all.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,8 +46,12 @@ def run_arm(name: str, spec: dict, args, work: Path, entries, train, test, gloss
     mcq_steps = args.mcq_steps - (args.grpo_steps if spec["grpo"] else 0)  # same optimizer-step budget
     dict_cfg = TrainConfig(base_model=args.model, track="dict", max_steps=args.dict_steps, batch_size=4, grad_accum=1,
                            learning_rate=spec["lr"][0], answer_weight=spec["answer_weight"], device="cpu", seed=args.seed)
-    run_training(dict_cfg, dict_rows(entries), arm_dir / "dict", tokenizer=tokenizer, stage=f"{name}_dict", logs_dir=arm_dir)
-    mcq_cfg = TrainConfig(base_model=str(arm_dir / "dict"), track="mcq", max_steps=mcq_steps, batch_size=4, grad_accum=1,
+    # Arms whose dictionary stage has the same settings share it ((b) and (c)): training is
+    # seeded, so a second run would give the same adapter and cost ~2 min.
+    dict_dir = work / "dict_stages" / f"w{spec['answer_weight'].replace('/', '_')}_lr{spec['lr'][0]:g}_s{args.dict_steps}"
+    if not (dict_dir / "training_summary.json").exists():
+        run_training(dict_cfg, dict_rows(entries), dict_dir, tokenizer=tokenizer, stage=f"{name}_dict", logs_dir=arm_dir)
+    mcq_cfg = TrainConfig(base_model=str(dict_dir), track="mcq", max_steps=mcq_steps, batch_size=4, grad_accum=1,
                           learning_rate=spec["lr"][1], answer_weight=spec["answer_weight"], device="cpu", seed=args.seed)
     summary = run_training(mcq_cfg, mcq_rows(train, args.seed, glossary), arm_dir / "mcq", tokenizer=tokenizer,
                            stage=f"{name}_mcq", logs_dir=arm_dir)
@@ -58,7 +66,7 @@ def run_arm(name: str, spec: dict, args, work: Path, entries, train, test, gloss
     model = load_model(str(final), device="cpu", precision="fp32", merge_adapter=True)
     # "both": generation and letter log-likelihood. The teacher-forced pass ("all") would add ~15 s
     # per 16 questions and measures the letter given the gold rationale, which names it already.
-    metrics, preds = evaluate_mcq(model, tokenizer, test, "both", 16, args.max_new_tokens, glossary)
+    metrics, preds = evaluate_mcq(model, tokenizer, test, "both", args.eval_batch_size, args.max_new_tokens, glossary)
     last = summary["log"][-1] if summary["log"] else {}
     return {
         "metrics": {k: metrics[k] for k in ("accuracy", "parse_rate", "format_parse_rate", "accuracy_among_parsed",
@@ -91,6 +99,7 @@ def main() -> int:
     p.add_argument("--mcq-steps", type=int, default=40)
     p.add_argument("--grpo-steps", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=112)
+    p.add_argument("--eval-batch-size", type=int, default=32)
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--fresh", action="store_true", help="retrain arms that already have a result")
@@ -110,6 +119,8 @@ def main() -> int:
     work = HERE / "work" / "learning"
     results = {}
     started = time.time()
+    if args.fresh:
+        shutil.rmtree(work / "dict_stages", ignore_errors=True)
     for name in args.arms.split(","):
         # Each finished arm is kept, so a crash or a stopped session resumes at the next arm.
         done = work / name / "result.json"

@@ -23,6 +23,12 @@ def test_reward_pays_only_an_answer_in_the_seeds_place():
     assert seed_reward([looping, looping + "\n</reasoning>A"], gold=["A", "A"]) == pytest.approx([0.0, 2 / 3])
 
 
+def test_reward_pays_only_an_answer_that_ends_at_its_letter():
+    good = "<reasoning>\nA) 정답 ✓\n</reasoning>A"
+    run_on = [good + "model>A", good + "model</reasoning>A", good + "\n", "<reasoning>x</reasoning> 정답: A"]
+    assert seed_reward(run_on, gold=["A"] * 4) == pytest.approx([0.0, 0.0, 2 / 3, 2 / 3])
+
+
 def test_prepared_rows_give_gold_from_reference_completion():
     rows = [{"prompt": "<start_of_turn>user\nq<end_of_turn>", "completion": "<start_of_turn>model\n<reasoning>\nx\n</reasoning>D<end_of_turn>"}]
     assert grpo_rows_from_prepared(rows) == [{"prompt": "<start_of_turn>user\nq<end_of_turn>\n<start_of_turn>model\n", "gold": "D"}]

@@ -2,7 +2,7 @@
 
 The reward is `reasoning_score(output, gold)`: 2/3 for the right letter, +1/3 with the detailed
 format, 1/4 for the format alone, paid only when the letter follows `</reasoning>` (see
-`seed_reward`). Generations stop at `<end_of_turn>`; truncated ones stay out of the loss. Meant to run after SFT,
+`seed_reward`). Generations stop at `<end_of_turn>`; one that runs to the length limit earns 0. Meant to run after SFT,
 from its adapter (the adapter keeps training); from a plain model a fresh LoRA is added.
 """
 from __future__ import annotations
@@ -14,21 +14,31 @@ from typing import Sequence
 import torch
 
 from .extract import AFTER_REASONING, reasoning_score
+from .formats import REASONING_CLOSE
 from .records import MCQ
 
 
 def seed_reward(completions: Sequence, gold: Sequence[str], **_) -> list[float]:
     """TRL reward function: one float per completion; `gold` comes from the dataset column.
 
-    The seed's table, paid only to completions that give their letter in the seed's place
-    (`</reasoning>X`). The lenient extraction's last resort (any bare letter) is right for
-    measuring, wrong for rewarding: sampled completions that list `C) 오답` lines until the length
-    limit earn 2/3 whenever the last letter listed is the gold one. Measured here (bench/learning.py,
-    162 questions): SFT alone gave the letter after </reasoning> in 97% of answers; the same SFT
-    plus 8 GRPO steps on that lenient reward, in 2%.
+    The seed's table, paid only to a completion that is the seed's format and ends there: one
+    `</reasoning>`, the letter after it, nothing after the letter (TRL hands over text with
+    `<end_of_turn>` removed). Measured here (bench/learning.py), both looser rules were paid for
+    the wrong thing: (1) the lenient extraction's last resort read the last letter of `C) 오답`
+    lists that ran to the length limit, and 8 GRPO steps on it took the letter after
+    </reasoning> from 97% to 2% of answers; (2) sampled at temperature 1, the SFT model gives the
+    right format and letter, then rarely `<end_of_turn>` but unused tokens and more
+    `</reasoning>X` pairs until the limit. Paying those teaches nothing about ending the answer,
+    and masking them (TRL's `mask_truncated_completions`) left ~90% of completions out of the loss.
     """
     texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
-    return [reasoning_score(text, g) if AFTER_REASONING.search(text) else 0.0 for text, g in zip(texts, gold)]
+    return [reasoning_score(t, g) if _ends_at_answer(t) else 0.0 for t, g in zip(texts, gold)]
+
+
+def _ends_at_answer(text: str) -> bool:
+    text = text.rstrip()
+    found = AFTER_REASONING.search(text)
+    return found is not None and text.count(REASONING_CLOSE) == 1 and found.end() == len(text)
 
 
 def grpo_rows_from_mcqs(mcqs: Sequence[MCQ]) -> list[dict]:
@@ -93,8 +103,9 @@ def run_grpo(
         max_completion_length=max_completion_length,
         learning_rate=learning_rate,
         temperature=temperature,
-        # A completion cut at the length limit has no answer to judge: keep it out of the loss.
-        mask_truncated_completions=True,
+        # Completions that run to the length limit stay in the loss with reward 0: that is how
+        # the policy learns to end at the letter (see seed_reward); masked, they taught nothing.
+        mask_truncated_completions=False,
         logging_steps=1,
         save_strategy="no",
         report_to="none",
