@@ -7,7 +7,10 @@ an MCQ stage from the same base, then is scored on the whole held-out test split
 accuracy, parse rate, accuracy among parsed answers, log-likelihood accuracy (95% Wilson
 intervals), and McNemar's exact test of each arm against (a) on the same questions.
 
-    python bench/learning.py [--model DIR] [--dict-steps 15] [--mcq-steps 40] [--grpo-steps 8] [--fresh]
+    python bench/learning.py [--model DIR] [--dict-steps 10] [--mcq-steps 30] [--grpo-steps 4] [--fresh]
+
+The default budget is what fits the 60-minute bound on 2 CPU cores (~12 s per MCQ step at batch 4,
+~60 s per GRPO step, ~6 min to score an arm); on a GPU raise it.
 
 Finished arms are kept (work/learning/<arm>/result.json) and skipped on the next run; --fresh
 retrains them all.
@@ -95,9 +98,9 @@ def table(results: dict, tests: dict) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="gemma3-270m")
-    p.add_argument("--dict-steps", type=int, default=15)
-    p.add_argument("--mcq-steps", type=int, default=40)
-    p.add_argument("--grpo-steps", type=int, default=8)
+    p.add_argument("--dict-steps", type=int, default=10)
+    p.add_argument("--mcq-steps", type=int, default=30)
+    p.add_argument("--grpo-steps", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=112)
     p.add_argument("--eval-batch-size", type=int, default=32)
     p.add_argument("--arms", default=",".join(ARMS))

@@ -97,18 +97,50 @@ def generate(model, tokenizer, prompts: Sequence[str], batch_size: int = 8, max_
         for _, idx in tqdm(list(_batches(order, batch_size)), desc=desc, leave=False):
             fault_point("generate_batch")
             enc = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
-            out = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=eos,
-                pad_token_id=tokenizer.pad_token_id,
-                stopping_criteria=stops,
-            )
-            new = out[:, enc["input_ids"].shape[1] :]
+            new = _greedy_dropping_finished(model, enc, max_new_tokens, eos, stops)
             for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
                 outputs[i] = text
     return outputs
+
+
+def _greedy_dropping_finished(model, enc: dict, max_new_tokens: int, eos: Sequence[int], stops) -> list[list[int]]:
+    """Greedy decoding, as `model.generate(do_sample=False)` does it, minus the finished rows.
+
+    `generate` keeps computing a row after it has stopped (padding it) until every row has: one
+    run-on answer in a batch of 32 costs 32 rows up to max_new_tokens. Here a row leaves the batch
+    and the KV cache the step it ends, so the rest runs at the batch size still needed. Positions,
+    mask and cache follow `generate` (tests compare the two).
+    """
+    from transformers import DynamicCache
+
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    cache = DynamicCache(config=model.config)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                   use_cache=True, logits_to_keep=1).logits[:, -1]
+    rows = torch.arange(ids.shape[0], device=ids.device)  # batch row -> input row
+    new: list[list[int]] = [[] for _ in range(ids.shape[0])]
+    eos = torch.tensor(list(eos), device=ids.device)
+    seqs, last = ids, positions[:, -1:]
+    for step in range(max_new_tokens):
+        token = logits.argmax(-1)
+        for r, t in zip(rows.tolist(), token.tolist()):
+            new[r].append(t)
+        seqs = torch.cat([seqs, token[:, None]], dim=1)
+        done = torch.isin(token, eos)
+        if stops is not None:
+            done |= stops(seqs, logits)
+        if step == max_new_tokens - 1 or bool(done.all()):
+            break
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            rows, seqs, mask, last, token = rows[keep], seqs[keep], mask[keep], last[keep], token[keep]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        last = last + 1
+        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=last, past_key_values=cache,
+                       use_cache=True).logits[:, -1]
+    return new
 
 
 def letter_token_ids(tokenizer) -> list[int]:
