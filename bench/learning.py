@@ -130,6 +130,7 @@ def main() -> int:
         if done.exists() and not args.fresh:
             results[name] = json.loads(done.read_text())
             continue
+        shutil.rmtree(work / name, ignore_errors=True)  # an unfinished or --fresh arm starts clean (logs too)
         results[name] = run_arm(name, ARMS[name], args, work, entries, train, test, glossary)
         write_json_atomic(done, results[name])
         print(name, json.dumps({k: v["value"] if isinstance(v, dict) else v for k, v in results[name]["metrics"].items()}))
@@ -145,6 +146,9 @@ def main() -> int:
                               else "no arm differs significantly from (a) at 0.05")
     write_result("learning", {"machine": machine(), "settings": vars(args), "test_questions": len(test),
                               "wall_seconds": time.time() - started,
+                              # A resumed run's wall time covers only the arms it ran; this is the
+                              # whole benchmark's cost, each arm timed when it ran.
+                              "arm_seconds_total": sum(r["train_seconds"] + r["eval_seconds"] for r in results.values()),
                               "results": results, "mcnemar_vs_a": tests, "table": table(results, tests),
                               "summary": summary})
     print(table(results, tests))

@@ -28,17 +28,18 @@ def test_labels_are_minus_100_exactly_on_prompt_tokens(tokenizer):
     assert item["input_ids"][0] == tokenizer.bos_token_id and item["input_ids"].count(tokenizer.bos_token_id) == 1
 
 
-def test_answer_mask_is_the_letter_after_reasoning(tokenizer):
+def test_answer_mask_is_the_letter_after_reasoning_and_the_end_of_turn(tokenizer):
     ex = _row()
     item = tokenize_pair(tokenizer, ex.prompt, ex.completion, 512)
     answer_ids = [t for t, m in zip(item["input_ids"], item["answer_mask"]) if m]
-    assert tokenizer.decode(answer_ids) == "A"
+    assert tokenizer.decode(answer_ids) == "A<end_of_turn>"
+    assert answer_ids[-1] == item["input_ids"][-1] == 106
 
 
 def test_answer_span_without_reasoning_is_whole_turn():
     completion = dict_example(DictEntry("고혈압", "Hypertension. 높은 혈압")).completion
     start, end = answer_span(completion)
-    assert completion[start:end] == "Hypertension. 높은 혈압"
+    assert completion[start:end] == "Hypertension. 높은 혈압<end_of_turn>"
     assert completion[:start] == MODEL_TURN
 
 

@@ -116,7 +116,7 @@ def _greedy_dropping_finished(model, enc: dict, max_new_tokens: int, eos: Sequen
     ids, mask = enc["input_ids"], enc["attention_mask"]
     positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
     cache = DynamicCache(config=model.config)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                    use_cache=True, logits_to_keep=1).logits[:, -1]
     rows = torch.arange(ids.shape[0], device=ids.device)  # batch row -> input row
     new: list[list[int]] = [[] for _ in range(ids.shape[0])]
@@ -138,7 +138,7 @@ def _greedy_dropping_finished(model, enc: dict, max_new_tokens: int, eos: Sequen
             rows, seqs, mask, last, token = rows[keep], seqs[keep], mask[keep], last[keep], token[keep]
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         last = last + 1
-        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=last, past_key_values=cache,
+        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=last, cache=cache,
                        use_cache=True).logits[:, -1]
     return new
 

@@ -2,8 +2,8 @@
 
 Built on `transformers.Trainer` (so `accelerate launch` runs it on several GPUs unchanged) with
 one change to the loss: only supervised positions reach the 262k-entry lm_head, and the answer
-letter can carry a fixed share of the loss (`answer_weight`, the seed's 2/3), because with a plain
-token mean the letter is ~1 of 40 supervised tokens and barely moves.
+(letter + `<end_of_turn>`) can carry a fixed share of the loss (`answer_weight`, the seed's 2/3),
+because with a plain token mean the letter is ~1 of 40 supervised tokens and barely moves.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class TrainConfig:
     learning_rate: float | None = None
     max_length: int | None = None
     answer_weight: str = field(
-        default="2/3", metadata={"help": "share of the loss on the answer letter (e.g. 2/3, 1, 0.5) or 'none' for the plain token mean"}
+        default="2/3", metadata={"help": "share of the loss on the answer (letter + <end_of_turn>; e.g. 2/3, 1, 0.5) or 'none' for the plain token mean"}
     )
     lora_r: int = 64
     lora_alpha: int = 128
@@ -85,14 +85,18 @@ def parse_answer_weight(value: str | float | None) -> float | None:
 
 
 def answer_span(completion: str) -> tuple[int, int]:
-    """Character span of the answer inside a completion.
+    """Character span of the answer inside a completion, the closing `<end_of_turn>` included.
 
-    With reasoning, only the letter(s) after `</reasoning>`: the closing `<end_of_turn>` is
-    trivially predictable and would dilute the answer's share. Without reasoning (the dictionary
-    track, answer-only MCQs) the whole content of the model turn is the answer.
+    With reasoning: the letter(s) after `</reasoning>` and `<end_of_turn>`. Without reasoning (the
+    dictionary track, answer-only MCQs): the whole content of the model turn and `<end_of_turn>`.
+    The end of turn belongs to the answer because an answer that does not stop is not one, and
+    because a pretrained base never emitted it: in the letter-only span it was one of ~70 "other"
+    tokens, and after 30 MCQ steps (lr 5e-4, W = 2/3) the default model gave it p = 0.001 after
+    the letter of its own training examples. Greedy decoding hid that (evaluation stops once
+    `</reasoning>X` is complete); sampled GRPO completions never ended, so earned no reward.
     """
-    end = completion.rfind(END_OF_TURN)
-    end = len(completion) if end < 0 else end
+    eot = completion.rfind(END_OF_TURN)
+    end = len(completion) if eot < 0 else eot + len(END_OF_TURN)
     close = completion.rfind(REASONING_CLOSE)
     if close >= 0:
         return close + len(REASONING_CLOSE), end
