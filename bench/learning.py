@@ -84,15 +84,25 @@ def run_arm(name: str, spec: dict, args, work: Path, entries, train, test, gloss
 
 def table(results: dict, tests: dict) -> str:
     pct = lambda p: f"{p['value']:.1%} [{p['ci95'][0]:.1%}, {p['ci95'][1]:.1%}]"
-    lines = ["| arm | accuracy | parse rate | acc. among parsed | loglik accuracy | McNemar p vs (a): gen / loglik |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| arm | accuracy | parse rate | letter after `</reasoning>` | acc. among parsed | loglik accuracy "
+             "| McNemar p vs (a): gen / loglik | minutes (train + eval) |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         m = r["metrics"]
         t = tests.get(name)
         sig = "-" if t is None else f"{t['accuracy']['p_value']:.3g} / {t['loglik_accuracy']['p_value']:.3g}"
-        lines.append(f"| {name} | {pct(m['accuracy'])} | {pct(m['parse_rate'])} | {pct(m['accuracy_among_parsed'])} "
-                     f"| {pct(m['loglik_accuracy'])} | {sig} |")
+        lines.append(f"| {name} | {pct(m['accuracy'])} | {pct(m['parse_rate'])} | {m['format_parse_rate']['value']:.1%} "
+                     f"| {pct(m['accuracy_among_parsed'])} | {pct(m['loglik_accuracy'])} | {sig} "
+                     f"| {r['train_seconds'] / 60:.1f} + {r['eval_seconds'] / 60:.1f} |")
     return "\n".join(lines)
+
+
+def verdict(tests: dict) -> str:
+    """Which differences from (a) are significant at 0.05 and which are not, in one sentence."""
+    yes = [f"{n} ({k}, p = {v['p_value']:.3g})" for n, t in tests.items() for k, v in t.items() if v["significant_at_0.05"]]
+    no = [f"{n} ({k})" for n, t in tests.items() for k, v in t.items() if not v["significant_at_0.05"]]
+    return ("learning: significant vs (a) at 0.05: " + (", ".join(yes) or "none")
+            + "; not significant: " + (", ".join(no) or "none"))
 
 
 def main() -> int:
@@ -141,9 +151,7 @@ def main() -> int:
             if name != "a_token_mean":
                 tests[name] = {"accuracy": mcnemar_exact(base["hits"], r["hits"]),
                                "loglik_accuracy": mcnemar_exact(base["loglik_hits"], r["loglik_hits"])}
-    significant = [f"{n} ({k})" for n, t in tests.items() for k, v in t.items() if v["significant_at_0.05"]]
-    summary = "learning: " + (("significant vs (a): " + ", ".join(significant)) if significant
-                              else "no arm differs significantly from (a) at 0.05")
+    summary = verdict(tests)
     write_result("learning", {"machine": machine(), "settings": vars(args), "test_questions": len(test),
                               "wall_seconds": time.time() - started,
                               # A resumed run's wall time covers only the arms it ran; this is the

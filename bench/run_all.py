@@ -2,7 +2,7 @@
 
     python bench/run_all.py [--only train_throughput,eval_throughput,roofline] [--with-learning]
 
-The learning benchmark (about 80 minutes here) runs only with --with-learning; its last result,
+The learning benchmark (about 55 minutes here) runs only with --with-learning; its last result,
 if any, is still rendered.
 """
 from __future__ import annotations
@@ -69,11 +69,13 @@ def render() -> str:
     ln = _load("learning")
     if ln:
         m = ln["machine"]
-        out += [f"## Learning ({m['date']}, {m['cpu']})", "", f"{ln['test_questions']} held-out questions; settings "
-                f"{json.dumps({k: v for k, v in ln['settings'].items() if k != 'model'})}.", "", ln["table"], "",
+        total = ln.get("arm_seconds_total", ln["wall_seconds"])
+        out += [f"## Learning ({m['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']}, no GPU)", "",
+                f"{ln['test_questions']} held-out questions; settings "
+                f"{json.dumps({k: v for k, v in ln['settings'].items() if k not in ('model', 'fresh', 'arms')})}. "
+                f"The four arms took {total / 60:.1f} minutes in all (each arm timed as it ran).", "", ln["table"], "",
                 f"**{ln['summary']}**", "",
-                "How to read it, and which arms ran before which fix (arm c used a lenient GRPO reward since "
-                "replaced): the README, section \"Which training settings to start from\".", ""]
+                "How to read it: the README, section \"Which training settings to start from\".", ""]
     runs = _load("run_all")
     if runs:
         parts = ", ".join(f"{k} {v / 60:.1f} min" for k, v in runs["seconds"].items())

@@ -26,10 +26,12 @@ def seed_reward(completions: Sequence, gold: Sequence[str], **_) -> list[float]:
     `<end_of_turn>` removed). Measured here (bench/learning.py), both looser rules were paid for
     the wrong thing: (1) the lenient extraction's last resort read the last letter of `C) 오답`
     lists that ran to the length limit, and 8 GRPO steps on it took the letter after
-    </reasoning> from 97% to 2% of answers; (2) sampled at temperature 1, the SFT model gives the
-    right format and letter, then rarely `<end_of_turn>` but unused tokens and more
-    `</reasoning>X` pairs until the limit. Paying those teaches nothing about ending the answer,
-    and masking them (TRL's `mask_truncated_completions`) left ~90% of completions out of the loss.
+    </reasoning> from 97% to 2% of answers; (2) the SFT model gave the right format and letter,
+    then not `<end_of_turn>` but stray tokens and more `</reasoning>X` pairs until the limit.
+    Paying those teaches nothing about ending the answer, and masking them (TRL's
+    `mask_truncated_completions`) left ~90% of completions out of the loss. (That SFT model
+    never stopped because `<end_of_turn>` was not yet part of the weighted answer; see
+    `sft.answer_span`.)
     """
     texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
     return [reasoning_score(t, g) if _ends_at_answer(t) else 0.0 for t, g in zip(texts, gold)]
