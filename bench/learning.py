@@ -9,8 +9,9 @@ intervals), and McNemar's exact test of each arm against (a) on the same questio
 
     python bench/learning.py [--model DIR] [--dict-steps 10] [--mcq-steps 30] [--grpo-steps 4] [--fresh]
 
-The default budget is what fits the 60-minute bound on 2 CPU cores (~12 s per MCQ step at batch 4,
-~60 s per GRPO step, ~6 min to score an arm); on a GPU raise it.
+The default budget is what fits the 60-minute bound on 2 CPU cores (~11 s per MCQ step at batch 4,
+~45 s per GRPO step, 4-6 min to score an arm; all four arms took 43 min on 2026-11-27); on a GPU
+raise it.
 
 Finished arms are kept (work/learning/<arm>/result.json) and skipped on the next run; --fresh
 retrains them all.
