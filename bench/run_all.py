@@ -69,11 +69,10 @@ def render() -> str:
     ln = _load("learning")
     if ln:
         m = ln["machine"]
-        total = ln.get("arm_seconds_total", ln["wall_seconds"])
         out += [f"## Learning ({m['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']}, no GPU)", "",
                 f"{ln['test_questions']} held-out questions; settings "
                 f"{json.dumps({k: v for k, v in ln['settings'].items() if k not in ('model', 'fresh', 'arms')})}. "
-                f"The four arms took {total / 60:.1f} minutes in all (each arm timed as it ran).", "", ln["table"], "",
+                f"The {len(ln['results'])} arms took {ln['arm_seconds_total'] / 60:.1f} minutes in all (each arm timed as it ran).", "", ln["table"], "",
                 f"**{ln['summary']}**", "",
                 "How to read it: the README, section \"Which training settings to start from\".", ""]
     runs = _load("run_all")

@@ -199,7 +199,7 @@ def supervised_ce(model, input_ids, attention_mask, labels, chunk: int = 512) ->
 
 @torch.no_grad()
 def completion_losses(model, tokenizer, rows: Sequence[dict], batch_size: int = 8, max_length: int = 2048) -> list[dict]:
-    """Teacher-forced answer-only loss of each reference completion, with its answer-letter part."""
+    """Teacher-forced answer-only loss of each reference completion, with its answer part (letter + `<end_of_turn>`; reported as `answer_letter_loss`)."""
     results: list[dict] = []
     device = next(model.parameters()).device
     collate = CompletionCollator(tokenizer.pad_token_id)

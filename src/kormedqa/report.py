@@ -46,7 +46,7 @@ def plot_loops(history: dict, before: dict | None, path: str | Path) -> Path:
     ax.set_xticks(xs)
     ax.legend(fontsize=8)
     ax.set_title("Held-out test split")
-    for key, label in (("answer_loss", "answer-letter loss (train)"), ("reasoning_loss", "reasoning-token loss (train)")):
+    for key, label in (("answer_loss", "answer loss: letter + <end_of_turn> (train)"), ("reasoning_loss", "reasoning-token loss (train)")):
         ys = [l["training"].get("mcq", {}).get(key) for l in loops]
         if all(y is not None for y in ys) and ys:
             ax2.plot([l["loop"] for l in loops], ys, marker="o", label=label)

@@ -219,7 +219,7 @@ def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
 
 
 class AnswerWeightedTrainer(Trainer):
-    """Trainer whose loss sees only supervised positions and can weight the answer letter."""
+    """Trainer whose loss sees only supervised positions and can weight the answer (letter + `<end_of_turn>`)."""
 
     def __init__(self, *args, answer_weight: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
