@@ -66,7 +66,7 @@ def harness_run(model_dir: str, prompts: list[str], golds: list[int], batch_size
 
 
 def naive_generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
-    from kormedqa.evaluate import ANSWER_STOPS
+    from kormedqa.scorers import ANSWER_STOPS
     from kormedqa.modeling import stop_token_ids
 
     outs = []
@@ -90,7 +90,7 @@ def main() -> int:
     import torch
 
     from kormedqa.data import load_mcq
-    from kormedqa.evaluate import eval_prompt, generate, letter_logprobs
+    from kormedqa.scorers import eval_prompt, generate, letter_logprobs
     from kormedqa.modeling import load_model, load_tokenizer, resolve_model_path
 
     model_dir = resolve_model_path(args.model)

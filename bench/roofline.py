@@ -66,9 +66,10 @@ def main() -> int:
     from safetensors.torch import load_file
 
     from kormedqa.data import load_mcq
-    from kormedqa.evaluate import eval_prompt, letter_logprobs
+    from kormedqa.scorers import eval_prompt, letter_logprobs
     from kormedqa.modeling import load_model, load_tokenizer, resolve_model_path
-    from kormedqa.sft import TrainConfig, run_training, tokenize_rows
+    from kormedqa.batching import tokenize_rows
+    from kormedqa.sft import TrainConfig, run_training
 
     mm32 = matmul_flops(torch.float32)
     mm16 = matmul_flops(torch.bfloat16)

@@ -27,7 +27,7 @@ from common import machine, prepared_mcq_rows, write_result  # noqa: E402
 
 
 def supervised_tokens(tokenizer, rows, max_length):
-    from kormedqa.sft import tokenize_rows
+    from kormedqa.batching import tokenize_rows
 
     return [sum(l != -100 for l in f["labels"][1:]) for f in tokenize_rows(tokenizer, rows, max_length)]
 

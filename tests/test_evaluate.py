@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from kormedqa.data import load_mcq
-from kormedqa.evaluate import eval_prompt, evaluate_mcq, generate, letter_logprobs
+from kormedqa.evaluate import evaluate_mcq
+from kormedqa.scorers import eval_prompt, generate, letter_logprobs
 from kormedqa.metrics import wilson_interval
 
 from helpers import write_sample
@@ -69,9 +70,9 @@ def test_dict_eval_scores_exact_and_chrf(monkeypatch, tiny_model, tokenizer):
 
 
 def test_chunked_completion_loss_equals_full_logits(tiny_model, tokenizer, tmp_path):
-    from kormedqa.evaluate import completion_losses
+    from kormedqa.scorers import completion_losses
     from kormedqa.formats import mcq_examples
-    from kormedqa.sft import CompletionCollator, tokenize_pair
+    from kormedqa.batching import CompletionCollator, tokenize_pair
 
     qs = load_mcq(write_sample(tmp_path)["mcq"], split="test")
     rows = [e.to_row() for e in mcq_examples(qs, seed=0, detailed_fraction=0.0)]

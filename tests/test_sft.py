@@ -6,10 +6,9 @@ import torch.nn.functional as F
 
 from kormedqa.formats import MODEL_TURN, dict_example, mcq_examples
 from kormedqa.records import MCQ, DictEntry
-from kormedqa.sft import (
-    AnswerWeightedTrainer, CompletionCollator, TrainConfig, answer_span, completion_loss,
-    parse_answer_weight, supervised_positions, tokenize_pair,
-)
+from kormedqa.batching import CompletionCollator, answer_span, completion_loss, supervised_positions, tokenize_pair
+from kormedqa.sft import TrainConfig, parse_answer_weight
+from kormedqa.trainer import AnswerWeightedTrainer
 
 Q = MCQ(id="q1", question="'고혈압'의 정의로 옳은 것은?", options=("혈압이 높은 상태", "나", "다", "라", "마"), answer="A")
 
@@ -151,7 +150,7 @@ def test_padding_free_batch_has_the_padded_loss(tiny_model, tokenizer, weight):
 
 
 def test_teacher_forced_letter_is_counted_once_per_packed_example(tiny_model, tokenizer):
-    from kormedqa.sft import _first_answer_flags
+    from kormedqa.trainer import _first_answer_flags
 
     feats = [tokenize_pair(tokenizer, r.prompt, r.completion, 512) for r in (_row(), _row())]
     for padding_free in (False, True):

@@ -12,7 +12,8 @@ import torch
 
 from kormedqa import vllm_backend
 from kormedqa.data import load_mcq
-from kormedqa.evaluate import ANSWER_STOPS, eval_prompt, evaluate_mcq
+from kormedqa.evaluate import evaluate_mcq
+from kormedqa.scorers import ANSWER_STOPS, eval_prompt
 from kormedqa.vllm_backend import VllmGenerator, resolve_backend
 
 from helpers import write_sample

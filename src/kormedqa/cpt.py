@@ -62,8 +62,7 @@ def text_features(tokenizer, texts: Sequence[str], max_length: int) -> list[dict
 @torch.no_grad()
 def perplexity(model, tokenizer, texts: Sequence[str], max_length: int = 256, batch_size: int = 8) -> float:
     """exp(mean next-token cross-entropy) over all tokens of `texts`."""
-    from .evaluate import supervised_ce
-    from .sft import CompletionCollator
+    from .batching import CompletionCollator, supervised_ce
 
     model.eval()
     device = next(model.parameters()).device
@@ -85,7 +84,8 @@ def run_cpt(cfg: CPTConfig) -> dict:
     from .data import load_dictionary, read_text_corpus
     from .modeling import load_model, load_tokenizer, lora_config, pick_device, pick_dtype
     from .runs import atomic_dir, claim_output, provenance, write_json_atomic
-    from .sft import AnswerWeightedTrainer, CompletionCollator, JsonlLogCallback, TrainConfig, training_arguments
+    from .batching import CompletionCollator
+    from .trainer import AnswerWeightedTrainer, JsonlLogCallback, training_arguments
 
     paragraphs = read_text_corpus(cfg.corpus)
     heldout = read_text_corpus(cfg.heldout) if cfg.heldout else []
@@ -101,13 +101,9 @@ def run_cpt(cfg: CPTConfig) -> dict:
     texts = training_texts(paragraphs, vocab_lines(entries), cfg.vocab_repeat, cfg.seed)
     features = text_features(tokenizer, texts, cfg.max_length)
     model = get_peft_model(model, lora_config(cfg.lora_r, cfg.lora_alpha))
-    targs = TrainConfig(
-        epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-        learning_rate=cfg.learning_rate, max_length=cfg.max_length, seed=cfg.seed,
-    )
     trainer = AnswerWeightedTrainer(
         model=model,
-        args=training_arguments(targs, out / ".work", device, dtype),
+        args=training_arguments(cfg, out / ".work", device, dtype),
         train_dataset=Dataset.from_list(features),
         data_collator=CompletionCollator(tokenizer.pad_token_id),
         answer_weight=None,

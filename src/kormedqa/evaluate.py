@@ -15,16 +15,12 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .extract import AFTER_REASONING, extract_answer, has_detailed_keywords, has_reasoning_tags, reasoning_score
 from .formats import GENERATION_PREFIX, REASONING_CLOSE, Glossary, mcq_completion, mcq_prompt, template_simple_reasoning
 from .metrics import accuracy_by_group, proportion
-from .modeling import cpu_vocab_projection, stop_token_ids
 from .records import LETTERS, MCQ
-from .runs import fault_point
-from .sft import CompletionCollator, supervised_positions, tokenize_pair
+from .scorers import ANSWER_STOPS, completion_losses, eval_prompt, generate, letter_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -53,182 +49,7 @@ class EvalConfig:
     seed: int = 42
 
 
-# ---------------------------------------------------------------- the three scorers
-
-
-def _batches(items: Sequence, size: int):
-    for start in range(0, len(items), size):
-        yield start, items[start : start + size]
-
-
-def _encode_left_padded(tokenizer, texts: Sequence[str], device) -> dict:
-    tokenizer.padding_side = "left"
-    enc = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=True)
-    return {k: v.to(device) for k, v in enc.items()}
-
-
-def _by_length(texts: Sequence[str]) -> list[int]:
-    """Batch similar lengths together (less padding); results are put back in input order."""
-    return sorted(range(len(texts)), key=lambda i: len(texts[i]))
-
-
-ANSWER_STOPS = tuple(f"{REASONING_CLOSE}{letter}" for letter in LETTERS)
-
-
-@torch.no_grad()
-def generate(model, tokenizer, prompts: Sequence[str], batch_size: int = 8, max_new_tokens: int = 256, desc="generate",
-             stop_strings: Sequence[str] = ANSWER_STOPS) -> list[str]:
-    """Greedy continuations of full prompts (already ending with the model turn).
-
-    Stops at <end_of_turn>/<eos>, and by default once the seed format's answer is complete
-    (`</reasoning>X`): anything after it cannot change the extracted letter or the reasoning
-    score, and a half-trained model often runs on to max_new_tokens there.
-    """
-    from transformers import StopStringCriteria, StoppingCriteriaList
-
-    order = _by_length(prompts)
-    outputs: list[str] = [""] * len(prompts)
-    eos = stop_token_ids(tokenizer)
-    device = next(model.parameters()).device
-    # Built once: over a 262k vocabulary its token tables take seconds, which `stop_strings=`
-    # would pay again for every batch. The criterion keeps no state between calls.
-    stops = StoppingCriteriaList([StopStringCriteria(tokenizer, list(stop_strings))]) if stop_strings else None
-    with cpu_vocab_projection(model):
-        for _, idx in tqdm(list(_batches(order, batch_size)), desc=desc, leave=False):
-            fault_point("generate_batch")
-            enc = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
-            new = _greedy_dropping_finished(model, enc, max_new_tokens, eos, stops)
-            for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
-                outputs[i] = text
-    return outputs
-
-
-def _greedy_dropping_finished(model, enc: dict, max_new_tokens: int, eos: Sequence[int], stops) -> list[list[int]]:
-    """Greedy decoding, as `model.generate(do_sample=False)` does it, minus the finished rows.
-
-    `generate` keeps computing a row after it has stopped (padding it) until every row has: one
-    run-on answer in a batch of 32 costs 32 rows up to max_new_tokens. Here a row leaves the batch
-    and the KV cache the step it ends, so the rest runs at the batch size still needed. Positions,
-    mask and cache follow `generate` (tests compare the two).
-    """
-    from transformers import DynamicCache
-
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    cache = DynamicCache(config=model.config)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
-                   use_cache=True, logits_to_keep=1).logits[:, -1]
-    rows = torch.arange(ids.shape[0], device=ids.device)  # batch row -> input row
-    new: list[list[int]] = [[] for _ in range(ids.shape[0])]
-    eos = torch.tensor(list(eos), device=ids.device)
-    seqs, last = ids, positions[:, -1:]
-    for step in range(max_new_tokens):
-        token = logits.argmax(-1)
-        for r, t in zip(rows.tolist(), token.tolist()):
-            new[r].append(t)
-        seqs = torch.cat([seqs, token[:, None]], dim=1)
-        done = torch.isin(token, eos)
-        if stops is not None:
-            done |= stops(seqs, logits)
-        if step == max_new_tokens - 1 or bool(done.all()):
-            break
-        if bool(done.any()):
-            keep = (~done).nonzero().squeeze(-1)
-            cache.batch_select_indices(keep)
-            rows, seqs, mask, last, token = rows[keep], seqs[keep], mask[keep], last[keep], token[keep]
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        last = last + 1
-        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=last, cache=cache,
-                       use_cache=True).logits[:, -1]
-    return new
-
-
-def letter_token_ids(tokenizer) -> list[int]:
-    ids = [tokenizer.convert_tokens_to_ids(letter) for letter in LETTERS]
-    if any(i is None or i == tokenizer.unk_token_id for i in ids):
-        raise ValueError("tokenizer has no single-token letters A-E")
-    return ids
-
-
-@torch.no_grad()
-def letter_logprobs(model, tokenizer, prompts: Sequence[str], batch_size: int = 8) -> list[list[float]]:
-    """log P(letter | prompt) for A-E at the next position; only that position hits the lm_head."""
-    letters = torch.tensor(letter_token_ids(tokenizer))
-    order = _by_length(prompts)
-    scores: list[list[float]] = [[] for _ in prompts]
-    device = next(model.parameters()).device
-    with cpu_vocab_projection(model):
-        for _, idx in tqdm(list(_batches(order, batch_size)), desc="loglik", leave=False):
-            enc = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
-            logits = model(**enc, logits_to_keep=1).logits[:, -1, :].float()
-            logp = F.log_softmax(logits, dim=-1)[:, letters.to(device)]
-            for i, row in zip(idx, logp.tolist()):
-                scores[i] = row
-    return scores
-
-
-def _final_logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    """The lm_head (and Gemma's optional final soft-capping) on selected hidden states."""
-    logits = model.get_output_embeddings()(hidden)
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits.float()
-
-
-@torch.no_grad()
-def supervised_ce(model, input_ids, attention_mask, labels, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token cross-entropy and argmax hits at supervised positions, lm_head in chunks.
-
-    Scoring only: the decoder runs once and the 262k-wide logits exist `chunk` rows at a time,
-    instead of one (tokens x vocab) tensor of gigabytes. Returns (ce, hits, keep mask).
-    """
-    keep = supervised_positions(labels)
-    decoder = model.get_decoder()
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[keep]
-    targets = labels[:, 1:][keep[:, :-1]]
-    ces, hits = [], []
-    for start in range(0, hidden.shape[0], chunk):
-        logits = _final_logits(model, hidden[start : start + chunk])
-        t = targets[start : start + chunk]
-        ces.append(F.cross_entropy(logits, t, reduction="none"))
-        hits.append(logits.argmax(-1) == t)
-    empty = hidden.new_zeros(0)
-    return (torch.cat(ces) if ces else empty), (torch.cat(hits) if hits else empty.bool()), keep
-
-
-@torch.no_grad()
-def completion_losses(model, tokenizer, rows: Sequence[dict], batch_size: int = 8, max_length: int = 2048) -> list[dict]:
-    """Teacher-forced answer-only loss of each reference completion, with its answer part (letter + `<end_of_turn>`; reported as `answer_letter_loss`)."""
-    results: list[dict] = []
-    device = next(model.parameters()).device
-    collate = CompletionCollator(tokenizer.pad_token_id)
-    for _, chunk in tqdm(list(_batches(rows, batch_size)), desc="loss", leave=False):
-        feats = [tokenize_pair(tokenizer, r["prompt"], r["completion"], max_length) for r in chunk]
-        batch = {k: v.to(device) for k, v in collate([f for f in feats if f is not None]).items()}
-        ce, hits, keep = supervised_ce(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-        row_of = torch.arange(keep.shape[0], device=device)[:, None].expand_as(keep)[keep]
-        is_answer = batch["answer_mask"][:, 1:][keep[:, :-1]].bool()
-        for r in range(keep.shape[0]):
-            mine = row_of == r
-            ans = mine & is_answer
-            first = ans.nonzero()[:1].squeeze(-1)
-            results.append(
-                {
-                    "loss": float(ce[mine].mean()),
-                    "answer_loss": float(ce[ans].mean()) if ans.any() else float("nan"),
-                    "answer_token_correct": bool(hits[first].all()) if first.numel() else False,
-                    "tokens": int(mine.sum()),
-                }
-            )
-    return results
-
-
 # ---------------------------------------------------------------- putting it together
-
-
-def eval_prompt(mcq: MCQ) -> str:
-    return mcq_prompt(mcq) + GENERATION_PREFIX
 
 
 def evaluate_mcq(

@@ -44,7 +44,7 @@ def _ends_at_answer(text: str) -> bool:
 
 
 def grpo_rows_from_mcqs(mcqs: Sequence[MCQ]) -> list[dict]:
-    from .evaluate import eval_prompt
+    from .scorers import eval_prompt
 
     return [{"prompt": eval_prompt(q), "gold": q.answer} for q in mcqs]
 
@@ -79,7 +79,7 @@ def run_grpo(
 
     from .modeling import (cpu_vocab_projection, load_model, load_tokenizer, lora_config, pick_device, pick_dtype,
                            stop_token_ids)
-    from .sft import JsonlLogCallback, save_checkpoint
+    from .trainer import JsonlLogCallback, save_checkpoint
 
     output = Path(output)
     work = output.parent / f".{output.name}.work"

@@ -1,0 +1,194 @@
+"""The trainer every gradient stage shares: `transformers.Trainer` with the supervised loss.
+
+`AnswerWeightedTrainer` is used by SFT (`sft`) and CPT (`cpt`); `JsonlLogCallback` and
+`save_checkpoint` by those and GRPO (`grpo`). Only supervised positions reach the 262k-entry
+lm_head, and the answer (letter + `<end_of_turn>`) can carry a fixed share of the loss.
+Because it is `Trainer`, `accelerate launch` runs it on several processes unchanged.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .batching import completion_loss, supervised_positions
+from .runs import atomic_dir, fault_point
+
+log = logging.getLogger(__name__)
+
+
+class AnswerWeightedTrainer(Trainer):
+    """Trainer whose loss sees only supervised positions and can weight the answer (letter + `<end_of_turn>`)."""
+
+    def __init__(self, *args, answer_weight: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.answer_weight = answer_weight
+        self.loss_is_scaled_for_ga = True  # compute_loss already divides by the window's token counts
+        self._window_counts = (1.0, 1.0)
+        self._parts = _LossParts()
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        n_answer = n_other = 0
+        for batch in batch_samples:
+            supervised = batch["labels"][:, 1:] != -100
+            answer = supervised & batch["answer_mask"][:, 1:].bool()
+            n_answer += int(answer.sum())
+            n_other += int(supervised.sum()) - int(answer.sum())
+        counts = torch.tensor([n_answer, n_other], dtype=torch.float64, device=device)
+        if self.args.world_size > 1:
+            counts = self.accelerator.gather(counts.unsqueeze(0)).sum(0)
+        self._window_counts = (float(counts[0]), float(counts[1]))
+        return batch_samples, num_items
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"]
+        keep = supervised_positions(labels)
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                        position_ids=inputs.get("position_ids"), logits_to_keep=keep)
+        logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])  # (n_supervised, vocab)
+        targets = labels[:, 1:][keep[:, :-1]]
+        is_answer = inputs["answer_mask"][:, 1:][keep[:, :-1]].bool()
+        if model.training:
+            n_answer, n_other = self._window_counts
+        else:
+            n_answer, n_other = float(is_answer.sum()), float((~is_answer).sum())
+        ce = F.cross_entropy(logits.float(), targets, reduction="none")
+        loss = completion_loss(ce, is_answer, self.answer_weight, n_answer, n_other)
+        self._parts.add(ce.detach(), logits.detach().argmax(-1) == targets, is_answer, inputs["answer_mask"], keep)
+        # DDP averages gradients over processes; counts are global, so scale back up.
+        loss = loss * max(self.accelerator.num_processes, 1)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        if "loss" in logs:
+            logs.update(self._parts.summary())
+            self._parts = _LossParts()
+        super().log(logs, start_time)
+
+
+class _LossParts:
+    """Running answer/reasoning losses and teacher-forced answer accuracy between two log lines."""
+
+    def __init__(self):
+        self.sums = {"answer": 0.0, "other": 0.0}
+        self.counts = {"answer": 0, "other": 0}
+        self.first_hits = 0
+        self.first_total = 0
+
+    @torch.no_grad()
+    def add(self, ce, hits, is_answer, answer_mask, keep):
+        self.sums["answer"] += float(ce[is_answer].sum())
+        self.sums["other"] += float(ce[~is_answer].sum())
+        self.counts["answer"] += int(is_answer.sum())
+        self.counts["other"] += int((~is_answer).sum())
+        # The first token of each answer span is the letter: argmax there is the teacher-forced answer.
+        first = _first_answer_flags(answer_mask, keep)
+        self.first_hits += int((hits & first).sum())
+        self.first_total += int(first.sum())
+
+    def summary(self) -> dict:
+        out = {}
+        for kind, name in (("answer", "answer_loss"), ("other", "reasoning_loss")):
+            if self.counts[kind]:
+                out[name] = self.sums[kind] / self.counts[kind]
+        if self.first_total:
+            out["answer_token_accuracy"] = self.first_hits / self.first_total
+        return out
+
+
+def _first_answer_flags(answer_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    # Starts of contiguous answer runs: one per example, also when a row packs several examples.
+    target_answer = answer_mask[:, 1:].bool()
+    before = torch.zeros_like(target_answer)
+    before[:, 1:] = target_answer[:, :-1]
+    first = target_answer & ~before
+    return first[keep[:, :-1]]
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Appends every log line (loss, parts, lr) to a JSONL file a user can plot or grep."""
+
+    def __init__(self, path: Path, stage: str = ""):
+        self.path = path
+        self.stage = stage
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"stage": self.stage, "step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        fault_point("train_step_logged")
+
+
+def training_arguments(cfg, output_dir: Path, device: torch.device, dtype: torch.dtype) -> TrainingArguments:
+    """`TrainingArguments` for one stage from any config with the shared schedule fields.
+
+    `cfg` needs epochs, max_steps, batch_size, grad_accum, learning_rate, seed, and optionally
+    logging_steps (1), save_steps (0: no Trainer checkpoints) and group_by_length (False).
+    """
+    save_steps = getattr(cfg, "save_steps", 0)
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        logging_steps=getattr(cfg, "logging_steps", 1),
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        save_total_limit=2,
+        report_to="none",  # TensorBoard is attached explicitly, so its folder outlives the work dir
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        train_sampling_strategy="group_by_length" if getattr(cfg, "group_by_length", False) else "random",
+        bf16=dtype == torch.bfloat16,
+        use_cpu=device.type == "cpu",
+        dataloader_pin_memory=device.type == "cuda",
+        remove_unused_columns=False,
+        activation_checkpointing=False,
+        disable_tqdm=False,
+    )
+
+
+def prepare_trainable(model, cfg):
+    """Add a fresh LoRA adapter, or keep training the one an adapter folder loaded."""
+    from peft import PeftModel, get_peft_model
+
+    from .modeling import lora_config
+
+    if isinstance(model, PeftModel):
+        return model
+    return get_peft_model(model, lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
+
+
+def save_checkpoint(trainer, tokenizer, output: Path, summary: dict, work: Path) -> None:
+    """Adapter + tokenizer + training_summary.json, written atomically; then drop the work dir."""
+    import shutil
+
+    if trainer.is_world_process_zero():
+        with atomic_dir(output) as scratch:
+            trainer.model.save_pretrained(scratch)
+            tokenizer.save_pretrained(scratch)
+            (scratch / "training_summary.json").write_text(
+                json.dumps(summary, indent=2, ensure_ascii=False, default=str)
+            )
+    trainer.accelerator.wait_for_everyone()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def last_trainer_checkpoint(folder: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
