@@ -184,3 +184,39 @@ def test_gradient_accumulation_trains_like_one_big_batch(tiny_model_dir, tokeniz
     assert differ / total < 1e-3, (differ, total)
     # The step changed something (lora_B starts at zero), so the comparison above is not vacuous.
     assert any(float(v.abs().sum()) > 0 for k, v in runs["big"][1].items() if "lora_B" in k)
+
+
+def test_packed_examples_do_not_attend_to_each_other(tiny_model, tokenizer):
+    """Per-token cross-entropy of a packed row equals each example scored alone.
+
+    transformers builds the block-diagonal mask from position_ids only when no KV cache exists;
+    Gemma configs set use_cache=True, so the training and scoring forwards must turn it off.
+    Per-token values, not a mean loss, so that a small leak on a random tiny model still shows.
+    """
+    from kormedqa.batching import supervised_ce
+
+    rows = [_row(), dict_example(DictEntry("고혈압", "Hypertension. 혈압이 정상 범위보다 높은 상태")), _row()]
+    feats = [tokenize_pair(tokenizer, r.prompt, r.completion, 512) for r in rows]
+    packed = CompletionCollator(tokenizer.pad_token_id, padding_free=True)(feats)
+    alone = []
+    for f in feats:
+        one = CompletionCollator(tokenizer.pad_token_id)([f])
+        alone.append(supervised_ce(tiny_model, one["input_ids"], one["attention_mask"], one["labels"])[0])
+    ce, _, _ = supervised_ce(tiny_model, packed["input_ids"], None, packed["labels"], position_ids=packed["position_ids"])
+    assert torch.allclose(ce, torch.cat(alone), atol=1e-6, rtol=0)
+    trainer_logits = _trainer_logits(tiny_model, tokenizer, packed)
+    keep = supervised_positions(packed["labels"])
+    targets = packed["labels"][:, 1:][keep[:, :-1]]
+    assert torch.allclose(F.cross_entropy(trainer_logits.float(), targets, reduction="none"), torch.cat(alone),
+                          atol=1e-6, rtol=0)
+
+
+def _trainer_logits(model, tokenizer, batch):
+    from transformers import TrainingArguments
+    args = TrainingArguments(output_dir="/tmp/kq-unused", use_cpu=True, report_to="none")
+    trainer = AnswerWeightedTrainer(model=model, args=args, answer_weight=None,
+                                    data_collator=CompletionCollator(tokenizer.pad_token_id))
+    model.eval()
+    with torch.no_grad():
+        _, outputs = trainer.compute_loss(model, batch, return_outputs=True)
+    return outputs.logits.reshape(-1, outputs.logits.shape[-1])

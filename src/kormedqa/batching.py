@@ -180,8 +180,9 @@ def supervised_ce(model, input_ids, attention_mask, labels, chunk: int = 512, po
     """
     keep = supervised_positions(labels)
     decoder = model.get_decoder()
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
-                     position_ids=position_ids).last_hidden_state[keep]
+    # use_cache=False: with a cache transformers ignores the packing in position_ids (see trainer).
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                     use_cache=False).last_hidden_state[keep]
     targets = labels[:, 1:][keep[:, :-1]]
     ces, hits = [], []
     for start in range(0, hidden.shape[0], chunk):

@@ -49,8 +49,11 @@ class AnswerWeightedTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
         keep = supervised_positions(labels)
+        # use_cache=False: transformers derives the block-diagonal mask of a packed (padding-free)
+        # row from its position_ids only when no cache exists; Gemma's config has use_cache=True,
+        # and with a cache every packed example would attend to the ones before it.
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-                        position_ids=inputs.get("position_ids"), logits_to_keep=keep)
+                        position_ids=inputs.get("position_ids"), logits_to_keep=keep, use_cache=False)
         logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])  # (n_supervised, vocab)
         targets = labels[:, 1:][keep[:, :-1]]
         is_answer = inputs["answer_mask"][:, 1:][keep[:, :-1]].bool()
