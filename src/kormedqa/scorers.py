@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .batching import CompletionCollator, supervised_ce, tokenize_pair
-from .formats import GENERATION_PREFIX, REASONING_CLOSE, mcq_prompt
+from .formats import END_OF_TURN, GENERATION_PREFIX, REASONING_CLOSE, USER_TURN, mcq_prompt
 from .modeling import cpu_vocab_projection, stop_token_ids
 from .records import LETTERS, MCQ
 from .runs import fault_point
@@ -165,3 +165,45 @@ def completion_losses(model, tokenizer, rows: Sequence[dict], batch_size: int = 
                 }
             )
     return results
+
+
+def cloze_prompt(mcq: MCQ) -> str:
+    """The question alone as the user's turn, then the model turn: what each option's text continues.
+
+    lm-evaluation-harness's `multiple_choice` formulation (OLMES: the cloze formulation, CF): the
+    options are not listed, so a pick says which text the model finds likely as the answer, not
+    whether it can map a text to a letter.
+    """
+    return f"{USER_TURN}{mcq.question}{END_OF_TURN}{GENERATION_PREFIX}"
+
+
+@torch.no_grad()
+def option_logprobs(model, tokenizer, mcqs: Sequence[MCQ], batch_size: int = 8) -> list[list[float]]:
+    """Summed log P(option text + `<end_of_turn>` | `cloze_prompt`) for each option, in nats.
+
+    Returns one list of 5 floats per question, in input order. The 5 x `batch_size` sequences of
+    a batch are packed into one padding-free row (position ids restart per sequence, so attention
+    stays within a sequence), and only the continuation positions reach the lm_head: one forward
+    per `batch_size` questions. The continuation is tokenised on its own after the prompt, which
+    for these chat prompts (ending in a newline) gives lm-evaluation-harness's split (the bench
+    checks identical picks).
+    """
+    collate = CompletionCollator(tokenizer.pad_token_id, padding_free=True)
+    device = next(model.parameters()).device
+    scores: list[list[float]] = []
+    with cpu_vocab_projection(model):
+        for _, chunk in tqdm(list(_batches(mcqs, batch_size)), desc="cloze", leave=False):
+            feats, lengths = [], []
+            for q in chunk:
+                context = tokenizer(cloze_prompt(q), add_special_tokens=True)["input_ids"]
+                for option in q.options:
+                    cont = tokenizer(option + END_OF_TURN, add_special_tokens=False)["input_ids"]
+                    feats.append({"input_ids": context + cont, "labels": [-100] * len(context) + cont,
+                                  "answer_mask": [0] * (len(context) + len(cont))})
+                    lengths.append(len(cont))
+            batch = {k: v.to(device) for k, v in collate(feats).items()}
+            ce, _, _ = supervised_ce(model, batch["input_ids"], None, batch["labels"],
+                                     position_ids=batch["position_ids"])
+            sums = [-float(part.sum()) for part in torch.split(ce, lengths)]
+            scores.extend(sums[i : i + len(LETTERS)] for i in range(0, len(sums), len(LETTERS)))
+    return scores
