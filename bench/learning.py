@@ -1,20 +1,26 @@
-"""Does training move the answer? Four arms, one model, one data set, one optimizer-step budget.
+"""Does training carry dictionary knowledge to the answer? Arms of the product's own loop, one test split.
 
-(a) plain token mean (TRL's loss), (b) answer-weighted loss (W = 2/3, the seed's weight),
-(c) (b) followed by GRPO with the seed's reasoning score, (d) the seed's own hyperparameters
-(lr 2e-5 dictionary / 1e-5 MCQ, plain answer-only loss). Every arm trains a dictionary stage then
-an MCQ stage from the same base, then is scored on the whole held-out test split: generation
-accuracy, parse rate, accuracy among parsed answers, log-likelihood accuracy (95% Wilson
-intervals), and McNemar's exact test of each arm against (a) on the same questions.
+Every arm is `kormedqa loop` (`run_loop`) from the same base model on the shipped sample, scored
+on the whole held-out test split (162 questions whose terms are in the dictionary) with three
+scorers: greedy generation (the seed's metric: letter after `</reasoning>`), letter
+log-likelihood (A-E after the seed prompt) and cloze (each option's text after a question-only
+prompt), plus dictionary recall (chrF on the first 80 entries). Each arm is compared with the
+untrained base and with the control arm by McNemar's exact test on the same questions.
 
-    python bench/learning.py [--model DIR] [--dict-steps 10] [--mcq-steps 30] [--grpo-steps 4] [--fresh]
+    python bench/learning.py [--model DIR] [--arms a,b,...] [--fresh]
 
-The default budget is what fits the 60-minute bound on 2 CPU cores (~11 s per MCQ step at batch 4,
-~45 s per GRPO step, 4-6 min to score an arm; all four arms took 43 min on 2026-11-27); on a GPU
-raise it.
+Arms (counted in epochs: the dictionary stage goes over all 484 entries, the MCQ stage over the
+224 training questions):
+- linked: per loop one dictionary epoch then one MCQ epoch, 2 loops, rationales that copy each
+  option and say whether it matches the recalled definition (the default template).
+- mcq_only: the control. The MCQ track alone, same template, 3 epochs: about the training time
+  of `linked` (2 dictionary epochs ~ 1 MCQ epoch here), so it separates knowledge from format.
+- verdict: as `linked`, with the earlier template (one-word verdicts, no option text).
 
-Finished arms are kept (work/learning/<arm>/result.json) and skipped on the next run; --fresh
-retrains them all.
+Learning rates 5e-4 (the seed's 2e-5 / 1e-5 move nothing in CPU minutes; measured in earlier
+runs of this bench), dictionary batch 8, MCQ batch 4, answer weight 2/3, fp32 or the precision
+`--precision` picks. Finished arms are kept (work/learning/<arm>/result.json) and skipped on the
+next run; --fresh retrains them.
 """
 from __future__ import annotations
 
@@ -27,140 +33,172 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import SAMPLE, machine, write_result
+from common import SAMPLE, machine, write_result  # noqa: E402
 
 ARMS = {
-    "a_token_mean": {"answer_weight": "none", "lr": (5e-4, 5e-4), "grpo": False},
-    "b_answer_weighted": {"answer_weight": "2/3", "lr": (5e-4, 5e-4), "grpo": False},
-    "c_weighted_grpo": {"answer_weight": "2/3", "lr": (5e-4, 5e-4), "grpo": True},
-    "d_seed_hparams": {"answer_weight": "none", "lr": (2e-5, 1e-5), "grpo": False},
+    "linked": {"stages": "dict,mcq", "loops": 2, "epochs": 1.0, "template": "linked"},
+    "mcq_only": {"stages": "mcq", "loops": 1, "epochs": 3.0, "template": "linked"},
+    "verdict": {"stages": "dict,mcq", "loops": 2, "epochs": 1.0, "template": "verdict"},
 }
+CONTROL = "mcq_only"
+EVAL_MODE = "generate,loglik,cloze"
+DICT_RECALL_ENTRIES = 80
+KEYS = {"accuracy": "correct", "loglik_accuracy": "loglik_correct", "cloze_accuracy": "cloze_correct",
+        "cloze_accuracy_norm": "cloze_norm_correct", "format_parse_rate": "answer_after_reasoning"}
+SHOWN = ("accuracy", "parse_rate", "format_parse_rate", "accuracy_among_parsed", "loglik_accuracy", "cloze_accuracy",
+         "cloze_accuracy_norm", "dict_chrf")
 
 
-def run_arm(name: str, spec: dict, args, work: Path, entries, train, test, glossary) -> dict:
-    from kormedqa.evaluate import evaluate_mcq
-    from kormedqa.grpo import grpo_rows_from_mcqs, run_grpo
+def dictionary_paths() -> list[str]:
+    return [str(SAMPLE / "dictionary.json"), str(SAMPLE / "characters.json")]
+
+
+def run_base(args, work: Path) -> dict:
+    """The untrained model through the same scorers (no training, so no loop)."""
+    from kormedqa.data import load_dictionary, load_mcq
+    from kormedqa.evaluate import evaluate_dict, evaluate_mcq, write_eval
     from kormedqa.modeling import load_model, load_tokenizer
-    from kormedqa.prepare import dict_rows, mcq_rows
-    from kormedqa.sft import TrainConfig, run_training
 
-    arm_dir = work / name
-    tokenizer = load_tokenizer(args.model)
     started = time.time()
-    mcq_steps = args.mcq_steps - (args.grpo_steps if spec["grpo"] else 0)  # same optimizer-step budget
-    dict_cfg = TrainConfig(base_model=args.model, track="dict", max_steps=args.dict_steps, batch_size=4, grad_accum=1,
-                           learning_rate=spec["lr"][0], answer_weight=spec["answer_weight"], device="cpu", seed=args.seed)
-    # Arms whose dictionary stage has the same settings share it ((b) and (c)): training is
-    # seeded, so a second run would give the same adapter and cost ~2 min.
-    dict_dir = work / "dict_stages" / f"w{spec['answer_weight'].replace('/', '_')}_lr{spec['lr'][0]:g}_s{args.dict_steps}"
-    if not (dict_dir / "training_summary.json").exists():
-        run_training(dict_cfg, dict_rows(entries), dict_dir, tokenizer=tokenizer, stage=f"{name}_dict", logs_dir=arm_dir)
-    mcq_cfg = TrainConfig(base_model=str(dict_dir), track="mcq", max_steps=mcq_steps, batch_size=4, grad_accum=1,
-                          learning_rate=spec["lr"][1], answer_weight=spec["answer_weight"], device="cpu", seed=args.seed)
-    summary = run_training(mcq_cfg, mcq_rows(train, args.seed, glossary), arm_dir / "mcq", tokenizer=tokenizer,
-                           stage=f"{name}_mcq", logs_dir=arm_dir)
-    final = arm_dir / "mcq"
-    if spec["grpo"]:
-        run_grpo(str(final), grpo_rows_from_mcqs(train), arm_dir / "grpo", max_steps=args.grpo_steps,
-                 num_generations=4, max_completion_length=args.max_new_tokens, batch_size=4, learning_rate=1e-5,
-                 device="cpu", seed=args.seed, logs_dir=arm_dir, stage=f"{name}_grpo")
-        final = arm_dir / "grpo"
-    train_s = time.time() - started
-    eval_started = time.time()
-    model = load_model(str(final), device="cpu", precision="fp32", merge_adapter=True)
-    # "both": generation and letter log-likelihood. The teacher-forced pass ("all") would add ~15 s
-    # per 16 questions and measures the letter given the gold rationale, which names it already.
-    metrics, preds = evaluate_mcq(model, tokenizer, test, "both", args.eval_batch_size, args.max_new_tokens, glossary)
-    last = summary["log"][-1] if summary["log"] else {}
-    return {
-        "metrics": {k: metrics[k] for k in ("accuracy", "parse_rate", "format_parse_rate", "accuracy_among_parsed",
-                                            "loglik_accuracy", "reasoning_score")},
-        "train_seconds": train_s,
-        "eval_seconds": time.time() - eval_started,
-        "last_train_log": {k: last.get(k) for k in ("loss", "answer_loss", "reasoning_loss", "answer_token_accuracy")},
-        "hits": [p["correct"] for p in preds],
-        "loglik_hits": [p["loglik_correct"] for p in preds],
-    }
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model, device="cpu", precision=args.precision)
+    test = load_mcq(SAMPLE / "mcq", split="test")
+    metrics, preds = evaluate_mcq(model, tokenizer, test, EVAL_MODE, args.eval_batch_size, args.max_new_tokens)
+    entries = load_dictionary(*dictionary_paths())[:DICT_RECALL_ENTRIES]
+    dict_metrics, dict_preds = evaluate_dict(model, tokenizer, entries, args.eval_batch_size)
+    metrics["dict_chrf"] = {"value": dict_metrics["chrf"], "total": dict_metrics["n"]}
+    write_eval(work / "base" / "eval", metrics, preds)
+    write_eval(work / "base" / "eval_dict", dict_metrics, dict_preds)
+    return {"metrics": {k: metrics[k] for k in SHOWN if k in metrics}, "preds": _slim(preds),
+            "train_seconds": 0.0, "eval_seconds": time.time() - started, "loops": []}
 
 
-def table(results: dict, tests: dict) -> str:
-    pct = lambda p: f"{p['value']:.1%} [{p['ci95'][0]:.1%}, {p['ci95'][1]:.1%}]"
-    lines = ["| arm | accuracy | parse rate | letter after `</reasoning>` | acc. among parsed | loglik accuracy "
-             "| McNemar p vs (a): gen / loglik | minutes (train + eval) |",
-             "|---|---|---|---|---|---|---|---|"]
+def run_arm(name: str, spec: dict, args, work: Path) -> dict:
+    from kormedqa.data import read_jsonl
+    from kormedqa.loop import LoopConfig, run_loop
+
+    started = time.time()
+    history = run_loop(LoopConfig(
+        base_model=args.model, dictionary=dictionary_paths(), train_data=str(SAMPLE / "mcq"),
+        eval_data=str(SAMPLE / "mcq"), output=str(work / name / "loop"), stages=spec["stages"],
+        max_loops=spec["loops"], patience=spec["loops"], epochs_per_stage=spec["epochs"],
+        dict_learning_rate=5e-4, mcq_learning_rate=5e-4, dict_batch_size=8, mcq_batch_size=4,
+        dict_grad_accum=1, mcq_grad_accum=1, answer_weight="2/3", rationale_template=spec["template"],
+        group_by_length=True, eval_mode=EVAL_MODE, eval_batch_size=args.eval_batch_size,
+        max_new_tokens=args.max_new_tokens, dict_eval_limit=DICT_RECALL_ENTRIES, device="cpu",
+        precision=args.precision, seed=args.seed, resume=True,
+    ))
+    last = history["loops"][-1]
+    preds = read_jsonl(work / name / "loop" / f"loop_{last['loop']}" / "eval" / "predictions.jsonl")
+    train_s = sum(part.get("seconds") or 0 for l in history["loops"] for part in l["training"].values())
+    return {"metrics": {k: last["metrics"][k] for k in SHOWN if k in last["metrics"]}, "preds": _slim(preds),
+            "train_seconds": train_s, "eval_seconds": time.time() - started - train_s,
+            "loops": [{"loop": l["loop"], "metrics": {k: l["metrics"][k] for k in SHOWN if k in l["metrics"]},
+                       "training": l["training"]} for l in history["loops"]]}
+
+
+def _slim(preds: list[dict]) -> list[dict]:
+    """What the paired tests and a letter histogram need, keyed by id."""
+    keep = ("id", "gold", "prediction", "loglik_prediction", "cloze_prediction", *KEYS.values())
+    return [{k: p[k] for k in keep if k in p} for p in preds]
+
+
+def paired_tests(a: dict, b: dict) -> dict:
+    """McNemar's exact test per metric, pairing questions by id."""
+    from kormedqa.metrics import mcnemar_exact
+
+    by_id = {p["id"]: p for p in a["preds"]}
+    out = {}
+    for metric, key in KEYS.items():
+        pairs = [(by_id[p["id"]][key], p[key]) for p in b["preds"] if p["id"] in by_id and key in p and key in by_id[p["id"]]]
+        if pairs:
+            out[metric] = mcnemar_exact([x for x, _ in pairs], [y for _, y in pairs])
+    return out
+
+
+def _pct(m: dict | None) -> str:
+    if not m:
+        return "-"
+    if "ci95" not in m:
+        return f"{m['value']:.1f}"
+    return f"{m['value']:.1%} [{m['ci95'][0]:.1%}, {m['ci95'][1]:.1%}]"
+
+
+def table(results: dict, vs_base: dict, vs_control: dict) -> str:
+    lines = ["| arm | generation accuracy | parse / format parse | letter loglik | cloze (raw / norm) | recall chrF "
+             "| p vs base: gen / cloze | p vs control: gen / cloze | minutes (train + eval) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def p(tests, name, metric):
+        t = tests.get(name, {}).get(metric)
+        return "-" if t is None else f"{t['p_value']:.2g}"
+
     for name, r in results.items():
         m = r["metrics"]
-        t = tests.get(name)
-        sig = "-" if t is None else f"{t['accuracy']['p_value']:.3g} / {t['loglik_accuracy']['p_value']:.3g}"
-        lines.append(f"| {name} | {pct(m['accuracy'])} | {pct(m['parse_rate'])} | {m['format_parse_rate']['value']:.1%} "
-                     f"| {pct(m['accuracy_among_parsed'])} | {pct(m['loglik_accuracy'])} | {sig} "
-                     f"| {r['train_seconds'] / 60:.1f} + {r['eval_seconds'] / 60:.1f} |")
+        parse = (f"{m['parse_rate']['value']:.0%} / {m['format_parse_rate']['value']:.0%}"
+                 if "parse_rate" in m else "-")
+        lines.append(
+            f"| {name} | {_pct(m.get('accuracy'))} | {parse} | {_pct(m.get('loglik_accuracy'))} "
+            f"| {_pct(m.get('cloze_accuracy'))} / {m['cloze_accuracy_norm']['value']:.1%} | {_pct(m.get('dict_chrf'))} "
+            f"| {p(vs_base, name, 'accuracy')} / {p(vs_base, name, 'cloze_accuracy')} "
+            f"| {p(vs_control, name, 'accuracy')} / {p(vs_control, name, 'cloze_accuracy')} "
+            f"| {r['train_seconds'] / 60:.1f} + {r['eval_seconds'] / 60:.1f} |")
     return "\n".join(lines)
 
 
-def verdict(tests: dict) -> str:
-    """Which differences from (a) are significant at 0.05 and which are not, in one sentence."""
-    yes = [f"{n} ({k}, p = {v['p_value']:.3g})" for n, t in tests.items() for k, v in t.items() if v["significant_at_0.05"]]
-    no = [f"{n} ({k})" for n, t in tests.items() for k, v in t.items() if not v["significant_at_0.05"]]
-    return ("learning: significant vs (a) at 0.05: " + (", ".join(yes) or "none")
-            + "; not significant: " + (", ".join(no) or "none"))
+def best_arm(results: dict, vs_control: dict) -> str:
+    trained = {n: r for n, r in results.items() if n != "base"}
+    if not trained:
+        return "no trained arm yet"
+    name = max(trained, key=lambda n: trained[n]["metrics"]["accuracy"]["value"])
+    acc = trained[name]["metrics"]["accuracy"]["value"]
+    t = vs_control.get(name, {}).get("accuracy")
+    versus = "" if t is None else f", McNemar p = {t['p_value']:.2g} vs {CONTROL}"
+    goal = "meets" if acc >= 0.35 and t is not None and t["p_value"] < 0.01 else "does not meet"
+    return f"best arm by generation accuracy: {name} ({acc:.1%}{versus}); it {goal} the goal (>= 35%, p < 0.01 vs control)"
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="gemma3-270m")
-    p.add_argument("--dict-steps", type=int, default=10)
-    p.add_argument("--mcq-steps", type=int, default=30)
-    p.add_argument("--grpo-steps", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=112)
+    p.add_argument("--arms", default="base,linked,mcq_only", help=f"comma list of base and {', '.join(ARMS)}")
+    p.add_argument("--max-new-tokens", type=int, default=192)
     p.add_argument("--eval-batch-size", type=int, default=32)
-    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--precision", default="fp32")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--fresh", action="store_true", help="retrain arms that already have a result")
     args = p.parse_args()
 
-    from kormedqa.data import load_dictionary, load_mcq
-    from kormedqa.formats import Glossary
-    from kormedqa.metrics import mcnemar_exact
     from kormedqa.modeling import resolve_model_path
-    from kormedqa.runs import write_json_atomic
 
     args.model = str(Path(resolve_model_path(args.model)).resolve())
-    entries = load_dictionary(SAMPLE / "dictionary.json", SAMPLE / "characters.json")
-    train = load_mcq(SAMPLE / "mcq", split="train")
-    test = load_mcq(SAMPLE / "mcq", split="test")
-    glossary = Glossary(entries)
     work = HERE / "work" / "learning"
-    results = {}
     started = time.time()
-    if args.fresh:
-        shutil.rmtree(work / "dict_stages", ignore_errors=True)
+    results = {}
     for name in args.arms.split(","):
-        # Each finished arm is kept, so a crash or a stopped session resumes at the next arm.
         done = work / name / "result.json"
         if done.exists() and not args.fresh:
             results[name] = json.loads(done.read_text())
             continue
-        shutil.rmtree(work / name, ignore_errors=True)  # an unfinished or --fresh arm starts clean (logs too)
-        results[name] = run_arm(name, ARMS[name], args, work, entries, train, test, glossary)
-        write_json_atomic(done, results[name])
-        print(name, json.dumps({k: v["value"] if isinstance(v, dict) else v for k, v in results[name]["metrics"].items()}))
-    base = results.get("a_token_mean")
-    tests = {}
-    if base:
-        for name, r in results.items():
-            if name != "a_token_mean":
-                tests[name] = {"accuracy": mcnemar_exact(base["hits"], r["hits"]),
-                               "loglik_accuracy": mcnemar_exact(base["loglik_hits"], r["loglik_hits"])}
-    summary = verdict(tests)
-    write_result("learning", {"machine": machine(), "settings": vars(args), "test_questions": len(test),
-                              "wall_seconds": time.time() - started,
-                              # A resumed run's wall time covers only the arms it ran; this is the
-                              # whole benchmark's cost, each arm timed when it ran.
-                              "arm_seconds_total": sum(r["train_seconds"] + r["eval_seconds"] for r in results.values()),
-                              "results": results, "mcnemar_vs_a": tests, "table": table(results, tests),
-                              "summary": summary})
-    print(table(results, tests))
+        shutil.rmtree(work / name, ignore_errors=True)  # an unfinished or --fresh arm starts clean
+        results[name] = run_base(args, work) if name == "base" else run_arm(name, ARMS[name], args, work)
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps(results[name], ensure_ascii=False))
+        print(name, json.dumps({k: round(v["value"], 4) for k, v in results[name]["metrics"].items()}), flush=True)
+    vs_base = {n: paired_tests(results["base"], r) for n, r in results.items() if n != "base" and "base" in results}
+    vs_control = {n: paired_tests(results[CONTROL], r) for n, r in results.items()
+                  if n not in ("base", CONTROL) and CONTROL in results}
+    summary = best_arm(results, vs_control)
+    text = table(results, vs_base, vs_control)
+    write_result("learning", {
+        "machine": machine(), "settings": vars(args), "arms": {n: ARMS.get(n) for n in results},
+        "wall_seconds": time.time() - started,
+        "arm_seconds_total": sum(r["train_seconds"] + r["eval_seconds"] for r in results.values()),
+        "results": {n: {k: v for k, v in r.items() if k != "preds"} for n, r in results.items()},
+        "prediction_counts": {n: {x: sum(p.get("prediction") == x for p in r["preds"]) for x in "ABCDE"}
+                              for n, r in results.items()},
+        "mcnemar_vs_base": vs_base, "mcnemar_vs_control": vs_control, "table": text, "summary": summary})
+    print(text)
     print(summary)
     return 0
 

@@ -40,7 +40,7 @@ def test_evaluate_all_reports_every_view(tiny_model, tokenizer, tmp_path):
     hits = sum(p["loglik_correct"] for p in preds)
     assert metrics["loglik_accuracy"]["correct"] == hits
     assert set(metrics["accuracy_by_exam_type"]) == {"doctor", "nurse"}
-    assert metrics["answer_only_loss"] > 0
+    assert metrics["reference_loss"]["value"] > 0 and metrics["reference_loss_skipped"] == 0
     assert {"id", "gold", "prediction", "raw_output", "loglik_prediction"} <= set(preds[0])
 
 
@@ -77,7 +77,9 @@ def test_chunked_completion_loss_equals_full_logits(tiny_model, tokenizer, tmp_p
     qs = load_mcq(write_sample(tmp_path)["mcq"], split="test")
     rows = [e.to_row() for e in mcq_examples(qs, seed=0, detailed_fraction=0.0)]
     got = completion_losses(tiny_model, tokenizer, rows, batch_size=3)
-    for row, result in zip(rows, got):
+    assert list(got) == [r["id"] for r in rows]
+    for row in rows:
+        result = got[row["id"]]
         feat = tokenize_pair(tokenizer, row["prompt"], row["completion"], 2048)
         batch = CompletionCollator(tokenizer.pad_token_id)([feat])
         with torch.no_grad():
@@ -127,3 +129,33 @@ def test_cpu_vocab_projection_same_logits_and_gradients_then_restored(tiny_model
     assert torch.allclose(hidden.grad, plain_grad, rtol=1e-4, atol=1e-4)
     assert "forward" not in vars(head)  # the class's forward is back
     assert tiny_model.get_output_embeddings().weight is tiny_model.get_input_embeddings().weight
+
+
+def test_over_long_reference_is_skipped_by_id_not_shifted(tiny_model, tokenizer, tmp_path):
+    """A reference longer than max_length is absent from the result; the others keep their own losses."""
+    from kormedqa.formats import mcq_examples
+    from kormedqa.scorers import completion_losses
+
+    qs = load_mcq(write_sample(tmp_path)["mcq"], split="test")
+    rows = [e.to_row() for e in mcq_examples(qs, seed=0, detailed_fraction=0.0)]
+    rows[1] = {**rows[1], "completion": rows[1]["completion"].replace("<reasoning>\n", "<reasoning>\n" + "긴 " * 400)}
+    alone = {r["id"]: completion_losses(tiny_model, tokenizer, [r], max_length=300).get(r["id"]) for r in rows}
+    together = completion_losses(tiny_model, tokenizer, rows, batch_size=4, max_length=300)
+    assert rows[1]["id"] not in together and alone[rows[1]["id"]] is None
+    for r in rows:
+        if r["id"] in together:
+            assert together[r["id"]]["loss"] == pytest.approx(alone[r["id"]]["loss"], rel=1e-5)
+
+
+def test_join_records_refuses_results_that_do_not_match_the_questions(tmp_path):
+    from kormedqa.evaluate import join_records
+
+    qs = load_mcq(write_sample(tmp_path)["mcq"], split="test")
+    full = {q.id: {"correct": True} for q in qs}
+    assert [p["id"] for p in join_records(qs, {"generate": full})] == [q.id for q in qs]
+    with pytest.raises(RuntimeError):
+        join_records(qs, {"generate": {k: v for k, v in list(full.items())[1:]}})
+    with pytest.raises(RuntimeError):
+        join_records(qs, {"cloze": {**full, "stranger": {}}})
+    partial = join_records(qs, {"loss": {qs[0].id: {"reference_loss": 1.0}}})
+    assert "reference_loss" in partial[0] and "reference_loss" not in partial[1]

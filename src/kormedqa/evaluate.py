@@ -17,14 +17,14 @@ from typing import Sequence
 import torch
 
 from .extract import AFTER_REASONING, extract_answer, has_detailed_keywords, has_reasoning_tags, reasoning_score
-from .formats import GENERATION_PREFIX, REASONING_CLOSE, Glossary, mcq_completion, mcq_prompt, template_simple_reasoning
-from .metrics import accuracy_by_group, proportion
+from .formats import GENERATION_PREFIX, Glossary, mcq_completion, mcq_prompt, template_simple_reasoning
+from .metrics import accuracy_by_group, mean_interval, proportion
 from .records import LETTERS, MCQ
-from .scorers import ANSWER_STOPS, completion_losses, eval_prompt, generate, letter_logprobs
+from .scorers import ANSWER_STOPS, HFGenerator, completion_losses, eval_prompt, generate, letter_logprobs, option_logprobs
 
 log = logging.getLogger(__name__)
 
-MODES = ("generate", "loglik", "both", "all")  # both = generate + loglik; all = both + teacher-forced loss
+SCORERS = ("generate", "loglik", "cloze", "loss")  # --mode: "all" or a comma list of these
 
 
 @dataclass
@@ -37,7 +37,7 @@ class EvalConfig:
     exam_type: str | None = field(default=None, metadata={"help": "doctor, nurse, pharm or dentist (default: all)"})
     task: str = field(default="mcq", metadata={"help": "mcq, or dict to score dictionary definitions (Track 1)"})
     dictionary: list[str] = field(default_factory=list, metadata={"help": "dictionary JSON(s) for --task dict"})
-    mode: str = field(default="all", metadata={"help": "generate, loglik, both (the two), or all (both + answer-only loss)"})
+    mode: str = field(default="all", metadata={"help": "scorers to run: all, or a comma list of generate (greedy answer), loglik (A-E as the next token), cloze (option text log-likelihood), loss (teacher-forced reference)"})
     output: str = field(default="", metadata={"help": "folder for metrics.json and predictions.jsonl"})
     limit: int | None = field(default=None, metadata={"help": "score only the first N questions"})
     batch_size: int = 8
@@ -52,6 +52,135 @@ class EvalConfig:
 # ---------------------------------------------------------------- putting it together
 
 
+def parse_scorers(mode: str) -> tuple[str, ...]:
+    """`--mode` -> the scorers to run, in their fixed order: "all" or a comma list of SCORERS."""
+    names = SCORERS if mode.strip() == "all" else tuple(x.strip() for x in mode.split(",") if x.strip())
+    unknown = [x for x in names if x not in SCORERS]
+    if unknown or not names:
+        raise ValueError(f"--mode must be 'all' or a comma list of {', '.join(SCORERS)}; got {mode!r}")
+    return tuple(x for x in SCORERS if x in names)
+
+
+# ---------------------------------------------------------------- scorer outputs -> records by id
+
+
+def generation_records(mcqs: Sequence[MCQ], outputs: Sequence[str]) -> dict[str, dict]:
+    """Answer extraction and the seed's format checks on each raw output (the lm-eval filter step)."""
+    records = {}
+    for q, out in zip(mcqs, outputs, strict=True):
+        letter = extract_answer(out)
+        records[q.id] = {
+            "prediction": letter, "correct": letter == q.answer, "raw_output": out,
+            "reasoning_score": reasoning_score(out, q.answer), "has_reasoning_tags": has_reasoning_tags(out),
+            "answer_after_reasoning": AFTER_REASONING.search(out) is not None,
+            "good_format": has_reasoning_tags(out) and has_detailed_keywords(out),
+        }
+    return records
+
+
+def _argmax(scores: Sequence[float]) -> str:
+    return LETTERS[max(range(len(LETTERS)), key=lambda i: scores[i])]
+
+
+def letter_records(mcqs: Sequence[MCQ], scores: Sequence[Sequence[float]]) -> dict[str, dict]:
+    records = {}
+    for q, s in zip(mcqs, scores, strict=True):
+        pick = _argmax(s)
+        records[q.id] = {"loglik_prediction": pick, "loglik_correct": pick == q.answer,
+                         "loglik_scores": [round(x, 4) for x in s]}
+    return records
+
+
+def cloze_records(mcqs: Sequence[MCQ], scores: Sequence[Sequence[float]]) -> dict[str, dict]:
+    """Raw pick (summed log-likelihood) and lm-eval's acc_norm pick (divided by the option's length in characters)."""
+    records = {}
+    for q, s in zip(mcqs, scores, strict=True):
+        raw = _argmax(s)
+        norm = _argmax([x / max(len(o), 1) for x, o in zip(s, q.options)])
+        records[q.id] = {"cloze_prediction": raw, "cloze_correct": raw == q.answer,
+                         "cloze_norm_prediction": norm, "cloze_norm_correct": norm == q.answer,
+                         "cloze_scores": [round(x, 4) for x in s]}
+    return records
+
+
+def loss_records(losses: dict[str, dict]) -> dict[str, dict]:
+    return {qid: {"reference_loss": round(l["loss"], 5),
+                  "reference_answer_loss": None if l["answer_loss"] is None else round(l["answer_loss"], 5),
+                  "answer_token_correct": l["answer_token_correct"], "reference_tokens": l["tokens"]}
+            for qid, l in losses.items()}
+
+
+def join_records(mcqs: Sequence[MCQ], parts: dict[str, dict[str, dict]], partial: Sequence[str] = ("loss",)) -> list[dict]:
+    """One dict per question: id, exam type, gold, and every scorer's record for that id.
+
+    Joined by id, never by position. A scorer's record for an unknown id is an error; a missing
+    record is an error except for scorers in `partial` (the loss pass skips over-long references).
+    """
+    ids = [q.id for q in mcqs]
+    if len(set(ids)) != len(ids):
+        raise ValueError("question ids are not unique: per-question results cannot be joined")
+    known = set(ids)
+    for name, records in parts.items():
+        extra = set(records) - known
+        missing = known - set(records)
+        if extra or (missing and name not in partial):
+            raise RuntimeError(f"{name} scorer returned records for {len(extra)} unknown and lacks {len(missing)} questions")
+    return [{"id": q.id, "exam_type": q.exam_type, "gold": q.answer,
+             **{k: v for records in parts.values() for k, v in records.get(q.id, {}).items()}} for q in mcqs]
+
+
+# ---------------------------------------------------------------- records -> metrics
+
+
+def _rate(preds: Sequence[dict], key: str, where=None) -> dict:
+    rows = [p for p in preds if key in p and (where is None or where(p))]
+    return proportion(sum(bool(p[key]) for p in rows), len(rows))
+
+
+def mcq_metrics(preds: Sequence[dict], scorers: Sequence[str]) -> dict:
+    """Every metric from the joined records, in one shape: {value, total, ci95} (+ correct for rates).
+
+    Rates carry 95% Wilson intervals; means (reasoning score, losses) a normal-approximation
+    interval. Accuracies also come per exam type.
+    """
+    groups = [p["exam_type"] for p in preds]
+    m: dict = {}
+
+    def accuracy(name: str, key: str) -> None:
+        m[name] = _rate(preds, key)
+        m[f"{name}_by_exam_type"] = accuracy_by_group([p[key] for p in preds], groups)
+
+    if "generate" in scorers:
+        accuracy("accuracy", "correct")
+        m["parse_rate"] = proportion(sum(bool(p["prediction"]) for p in preds), len(preds))
+        # Stricter: the letter sits where the seed format puts it. A letter fished out of a
+        # degenerate output by the fallback cascade counts in parse_rate but not here.
+        m["format_parse_rate"] = _rate(preds, "answer_after_reasoning")
+        m["accuracy_among_parsed"] = _rate(preds, "correct", where=lambda p: bool(p["prediction"]))
+        m["reasoning_score"] = mean_interval([p["reasoning_score"] for p in preds])
+        m["reasoning_tag_rate"] = _rate(preds, "has_reasoning_tags")
+        m["valid_format_rate"] = _rate(preds, "good_format")
+        m["prediction_counts"] = {x: sum(p["prediction"] == x for p in preds) for x in (*LETTERS, "")}
+    if "loglik" in scorers:
+        accuracy("loglik_accuracy", "loglik_correct")
+        m["loglik_prediction_counts"] = {x: sum(p["loglik_prediction"] == x for p in preds) for x in LETTERS}
+    if "cloze" in scorers:
+        accuracy("cloze_accuracy", "cloze_correct")
+        accuracy("cloze_accuracy_norm", "cloze_norm_correct")
+    if "generate" in scorers and "loglik" in scorers:
+        m["generate_loglik_agreement"] = proportion(sum(p["prediction"] == p["loglik_prediction"] for p in preds), len(preds))
+    if "loss" in scorers:
+        scored = [p for p in preds if "reference_loss" in p]
+        tokens = sum(p["reference_tokens"] for p in scored)
+        m["reference_loss"] = {"value": sum(p["reference_loss"] * p["reference_tokens"] for p in scored) / max(tokens, 1),
+                               "total": len(scored), "tokens": tokens}
+        m["reference_answer_loss"] = mean_interval([p["reference_answer_loss"] for p in scored
+                                                    if p["reference_answer_loss"] is not None])
+        m["teacher_forced_answer_accuracy"] = _rate(scored, "answer_token_correct")
+        m["reference_loss_skipped"] = len(preds) - len(scored)
+    return m
+
+
 def evaluate_mcq(
     model,
     tokenizer,
@@ -61,80 +190,39 @@ def evaluate_mcq(
     max_new_tokens: int = 256,
     glossary: Glossary | None = None,
     generator=None,
+    rationale_template: str = "linked",
 ) -> tuple[dict, list[dict]]:
-    """Metrics and per-question predictions for `mcqs`.
+    """Run the scorers `mode` names, join their records by id, and build the metrics.
 
-    `generator(prompts, max_new_tokens, stop_strings)` replaces the HF generation (the vLLM
-    backend); `model` may then be None when `mode` is "generate".
+    Returns (metrics, predictions): metrics as `mcq_metrics` documents plus n, mode, scorers and
+    seconds; one prediction dict per question in input order. `generator` (prompts,
+    max_new_tokens, stop_strings) -> texts replaces HF generation (the vLLM backend, or a
+    stand-in in tests); `model` may then be None when only "generate" runs. The reference
+    completions of the loss pass use `rationale_template` for questions without `cot`.
+    Raises ValueError on an unknown mode, RuntimeError when a scorer's records do not join.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    scorers = parse_scorers(mode)
     if model is not None:
         model.eval()
     started = time.time()
-    prompts = [eval_prompt(q) for q in mcqs]
-    preds = [{"id": q.id, "exam_type": q.exam_type, "gold": q.answer} for q in mcqs]
-    groups = [q.exam_type for q in mcqs]
-    metrics: dict = {"n": len(mcqs), "mode": mode}
-
-    if mode in ("generate", "both", "all"):
-        if generator is not None:
-            raw = generator(prompts, max_new_tokens, ANSWER_STOPS)
-        else:
-            raw = generate(model, tokenizer, prompts, batch_size, max_new_tokens)
-        for p, out in zip(preds, raw):
-            letter = extract_answer(out)
-            p.update(
-                prediction=letter,
-                correct=letter == p["gold"],
-                raw_output=out,
-                reasoning_score=reasoning_score(out, p["gold"]),
-                has_reasoning_tags=has_reasoning_tags(out),
-                answer_after_reasoning=AFTER_REASONING.search(out) is not None,
-                good_format=has_reasoning_tags(out) and has_detailed_keywords(out),
-            )
-        hits = [p["correct"] for p in preds]
-        parsed = [p for p in preds if p["prediction"]]
-        metrics["accuracy"] = proportion(sum(hits), len(hits))
-        metrics["accuracy_by_exam_type"] = accuracy_by_group(hits, groups)
-        metrics["parse_rate"] = proportion(len(parsed), len(preds))
-        # Stricter: the letter sits where the seed format puts it. A letter fished out of a
-        # degenerate output by the fallback cascade counts in parse_rate but not here.
-        metrics["format_parse_rate"] = proportion(sum(p["answer_after_reasoning"] for p in preds), len(preds))
-        metrics["accuracy_among_parsed"] = proportion(sum(p["correct"] for p in parsed), len(parsed))
-        metrics["reasoning_score"] = sum(p["reasoning_score"] for p in preds) / max(len(preds), 1)
-        metrics["reasoning_tag_rate"] = sum(p["has_reasoning_tags"] for p in preds) / max(len(preds), 1)
-        metrics["valid_format_rate"] = sum(p["good_format"] for p in preds) / max(len(preds), 1)
-        metrics["prediction_counts"] = {x: sum(p["prediction"] == x for p in preds) for x in (*LETTERS, "")}
-
-    if mode in ("loglik", "both", "all"):
-        scores = letter_logprobs(model, tokenizer, prompts, batch_size)
-        for p, s in zip(preds, scores):
-            best = LETTERS[max(range(5), key=lambda i: s[i])]
-            p.update(loglik_prediction=best, loglik_correct=best == p["gold"], loglik_scores=[round(x, 4) for x in s])
-        hits = [p["loglik_correct"] for p in preds]
-        metrics["loglik_accuracy"] = proportion(sum(hits), len(hits))
-        metrics["loglik_accuracy_by_exam_type"] = accuracy_by_group(hits, groups)
-        if mode in ("both", "all"):
-            agree = sum(p["prediction"] == p["loglik_prediction"] for p in preds)
-            metrics["generate_loglik_agreement"] = agree / max(len(preds), 1)
-
-    if mode == "all":
+    parts: dict[str, dict[str, dict]] = {}
+    if "generate" in scorers:
+        generator = generator or HFGenerator(model, tokenizer, batch_size)
+        outputs = generator([eval_prompt(q) for q in mcqs], max_new_tokens, ANSWER_STOPS)
+        parts["generate"] = generation_records(mcqs, outputs)
+    if "loglik" in scorers:
+        parts["loglik"] = letter_records(mcqs, letter_logprobs(model, tokenizer, [eval_prompt(q) for q in mcqs], batch_size))
+    if "cloze" in scorers:
+        parts["cloze"] = cloze_records(mcqs, option_logprobs(model, tokenizer, mcqs, batch_size))
+    if "loss" in scorers:
         glossary = glossary or Glossary()
-        rows = [
-            {"prompt": mcq_prompt(q), "completion": mcq_completion(q.cot or template_simple_reasoning(q, glossary), q.answer)}
-            for q in mcqs
-        ]
-        losses = completion_losses(model, tokenizer, rows, batch_size)
-        for p, l in zip(preds, losses):
-            p.update(reference_loss=round(l["loss"], 5), reference_answer_loss=round(l["answer_loss"], 5))
-        total_tokens = sum(l["tokens"] for l in losses)
-        metrics["answer_only_loss"] = sum(l["loss"] * l["tokens"] for l in losses) / max(total_tokens, 1)
-        metrics["answer_letter_loss"] = sum(l["answer_loss"] for l in losses) / max(len(losses), 1)
-        metrics["teacher_forced_answer_accuracy"] = proportion(
-            sum(l["answer_token_correct"] for l in losses), len(losses)
-        )
-    metrics["seconds"] = time.time() - started
+        rows = [{"id": q.id, "prompt": mcq_prompt(q),
+                 "completion": mcq_completion(q.cot or template_simple_reasoning(q, glossary, rationale_template), q.answer)}
+                for q in mcqs]
+        parts["loss"] = loss_records(completion_losses(model, tokenizer, rows, batch_size))
+    preds = join_records(mcqs, parts)
+    metrics = {"n": len(mcqs), "mode": mode, "scorers": list(scorers), **mcq_metrics(preds, scorers),
+               "seconds": time.time() - started}
     return metrics, preds
 
 
@@ -172,17 +260,18 @@ def summary_line(metrics: dict) -> str:
     if metrics.get("task") == "dict":
         em = metrics["exact_match"]
         return f"n={metrics['n']}: exact match {em['value']:.1%} [{em['ci95'][0]:.1%}, {em['ci95'][1]:.1%}], chrF {metrics['chrf']:.1f}"
-    parts = []
-    if "accuracy" in metrics:
-        a, pr = metrics["accuracy"], metrics["parse_rate"]
-        parts.append(f"accuracy {a['value']:.1%} [{a['ci95'][0]:.1%}, {a['ci95'][1]:.1%}]")
-        parts.append(f"parsed {pr['value']:.0%}")
-    if "loglik_accuracy" in metrics:
-        b = metrics["loglik_accuracy"]
-        parts.append(f"loglik {b['value']:.1%} [{b['ci95'][0]:.1%}, {b['ci95'][1]:.1%}]")
-    if "answer_only_loss" in metrics:
-        parts.append(f"answer-only loss {metrics['answer_only_loss']:.3f}")
+    labels = (("accuracy", "accuracy"), ("loglik_accuracy", "loglik"), ("cloze_accuracy", "cloze"),
+              ("cloze_accuracy_norm", "cloze norm"))
+    parts = [f"{label} {_pct(metrics[key])}" for key, label in labels if key in metrics]
+    if "parse_rate" in metrics:
+        parts.insert(1, f"parsed {metrics['parse_rate']['value']:.0%}")
+    if "reference_loss" in metrics:
+        parts.append(f"reference loss {metrics['reference_loss']['value']:.3f}")
     return f"n={metrics['n']}: " + ", ".join(parts)
+
+
+def _pct(p: dict) -> str:
+    return f"{p['value']:.1%} [{p['ci95'][0]:.1%}, {p['ci95'][1]:.1%}]"
 
 
 def write_eval(output: str | Path, metrics: dict, predictions: list[dict], extra: dict | None = None) -> None:
@@ -207,18 +296,19 @@ def run_eval(cfg: EvalConfig) -> dict:
         return _run_dict_eval(cfg)
     if not cfg.data or not cfg.output:
         raise ValueError("--data and --output are required")
+    scorers = parse_scorers(cfg.mode)
     mcqs = load_mcq(cfg.data, split=cfg.split, exam_type=cfg.exam_type)
     if cfg.limit:
         mcqs = mcqs[: cfg.limit]
     tokenizer = load_tokenizer(cfg.model)
-    backend = resolve_backend(cfg.backend, cfg.device) if cfg.mode != "loglik" else None  # None: no generation
+    backend = resolve_backend(cfg.backend, cfg.device) if "generate" in scorers else None  # None: no generation
     claim_output(cfg.output, overwrite=cfg.overwrite)
     generator = None
     if backend == "vllm":
         from .vllm_backend import VllmGenerator
 
         generator = VllmGenerator(cfg.model, tokenizer, cfg.precision, cfg.seed)
-    needs_hf = backend != "vllm" or cfg.mode != "generate"
+    needs_hf = backend != "vllm" or scorers != ("generate",)
     model = load_model(cfg.model, device=cfg.device, precision=cfg.precision, merge_adapter=True) if needs_hf else None
     metrics, preds = evaluate_mcq(model, tokenizer, mcqs, cfg.mode, cfg.batch_size, cfg.max_new_tokens,
                                   generator=generator)

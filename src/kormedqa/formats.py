@@ -128,18 +128,32 @@ def _short(text: str, width: int = 10) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def template_simple_reasoning(mcq: MCQ, glossary: Glossary) -> str:
+RATIONALE_TEMPLATES = ("linked", "verdict")
+
+
+def template_simple_reasoning(mcq: MCQ, glossary: Glossary, template: str = "linked") -> str:
     """The spec's '각 선택지를 분석하면:' list, recalling dictionary definitions first.
 
-    The recall runs term -> definition, the direction the dictionary track teaches, so knowledge
-    learned there can be used to pick the option; each option then gets a one-word verdict. Options
-    are not copied: a copy adds ~60 tokens that teach nothing, slows generation, and invites loops.
+    The recall runs term -> definition, the direction the dictionary track teaches. Then one line
+    per option in the spec's shape (`B) 항문열창 - ... ✓`):
+    - "linked" (default): each line copies the option's text and says whether it matches the
+      recalled definition (`- 일치 ✓` / `- 불일치`), so the verdict compares two texts in the
+      context instead of asking the model to know, unaided, which letter holds the definition.
+      See docs/decisions.md ("Linked rationales").
+    - "verdict": the earlier template, one-word verdicts without option text (`A) 정답 ✓` /
+      `B) 오답`); nothing in it links the recalled definition to a letter. Kept for comparison.
     """
+    if template not in RATIONALE_TEMPLATES:
+        raise ValueError(f"rationale template must be one of {RATIONALE_TEMPLATES}, got {template!r}")
     lines = ["각 선택지를 분석하면:"]
     for entry in glossary.mentioned(mcq.question):
         lines.append(f"{entry.term}: {korean_part(entry.definition)}")
-    for letter in LETTERS:
-        lines.append(f"{letter}) 정답 ✓" if letter == mcq.answer else f"{letter}) 오답")
+    for letter, option in zip(LETTERS, mcq.options):
+        if template == "verdict":
+            lines.append(f"{letter}) 정답 ✓" if letter == mcq.answer else f"{letter}) 오답")
+        else:
+            text = " ".join(option.split())
+            lines.append(f"{letter}) {text} - 일치 ✓" if letter == mcq.answer else f"{letter}) {text} - 불일치")
     return "\n".join(lines)
 
 
@@ -186,6 +200,7 @@ def mcq_examples(
     glossary: Glossary | None = None,
     rationales: Mapping[str, str] | None = None,
     detailed_fraction: float = DETAILED_FRACTION,
+    template: str = "linked",
 ) -> list[Example]:
     """Seed-format MCQ examples. Rationale order: the record's `cot`, the rationale file, a template.
 
@@ -202,6 +217,6 @@ def mcq_examples(
             reasoning = template_detailed_reasoning(mcq, glossary, rng, knowledge=" ".join(given.split()))
             out.append(Example(mcq_prompt(mcq, True), mcq_completion(reasoning, mcq.answer), mcq.id, "detailed"))
         else:
-            reasoning = given or template_simple_reasoning(mcq, glossary)
+            reasoning = given or template_simple_reasoning(mcq, glossary, template)
             out.append(Example(mcq_prompt(mcq), mcq_completion(reasoning, mcq.answer), mcq.id, "simple"))
     return out

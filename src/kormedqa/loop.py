@@ -25,7 +25,7 @@ from .sft import TrainConfig, run_training
 
 log = logging.getLogger(__name__)
 
-SELECT_BY = ("accuracy", "loglik_accuracy", "reasoning_score")
+SELECT_BY = ("accuracy", "loglik_accuracy", "cloze_accuracy", "cloze_accuracy_norm", "reasoning_score")
 
 
 @dataclass
@@ -42,7 +42,7 @@ class LoopConfig:
     max_loops: int = 10
     target_accuracy: float = field(default=90.0, metadata={"help": "percent; stop when reached"})
     patience: int = field(default=3, metadata={"help": "stop after this many loops without improvement"})
-    select_by: str = field(default="accuracy", metadata={"help": "accuracy, loglik_accuracy or reasoning_score"})
+    select_by: str = field(default="accuracy", metadata={"help": "metric that picks best_checkpoint", "choices": list(SELECT_BY)})
     stages: str = field(default="dict,mcq", metadata={"help": "stages per loop, in order"})
     epochs_per_stage: float = 1.0
     dict_max_steps: int = field(default=-1, metadata={"help": "bound each dictionary stage (-1: one epoch)"})
@@ -58,10 +58,13 @@ class LoopConfig:
     dict_grad_accum: int | None = None
     mcq_grad_accum: int | None = None
     answer_weight: str = "2/3"
+    rationale_template: str = field(default="linked", metadata={
+        "help": "template rationale for MCQs without cot: linked or verdict (see kormedqa prepare mcq --help)",
+        "choices": ["linked", "verdict"]})
     group_by_length: bool = False
     lora_r: int = 64
     lora_alpha: int = 128
-    eval_mode: str = field(default="all", metadata={"help": "generate, loglik, both, or all (both + answer-only loss)"})
+    eval_mode: str = field(default="all", metadata={"help": "scorers per loop: all, or a comma list of generate, loglik, cloze, loss"})
     eval_limit: int | None = None
     eval_every: int = field(default=1, metadata={"help": "score every k-th evaluation question (a quicker, stratified subset)"})
     dict_eval_limit: int = field(default=0, metadata={"help": "also score Track 1 on this many dictionary entries per loop (0: off)"})
@@ -144,7 +147,7 @@ def run_loop(cfg: LoopConfig) -> dict:
     history["overlap"] = overlap
 
     glossary = Glossary(entries)
-    rows = {"dict": dict_rows(entries), "mcq": mcq_rows(train, cfg.seed, glossary)}
+    rows = {"dict": dict_rows(entries), "mcq": mcq_rows(train, cfg.seed, glossary, template=cfg.rationale_template)}
     previous = None  # adapter folder the next stage continues from
     best_value = None  # replayed from history on --resume, so patience counts the same
     stale = 0
@@ -171,14 +174,15 @@ def run_loop(cfg: LoopConfig) -> dict:
         if done is None:
             model = load_model(previous, device=cfg.device, precision=cfg.precision, merge_adapter=True)
             metrics, preds = evaluate_mcq(
-                model, tokenizer, evaluation, cfg.eval_mode, cfg.eval_batch_size, cfg.max_new_tokens, glossary
+                model, tokenizer, evaluation, cfg.eval_mode, cfg.eval_batch_size, cfg.max_new_tokens, glossary,
+                rationale_template=cfg.rationale_template,
             )
             metrics["overlap"] = overlap
             if cfg.dict_eval_limit:
                 dict_metrics, dict_preds = evaluate_dict(model, tokenizer, entries[: cfg.dict_eval_limit], cfg.eval_batch_size)
                 write_eval(loop_dir / "eval_dict", dict_metrics, dict_preds)
                 metrics["dict_exact_match"] = dict_metrics["exact_match"]
-                metrics["dict_chrf"] = dict_metrics["chrf"]
+                metrics["dict_chrf"] = {"value": dict_metrics["chrf"], "total": dict_metrics["n"]}
             del model
             write_eval(loop_dir / "eval", metrics, preds)
             done = {
@@ -201,8 +205,8 @@ def run_loop(cfg: LoopConfig) -> dict:
             copy_checkpoint(out / best_src, out / "best_checkpoint")
             history["best_checkpoint_from"] = best_src
         write_json_atomic(history_path, history)
-        accuracy = done["metrics"].get("accuracy", done["metrics"].get("loglik_accuracy", 0.0))
-        if accuracy * 100 >= cfg.target_accuracy:
+        reached = done["metrics"].get("accuracy", done["metrics"].get("loglik_accuracy"))
+        if reached is not None and _metric({"m": reached}, "m") * 100 >= cfg.target_accuracy:
             stop_reason = "target_reached"
             break
         if stale >= cfg.patience:
@@ -216,19 +220,15 @@ def run_loop(cfg: LoopConfig) -> dict:
     return history
 
 
+HISTORY_METRICS = ("accuracy", "loglik_accuracy", "cloze_accuracy", "cloze_accuracy_norm", "parse_rate",
+                   "format_parse_rate", "accuracy_among_parsed", "teacher_forced_answer_accuracy", "reasoning_score",
+                   "valid_format_rate", "reasoning_tag_rate", "reference_loss", "reference_answer_loss",
+                   "dict_exact_match", "dict_chrf")
+
+
 def _history_metrics(metrics: dict) -> dict:
-    """The numbers worth plotting per loop: plain floats, intervals kept beside them."""
-    out = {}
-    for key in ("accuracy", "loglik_accuracy", "parse_rate", "format_parse_rate", "accuracy_among_parsed", "teacher_forced_answer_accuracy",
-                "dict_exact_match"):
-        if key in metrics:
-            out[key] = metrics[key]["value"]
-            out[f"{key}_ci95"] = metrics[key]["ci95"]
-    for key in ("reasoning_score", "valid_format_rate", "reasoning_tag_rate", "answer_only_loss", "answer_letter_loss",
-                "dict_chrf"):
-        if key in metrics:
-            out[key] = metrics[key]
-    return out
+    """The metrics worth plotting per loop, in the shape metrics.json has them ({value, ci95, ...})."""
+    return {k: metrics[k] for k in HISTORY_METRICS if k in metrics}
 
 
 def _training_parts(loop_dir: Path, stages: list[str]) -> dict:

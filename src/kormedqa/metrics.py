@@ -27,6 +27,20 @@ def proportion(correct: int, total: int) -> dict:
     }
 
 
+def mean_interval(values: Sequence[float], z: float = 1.959963984540054) -> dict:
+    """Mean with a normal-approximation 95% interval: {value, total, ci95}. Refuses non-finite values."""
+    values = [float(v) for v in values]
+    if any(not math.isfinite(v) for v in values):
+        raise ValueError("a non-finite value cannot become a metric")
+    n = len(values)
+    if n == 0:
+        return {"value": 0.0, "total": 0, "ci95": [0.0, 0.0]}
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    half = z * sd / math.sqrt(n)
+    return {"value": mean, "total": n, "ci95": [mean - half, mean + half]}
+
+
 def accuracy_by_group(hits: Sequence[bool], groups: Sequence[str]) -> dict[str, dict]:
     tally: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for hit, group in zip(hits, groups):

@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .formats import DETAILED_FRACTION, Glossary, dict_example, mcq_examples
+from .formats import DETAILED_FRACTION, RATIONALE_TEMPLATES, Glossary, dict_example, mcq_examples
 from .records import DataError
 
 
@@ -23,6 +23,9 @@ class PrepareConfig:
     eval_split: str = "test"
     allow_overlap: bool = field(default=False, metadata={"help": "write the file even when training questions appear in --eval-data"})
     detailed_fraction: float = DETAILED_FRACTION
+    rationale_template: str = field(default="linked", metadata={
+        "help": "template rationale for records without cot: linked (option text + match verdict per line) or verdict "
+                "(one-word verdicts, the earlier template)", "choices": list(RATIONALE_TEMPLATES)})
     seed: int = 42
     overwrite: bool = False
 
@@ -44,8 +47,9 @@ def dict_rows(entries) -> list[dict]:
     return [dict_example(e).to_row() for e in entries]
 
 
-def mcq_rows(mcqs, seed: int, glossary: Glossary | None = None, rationales=None, detailed_fraction=DETAILED_FRACTION) -> list[dict]:
-    return [e.to_row() for e in mcq_examples(mcqs, seed, glossary, rationales, detailed_fraction)]
+def mcq_rows(mcqs, seed: int, glossary: Glossary | None = None, rationales=None, detailed_fraction=DETAILED_FRACTION,
+             template: str = "linked") -> list[dict]:
+    return [e.to_row() for e in mcq_examples(mcqs, seed, glossary, rationales, detailed_fraction, template)]
 
 
 def check_overlap(train, evaluation, allow: bool) -> dict:
@@ -86,7 +90,7 @@ def run_prepare(cfg: PrepareConfig) -> dict:
             info["overlap"] = check_overlap(mcqs, load_mcq(cfg.eval_data, split=cfg.eval_split), cfg.allow_overlap)
         glossary = Glossary(load_dictionary(*cfg.dictionary)) if cfg.dictionary else Glossary()
         rationales = load_rationales(cfg.rationales) if cfg.rationales else None
-        rows = mcq_rows(mcqs, cfg.seed, glossary, rationales, cfg.detailed_fraction)
+        rows = mcq_rows(mcqs, cfg.seed, glossary, rationales, cfg.detailed_fraction, cfg.rationale_template)
         info["detailed"] = sum(r["kind"] == "detailed" for r in rows)
     else:
         raise ValueError(f"prepare takes dict or mcq, not {cfg.kind!r}")

@@ -26,12 +26,11 @@ def plot_loops(history: dict, before: dict | None, path: str | Path) -> Path:
     loops = history["loops"]
     xs = [0] + [l["loop"] for l in loops] if before else [l["loop"] for l in loops]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in (("accuracy", "generation accuracy"), ("loglik_accuracy", "log-likelihood accuracy"),
+    for key, label in (("accuracy", "generation accuracy"), ("loglik_accuracy", "letter log-likelihood accuracy"),
+                       ("cloze_accuracy", "cloze (option text) accuracy"),
                        ("parse_rate", "parse rate (any letter)"), ("format_parse_rate", "letter right after </reasoning>")):
         ys, errs = [], [[], []]
-        series = ([before[key]] if before and key in before else []) + [
-            {"value": l["metrics"][key], "ci95": l["metrics"][f"{key}_ci95"]} for l in loops if key in l["metrics"]
-        ]
+        series = ([before[key]] if before and key in before else []) + [l["metrics"][key] for l in loops if key in l["metrics"]]
         if len(series) != len(xs):
             continue
         for p in series:
@@ -74,7 +73,9 @@ def what_moved(before: dict, after: dict, tests: dict) -> list[str]:
     for key, label in (("parse_rate", "Parse rate (any letter found)"),
                        ("format_parse_rate", "Letter right after </reasoning> (the seed format)"),
                        ("accuracy", "Generation accuracy"),
-                       ("accuracy_among_parsed", "Accuracy among parsed answers"), ("loglik_accuracy", "Log-likelihood accuracy")):
+                       ("accuracy_among_parsed", "Accuracy among parsed answers"),
+                       ("loglik_accuracy", "Letter log-likelihood accuracy"), ("cloze_accuracy", "Cloze accuracy (option text)"),
+                       ("cloze_accuracy_norm", "Cloze accuracy, length-normalised")):
         if key not in before or key not in after:
             continue
         b, a = before[key]["value"], after[key]["value"]
@@ -91,24 +92,23 @@ def markdown_report(title: str, sections: dict[str, str]) -> str:
     return f"# {title}\n\n" + "\n\n".join(f"## {k}\n\n{v.strip()}" for k, v in sections.items()) + "\n"
 
 
-def results_table(before: dict, history: dict, after: dict | None = None) -> str:
-    rows = ["| stage | accuracy (gen) | parse rate | letter after `</reasoning>` | accuracy among parsed | loglik accuracy | reasoning score |",
-            "|---|---|---|---|---|---|---|"]
+TABLE_COLUMNS = (("accuracy", "accuracy (gen)"), ("parse_rate", "parse rate"),
+                 ("format_parse_rate", "letter after `</reasoning>`"), ("accuracy_among_parsed", "accuracy among parsed"),
+                 ("loglik_accuracy", "letter loglik accuracy"), ("cloze_accuracy", "cloze accuracy"),
+                 ("cloze_accuracy_norm", "cloze accuracy (norm)"), ("reasoning_score", "reasoning score"))
 
-    def row(name, m, from_history=False):
-        if from_history:
-            get = lambda k: ({"value": m[k], "ci95": m[f"{k}_ci95"]} if k in m else None)  # noqa: E731
-        else:
-            get = m.get
-        rows.append(
-            f"| {name} | {_pct(get('accuracy'))} | {_pct(get('parse_rate'))} | {_pct(get('format_parse_rate'))} "
-            f"| {_pct(get('accuracy_among_parsed'))} "
-            f"| {_pct(get('loglik_accuracy'))} | {m.get('reasoning_score', float('nan')):.3f} |"
-        )
+
+def results_table(before: dict, history: dict) -> str:
+    """Markdown table: before training, then every loop of `history` (metrics as in metrics.json)."""
+    columns = [(k, label) for k, label in TABLE_COLUMNS
+               if k in before or any(k in l["metrics"] for l in history["loops"])]
+    rows = ["| stage | " + " | ".join(label for _, label in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+
+    def row(name, m):
+        cells = [(f"{m[k]['value']:.3f}" if k == "reasoning_score" and k in m else _pct(m.get(k))) for k, _ in columns]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
 
     row("before training", before)
     for l in history["loops"]:
-        row(f"loop {l['loop']}", l["metrics"], from_history=True)
-    if after is not None:
-        row("final (best checkpoint)", after)
+        row(f"loop {l['loop']}", l["metrics"])
     return "\n".join(rows)

@@ -48,6 +48,19 @@ def _by_length(texts: Sequence[str]) -> list[int]:
 ANSWER_STOPS = tuple(f"{REASONING_CLOSE}{letter}" for letter in LETTERS)
 
 
+class HFGenerator:
+    """Greedy generation with the HF model: the same call shape as `vllm_backend.VllmGenerator`.
+
+    `gen(prompts, max_new_tokens, stop_strings)` -> one decoded continuation per prompt.
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 8):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+
+    def __call__(self, prompts: Sequence[str], max_new_tokens: int, stop_strings: Sequence[str]) -> list[str]:
+        return generate(self.model, self.tokenizer, prompts, self.batch_size, max_new_tokens, stop_strings=stop_strings)
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[str], batch_size: int = 8, max_new_tokens: int = 256, desc="generate",
              stop_strings: Sequence[str] = ANSWER_STOPS) -> list[str]:
@@ -141,29 +154,36 @@ def letter_logprobs(model, tokenizer, prompts: Sequence[str], batch_size: int = 
 
 
 @torch.no_grad()
-def completion_losses(model, tokenizer, rows: Sequence[dict], batch_size: int = 8, max_length: int = 2048) -> list[dict]:
-    """Teacher-forced answer-only loss of each reference completion, with its answer part (letter + `<end_of_turn>`; reported as `answer_letter_loss`)."""
-    results: list[dict] = []
+def completion_losses(model, tokenizer, rows: Sequence[dict], batch_size: int = 8, max_length: int = 2048) -> dict[str, dict]:
+    """Teacher-forced loss of each reference completion, keyed by `row["id"]`.
+
+    `rows`: dicts with id, prompt, completion. Per id: `loss` (mean CE in nats over the completion
+    tokens), `answer_loss` (mean CE over the answer: letter + `<end_of_turn>`), `answer_token_correct`
+    (argmax at the letter is the letter) and `tokens`. A row longer than `max_length` tokens is
+    absent from the result (the caller counts it), never shifted onto another question.
+    """
+    results: dict[str, dict] = {}
     device = next(model.parameters()).device
     collate = CompletionCollator(tokenizer.pad_token_id)
     for _, chunk in tqdm(list(_batches(rows, batch_size)), desc="loss", leave=False):
-        feats = [tokenize_pair(tokenizer, r["prompt"], r["completion"], max_length) for r in chunk]
-        batch = {k: v.to(device) for k, v in collate([f for f in feats if f is not None]).items()}
+        kept = [(r["id"], f) for r in chunk
+                if (f := tokenize_pair(tokenizer, r["prompt"], r["completion"], max_length)) is not None]
+        if not kept:
+            continue
+        batch = {k: v.to(device) for k, v in collate([f for _, f in kept]).items()}
         ce, hits, keep = supervised_ce(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
         row_of = torch.arange(keep.shape[0], device=device)[:, None].expand_as(keep)[keep]
         is_answer = batch["answer_mask"][:, 1:][keep[:, :-1]].bool()
-        for r in range(keep.shape[0]):
+        for r, (qid, _) in enumerate(kept):
             mine = row_of == r
             ans = mine & is_answer
             first = ans.nonzero()[:1].squeeze(-1)
-            results.append(
-                {
-                    "loss": float(ce[mine].mean()),
-                    "answer_loss": float(ce[ans].mean()) if ans.any() else float("nan"),
-                    "answer_token_correct": bool(hits[first].all()) if first.numel() else False,
-                    "tokens": int(mine.sum()),
-                }
-            )
+            results[qid] = {
+                "loss": float(ce[mine].mean()),
+                "answer_loss": float(ce[ans].mean()) if ans.any() else None,
+                "answer_token_correct": bool(hits[first].all()) if first.numel() else False,
+                "tokens": int(mine.sum()),
+            }
     return results
 
 
