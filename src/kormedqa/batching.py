@@ -117,7 +117,8 @@ def tokenize_pair(tokenizer, prompt: str, completion: str, max_length: int) -> d
 def tokenize_rows(tokenizer, rows: Sequence[dict], max_length: int, source: str = "prepared rows") -> list[dict]:
     """`tokenize_pair` on each row; logs how many were dropped for length and how many prompts
     had a literal leading `<bos>` stripped. Raises DataError(source, row number, field) for a BOS
-    elsewhere, ValueError when no row fits."""
+    elsewhere (1-based row of `rows`: the line of a prepared file without blank lines), and
+    ValueError when no row fits."""
     out, dropped, stripped = [], 0, 0
     for number, row in enumerate(rows, start=1):
         stripped += strip_leading_bos(tokenizer, row["prompt"])[1]
