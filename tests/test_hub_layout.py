@@ -11,7 +11,6 @@ import csv
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
