@@ -11,12 +11,14 @@ Shapes: token lists are plain `list[int]`; collated tensors are `(batch, seq)` i
 from __future__ import annotations
 
 import logging
+import re
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .formats import END_OF_TURN, MODEL_TURN, REASONING_CLOSE, TURN_SEPARATOR
+from .records import DataError
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +46,62 @@ def answer_span(completion: str) -> tuple[int, int]:
     return start, end
 
 
+class SpecialTokenError(ValueError):
+    """A BOS token where no sequence starts: inside a prompt, a completion or a text."""
+
+
+def strip_leading_bos(tokenizer, text: str) -> tuple[str, bool]:
+    """`text` without the literal BOS string(s) it starts with (whitespace before them included),
+    and whether there were any. `(text, False)` for a tokenizer without a BOS token.
+
+    Prompts rendered by `apply_chat_template` start with `<bos>`, and the tokenizer adds its own
+    when it encodes them: trained as is, every example would begin with two BOS tokens. The
+    literal one is dropped (not refused) because it asks for exactly what the tokenizer does.
+    """
+    bos = getattr(tokenizer, "bos_token", None)
+    if not bos:
+        return text, False
+    match = re.match(rf"(?:\s*{re.escape(bos)})+", text)
+    return (text[match.end():], True) if match else (text, False)
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Token ids of `text` as a sequence start: exactly one BOS (for a tokenizer that has one),
+    a literal leading `<bos>` stripped (see `strip_leading_bos`).
+
+    Raises SpecialTokenError for a BOS anywhere else in the text: it would teach the model to
+    predict a sequence start mid-text, and no rule says where the text really begins.
+    """
+    text, stripped = strip_leading_bos(tokenizer, text)
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    if bos_id is None:
+        return ids
+    if stripped and (not ids or ids[0] != bos_id):
+        ids = [bos_id] + ids  # a tokenizer that adds none: keep the one the text asked for
+    if bos_id in ids[1:]:
+        raise SpecialTokenError(f"contains {tokenizer.bos_token} after its start (only a leading one is allowed)")
+    return ids
+
+
 def tokenize_pair(tokenizer, prompt: str, completion: str, max_length: int) -> dict | None:
     """input_ids, labels (-100 on the prompt) and answer_mask; None when longer than max_length.
 
     Prompt and completion are tokenised separately and concatenated, so the boundary is a token
     boundary by construction (TRL does the same) and no marker string is searched for.
+    The sequence starts with exactly one BOS: a literal `<bos>` at the start of the prompt (as
+    `apply_chat_template` renders it, with or without whitespace before it) is stripped, since
+    the tokenizer adds its own; a BOS anywhere else in the prompt or in the completion raises
+    SpecialTokenError (field name as its first word).
     """
-    prompt_ids = tokenizer(prompt + TURN_SEPARATOR, add_special_tokens=True)["input_ids"]
+    try:
+        prompt_ids = encode_text(tokenizer, prompt + TURN_SEPARATOR)
+    except SpecialTokenError as exc:
+        raise SpecialTokenError(f"prompt {exc}") from None
     enc = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
     completion_ids = enc["input_ids"]
+    if getattr(tokenizer, "bos_token_id", None) is not None and tokenizer.bos_token_id in completion_ids:
+        raise SpecialTokenError(f"completion contains {tokenizer.bos_token} (a completion never starts a sequence)")
     start, end = answer_span(completion)
     in_answer = [int(s < end and e > start) for s, e in enc["offset_mapping"]]
     ids = prompt_ids + completion_ids
@@ -65,14 +114,26 @@ def tokenize_pair(tokenizer, prompt: str, completion: str, max_length: int) -> d
     }
 
 
-def tokenize_rows(tokenizer, rows: Sequence[dict], max_length: int) -> list[dict]:
-    out, dropped = [], 0
-    for row in rows:
-        item = tokenize_pair(tokenizer, row["prompt"], row["completion"], max_length)
+def tokenize_rows(tokenizer, rows: Sequence[dict], max_length: int, source: str = "prepared rows") -> list[dict]:
+    """`tokenize_pair` on each row; logs how many were dropped for length and how many prompts
+    had a literal leading `<bos>` stripped. Raises DataError(source, row number, field) for a BOS
+    elsewhere (1-based row of `rows`: the line of a prepared file without blank lines), and
+    ValueError when no row fits."""
+    out, dropped, stripped = [], 0, 0
+    for number, row in enumerate(rows, start=1):
+        stripped += strip_leading_bos(tokenizer, row["prompt"])[1]
+        try:
+            item = tokenize_pair(tokenizer, row["prompt"], row["completion"], max_length)
+        except SpecialTokenError as exc:
+            field, _, reason = str(exc).partition(" ")
+            raise DataError(source, number, field, reason) from None
         if item is None:
             dropped += 1
         else:
             out.append(item)
+    if stripped:
+        log.warning("stripped a literal %s from the start of %d of %d prompts (%s): the tokenizer adds "
+                    "its own, and two would be trained", tokenizer.bos_token, stripped, len(rows), source)
     if dropped:
         log.warning("dropped %d of %d examples longer than max_length=%d", dropped, len(rows), max_length)
     if not out:

@@ -7,6 +7,7 @@ Perplexity on held-out text is measured before and after (the seed's target is <
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import time
@@ -15,6 +16,7 @@ from typing import Sequence
 
 import torch
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class CPTConfig:
@@ -51,11 +53,26 @@ def training_texts(paragraphs: Sequence[str], vocab: Sequence[str], repeat: int,
 
 
 def text_features(tokenizer, texts: Sequence[str], max_length: int) -> list[dict]:
+    """One causal-LM example per text: one BOS, the text, EOS (cut to max_length).
+
+    A literal `<bos>` at the start of a text is stripped (the tokenizer adds its own) and the
+    count is logged; a `<bos>` inside a text raises DataError quoting the text's start.
+    """
+    from .batching import SpecialTokenError, encode_text, strip_leading_bos
+    from .records import DataError
+
     eos = tokenizer.eos_token_id
-    out = []
+    out, stripped = [], 0
     for text in texts:
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"][: max_length - 1] + [eos]
+        stripped += strip_leading_bos(tokenizer, text)[1]
+        try:
+            ids = encode_text(tokenizer, text)[: max_length - 1] + [eos]
+        except SpecialTokenError as exc:
+            raise DataError("CPT text", None, None, f"{text[:40]!r}...: {exc}") from None
         out.append({"input_ids": ids, "labels": list(ids), "answer_mask": [0] * len(ids)})
+    if stripped:
+        log.warning("stripped a literal %s from the start of %d of %d CPT texts: the tokenizer adds its own",
+                    tokenizer.bos_token, stripped, len(texts))
     return out
 
 

@@ -4,6 +4,11 @@ Every reader turns raw rows into `MCQ` / `DictEntry` records or raises `DataErro
 naming the file, the line (JSONL/CSV line, JSON array element, parquet row) and the
 field, so a bad record is fixed at its source instead of surfacing as a KeyError
 deep inside training.
+
+Every string a reader returns (MCQ files of every format, local hub copies and hub ids,
+dictionaries, CPT text, rationale and prepared JSONL) is put in `kormedqa.text`'s normal form
+here, once, as it is parsed: nothing downstream sees NFD Hangul, fullwidth letters, invisible
+characters or CR line ends.
 """
 from __future__ import annotations
 
@@ -15,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from kormedqa.records import EXAM_TYPES, LETTERS, MCQ, DataError, DictEntry
+from kormedqa.text import normalize_text, normalize_value, split_lines
 
 SPLITS = ("train", "dev", "test", "fewshot")
 MCQ_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 MAX_QUESTION_CHARS = 20000
 _BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # Notepad's and Excel's "Unicode" text
 # A hub id is "owner/name"; anything with a file extension or more slashes is a path typo.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -32,24 +39,31 @@ Row = tuple[int, Any]  # (1-based line / element / row number, parsed value)
 def _read_text(path: Path) -> str:
     """Decode a whole file as UTF-8, reporting the line of the first bad byte."""
     raw = path.read_bytes()
+    if raw.startswith(_UTF16_BOMS):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError:
+            raise DataError(str(path), None, None, "starts with a UTF-16 byte order mark but is not UTF-16") from None
     if raw.startswith(_BOM):  # Excel and Notepad add one; it is not part of the data
         raw = raw[len(_BOM):]
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(str(path), line, None, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
+        raise DataError(
+            str(path), line, None,
+            f"not valid UTF-8 (byte 0x{raw[exc.start]:02x}); save it as UTF-8 (Excel: 'CSV UTF-8')",
+        ) from None
 
 
 def _jsonl_rows(path: Path) -> list[Row]:
     rows = []
-    # split("\n") rather than splitlines(): U+2028 etc. may legally sit inside JSON strings.
-    for number, line in enumerate(_read_text(path).split("\n"), start=1):
-        line = line.rstrip("\r")
+    for number, line in enumerate(split_lines(_read_text(path)), start=1):
+        line = line.lstrip("\ufeff")  # files joined with `cat` keep each one's BOM
         if not line.strip():
             continue
         try:
-            rows.append((number, json.loads(line)))
+            rows.append((number, normalize_value(json.loads(line))))
         except json.JSONDecodeError as exc:
             raise DataError(str(path), number, None, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
     return rows
@@ -65,7 +79,7 @@ def _json_array_rows(path: Path) -> list[Row]:
         raise DataError(str(path), exc.lineno, None, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
     if not isinstance(value, list):
         raise DataError(str(path), None, None, f"expected a JSON array, got {type(value).__name__}")
-    return list(enumerate(value, start=1))
+    return list(enumerate(normalize_value(value), start=1))
 
 
 def _csv_rows(path: Path) -> list[Row]:
@@ -77,7 +91,7 @@ def _csv_rows(path: Path) -> list[Row]:
         return []
     except csv.Error as exc:
         raise DataError(str(path), reader.line_num, None, f"invalid CSV: {exc}") from None
-    header = [name.strip() for name in header]
+    header = [normalize_text(name).strip() for name in header]
     rows, previous_end = [], reader.line_num
     while True:
         start = previous_end + 1  # a quoted cell may span lines; report where the record starts
@@ -88,6 +102,7 @@ def _csv_rows(path: Path) -> list[Row]:
         except csv.Error as exc:
             raise DataError(str(path), start, None, f"invalid CSV: {exc}") from None
         previous_end = reader.line_num
+        cells = [normalize_text(cell) for cell in cells]
         if not any(cell.strip() for cell in cells):
             continue
         if len(cells) != len(header):
@@ -104,7 +119,7 @@ def _parquet_rows(path: Path) -> list[Row]:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
         raise DataError(str(path), None, None, f"unreadable parquet file: {exc}") from None
-    return list(enumerate(table.to_pylist(), start=1))
+    return list(enumerate(normalize_value(table.to_pylist()), start=1))
 
 
 def _rows(path: Path) -> tuple[list[Row], bool]:
@@ -214,6 +229,18 @@ def _to_mcq(
 
 # ----------------------------------------------------------------------------- MCQ loading
 
+# A hub shard: "test-00000-of-00001.parquet", or with the hash `push_to_hub` adds on re-upload,
+# "train-00000-of-00001-e92541767961eccb.parquet".
+_SHARD = re.compile(r"-(\d{5})-of-(\d{5})(?:-[0-9a-f]+)?")
+
+
+def _exam_from_path(path: Path) -> str:
+    """The exam a file belongs to by its place: `doctor/test.csv`, `data/doctor-test.csv`."""
+    if path.parent.name in EXAM_TYPES:
+        return path.parent.name
+    head = path.name.split("-", 1)[0]
+    return head if head in EXAM_TYPES else ""
+
 
 def _load_mcq_file(path: Path, exam_forced: str, exam_filter: str | None) -> list[MCQ]:
     rows, typed = _rows(path)
@@ -221,43 +248,150 @@ def _load_mcq_file(path: Path, exam_forced: str, exam_filter: str | None) -> lis
         raise DataError(str(path), None, None, "no records")
     # Files inside an exam folder share stems (doctor/test, nurse/test): keep fallback ids apart.
     stem = f"{exam_forced}-{path.stem}" if exam_forced else path.stem
+    default = exam_filter or _exam_from_path(path)
     out = []
     for line, row in rows:
-        mcq = _to_mcq(row, path, line, typed, exam_forced, f"{stem}-{line}", exam_filter or "")
+        mcq = _to_mcq(row, path, line, typed, exam_forced, f"{stem}-{line}", default)
         if not exam_filter or mcq.exam_type == exam_filter:
             out.append(mcq)
     return out
 
 
-def _split_file(folder: Path, split: str) -> Path | None:
-    found = [folder / f"{split}{suffix}" for suffix in MCQ_SUFFIXES if (folder / f"{split}{suffix}").is_file()]
-    if len(found) > 1:
-        names = ", ".join(p.name for p in found)
+def _split_files(folder: Path, split: str, prefix: str = "") -> list[Path]:
+    """The files holding `split` in `folder`: one `<prefix><split>.<ext>`, or the hub's shards of it.
+
+    Raises DataError when that is ambiguous: two formats of one split, or two copies of a shard
+    (the hub kept `train-00000-of-00001.parquet` beside its re-upload with a hash for a while).
+    """
+    name = re.escape(prefix + split)
+    suffixes = "|".join(re.escape(s) for s in MCQ_SUFFIXES)
+    pattern = re.compile(rf"{name}(?P<shard>{_SHARD.pattern})?(?P<ext>{suffixes})", re.IGNORECASE)
+    found = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    matches = [(m, p) for p in found if (m := pattern.fullmatch(p.name)) is not None]
+    shards = [_SHARD.fullmatch(m["shard"]).group(1) for m, _ in matches if m["shard"]]
+    one_kind = len({m["ext"].lower() for m, _ in matches}) == 1 and len({bool(m["shard"]) for m, _ in matches}) == 1
+    if len(matches) > 1 and (not one_kind or not shards or len(set(shards)) < len(shards)):
+        names = ", ".join(p.name for _, p in matches)
         raise DataError(str(folder), None, None, f"several files for split '{split}': {names}")
-    return found[0] if found else None
+    return [p for _, p in matches]
+
+
+def _load_files(files: list[Path], exam_forced: str, exam_filter: str | None) -> list[MCQ]:
+    return [mcq for file in files for mcq in _load_mcq_file(file, exam_forced, exam_filter)]
+
+
+def _layouts(split: str) -> str:
+    return (f"expected {split}.jsonl/.json/.csv/.parquet (or its hub shards), <exam>/{split}.*, "
+            f"<exam>-{split}.*, or a README.md dataset card with configs")
 
 
 def _load_directory(root: Path, split: str | None, exam_type: str | None) -> list[MCQ]:
     if not split:
         raise ValueError(f"{root} is a directory: pass split= (one of {', '.join(SPLITS)})")
+    configs = _card_configs(root)
+    if configs:
+        return _load_card(root, configs, split, exam_type)
     exam_dirs = [e for e in EXAM_TYPES if (root / e).is_dir()]
     if exam_dirs:
         wanted = [exam_type] if exam_type else exam_dirs
         out = []
         for exam in wanted:
-            file = _split_file(root / exam, split)
-            if file is None:
+            files = _split_files(root / exam, split)
+            if not files:
                 if exam_type:
                     raise DataError(str(root / exam), None, None, f"no '{split}' file")
                 continue  # an exam folder may legitimately lack e.g. a fewshot split
-            out.extend(_load_mcq_file(file, exam, None))
+            out.extend(_load_files(files, exam, None))
         if not out and not exam_type:
             raise DataError(str(root), None, None, f"no '{split}' file in any exam folder")
         return out
-    file = _split_file(root, split)
-    if file is None:
-        raise DataError(str(root), None, None, f"no '{split}' file ({'/'.join(MCQ_SUFFIXES)})")
-    return _load_mcq_file(file, "", exam_type)
+    files = _split_files(root, split)
+    if files:
+        return _load_files(files, "", exam_type)
+    # The hub's older layout, data/doctor-test.csv: the exam is in the file name.
+    per_exam = {exam: _split_files(root, split, f"{exam}-") for exam in ([exam_type] if exam_type else EXAM_TYPES)}
+    if any(per_exam.values()):
+        return [mcq for exam, found in per_exam.items() for mcq in _load_files(found, exam, None)]
+    raise DataError(str(root), None, None, f"no '{split}' file ({_layouts(split)})")
+
+
+# ----------------------------------------------------------------------------- through `datasets`
+
+
+def _card_configs(folder: Path) -> list[str]:
+    """Config names in the YAML `configs:` of `folder/README.md` (a hub dataset card); [] if none."""
+    readme = folder / "README.md"
+    if not readme.is_file():
+        return []
+    from huggingface_hub import DatasetCard
+
+    try:
+        configs = DatasetCard.load(readme).data.to_dict().get("configs") or []
+    except Exception as exc:  # YAML and card errors come in several types
+        raise DataError(str(readme), None, "configs", f"unreadable dataset card: {exc}") from None
+    if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs):
+        raise DataError(str(readme), None, "configs", "must be a list of {config_name, data_files}")
+    return [str(c.get("config_name", "default")) for c in configs]
+
+
+def _plain(value: Any) -> Any:
+    """A `datasets` cell as the JSON readers would give it: pandas turns a CSV column with empty
+    cells into floats, so NaN is an absent value and 2020.0 the integer it was."""
+    if isinstance(value, float):
+        if value != value:
+            return None
+        if value.is_integer():
+            return int(value)
+    return value
+
+
+def _dataset_records(rows, label: str, exam_forced: str, exam_filter: str | None, fallback: str) -> list[MCQ]:
+    out = []
+    for index, row in enumerate(rows, start=1):
+        row = normalize_value({k: _plain(v) for k, v in dict(row).items()})
+        mcq = _to_mcq(row, label, index, True, exam_forced, f"{fallback}-{index}", exam_filter or "")
+        if not exam_filter or mcq.exam_type == exam_filter:
+            out.append(mcq)
+    return out
+
+
+def _load_card(folder: Path, configs: list[str], split: str, exam_type: str | None) -> list[MCQ]:
+    """A local copy of a hub dataset repository, read by `datasets.load_dataset(folder, config)`:
+    the same code path as the hub id, so the card's configs, globs and features apply as on the
+    hub. Configs named after an exam type give that exam_type to their records; otherwise every
+    config is read and `exam_type` filters on the records' own column.
+    """
+    import datasets  # heavy import; only card and hub users need it
+
+    readme = str(folder / "README.md")
+    exam_configs = [c for c in configs if c in EXAM_TYPES]
+    if exam_type and exam_configs and exam_type not in exam_configs:
+        raise DataError(readme, None, "configs", f"no config '{exam_type}' (has {', '.join(configs)})")
+    wanted = ([exam_type] if exam_type else exam_configs) if exam_configs else configs
+    out = []
+    for config in wanted:
+        where = f"{folder} (config {config}, split {split})"
+        try:
+            files = datasets.load_dataset_builder(str(folder), config).config.data_files or {}
+        except Exception as exc:  # missing data files, unknown formats ...
+            raise DataError(where, None, None, f"could not load: {exc}") from None
+        if split not in files:
+            if exam_type:
+                raise DataError(readme, None, "configs", f"config '{config}' has no split '{split}' (has {', '.join(files)})")
+            continue  # the hub's dentist config may lack a split the others have
+        try:
+            rows = datasets.load_dataset(str(folder), config, split=split)
+        except datasets.exceptions.SplitsVerificationError as exc:
+            raise DataError(readme, None, "dataset_info", f"config '{config}': the data files do not match the "
+                            f"card's split sizes (edited files, or a card from another revision): {exc}") from None
+        except Exception as exc:  # unreadable files, types that do not match the card's features ...
+            raise DataError(where, None, None, f"could not load: {exc}") from None
+        label = str(files[split][0]) if len(files[split]) == 1 else where
+        out.extend(_dataset_records(rows, label, config if exam_configs else "", exam_type if not exam_configs else None,
+                                    f"{config}-{split}"))
+    if not out and not exam_type:
+        raise DataError(readme, None, "configs", f"no config has a '{split}' split")
+    return out
 
 
 def _load_hub(dataset_id: str, split: str | None, exam_type: str | None) -> list[MCQ]:
@@ -272,16 +406,22 @@ def _load_hub(dataset_id: str, split: str | None, exam_type: str | None) -> list
             rows = datasets.load_dataset(dataset_id, config, split=split)
         except Exception as exc:  # network, auth and missing-config errors all land here
             raise DataError(name, None, None, f"could not load from the Hugging Face hub: {exc}") from exc
-        for index, row in enumerate(rows, start=1):
-            out.append(_to_mcq(dict(row), name, index, True, config, f"{config}-{split}-{index}"))
+        out.extend(_dataset_records(rows, name, config, None, f"{config}-{split}"))
     return out
 
 
 def load_mcq(source: str | Path, split: str | None = None, exam_type: str | None = None) -> list[MCQ]:
-    """Load and validate KorMedMCQA-style questions from a file, a split directory or the hub.
+    """Load and validate KorMedMCQA-style questions from a file, a folder or the hub.
 
-    `split` picks the file in a directory (required there and for the hub; ignored for a file).
+    A folder is, in this order: a local copy of a hub dataset repository (a README.md whose
+    `configs:` map configs to data files, read through `datasets` like a hub id); exam
+    subfolders (`doctor/test.jsonl`, or the hub's `doctor/test-00000-of-00001[-<hash>].parquet`);
+    one file per split (`test.csv`); or the hub's older `<exam>-<split>.csv` files (`data/`).
+    `split` picks the files in a folder (required there and for the hub; ignored for a file).
+    Exam types come from config, folder or file names where the rows have none.
     For a single file, `exam_type` keeps only matching records and fills it in where absent.
+    Text is normalised once here (`kormedqa.text.normalize_text`). Raises DataError naming
+    file, line (row) and field; ValueError for a bad `exam_type` or a missing `split`.
     """
     if exam_type is not None and exam_type not in EXAM_TYPES:
         raise ValueError(f"exam_type must be one of {', '.join(EXAM_TYPES)}, got {exam_type!r}")
@@ -344,7 +484,8 @@ def read_text_corpus(path: str | Path) -> list[str]:
         raise DataError(str(path), None, None, "no .txt files")
     paragraphs = []
     for file in files:
-        paragraphs.extend(line.strip() for line in _read_text(file).split("\n") if line.strip())
+        # Plain text has no strings to protect, so U+2028 and the other line ends split too.
+        paragraphs.extend(line.strip() for line in normalize_text(_read_text(file)).split("\n") if line.strip())
     return paragraphs
 
 

@@ -3,12 +3,18 @@
 `extract_answer` agrees with lm-evaluation-harness's kormedmcqa filter on every output that
 filter handles (same cascade, same "last match of the first pattern that matches"), and in
 addition reads the letter right after `</reasoning>` first, where the seed format puts it.
+
+Model outputs are put in the same normal form as the data (`kormedqa.text.normalize_text`)
+before anything is matched, so a fullwidth 'Ｂ', '정답：B', a zero-width space or decomposed
+Hangul in an output reads as it would in the data. `harness_extract` alone stays byte-exact to
+the harness (which does not normalise), for agreement checks.
 """
 from __future__ import annotations
 
 import re
 
 from .formats import DETAILED_KEYWORDS, REASONING_CLOSE, REASONING_OPEN
+from .text import normalize_text
 
 # lm-evaluation-harness kormedmcqa (v3.0) extraction cascade, in its order.
 HARNESS_PATTERNS = tuple(
@@ -32,22 +38,31 @@ def harness_extract(text: str) -> str:
 
 def extract_answer(text: str) -> str:
     """The answer letter "A".."E" in a model output, or "" when there is none."""
+    text = normalize_text(text)
     after = AFTER_REASONING.search(text)
     if after:
         return after.group(1).upper()
     return harness_extract(text)
 
 
+def answer_after_reasoning(text: str) -> bool:
+    """Whether the letter sits right after `</reasoning>`, where the seed format puts it."""
+    return AFTER_REASONING.search(normalize_text(text)) is not None
+
+
 def has_reasoning_tags(text: str) -> bool:
+    text = normalize_text(text)
     return REASONING_OPEN in text and REASONING_CLOSE in text
 
 
 def has_detailed_keywords(text: str) -> bool:
+    text = normalize_text(text)
     return all(keyword in text for keyword in DETAILED_KEYWORDS)
 
 
 def has_percentages(text: str) -> bool:
     """Computed by the seed but not part of its score; reported for information."""
+    text = normalize_text(text)
     return all(f"{letter})" in text for letter in "ABCDE")
 
 
@@ -56,6 +71,7 @@ def reasoning_score(output: str, gold: str) -> float:
 
     "Good format" is the seed's check exactly: both reasoning tags and all four of 첫째..넷째.
     """
+    output = normalize_text(output)
     good_format = has_reasoning_tags(output) and has_detailed_keywords(output)
     if extract_answer(output) == gold.strip().upper():
         return 2 / 3 + (1 / 3 if good_format else 0.0)

@@ -16,6 +16,7 @@ import torch
 from .extract import AFTER_REASONING, reasoning_score
 from .formats import REASONING_CLOSE
 from .records import MCQ
+from .text import normalize_text
 
 
 def seed_reward(completions: Sequence, gold: Sequence[str], **_) -> list[float]:
@@ -38,7 +39,7 @@ def seed_reward(completions: Sequence, gold: Sequence[str], **_) -> list[float]:
 
 
 def _ends_at_answer(text: str) -> bool:
-    text = text.rstrip()
+    text = normalize_text(text).rstrip()  # the form reasoning_score reads, so positions agree
     found = AFTER_REASONING.search(text)
     return found is not None and text.count(REASONING_CLOSE) == 1 and found.end() == len(text)
 
@@ -79,6 +80,7 @@ def run_grpo(
 
     from .modeling import (cpu_vocab_projection, load_model, load_tokenizer, lora_config, pick_device, pick_dtype,
                            stop_token_ids)
+    from .batching import strip_leading_bos
     from .trainer import JsonlLogCallback, save_checkpoint
 
     output = Path(output)
@@ -94,6 +96,8 @@ def run_grpo(
     peft_config = None if isinstance(model, PeftModel) else lora_config()
     if any(r["gold"] not in "ABCDE" or not r["gold"] for r in rows):
         raise ValueError("every GRPO row needs a gold letter A-E")
+    # TRL encodes string prompts with the tokenizer's own BOS: a rendered `<bos>` would double it.
+    rows = [dict(r, prompt=strip_leading_bos(tokenizer, r["prompt"])[0]) for r in rows]
     data = Dataset.from_list(list(rows))
     # Each optimizer step sees batch_size completions = batch_size / num_generations prompts.
     per_device = max(num_generations, batch_size - batch_size % num_generations)

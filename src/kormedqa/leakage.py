@@ -12,12 +12,20 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from kormedqa.records import MCQ
+from kormedqa.text import normalize_text
 
 
 def normalize_question(text: str) -> str:
-    """NFKC, lowercase, and drop whitespace, punctuation and symbols."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    return "".join(c for c in text if not c.isspace() and unicodedata.category(c)[0] not in "PS")
+    """The comparison key: the load normal form, then NFKC and lowercase, without whitespace,
+    punctuation, symbols and invisible (format/control) characters.
+
+    NFKC is right here and not at load: this key only decides "same question?", so '℃' equal to
+    '°C' is wanted, while the text the model sees keeps '℃'. Starting from `normalize_text`
+    keeps the key equal to what the readers produce for any input (a question built in code
+    included), and dropping category C removes zero-width characters NFKC keeps.
+    """
+    text = unicodedata.normalize("NFKC", normalize_text(text)).lower()
+    return "".join(c for c in text if not c.isspace() and unicodedata.category(c)[0] not in "PSC")
 
 
 def char_ngrams(text: str, n: int = 5) -> set[str]:

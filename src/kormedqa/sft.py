@@ -113,7 +113,7 @@ def run_training(
     if model is None:
         model = load_model(cfg.base_model, device=cfg.device, precision=cfg.precision, trainable_adapter=True)
     model = prepare_trainable(model, cfg)
-    features = tokenize_rows(tokenizer, rows, cfg.max_length)
+    features = tokenize_rows(tokenizer, rows, cfg.max_length, source=cfg.data or stage or output.name)
     from datasets import Dataset
 
     dataset = Dataset.from_list(features)
