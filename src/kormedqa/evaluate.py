@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from .extract import AFTER_REASONING, extract_answer, has_detailed_keywords, has_reasoning_tags, reasoning_score
+from .extract import answer_after_reasoning, extract_answer, has_detailed_keywords, has_reasoning_tags, reasoning_score
 from .formats import GENERATION_PREFIX, Glossary, mcq_completion, mcq_prompt, template_simple_reasoning
 from .metrics import accuracy_by_group, mean_interval, proportion
 from .records import LETTERS, MCQ
@@ -72,7 +72,7 @@ def generation_records(mcqs: Sequence[MCQ], outputs: Sequence[str]) -> dict[str,
         records[q.id] = {
             "prediction": letter, "correct": letter == q.answer, "raw_output": out,
             "reasoning_score": reasoning_score(out, q.answer), "has_reasoning_tags": has_reasoning_tags(out),
-            "answer_after_reasoning": AFTER_REASONING.search(out) is not None,
+            "answer_after_reasoning": answer_after_reasoning(out),
             "good_format": has_reasoning_tags(out) and has_detailed_keywords(out),
         }
     return records
