@@ -50,3 +50,12 @@ def test_a_few_grpo_steps_write_an_adapter(tmp_path, tiny_model_dir):
     assert (tmp_path / "grpo" / "adapter_model.safetensors").exists()
     logged = [json.loads(l) for l in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert any("reward" in l for l in logged)
+
+
+def test_seed_reward_docstring_examples_hold():
+    import doctest
+
+    import kormedqa.grpo
+
+    result = doctest.testmod(kormedqa.grpo)
+    assert result.attempted >= 3 and result.failed == 0

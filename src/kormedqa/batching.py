@@ -31,11 +31,8 @@ def answer_span(completion: str) -> tuple[int, int]:
 
     With reasoning: the letter(s) after `</reasoning>` and `<end_of_turn>`. Without reasoning (the
     dictionary track, answer-only MCQs): the whole content of the model turn and `<end_of_turn>`.
-    The end of turn belongs to the answer because an answer that does not stop is not one, and
-    because a pretrained base never emitted it: in the letter-only span it was one of ~70 "other"
-    tokens, and after 30 MCQ steps (lr 5e-4, W = 2/3) the default model gave it p = 0.001 after
-    the letter of its own training examples. Greedy decoding hid that (evaluation stops once
-    `</reasoning>X` is complete); sampled GRPO completions never ended, so earned no reward.
+    The end of turn belongs to the answer: an answer that does not stop is not one, and the
+    pretrained default never learned to emit it otherwise (docs/decisions.md, "The answer span").
     """
     eot = completion.rfind(END_OF_TURN)
     end = len(completion) if eot < 0 else eot + len(END_OF_TURN)

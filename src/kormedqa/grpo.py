@@ -20,19 +20,20 @@ from .text import normalize_text
 
 
 def seed_reward(completions: Sequence, gold: Sequence[str], **_) -> list[float]:
-    """TRL reward function: one float per completion; `gold` comes from the dataset column.
+    r"""TRL reward function: the seed's reasoning score, paid only to an answer that ends at its letter.
 
-    The seed's table, paid only to a completion that is the seed's format and ends there: one
-    `</reasoning>`, the letter after it, nothing after the letter (TRL hands over text with
-    `<end_of_turn>` removed). Measured here (bench/learning.py), both looser rules were paid for
-    the wrong thing: (1) the lenient extraction's last resort read the last letter of `C) 오답`
-    lists that ran to the length limit, and 8 GRPO steps on it took the letter after
-    </reasoning> from 97% to 2% of answers; (2) the SFT model gave the right format and letter,
-    then not `<end_of_turn>` but stray tokens and more `</reasoning>X` pairs until the limit.
-    Paying those teaches nothing about ending the answer, and masking them (TRL's
-    `mask_truncated_completions`) left ~90% of completions out of the loss. (That SFT model
-    never stopped because `<end_of_turn>` was not yet part of the weighted answer; see
-    `sft.answer_span`.)
+    `completions`: strings or conversational [{"role", "content"}] lists, as TRL passes them
+    (`<end_of_turn>` already removed); `gold`: the letters, one per completion (the dataset
+    column). Returns one float per completion in [0, 1]: `reasoning_score` when the completion
+    has exactly one `</reasoning>` with the letter right after it and nothing after the letter,
+    else 0. Why the stricter rule: docs/decisions.md ("GRPO pays only answers that end").
+
+    >>> seed_reward(["<reasoning>\nA) ... ✓\n</reasoning>A"], ["A"])
+    [0.6666666666666666]
+    >>> seed_reward(["<reasoning>\nA) ... ✓\n</reasoning>A</reasoning>B"], ["A"])
+    [0.0]
+    >>> seed_reward(["<reasoning>\n</reasoning>B"], ["A"])
+    [0.0]
     """
     texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
     return [reasoning_score(t, g) if _ends_at_answer(t) else 0.0 for t, g in zip(texts, gold)]

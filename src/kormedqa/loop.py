@@ -44,9 +44,11 @@ class LoopConfig:
     patience: int = field(default=3, metadata={"help": "stop after this many loops without improvement"})
     select_by: str = field(default="accuracy", metadata={"help": "metric that picks best_checkpoint", "choices": list(SELECT_BY)})
     stages: str = field(default="dict,mcq", metadata={"help": "stages per loop, in order"})
-    epochs_per_stage: float = 1.0
-    dict_max_steps: int = field(default=-1, metadata={"help": "bound each dictionary stage (-1: one epoch)"})
-    mcq_max_steps: int = field(default=-1, metadata={"help": "bound each MCQ stage (-1: one epoch)"})
+    epochs_per_stage: float = field(default=1.0, metadata={"help": "epochs of each stage per loop (the seed: 1)"})
+    dict_epochs: float | None = field(default=None, metadata={"help": "epochs of each dictionary stage (default: --epochs-per-stage)"})
+    mcq_epochs: float | None = field(default=None, metadata={"help": "epochs of each MCQ stage (default: --epochs-per-stage)"})
+    dict_max_steps: int = field(default=-1, metadata={"help": "bound each dictionary stage (-1: its epochs)"})
+    mcq_max_steps: int = field(default=-1, metadata={"help": "bound each MCQ stage (-1: its epochs)"})
     grpo_max_steps: int = field(default=20, metadata={"help": "optimizer steps of each grpo stage"})
     grpo_learning_rate: float = 1e-5
     num_generations: int = 4
@@ -83,7 +85,7 @@ def _stage_config(cfg: LoopConfig, track: str, base: str, loop: int) -> TrainCon
     return TrainConfig(
         base_model=base,
         track=track,
-        epochs=cfg.epochs_per_stage,
+        epochs=cfg.epochs_per_stage if pick("epochs") is None else pick("epochs"),
         max_steps=pick("max_steps"),
         batch_size=pick("batch_size"),
         grad_accum=pick("grad_accum"),

@@ -75,11 +75,15 @@ def what_moved(before: dict, after: dict, tests: dict) -> list[str]:
                        ("accuracy", "Generation accuracy"),
                        ("accuracy_among_parsed", "Accuracy among parsed answers"),
                        ("loglik_accuracy", "Letter log-likelihood accuracy"), ("cloze_accuracy", "Cloze accuracy (option text)"),
-                       ("cloze_accuracy_norm", "Cloze accuracy, length-normalised")):
+                       ("cloze_accuracy_norm", "Cloze accuracy, length-normalised"), ("dict_chrf", "Dictionary recall (chrF)")):
         if key not in before or key not in after:
             continue
         b, a = before[key]["value"], after[key]["value"]
-        line = f"- {label}: {b:.1%} -> {a:.1%} ({(a - b) * 100:+.1f} points)"
+        if "ci95" in after[key]:
+            line = (f"- {label}: {b:.1%} -> {a:.1%} [{after[key]['ci95'][0]:.1%}, {after[key]['ci95'][1]:.1%}] "
+                    f"({(a - b) * 100:+.1f} points)")
+        else:
+            line = f"- {label}: {b:.1f} -> {a:.1f}"
         test = tests.get(key)
         if test:
             verdict = "significant" if test["significant_at_0.05"] else "not significant"

@@ -1,0 +1,120 @@
+"""Cloze scoring: kormedqa against lm-evaluation-harness's `multiple_choice` on the same prompts and options.
+
+(a) `kormedqa.scorers.option_logprobs`: for each question, the summed log-likelihood of each
+option's text + `<end_of_turn>` after the question-only chat prompt (`scorers.cloze_prompt`),
+the five continuations of a batch packed into one padding-free row, lm_head on continuation
+positions only. (b) lm-evaluation-harness (hf backend) on a local task with
+`output_type: multiple_choice`, the same prompt as `doc_to_text`, the same continuations as
+`doc_to_choice` and an empty `target_delimiter`. Both must pick the same option for every
+question, raw (arg-max summed log-likelihood, lm-eval's `acc`) and length-normalised (divided by
+the option text's length in characters; lm-eval's own `acc_norm` divides by the whole choice
+string, `<end_of_turn>` included, so it is recomputed here from its log-likelihoods). The
+figure is questions/s.
+
+    python bench/cloze_vs_harness.py [--model DIR] [--limit 96] [--batch-size 8]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import SAMPLE, machine, write_result  # noqa: E402
+
+TASK_YAML = """task: kormedqa_cloze
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{prompt}}}}"
+doc_to_choice: choices
+doc_to_target: "{{{{gold}}}}"
+target_delimiter: ""
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def harness_scores(model_dir: str, rows: list[dict], batch_size: int) -> tuple[float, list[list[float]], dict]:
+    """lm-eval's per-choice log-likelihoods (input order) and its own aggregate metrics."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "questions.jsonl"
+        data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        task_dir = Path(tmp) / "tasks"
+        task_dir.mkdir()
+        (task_dir / "kormedqa_cloze.yaml").write_text(TASK_YAML.format(data=data))
+        started = time.time()
+        out = lm_eval.simple_evaluate(
+            model="hf", model_args=f"pretrained={model_dir},dtype=float32,add_bos_token=True,device=cpu",
+            tasks=["kormedqa_cloze"], task_manager=TaskManager(include_path=str(task_dir)),
+            batch_size=batch_size, log_samples=True,
+        )
+        seconds = time.time() - started
+    samples = sorted(out["samples"]["kormedqa_cloze"], key=lambda s: s["doc_id"])
+    return seconds, [[r[0][0] for r in s["resps"]] for s in samples], out["results"]["kormedqa_cloze"]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="gemma3-270m")
+    p.add_argument("--limit", type=int, default=96)
+    p.add_argument("--batch-size", type=int, default=8)
+    args = p.parse_args()
+
+    from kormedqa.data import load_mcq
+    from kormedqa.evaluate import cloze_records
+    from kormedqa.formats import END_OF_TURN
+    from kormedqa.modeling import load_model, load_tokenizer, resolve_model_path
+    from kormedqa.scorers import cloze_prompt, option_logprobs
+
+    model_dir = resolve_model_path(args.model)
+    tokenizer = load_tokenizer(model_dir)
+    model = load_model(model_dir, device="cpu", precision="fp32").eval()
+    qs = load_mcq(SAMPLE / "mcq", split="test")[: args.limit]
+
+    started = time.time()
+    ours = option_logprobs(model, tokenizer, qs, args.batch_size)
+    ours_s = time.time() - started
+    del model
+    rows = [{"prompt": cloze_prompt(q), "choices": [o + END_OF_TURN for o in q.options], "gold": q.answer_index} for q in qs]
+    harness_s, theirs, harness_metrics = harness_scores(model_dir, rows, args.batch_size)
+
+    a, b = cloze_records(qs, ours), cloze_records(qs, theirs)
+    same_raw = sum(a[q.id]["cloze_prediction"] == b[q.id]["cloze_prediction"] for q in qs)
+    same_norm = sum(a[q.id]["cloze_norm_prediction"] == b[q.id]["cloze_norm_prediction"] for q in qs)
+    max_diff = max(abs(x - y) for s, t in zip(ours, theirs) for x, y in zip(s, t))
+    acc = lambda recs, key: sum(recs[q.id][key] for q in qs) / len(qs)  # noqa: E731
+    result = {
+        "questions": len(qs), "batch_size": args.batch_size,
+        "kormedqa": {"seconds": ours_s, "questions_per_s": len(qs) / ours_s,
+                     "cloze_accuracy": acc(a, "cloze_correct"), "cloze_accuracy_norm": acc(a, "cloze_norm_correct")},
+        "lm_eval": {"seconds": harness_s, "questions_per_s": len(qs) / harness_s,
+                    "cloze_accuracy": acc(b, "cloze_correct"), "cloze_accuracy_norm": acc(b, "cloze_norm_correct"),
+                    "own_acc": harness_metrics.get("acc,none"), "own_acc_norm": harness_metrics.get("acc_norm,none")},
+        "same_picks_raw": same_raw, "same_picks_norm": same_norm, "max_abs_loglik_diff": max_diff,
+        "speedup": harness_s / ours_s,
+    }
+    summary = (f"cloze: kormedqa {result['speedup']:.2f}x lm-eval multiple_choice ({same_raw}/{len(qs)} same raw picks, "
+               f"{same_norm}/{len(qs)} same normalised picks, max |delta loglik| {max_diff:.2g}; target >= 3x, all picks equal)")
+    write_result("cloze_vs_harness", {"machine": machine(), "model": model_dir, **result, "summary": summary})
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
