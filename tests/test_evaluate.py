@@ -159,3 +159,39 @@ def test_join_records_refuses_results_that_do_not_match_the_questions(tmp_path):
         join_records(qs, {"cloze": {**full, "stranger": {}}})
     partial = join_records(qs, {"loss": {qs[0].id: {"reference_loss": 1.0}}})
     assert "reference_loss" in partial[0] and "reference_loss" not in partial[1]
+
+
+def test_cloze_scores_equal_each_option_scored_alone(tiny_model, tokenizer, tmp_path):
+    """Packed option log-likelihoods equal a plain full-logits forward of each prompt + option."""
+    from kormedqa.formats import END_OF_TURN
+    from kormedqa.scorers import cloze_prompt, option_logprobs
+
+    qs = load_mcq(write_sample(tmp_path)["mcq"], split="test")
+    packed = option_logprobs(tiny_model, tokenizer, qs, batch_size=3, pack_tokens=200)
+    assert len(packed) == len(qs) and all(len(row) == 5 for row in packed)
+    for q, row in zip(qs, packed):
+        context = tokenizer(cloze_prompt(q))["input_ids"]
+        for option, got in zip(q.options, row):
+            cont = tokenizer(option + END_OF_TURN, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = F.log_softmax(tiny_model(torch.tensor([context + cont])).logits[0].float(), -1)
+            want = sum(float(logp[len(context) - 1 + i, t]) for i, t in enumerate(cont))
+            assert got == pytest.approx(want, abs=1e-3)
+
+
+def test_cloze_metrics_from_canned_scores(tmp_path):
+    """Raw and length-normalised picks, and the metrics built from them, on hand-made scores."""
+    from kormedqa.evaluate import cloze_records, join_records, mcq_metrics
+    from kormedqa.records import MCQ
+
+    qs = [MCQ(id="a", question="?", options=("짧음", "아주 긴 설명입니다", "c", "d", "e"), answer="B", exam_type="doctor"),
+          MCQ(id="b", question="?", options=("x", "y", "z", "w", "v"), answer="C", exam_type="nurse")]
+    # a: raw favours A (-4 > -6), normalised favours B (-6/9 > -4/2); b: C wins both ways.
+    scores = [[-4.0, -6.0, -50.0, -50.0, -50.0], [-9.0, -9.0, -1.0, -9.0, -9.0]]
+    recs = cloze_records(qs, scores)
+    assert (recs["a"]["cloze_prediction"], recs["a"]["cloze_norm_prediction"]) == ("A", "B")
+    m = mcq_metrics(join_records(qs, {"cloze": recs}), ("cloze",))
+    assert m["cloze_accuracy"]["correct"] == 1 and m["cloze_accuracy_norm"]["correct"] == 2
+    assert m["cloze_accuracy"]["value"] == 0.5 and m["cloze_accuracy_norm"]["value"] == 1.0
+    assert m["cloze_accuracy_by_exam_type"]["doctor"]["value"] == 0.0
+    assert m["cloze_accuracy_by_exam_type"]["nurse"]["value"] == 1.0

@@ -198,32 +198,47 @@ def cloze_prompt(mcq: MCQ) -> str:
 
 
 @torch.no_grad()
-def option_logprobs(model, tokenizer, mcqs: Sequence[MCQ], batch_size: int = 8) -> list[list[float]]:
+def option_logprobs(model, tokenizer, mcqs: Sequence[MCQ], batch_size: int = 8, pack_tokens: int = 512) -> list[list[float]]:
     """Summed log P(option text + `<end_of_turn>` | `cloze_prompt`) for each option, in nats.
 
-    Returns one list of 5 floats per question, in input order. The 5 x `batch_size` sequences of
-    a batch are packed into one padding-free row (position ids restart per sequence, so attention
-    stays within a sequence), and only the continuation positions reach the lm_head: one forward
-    per `batch_size` questions. The continuation is tokenised on its own after the prompt, which
-    for these chat prompts (ending in a newline) gives lm-evaluation-harness's split (the bench
-    checks identical picks).
+    Returns one list of 5 floats per question, in input order. The five sequences of a question
+    (and of the next ones, up to `pack_tokens` tokens) are packed into one padding-free row
+    (position ids restart per sequence, so attention stays within a sequence), and only the
+    continuation positions reach the lm_head: one forward per question or fewer. Rows stay
+    short because attention over a packed row is quadratic in its length (a row of 32 questions,
+    ~7k tokens, ran 6x slower per token). `batch_size` only sets the progress granularity. The
+    continuation is tokenised on its own after the prompt, which for these chat prompts (ending
+    in a newline) gives lm-evaluation-harness's split (bench/cloze_vs_harness.py checks picks).
     """
     collate = CompletionCollator(tokenizer.pad_token_id, padding_free=True)
     device = next(model.parameters()).device
     scores: list[list[float]] = []
+
+    def question_features(q: MCQ) -> list[dict]:
+        context = tokenizer(cloze_prompt(q), add_special_tokens=True)["input_ids"]
+        feats = []
+        for option in q.options:
+            cont = tokenizer(option + END_OF_TURN, add_special_tokens=False)["input_ids"]
+            feats.append({"input_ids": context + cont, "labels": [-100] * len(context) + cont,
+                          "answer_mask": [0] * (len(context) + len(cont)), "n": len(cont)})
+        return feats
+
+    def flush(feats: list[dict]) -> None:
+        batch = {k: v.to(device) for k, v in collate(feats).items()}
+        ce, _, _ = supervised_ce(model, batch["input_ids"], None, batch["labels"], position_ids=batch["position_ids"])
+        sums = [-float(part.sum()) for part in torch.split(ce, [f["n"] for f in feats])]
+        scores.extend(sums[i : i + len(LETTERS)] for i in range(0, len(sums), len(LETTERS)))
+
     with cpu_vocab_projection(model):
         for _, chunk in tqdm(list(_batches(mcqs, batch_size)), desc="cloze", leave=False):
-            feats, lengths = [], []
+            pending: list[dict] = []
             for q in chunk:
-                context = tokenizer(cloze_prompt(q), add_special_tokens=True)["input_ids"]
-                for option in q.options:
-                    cont = tokenizer(option + END_OF_TURN, add_special_tokens=False)["input_ids"]
-                    feats.append({"input_ids": context + cont, "labels": [-100] * len(context) + cont,
-                                  "answer_mask": [0] * (len(context) + len(cont))})
-                    lengths.append(len(cont))
-            batch = {k: v.to(device) for k, v in collate(feats).items()}
-            ce, _, _ = supervised_ce(model, batch["input_ids"], None, batch["labels"],
-                                     position_ids=batch["position_ids"])
-            sums = [-float(part.sum()) for part in torch.split(ce, lengths)]
-            scores.extend(sums[i : i + len(LETTERS)] for i in range(0, len(sums), len(LETTERS)))
+                feats = question_features(q)
+                size = sum(len(f["input_ids"]) for f in feats)
+                if pending and sum(len(f["input_ids"]) for f in pending) + size > pack_tokens:
+                    flush(pending)
+                    pending = []
+                pending.extend(feats)
+            if pending:
+                flush(pending)
     return scores
