@@ -73,10 +73,12 @@ def tokenize_rows(tokenizer, rows: Sequence[dict], max_length: int) -> list[dict
             dropped += 1
         else:
             out.append(item)
+    if not out:
+        from .errors import UsageError
+
+        raise UsageError(f"no example fits in --max-length {max_length} (all {len(rows)} are longer); raise it")
     if dropped:
         log.warning("dropped %d of %d examples longer than max_length=%d", dropped, len(rows), max_length)
-    if not out:
-        raise ValueError(f"no example fits in max_length={max_length}")
     return out
 
 

@@ -12,10 +12,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 
+from .checks import PRECISIONS, Range, check_config, check_device, parse_eval_mode
+from .errors import UsageError
 from .extract import AFTER_REASONING, extract_answer, has_detailed_keywords, has_reasoning_tags, reasoning_score
 from .formats import GENERATION_PREFIX, REASONING_CLOSE, Glossary, mcq_completion, mcq_prompt, template_simple_reasoning
 from .metrics import accuracy_by_group, proportion
@@ -34,8 +36,10 @@ class EvalConfig:
     model: str = field(default="gemma3-270m", metadata={"help": "HF folder, hub id, adapter folder or 'gemma3-270m'"})
     data: str = field(default="", metadata={"help": "KorMedMCQA file, split folder or hub id (e.g. sean0042/KorMedMCQA)"})
     split: str = field(default="test", metadata={"help": "split to read from a folder or the hub"})
-    exam_type: str | None = field(default=None, metadata={"help": "doctor, nurse, pharm or dentist (default: all)"})
-    task: str = field(default="mcq", metadata={"help": "mcq, or dict to score dictionary definitions (Track 1)"})
+    exam_type: str | None = field(default=None, metadata={"help": "doctor, nurse, pharm or dentist (default: all)",
+                                                          "choices": ["doctor", "nurse", "pharm", "dentist"]})
+    task: str = field(default="mcq", metadata={"help": "mcq, or dict to score dictionary definitions (Track 1)",
+                                               "choices": ["mcq", "dict"]})
     dictionary: list[str] = field(default_factory=list, metadata={"help": "dictionary JSON(s) for --task dict"})
     mode: str = field(default="all", metadata={"help": "generate, loglik, both (the two), or all (both + answer-only loss)"})
     output: str = field(default="", metadata={"help": "folder for metrics.json and predictions.jsonl"})
@@ -44,9 +48,19 @@ class EvalConfig:
     max_new_tokens: int = 256
     backend: str = field(default="auto", metadata={"help": "generation backend: auto (vLLM when installed and on a GPU), hf, vllm"})
     device: str = "auto"
-    precision: str = "auto"
+    precision: str = field(default="auto", metadata={"choices": list(PRECISIONS)})
     overwrite: bool = False
     seed: int = 42
+
+    RANGES: ClassVar[dict] = {"limit": Range(low=1), "batch_size": Range(low=1), "max_new_tokens": Range(low=1)}
+
+    def __post_init__(self):
+        """Choices and ranges at parse time (UsageError), before the output is claimed."""
+        check_config(self)
+        check_device(self.device)
+        if self.backend not in ("auto", "hf", "vllm"):
+            raise UsageError(f"--backend must be one of auto, hf, vllm; got {self.backend!r}")
+        parse_eval_mode(self.mode, "--mode")
 
 
 # ---------------------------------------------------------------- putting it together
@@ -202,11 +216,11 @@ def run_eval(cfg: EvalConfig) -> dict:
     from .vllm_backend import resolve_backend
 
     if cfg.task not in ("mcq", "dict"):
-        raise ValueError(f"--task is mcq or dict, not {cfg.task!r}")
+        raise UsageError(f"--task is mcq or dict, not {cfg.task!r}")
     if cfg.task == "dict":
         return _run_dict_eval(cfg)
     if not cfg.data or not cfg.output:
-        raise ValueError("--data and --output are required")
+        raise UsageError("--data and --output are required")
     mcqs = load_mcq(cfg.data, split=cfg.split, exam_type=cfg.exam_type)
     if cfg.limit:
         mcqs = mcqs[: cfg.limit]
@@ -235,7 +249,7 @@ def _run_dict_eval(cfg: EvalConfig) -> dict:
 
     paths = cfg.dictionary or ([cfg.data] if cfg.data else [])
     if not paths or not cfg.output:
-        raise ValueError("--dictionary (or --data) and --output are required for --task dict")
+        raise UsageError("--dictionary (or --data) and --output are required for --task dict")
     entries = load_dictionary(*paths)[: cfg.limit or None]
     tokenizer = load_tokenizer(cfg.model)
     claim_output(cfg.output, overwrite=cfg.overwrite)

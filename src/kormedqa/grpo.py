@@ -34,7 +34,8 @@ def seed_reward(completions: Sequence, gold: Sequence[str], **_) -> list[float]:
     `sft.answer_span`.)
     """
     texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
-    return [reasoning_score(t, g) if _ends_at_answer(t) else 0.0 for t, g in zip(texts, gold)]
+    # TRL hands each row's columns beside its completions; a length mismatch would shift golds, so fail.
+    return [reasoning_score(t, g) if _ends_at_answer(t) else 0.0 for t, g in zip(texts, gold, strict=True)]
 
 
 def _ends_at_answer(text: str) -> bool:
@@ -49,12 +50,23 @@ def grpo_rows_from_mcqs(mcqs: Sequence[MCQ]) -> list[dict]:
     return [{"prompt": eval_prompt(q), "gold": q.answer} for q in mcqs]
 
 
-def grpo_rows_from_prepared(rows: Sequence[dict]) -> list[dict]:
-    """Prepared SFT rows -> GRPO prompts; the gold letter is the one the reference completion gives."""
+def grpo_rows_from_prepared(rows: Sequence[dict], source: str = "prepared rows") -> list[dict]:
+    """Prepared SFT rows -> GRPO prompts; the gold letter is the one the reference completion gives.
+
+    A completion without a letter A-E is a DataError naming `source` and its line (a dictionary
+    row given to `train mcq --method grpo`, say), raised before anything is written.
+    """
+    from .errors import DataError
     from .extract import extract_answer
     from .formats import GENERATION_PREFIX
 
-    return [{"prompt": r["prompt"] + GENERATION_PREFIX, "gold": extract_answer(r["completion"])} for r in rows]
+    out = []
+    for line, r in enumerate(rows, start=1):
+        gold = extract_answer(r["completion"])
+        if not gold or gold not in "ABCDE":
+            raise DataError(str(source), line, "completion", "no answer letter A-E to reward (grpo needs prepared MCQ rows)")
+        out.append({"prompt": r["prompt"] + GENERATION_PREFIX, "gold": gold})
+    return out
 
 
 def run_grpo(

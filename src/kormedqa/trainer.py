@@ -173,13 +173,23 @@ def prepare_trainable(model, cfg):
 
 
 def save_checkpoint(trainer, tokenizer, output: Path, summary: dict, work: Path) -> None:
-    """Adapter + tokenizer + training_summary.json, written atomically; then drop the work dir."""
+    """Adapter + tokenizer + training_summary.json, written atomically; then drop the work dir.
+
+    The adapter records its base as an absolute path and relative to `output` (`modeling.record_base`),
+    so it loads from any working directory, and after its run folder moved together with its base.
+    """
     import shutil
+
+    from .modeling import record_base
 
     if trainer.is_world_process_zero():
         with atomic_dir(output) as scratch:
             trainer.model.save_pretrained(scratch)
             tokenizer.save_pretrained(scratch)
+            peft_config = getattr(trainer.model, "peft_config", None) or {}
+            base = next((c.base_model_name_or_path for c in peft_config.values()), None)
+            if base and (scratch / "adapter_config.json").exists():
+                record_base(scratch, output, base)
             (scratch / "training_summary.json").write_text(
                 json.dumps(summary, indent=2, ensure_ascii=False, default=str)
             )
