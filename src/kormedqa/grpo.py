@@ -98,12 +98,6 @@ def run_grpo(
     logs_dir = Path(logs_dir or output.parent)
     dev = pick_device(device)
     dtype = pick_dtype(dev, precision)
-    tokenizer = load_tokenizer(base_model)
-    model = load_model(base_model, device=device, precision=precision, trainable_adapter=True)
-    # TRL both stops generation and ends a completion's loss mask at the model's generation_config
-    # eos ids, which for many Gemma checkpoints is <eos> alone: <end_of_turn> must be among them.
-    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
-    peft_config = None if isinstance(model, PeftModel) else lora_config()
     if any(r["gold"] not in "ABCDE" or not r["gold"] for r in rows):
         raise ValueError("every GRPO row needs a gold letter A-E")
     data = Dataset.from_list(list(rows))
@@ -130,6 +124,13 @@ def run_grpo(
         # recomputation costs a third more compute. GPU runs keep TRL's default.
         **({"activation_checkpointing": False} if dev.type == "cpu" else {}),
     )
+    # After GRPOConfig, which starts the distributed state the model loading needs (see sft.run_training).
+    tokenizer = load_tokenizer(base_model)
+    model = load_model(base_model, device=device, precision=precision, trainable_adapter=True)
+    # TRL both stops generation and ends a completion's loss mask at the model's generation_config
+    # eos ids, which for many Gemma checkpoints is <eos> alone: <end_of_turn> must be among them.
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
+    peft_config = None if isinstance(model, PeftModel) else lora_config()
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=seed_reward,

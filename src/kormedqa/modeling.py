@@ -264,7 +264,8 @@ def load_model(name_or_path: str, device: str = "auto", precision: str = "auto",
             config.base_model_name_or_path = base
         if merge_adapter:
             model = model.merge_and_unload()
-    model.to(dev)
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        model.to(dev)  # under FSDP accelerate places the shards; a whole copy per GPU is what FSDP avoids
     return model
 
 

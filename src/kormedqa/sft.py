@@ -134,6 +134,10 @@ def run_training(
     device = pick_device(cfg.device)
     dtype = pick_dtype(device, cfg.precision)
     torch.manual_seed(cfg.seed)
+    work = output.parent / f".{output.name}.work"  # resumable Trainer checkpoints; removed when done
+    # TrainingArguments first: it starts the distributed state (device per process, process group),
+    # which model loading needs under accelerate launch (each process's GPU; FSDP's sharded loading).
+    args = training_arguments(cfg, work, device, dtype)
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg.base_model)
     if model is None:
@@ -146,7 +150,6 @@ def run_training(
     from .launch import is_main_process
 
     dataset = Dataset.from_list(features)
-    work = output.parent / f".{output.name}.work"  # resumable Trainer checkpoints; removed when done
     logs_dir = Path(logs_dir or output.parent)
     callbacks = [JsonlLogCallback(logs_dir / "train_log.jsonl", stage or output.name)]
     tb_writer = None
@@ -159,7 +162,7 @@ def run_training(
         callbacks.append(TensorBoardCallback(tb_writer))
     trainer = AnswerWeightedTrainer(
         model=model,
-        args=training_arguments(cfg, work, device, dtype),
+        args=args,
         train_dataset=dataset,
         data_collator=CompletionCollator(tokenizer.pad_token_id, padding_free=cfg.padding_free),
         answer_weight=weight,
