@@ -50,3 +50,15 @@ def test_a_few_grpo_steps_write_an_adapter(tmp_path, tiny_model_dir):
     assert (tmp_path / "grpo" / "adapter_model.safetensors").exists()
     logged = [json.loads(l) for l in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert any("reward" in l for l in logged)
+
+
+def test_per_example_lists_of_unequal_length_fail_instead_of_shifting():
+    """Issue 13 item 6: results paired by position must fail loudly when a list lost an element."""
+    from kormedqa.metrics import accuracy_by_group, mcnemar_exact
+
+    with pytest.raises(ValueError):
+        seed_reward(["</reasoning>A", "</reasoning>B"], gold=["A"])
+    with pytest.raises(ValueError):
+        accuracy_by_group([True, False], ["doctor"])
+    with pytest.raises(ValueError):
+        mcnemar_exact([True, False, True], [True, False])
