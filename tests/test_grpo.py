@@ -59,3 +59,15 @@ def test_seed_reward_docstring_examples_hold():
 
     result = doctest.testmod(kormedqa.grpo)
     assert result.attempted >= 3 and result.failed == 0
+
+
+def test_per_example_lists_of_unequal_length_fail_instead_of_shifting():
+    """Issue 13 item 6: results paired by position must fail loudly when a list lost an element."""
+    from kormedqa.metrics import accuracy_by_group, mcnemar_exact
+
+    with pytest.raises(ValueError):
+        seed_reward(["</reasoning>A", "</reasoning>B"], gold=["A"])
+    with pytest.raises(ValueError):
+        accuracy_by_group([True, False], ["doctor"])
+    with pytest.raises(ValueError):
+        mcnemar_exact([True, False, True], [True, False])

@@ -131,10 +131,12 @@ def tokenize_rows(tokenizer, rows: Sequence[dict], max_length: int, source: str 
     if stripped:
         log.warning("stripped a literal %s from the start of %d of %d prompts (%s): the tokenizer adds "
                     "its own, and two would be trained", tokenizer.bos_token, stripped, len(rows), source)
+    if not out:
+        from .errors import UsageError
+
+        raise UsageError(f"no example fits in --max-length {max_length} (all {len(rows)} are longer); raise it")
     if dropped:
         log.warning("dropped %d of %d examples longer than max_length=%d", dropped, len(rows), max_length)
-    if not out:
-        raise ValueError(f"no example fits in max_length={max_length}")
     return out
 
 

@@ -1,8 +1,10 @@
 """The `kormedqa` command: one subcommand per stage, each parsing one typed config and calling it.
 
 Every config is a dataclass parsed by TRL's `TrlParser`, so any flag can also come from
-`--config file.yaml` (flags win over the file). Errors a user can fix (bad data, existing
-output, a missing model) print one line and exit 2; nothing is left half-written.
+`--config file.yaml` (flags win over the file). Errors a user can fix (`errors.UserError`: a
+mistyped flag, a bad choice or range, bad data, an existing output, a missing model) print one
+line `kormedqa <command>: error: ...` on stderr and exit 2, and are all raised before an output
+is claimed, so nothing is written.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field, replace
+
+from .errors import UsageError, UserError, one_line
 
 USAGE = """usage: kormedqa <command> [options]   (kormedqa <command> --help for each)
 
@@ -32,7 +36,7 @@ EXIT_USER_ERROR = 2
 class FetchConfig:
     """`kormedqa model fetch`."""
 
-    name: str = field(default="gemma3-270m", metadata={"help": "only gemma3-270m is embedded"})
+    name: str = field(default="gemma3-270m", metadata={"help": "only gemma3-270m is embedded", "choices": ["gemma3-270m"]})
     out: str = "models/gemma3-270m"
     overwrite: bool = False
 
@@ -47,11 +51,47 @@ class MergeConfig:
 
 
 def parse(config_cls, argv: list[str], prog: str, **fixed):
+    """Flags (and `--config file.yaml`) -> a validated `config_cls`; every mistake is a UsageError.
+
+    argparse would print its usage block and exit 2 itself, and HfArgumentParser raises a
+    ValueError for unknown flags: both become one UsageError line here, with the nearest known
+    flag when the unknown one looks like a typo.
+    """
+    import yaml
+
+    parser = _one_line_parser()([config_cls], prog=prog, description=config_cls.__doc__)
+    try:
+        cfg, unknown = parser.parse_args_and_config(argv, return_remaining_strings=True)
+    except UserError:
+        raise
+    except yaml.YAMLError as err:
+        raise UsageError(f"--config is not valid YAML: {one_line(err)}") from None
+    except ValueError as err:  # TrlParser: a config file that is not a mapping, bad `env`
+        raise UsageError(one_line(err)) from None
+    if unknown:
+        raise UsageError(_unknown_flags(parser, unknown, prog))
+    return replace(cfg, **fixed) if fixed else cfg
+
+
+def _one_line_parser():
     from trl import TrlParser
 
-    parser = TrlParser([config_cls], prog=prog, description=config_cls.__doc__)
-    (cfg,) = parser.parse_args_and_config(argv)
-    return replace(cfg, **fixed) if fixed else cfg
+    class OneLineParser(TrlParser):
+        def error(self, message):  # argparse: bad choice, bad type, missing required argument
+            raise UsageError(message)
+
+    return OneLineParser
+
+
+def _unknown_flags(parser, unknown: list[str], prog: str) -> str:
+    import difflib
+
+    # Each field has --snake_case and --kebab-case spellings; suggest the kebab one the docs use.
+    known = [opt.replace("_", "-") for action in parser._actions for opt in action.option_strings]
+    flags = [u for u in unknown if u.startswith("-")] or unknown
+    hint = difflib.get_close_matches(flags[0].split("=")[0], known, n=1)
+    return (f"unrecognized argument{'s' if len(flags) > 1 else ''} {' '.join(flags)}"
+            + (f" (did you mean {hint[0]}?)" if hint else f" (see {prog} --help)"))
 
 
 def _positional(argv: list[str], choices: tuple[str, ...], command: str) -> tuple[str, list[str]]:
@@ -63,10 +103,6 @@ def _positional(argv: list[str], choices: tuple[str, ...], command: str) -> tupl
     return argv[0], argv[1:]
 
 
-class UsageError(ValueError):
-    pass
-
-
 def cmd_model(argv):
     sub, rest = _positional(argv, ("fetch",), "model")
     if rest and not rest[0].startswith("-"):
@@ -76,6 +112,15 @@ def cmd_model(argv):
 
     if cfg.name != DEFAULT_MODEL_NAME:
         raise UsageError(f"only {DEFAULT_MODEL_NAME} is embedded; any other model is used by its folder or hub id")
+    from pathlib import Path
+
+    from .errors import OutputExistsError
+
+    out = Path(cfg.out)
+    # fetch_default replaces the folder it builds; one that holds something other than a model is
+    # the user's, not a half-fetched model, and is refused rather than deleted.
+    if out.exists() and not (out / "config.json").exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise OutputExistsError(f"{out} exists and is not a model folder: pass --overwrite to replace it")
     print(fetch_default(cfg.out, overwrite=cfg.overwrite))
 
 
@@ -89,7 +134,11 @@ def cmd_prepare(argv):
 def cmd_train(argv):
     from pathlib import Path
 
+    from .batching import tokenize_rows
     from .data import read_jsonl
+    from .errors import DataError
+    from .launch import is_main_process
+    from .modeling import load_tokenizer
     from .runs import claim_output, provenance, write_json_atomic
     from .sft import TrainConfig, run_training
 
@@ -97,43 +146,48 @@ def cmd_train(argv):
     cfg = parse(TrainConfig, rest, f"kormedqa train {track}", track=track)
     if not cfg.data or not cfg.output:
         raise UsageError("--data (a prepared JSONL) and --output are required")
+    # Everything that can be wrong is checked before the output is claimed: rows, model, lengths.
     rows = read_jsonl(cfg.data)
     for line, row in enumerate(rows, start=1):
         if not isinstance(row.get("prompt"), str) or not isinstance(row.get("completion"), str):
-            from .records import DataError
-
             raise DataError(cfg.data, line, "prompt/completion", "a prepared row needs string 'prompt' and 'completion'")
-    out = claim_output(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
-    write_json_atomic(out / "run.json", provenance(cfg.resolved(), {"data": cfg.data}))
+    r = cfg.resolved()
+    tokenizer = load_tokenizer(cfg.base_model)  # ModelError for a missing model or an adapter without its base
     if cfg.method == "grpo":
-        if track != "mcq":
-            raise UsageError("--method grpo trains MCQs: use kormedqa train mcq")
         from .grpo import grpo_rows_from_prepared, run_grpo
 
-        r = cfg.resolved()
-        summary = run_grpo(cfg.base_model, grpo_rows_from_prepared(rows), Path(out) / "adapter",
+        grpo_rows = grpo_rows_from_prepared(rows, source=cfg.data)
+    else:
+        features = tokenize_rows(tokenizer, rows, r.max_length)
+    out = claim_output(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
+    if is_main_process():
+        write_json_atomic(out / "run.json", provenance(r, {"data": cfg.data}))
+    if cfg.method == "grpo":
+        summary = run_grpo(cfg.base_model, grpo_rows, Path(out) / "adapter",
                            max_steps=cfg.max_steps if cfg.max_steps > 0 else 20, num_generations=cfg.num_generations,
                            max_completion_length=cfg.max_completion_length, batch_size=r.batch_size * r.grad_accum,
                            learning_rate=r.learning_rate, device=cfg.device, precision=cfg.precision, seed=cfg.seed,
                            logs_dir=out)
-    elif cfg.method == "sft":
-        summary = run_training(cfg, rows, Path(out) / "adapter", stage=track, logs_dir=out)
     else:
-        raise UsageError(f"--method is sft or grpo, not {cfg.method!r}")
-    print(json.dumps({k: v for k, v in summary.items() if k != "log"}, indent=2))
-    print(f"adapter written to {Path(out) / 'adapter'}")
+        summary = run_training(cfg, rows, Path(out) / "adapter", tokenizer=tokenizer, stage=track, logs_dir=out,
+                               features=features)
+    if is_main_process():
+        print(json.dumps({k: v for k, v in summary.items() if k != "log"}, indent=2))
+        print(f"adapter written to {Path(out) / 'adapter'}")
 
 
 def cmd_merge(argv):
     cfg = parse(MergeConfig, argv, "kormedqa merge")
     if not cfg.adapter or not cfg.output:
         raise UsageError("--adapter and --output are required")
-    from .modeling import load_model, load_tokenizer
+    from .modeling import adapter_base, load_model, load_tokenizer, resolve_model_path
     from .runs import atomic_dir, claim_output
 
+    if adapter_base(resolve_model_path(cfg.adapter)) is None:
+        raise UsageError(f"{cfg.adapter} is not a LoRA adapter folder (no adapter_config.json): nothing to merge")
+    tokenizer = load_tokenizer(cfg.adapter)
     claim_output(cfg.output, overwrite=cfg.overwrite, is_dir=False)
     merged = load_model(cfg.adapter, device="cpu", precision="fp32", merge_adapter=True)
-    tokenizer = load_tokenizer(cfg.adapter)
     with atomic_dir(cfg.output) as scratch:
         merged.save_pretrained(scratch, safe_serialization=True)
         tokenizer.save_pretrained(scratch)
@@ -184,18 +238,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else EXIT_USER_ERROR
     command = COMMANDS.get(argv[0])
     if command is None:
-        print(f"kormedqa: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
+        print(f"kormedqa: error: unknown command {argv[0]!r} (one of {', '.join(COMMANDS)}; see kormedqa --help)",
+              file=sys.stderr)
         return EXIT_USER_ERROR
     logging.basicConfig(level=os.environ.get("KORMEDQA_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
-    from .modeling import ModelError
-    from .prepare import LeakageError
-    from .records import DataError
-    from .runs import OutputExistsError
+    from .launch import check_launch, is_main_process
 
     try:
+        check_launch(argv[0])
         command(argv[1:])
-    except (DataError, LeakageError, OutputExistsError, ModelError, UsageError, FileExistsError, FileNotFoundError) as err:
-        print(f"kormedqa {argv[0]}: error: {err}", file=sys.stderr)
+    except (UserError, FileNotFoundError) as err:
+        if is_main_process():  # under `accelerate launch` every process fails the same way; one line is enough
+            print(f"kormedqa {argv[0]}: error: {one_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except MemoryError as err:
         print(f"kormedqa {argv[0]}: out of memory ({err}); lower --batch-size or --max-length", file=sys.stderr)

@@ -12,9 +12,11 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
+
+from .checks import PRECISIONS, Range, check_config, check_device
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,19 @@ class CPTConfig:
     lora_r: int = 64
     lora_alpha: int = 128
     device: str = "auto"
-    precision: str = "auto"
+    precision: str = field(default="auto", metadata={"choices": list(PRECISIONS)})
     seed: int = 42
     overwrite: bool = False
+
+    RANGES: ClassVar[dict] = {
+        "vocab_repeat": Range(low=0), "epochs": Range(low=0, low_open=True), "max_steps": Range(low=1, also=(-1,)),
+        "batch_size": Range(low=1), "grad_accum": Range(low=1), "learning_rate": Range(low=0, low_open=True),
+        "max_length": Range(low=2), "lora_r": Range(low=1), "lora_alpha": Range(low=0, low_open=True),
+    }
+
+    def __post_init__(self):
+        check_config(self)
+        check_device(self.device)
 
 
 def vocab_lines(entries) -> list[str]:

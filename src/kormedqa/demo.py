@@ -15,6 +15,9 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
+
+from .checks import Range, check_config, check_device
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,23 @@ class DemoConfig:
     resume: bool = False
     overwrite: bool = False
 
+    RANGES: ClassVar[dict] = {
+        "cpt_steps": Range(low=1), "loops": Range(low=1), "dict_max_steps": Range(low=1), "mcq_max_steps": Range(low=1),
+        "cpt_learning_rate": Range(low=0, low_open=True), "dict_learning_rate": Range(low=0, low_open=True),
+        "mcq_learning_rate": Range(low=0, low_open=True), "batch_size": Range(low=1), "eval_limit": Range(low=1),
+        "eval_every": Range(low=1), "eval_batch_size": Range(low=1), "max_new_tokens": Range(low=1),
+    }
+
+    def __post_init__(self):
+        """Ranges, and the loop's selection metric against --eval-mode, before anything is written."""
+        from .loop import check_select_by
+        from .sft import parse_answer_weight
+
+        check_config(self)
+        check_device(self.device)
+        parse_answer_weight(self.answer_weight)
+        check_select_by("accuracy", self.eval_mode)  # the demo's loop selects by generation accuracy
+
 
 def run_demo(cfg: DemoConfig) -> dict:
     from .cpt import CPTConfig, run_cpt
@@ -60,7 +80,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from .evaluate import evaluate_dict, evaluate_mcq, summary_line, write_eval
     from .formats import Glossary
     from .loop import LoopConfig, run_loop
-    from .modeling import load_model, load_tokenizer, resolve_model_path
+    from .modeling import DEFAULT_MODEL_NAME, load_model, load_tokenizer, resolve_model_path
     from .prepare import dict_rows, mcq_rows
     from .report import markdown_report, plot_loops, results_table, significance, what_moved
     from .runs import claim_output, write_json_atomic
@@ -78,6 +98,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     test = load_mcq(cfg.mcq, split="test")[:: max(cfg.eval_every, 1)]
     if cfg.eval_limit:
         test = test[: cfg.eval_limit]
+    if cfg.model != DEFAULT_MODEL_NAME:
+        resolve_model_path(cfg.model)  # ModelError before the output is claimed (the default is fetched below)
     out = claim_output(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
 
     t = time.time()

@@ -12,10 +12,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 
+from .checks import PRECISIONS, Range, check_config, check_device, parse_eval_mode
+from .errors import UsageError
 from .extract import answer_after_reasoning, extract_answer, has_detailed_keywords, has_reasoning_tags, reasoning_score
 from .formats import GENERATION_PREFIX, Glossary, mcq_completion, mcq_prompt, template_simple_reasoning
 from .metrics import accuracy_by_group, mean_interval, proportion
@@ -24,7 +26,6 @@ from .scorers import ANSWER_STOPS, HFGenerator, completion_losses, eval_prompt, 
 
 log = logging.getLogger(__name__)
 
-SCORERS = ("generate", "loglik", "cloze", "loss")  # --mode: "all" or a comma list of these
 
 
 @dataclass
@@ -34,8 +35,10 @@ class EvalConfig:
     model: str = field(default="gemma3-270m", metadata={"help": "HF folder, hub id, adapter folder or 'gemma3-270m'"})
     data: str = field(default="", metadata={"help": "KorMedMCQA file, split folder or hub id (e.g. sean0042/KorMedMCQA)"})
     split: str = field(default="test", metadata={"help": "split to read from a folder or the hub"})
-    exam_type: str | None = field(default=None, metadata={"help": "doctor, nurse, pharm or dentist (default: all)"})
-    task: str = field(default="mcq", metadata={"help": "mcq, or dict to score dictionary definitions (Track 1)"})
+    exam_type: str | None = field(default=None, metadata={"help": "doctor, nurse, pharm or dentist (default: all)",
+                                                          "choices": ["doctor", "nurse", "pharm", "dentist"]})
+    task: str = field(default="mcq", metadata={"help": "mcq, or dict to score dictionary definitions (Track 1)",
+                                               "choices": ["mcq", "dict"]})
     dictionary: list[str] = field(default_factory=list, metadata={"help": "dictionary JSON(s) for --task dict"})
     mode: str = field(default="all", metadata={"help": "scorers to run: all, or a comma list of generate (greedy answer), loglik (A-E as the next token), cloze (option text log-likelihood), loss (teacher-forced reference)"})
     output: str = field(default="", metadata={"help": "folder for metrics.json and predictions.jsonl"})
@@ -44,21 +47,22 @@ class EvalConfig:
     max_new_tokens: int = 256
     backend: str = field(default="auto", metadata={"help": "generation backend: auto (vLLM when installed and on a GPU), hf, vllm"})
     device: str = "auto"
-    precision: str = "auto"
+    precision: str = field(default="auto", metadata={"choices": list(PRECISIONS)})
     overwrite: bool = False
     seed: int = 42
 
+    RANGES: ClassVar[dict] = {"limit": Range(low=1), "batch_size": Range(low=1), "max_new_tokens": Range(low=1)}
+
+    def __post_init__(self):
+        """Choices and ranges at parse time (UsageError), before the output is claimed."""
+        check_config(self)
+        check_device(self.device)
+        if self.backend not in ("auto", "hf", "vllm"):
+            raise UsageError(f"--backend must be one of auto, hf, vllm; got {self.backend!r}")
+        parse_eval_mode(self.mode, "--mode")
+
 
 # ---------------------------------------------------------------- putting it together
-
-
-def parse_scorers(mode: str) -> tuple[str, ...]:
-    """`--mode` -> the scorers to run, in their fixed order: "all" or a comma list of SCORERS."""
-    names = SCORERS if mode.strip() == "all" else tuple(x.strip() for x in mode.split(",") if x.strip())
-    unknown = [x for x in names if x not in SCORERS]
-    if unknown or not names:
-        raise ValueError(f"--mode must be 'all' or a comma list of {', '.join(SCORERS)}; got {mode!r}")
-    return tuple(x for x in SCORERS if x in names)
 
 
 # ---------------------------------------------------------------- scorer outputs -> records by id
@@ -199,9 +203,9 @@ def evaluate_mcq(
     max_new_tokens, stop_strings) -> texts replaces HF generation (the vLLM backend, or a
     stand-in in tests); `model` may then be None when only "generate" runs. The reference
     completions of the loss pass use `rationale_template` for questions without `cot`.
-    Raises ValueError on an unknown mode, RuntimeError when a scorer's records do not join.
+    Raises UsageError on an unknown mode, RuntimeError when a scorer's records do not join.
     """
-    scorers = parse_scorers(mode)
+    scorers = parse_eval_mode(mode, "--mode")
     if model is not None:
         model.eval()
     started = time.time()
@@ -291,12 +295,12 @@ def run_eval(cfg: EvalConfig) -> dict:
     from .vllm_backend import resolve_backend
 
     if cfg.task not in ("mcq", "dict"):
-        raise ValueError(f"--task is mcq or dict, not {cfg.task!r}")
+        raise UsageError(f"--task is mcq or dict, not {cfg.task!r}")
     if cfg.task == "dict":
         return _run_dict_eval(cfg)
     if not cfg.data or not cfg.output:
-        raise ValueError("--data and --output are required")
-    scorers = parse_scorers(cfg.mode)
+        raise UsageError("--data and --output are required")
+    scorers = parse_eval_mode(cfg.mode, "--mode")
     mcqs = load_mcq(cfg.data, split=cfg.split, exam_type=cfg.exam_type)
     if cfg.limit:
         mcqs = mcqs[: cfg.limit]
@@ -325,7 +329,7 @@ def _run_dict_eval(cfg: EvalConfig) -> dict:
 
     paths = cfg.dictionary or ([cfg.data] if cfg.data else [])
     if not paths or not cfg.output:
-        raise ValueError("--dictionary (or --data) and --output are required for --task dict")
+        raise UsageError("--dictionary (or --data) and --output are required for --task dict")
     entries = load_dictionary(*paths)[: cfg.limit or None]
     tokenizer = load_tokenizer(cfg.model)
     claim_output(cfg.output, overwrite=cfg.overwrite)

@@ -36,7 +36,8 @@ def seed_reward(completions: Sequence, gold: Sequence[str], **_) -> list[float]:
     [0.0]
     """
     texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
-    return [reasoning_score(t, g) if _ends_at_answer(t) else 0.0 for t, g in zip(texts, gold)]
+    # TRL hands each row's columns beside its completions; a length mismatch would shift golds, so fail.
+    return [reasoning_score(t, g) if _ends_at_answer(t) else 0.0 for t, g in zip(texts, gold, strict=True)]
 
 
 def _ends_at_answer(text: str) -> bool:
@@ -51,12 +52,23 @@ def grpo_rows_from_mcqs(mcqs: Sequence[MCQ]) -> list[dict]:
     return [{"prompt": eval_prompt(q), "gold": q.answer} for q in mcqs]
 
 
-def grpo_rows_from_prepared(rows: Sequence[dict]) -> list[dict]:
-    """Prepared SFT rows -> GRPO prompts; the gold letter is the one the reference completion gives."""
+def grpo_rows_from_prepared(rows: Sequence[dict], source: str = "prepared rows") -> list[dict]:
+    """Prepared SFT rows -> GRPO prompts; the gold letter is the one the reference completion gives.
+
+    A completion without a letter A-E is a DataError naming `source` and its line (a dictionary
+    row given to `train mcq --method grpo`, say), raised before anything is written.
+    """
+    from .errors import DataError
     from .extract import extract_answer
     from .formats import GENERATION_PREFIX
 
-    return [{"prompt": r["prompt"] + GENERATION_PREFIX, "gold": extract_answer(r["completion"])} for r in rows]
+    out = []
+    for line, r in enumerate(rows, start=1):
+        gold = extract_answer(r["completion"])
+        if not gold or gold not in "ABCDE":
+            raise DataError(str(source), line, "completion", "no answer letter A-E to reward (grpo needs prepared MCQ rows)")
+        out.append({"prompt": r["prompt"] + GENERATION_PREFIX, "gold": gold})
+    return out
 
 
 def run_grpo(
@@ -89,12 +101,6 @@ def run_grpo(
     logs_dir = Path(logs_dir or output.parent)
     dev = pick_device(device)
     dtype = pick_dtype(dev, precision)
-    tokenizer = load_tokenizer(base_model)
-    model = load_model(base_model, device=device, precision=precision, trainable_adapter=True)
-    # TRL both stops generation and ends a completion's loss mask at the model's generation_config
-    # eos ids, which for many Gemma checkpoints is <eos> alone: <end_of_turn> must be among them.
-    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
-    peft_config = None if isinstance(model, PeftModel) else lora_config()
     if any(r["gold"] not in "ABCDE" or not r["gold"] for r in rows):
         raise ValueError("every GRPO row needs a gold letter A-E")
     # TRL encodes string prompts with the tokenizer's own BOS: a rendered `<bos>` would double it.
@@ -123,6 +129,13 @@ def run_grpo(
         # recomputation costs a third more compute. GPU runs keep TRL's default.
         **({"activation_checkpointing": False} if dev.type == "cpu" else {}),
     )
+    # After GRPOConfig, which starts the distributed state the model loading needs (see sft.run_training).
+    tokenizer = load_tokenizer(base_model)
+    model = load_model(base_model, device=device, precision=precision, trainable_adapter=True)
+    # TRL both stops generation and ends a completion's loss mask at the model's generation_config
+    # eos ids, which for many Gemma checkpoints is <eos> alone: <end_of_turn> must be among them.
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
+    peft_config = None if isinstance(model, PeftModel) else lora_config()
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=seed_reward,

@@ -19,13 +19,44 @@ import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
+from .checks import PRECISIONS, Range, check_config, check_device, parse_eval_mode
+from .errors import UsageError
 from .runs import atomic_dir, claim_output, provenance, write_json_atomic
 from .sft import TrainConfig, run_training
 
 log = logging.getLogger(__name__)
 
 SELECT_BY = ("accuracy", "loglik_accuracy", "cloze_accuracy", "cloze_accuracy_norm", "reasoning_score")
+
+# The --select-by metrics each evaluation scorer computes (`loss` computes none worth selecting by).
+SELECTABLE_BY_SCORER = {
+    "generate": ("accuracy", "reasoning_score"),
+    "loglik": ("loglik_accuracy",),
+    "cloze": ("cloze_accuracy", "cloze_accuracy_norm"),
+    "loss": (),
+}
+
+
+def check_select_by(select_by: str, eval_mode: str) -> None:
+    """UsageError unless `--eval-mode` runs the scorer that computes `--select-by`.
+
+    Checked when the config is parsed: a mismatch used to surface only after the first loop had
+    trained, as a traceback.
+    """
+    scorers = parse_eval_mode(eval_mode)
+    needs = next((s for s, names in SELECTABLE_BY_SCORER.items() if select_by in names), None)
+    if needs is None:
+        known = [m for names in SELECTABLE_BY_SCORER.values() for m in names]
+        raise UsageError(f"--select-by must be one of {', '.join(known)}; got {select_by!r}")
+    if needs not in scorers:
+        have = [m for s in scorers for m in SELECTABLE_BY_SCORER[s]]
+        raise UsageError(
+            f"--select-by {select_by} needs the {needs} scorer, which --eval-mode {eval_mode} does not run: "
+            f"use --eval-mode {','.join((*scorers, needs))}"
+            + (f" or select by {' or '.join(have)}" if have else "")
+        )
 
 
 @dataclass
@@ -78,6 +109,34 @@ class LoopConfig:
     seed: int = 42
     resume: bool = False
     overwrite: bool = False
+
+    RANGES: ClassVar[dict] = {
+        "max_loops": Range(low=1), "target_accuracy": Range(low=0, high=100, low_open=True), "patience": Range(low=1),
+        "epochs_per_stage": Range(low=0, low_open=True), "dict_max_steps": Range(low=1, also=(-1,)),
+        "mcq_max_steps": Range(low=1, also=(-1,)), "grpo_max_steps": Range(low=1),
+        "grpo_learning_rate": Range(low=0, low_open=True), "num_generations": Range(low=2),
+        "max_completion_length": Range(low=1), "dict_learning_rate": Range(low=0, low_open=True),
+        "mcq_learning_rate": Range(low=0, low_open=True), "dict_batch_size": Range(low=1),
+        "mcq_batch_size": Range(low=1), "dict_grad_accum": Range(low=1), "mcq_grad_accum": Range(low=1),
+        "lora_r": Range(low=1), "lora_alpha": Range(low=0, low_open=True), "eval_limit": Range(low=1),
+        "eval_every": Range(low=1), "dict_eval_limit": Range(low=0), "eval_batch_size": Range(low=1),
+        "max_new_tokens": Range(low=1),
+    }
+
+    def __post_init__(self):
+        """Choices, ranges and --select-by against --eval-mode at parse time, before any training."""
+        from .sft import parse_answer_weight
+
+        check_config(self)
+        check_device(self.device)
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        parse_answer_weight(self.answer_weight)
+        check_select_by(self.select_by, self.eval_mode)
+        stages = [s.strip() for s in self.stages.split(",") if s.strip()]
+        unknown = sorted(set(stages) - {"dict", "mcq", "grpo"})
+        if not stages or unknown:
+            raise UsageError(f"--stages is a comma-separated list of dict, mcq, grpo; got {self.stages!r}")
 
 
 def _stage_config(cfg: LoopConfig, track: str, base: str, loop: int) -> TrainConfig:

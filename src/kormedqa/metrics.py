@@ -43,7 +43,7 @@ def mean_interval(values: Sequence[float], z: float = 1.959963984540054) -> dict
 
 def accuracy_by_group(hits: Sequence[bool], groups: Sequence[str]) -> dict[str, dict]:
     tally: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for hit, group in zip(hits, groups):
+    for hit, group in zip(hits, groups, strict=True):  # parallel lists: unequal lengths are a bug, not data
         tally[group or "unknown"][0] += int(hit)
         tally[group or "unknown"][1] += 1
     return {g: proportion(c, n) for g, (c, n) in sorted(tally.items())}
@@ -53,7 +53,7 @@ def mcnemar_exact(a_hits: Iterable[bool], b_hits: Iterable[bool]) -> dict:
     """Exact two-sided McNemar test on paired outcomes (binomial test on the discordant pairs)."""
     from scipy.stats import binomtest
 
-    pairs = list(zip(a_hits, b_hits))
+    pairs = list(zip(a_hits, b_hits, strict=True))  # paired by position: callers pair by id first
     only_a = sum(1 for a, b in pairs if a and not b)
     only_b = sum(1 for a, b in pairs if b and not a)
     n = only_a + only_b

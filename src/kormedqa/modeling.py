@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import ModelError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "gemma3-270m"
@@ -41,10 +43,6 @@ GEMMA_CHAT_TEMPLATE = (
 )
 
 LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-class ModelError(RuntimeError):
-    """A model or tokenizer that cannot be used; raised before any work starts."""
 
 
 def stop_token_ids(tokenizer) -> list[int]:
@@ -94,44 +92,133 @@ def ensure_chat_template(tokenizer) -> None:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """A local folder, the default's short name (fetched under models/), or a hub id left as is."""
+    """A local folder as an absolute path, the default's short name (fetched under models/), or a hub id.
+
+    Local folders come back absolute so that everything recorded from them (an adapter's
+    `base_model_name_or_path`, run.json) still points at them from any working directory. A hub
+    id stays a hub id; offline, it must already be in the local cache. An adapter folder's base is
+    checked too. Raises ModelError, before any work starts, for anything that cannot load.
+    """
     if name_or_path == DEFAULT_MODEL_NAME:
         local = Path("models") / DEFAULT_MODEL_NAME
         if not (local / "config.json").exists():
             fetch_default(local)
-        return str(local)
-    path = Path(name_or_path)
+        return str(local.resolve())
+    path = Path(name_or_path).expanduser()
     if path.exists():
         markers = ("config.json", "adapter_config.json", "tokenizer_config.json")
         if not any((path / m).exists() for m in markers):
             raise ModelError(f"{path}: not a model folder (no config.json, adapter_config.json or tokenizer_config.json)")
+        path = path.resolve()
+        adapter_base(path)  # an adapter whose base is gone fails here, not after its output is claimed
         return str(path)
-    if name_or_path.startswith((".", "/")) or name_or_path.count("/") != 1:
+    if not _looks_like_hub_id(name_or_path):
         raise ModelError(f"{name_or_path}: no such model folder (and not a hub id of the form owner/name)")
+    _check_hub_cache(name_or_path)
     return name_or_path
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return not name.startswith((".", "/", "~")) and name.count("/") == 1 and "\\" not in name
+
+
+def _check_hub_cache(repo_id: str) -> None:
+    """Offline, a hub id loads only from the local cache: say so now instead of a traceback later."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not constants.is_offline_mode():
+        return
+    for name in ("config.json", "adapter_config.json"):
+        if isinstance(try_to_load_from_cache(repo_id, name), str):
+            return
+    raise ModelError(f"{repo_id}: not a local folder, and not in the Hugging Face cache while HF_HUB_OFFLINE=1 "
+                     "(download it once online, or pass its local folder)")
+
+
+BASE_RECORD = "kormedqa_base.json"
+
+
+def adapter_base(path: str | Path) -> str | None:
+    """The base model of an adapter folder, resolved like `resolve_model_path`; None for a full model.
+
+    Looked for, in order: the recorded `base_model_name_or_path` when it is a local folder (absolute
+    since bases are recorded resolved); the base's path relative to the adapter (`kormedqa_base.json`,
+    written by `record_base`), so a run folder moved together with its base still loads; a recorded
+    hub id. Adapters written before that stored the path as typed, relative to the training run's
+    working directory: it is looked for below the adapter's ancestors, with a warning.
+    Raises ModelError naming what was tried when none exists.
+    """
+    import json
+
+    path = Path(path)
+    cfg = path / "adapter_config.json"
+    if not cfg.exists():
+        return None
+    recorded = json.loads(cfg.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not recorded:
+        raise ModelError(f"{cfg}: no base_model_name_or_path; cannot tell which model this adapter belongs to")
+    record_file = path / BASE_RECORD
+    record = json.loads(record_file.read_text(encoding="utf-8")) if record_file.exists() else {}
+    candidates = [Path(recorded).expanduser()]
+    if record.get("relative"):
+        candidates.append(path / record["relative"])
+    if not record and not Path(recorded).is_absolute():
+        candidates += [ancestor / recorded for ancestor in path.resolve().parents]
+    for i, candidate in enumerate(candidates):
+        if (candidate / "config.json").exists():
+            if i > 0 and not record:
+                log.warning("%s: base %r found at %s (it was recorded relative to the training run's "
+                            "working directory)", path, recorded, candidate)
+            return str(candidate.resolve())
+    if record.get("hub_id") or (not record and _looks_like_hub_id(recorded)):
+        _check_hub_cache(recorded)
+        return recorded
+    tried = ", ".join(dict.fromkeys(str(c) for c in candidates[:3]))
+    raise ModelError(f"{path}: base model {recorded!r} not found (looked at {tried}{' ...' if len(candidates) > 3 else ''}); "
+                     "put it back, or point base_model_name_or_path in adapter_config.json at it")
+
+
+_adapter_base = adapter_base  # the name vllm_backend imports
+
+
+def record_base(adapter_dir: str | Path, final_dir: str | Path, base: str) -> None:
+    """Write `kormedqa_base.json` beside an adapter and point adapter_config.json at the absolute base.
+
+    The record holds a local base as absolute path and as path relative to the adapter's final
+    folder (a run folder moved together with its base still loads), or a hub id as it is.
+    `adapter_dir` is where the files are now (a scratch folder), `final_dir` where they will live.
+    """
+    import json
+
+    adapter_dir, final_dir = Path(adapter_dir), Path(final_dir).resolve()
+    local = Path(base).expanduser()
+    if local.exists():
+        local = local.resolve()
+        record = {"path": str(local), "relative": os.path.relpath(local, final_dir)}
+        cfg_path = adapter_dir / "adapter_config.json"
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        cfg["base_model_name_or_path"] = str(local)
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    else:
+        record = {"hub_id": base}
+    (adapter_dir / BASE_RECORD).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name_or_path)
-    adapter_base = _adapter_base(path)
-    tok_path = path if Path(path, "tokenizer_config.json").exists() or adapter_base is None else adapter_base
-    tokenizer = AutoTokenizer.from_pretrained(tok_path)
+    base = adapter_base(path) if Path(path).exists() else None
+    tok_path = path if Path(path, "tokenizer_config.json").exists() or base is None else base
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tok_path)
+    except OSError as err:  # a hub id that does not exist, no network, a folder without a tokenizer
+        raise ModelError(f"{tok_path}: cannot load a tokenizer ({' '.join(str(err).split())[:300]})") from None
     ensure_chat_template(tokenizer)
     stop_token_ids(tokenizer)  # fail early on a tokenizer without <end_of_turn>
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
-
-
-def _adapter_base(path: str) -> str | None:
-    cfg = Path(path) / "adapter_config.json"
-    if not cfg.exists():
-        return None
-    import json
-
-    return json.loads(cfg.read_text())["base_model_name_or_path"]
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -162,16 +249,23 @@ def load_model(name_or_path: str, device: str = "auto", precision: str = "auto",
     path = resolve_model_path(name_or_path)
     dev = pick_device(device)
     dtype = pick_dtype(dev, precision)
-    base = _adapter_base(path)
+    base = adapter_base(path) if Path(path).exists() else None
     model_path = base if base is not None else path
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    except OSError as err:
+        raise ModelError(f"{model_path}: cannot load the model ({' '.join(str(err).split())[:300]})") from None
     if base is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, path, is_trainable=trainable_adapter)
+        # The resolved base, so that an adapter trained further from this one records it absolutely.
+        for config in model.peft_config.values():
+            config.base_model_name_or_path = base
         if merge_adapter:
             model = model.merge_and_unload()
-    model.to(dev)
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        model.to(dev)  # under FSDP accelerate places the shards; a whole copy per GPU is what FSDP avoids
     return model
 
 

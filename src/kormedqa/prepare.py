@@ -4,16 +4,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from .formats import DETAILED_FRACTION, RATIONALE_TEMPLATES, Glossary, dict_example, mcq_examples
-from .records import DataError
+from .checks import Range, check_config
+from .errors import DataError, LeakageError, OutputExistsError, UsageError
 
 
 @dataclass
 class PrepareConfig:
     """`kormedqa prepare dict|mcq`."""
 
-    kind: str = field(default="mcq", metadata={"help": "dict or mcq"})
+    kind: str = field(default="mcq", metadata={"help": "dict or mcq", "choices": ["dict", "mcq"]})
     data: list[str] = field(default_factory=list, metadata={"help": "input file(s): dictionary JSON(s) for dict, a KorMedMCQA file/folder/hub id for mcq"})
     output: str = field(default="", metadata={"help": "prepared JSONL to write"})
     split: str = field(default="train", metadata={"help": "split to read when --data is a folder or hub id"})
@@ -28,6 +30,11 @@ class PrepareConfig:
                 "(one-word verdicts, the earlier template)", "choices": list(RATIONALE_TEMPLATES)})
     seed: int = 42
     overwrite: bool = False
+
+    RANGES: ClassVar[dict] = {"detailed_fraction": Range(low=0, high=1)}
+
+    def __post_init__(self):
+        check_config(self)
 
 
 def load_rationales(path: str | Path) -> dict[str, str]:
@@ -67,20 +74,16 @@ def check_overlap(train, evaluation, allow: bool) -> dict:
     return report.to_dict()
 
 
-class LeakageError(ValueError):
-    pass
-
-
 def run_prepare(cfg: PrepareConfig) -> dict:
     from .data import load_dictionary, load_mcq, write_jsonl_atomic
 
     out = Path(cfg.output)
     if not cfg.output:
-        raise ValueError("--output is required")
+        raise UsageError("--output is required")
     if out.exists() and not cfg.overwrite:
-        raise FileExistsError(f"{out} already exists: pass --overwrite to replace it")
+        raise OutputExistsError(f"{out} already exists: pass --overwrite to replace it")
     if not cfg.data:
-        raise ValueError("--data is required")
+        raise UsageError("--data is required")
     info: dict = {"output": str(out), "kind": cfg.kind}
     if cfg.kind == "dict":
         rows = dict_rows(load_dictionary(*cfg.data))
@@ -93,7 +96,7 @@ def run_prepare(cfg: PrepareConfig) -> dict:
         rows = mcq_rows(mcqs, cfg.seed, glossary, rationales, cfg.detailed_fraction, cfg.rationale_template)
         info["detailed"] = sum(r["kind"] == "detailed" for r in rows)
     else:
-        raise ValueError(f"prepare takes dict or mcq, not {cfg.kind!r}")
+        raise UsageError(f"prepare takes dict or mcq, not {cfg.kind!r}")
     write_jsonl_atomic(out, rows)
     info["rows"] = len(rows)
     return info

@@ -6,7 +6,9 @@ them and nothing else, so a malformed file can only fail in one place.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from .errors import DataError  # noqa: F401  (its old home; raised by the loaders)
 
 LETTERS = ("A", "B", "C", "D", "E")
 EXAM_TYPES = ("doctor", "nurse", "pharm", "dentist")
@@ -40,19 +42,3 @@ class DictEntry:
     definition: str
     kind: str = "term"  # "term" or "symbol"
     source: str = ""
-
-
-@dataclass
-class DataError(ValueError):
-    """A malformed input record. The message names file, line and field so users can fix it."""
-
-    path: str
-    line: int | None
-    field: str | None
-    reason: str
-    extra: dict = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        where = self.path if self.line is None else f"{self.path}:{self.line}"
-        what = f" field '{self.field}'" if self.field else ""
-        return f"{where}:{what} {self.reason}".replace(": ", ": ", 1)

@@ -19,9 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterable, Iterator
 
-
-class OutputExistsError(RuntimeError):
-    pass
+from .errors import OutputExistsError
 
 
 _FAULT_COUNTS: dict[str, int] = {}
@@ -138,8 +136,16 @@ def clean_stale_scratch(folder: Path) -> None:
 
 
 def claim_output(path: str | Path, resume: bool = False, overwrite: bool = False, is_dir: bool = True) -> Path:
-    """Refuse to write into an existing output unless the user asked to resume or overwrite."""
+    """Refuse to write into an existing output unless the user asked to resume or overwrite.
+
+    Under several processes only the main one claims (and, with --overwrite, clears) the output;
+    the others would race it, and they write nothing there themselves.
+    """
+    from .launch import is_main_process
+
     path = Path(path)
+    if not is_main_process():
+        return path
     exists = path.exists() and (not path.is_dir() or any(path.iterdir()))
     if exists and not (resume or overwrite):
         raise OutputExistsError(f"{path} already exists: pass --resume to continue it or --overwrite to replace it")

@@ -3,7 +3,16 @@
 `AnswerWeightedTrainer` is used by SFT (`sft`) and CPT (`cpt`); `JsonlLogCallback` and
 `save_checkpoint` by those and GRPO (`grpo`). Only supervised positions reach the 262k-entry
 lm_head, and the answer (letter + `<end_of_turn>`) can carry a fixed share of the loss.
-Because it is `Trainer`, `accelerate launch` runs it on several processes unchanged.
+Because it is `Trainer`, `accelerate launch` runs it on several processes (DDP, FSDP).
+
+Several processes train the model one process would: the loss of a step is normalised by the token
+counts of the GLOBAL batch (every process's micro-batches of the accumulation window, gathered in
+`get_batch_samples`), and scaled by the number of processes because DDP/FSDP average gradients;
+so the summed gradient is the one-process gradient of the same examples (tested against a real
+two-process gloo run, `tests/test_multiprocess.py`). Transformers' own `average_tokens_across_devices`
+does the same for a single count; this loss needs two (answer and other tokens). The logged loss
+is Trainer's mean over processes of these scaled losses, i.e. the global value, and the answer /
+reasoning parts are summed over processes before they are logged, once, by the main process.
 """
 from __future__ import annotations
 
@@ -70,7 +79,9 @@ class AnswerWeightedTrainer(Trainer):
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         if "loss" in logs:
-            logs.update(self._parts.summary())
+            # Every process reaches this line at the same step, so the sum over processes is safe here.
+            reduce = self.accelerator.reduce if self.args.world_size > 1 else None
+            logs.update(self._parts.summary(reduce, self.args.device))
             self._parts = _LossParts()
         super().log(logs, start_time)
 
@@ -95,13 +106,20 @@ class _LossParts:
         self.first_hits += int((hits & first).sum())
         self.first_total += int(first.sum())
 
-    def summary(self) -> dict:
+    def summary(self, reduce=None, device=None) -> dict:
+        """Mean answer / reasoning losses and answer accuracy; `reduce(tensor, "sum")` sums over processes."""
+        totals = [self.sums["answer"], self.sums["other"], self.counts["answer"], self.counts["other"],
+                  self.first_hits, self.first_total]
+        if reduce is not None:
+            totals = reduce(torch.tensor(totals, dtype=torch.float64, device=device), "sum").tolist()
+        sum_answer, sum_other, n_answer, n_other, hits, total = totals
         out = {}
-        for kind, name in (("answer", "answer_loss"), ("other", "reasoning_loss")):
-            if self.counts[kind]:
-                out[name] = self.sums[kind] / self.counts[kind]
-        if self.first_total:
-            out["answer_token_accuracy"] = self.first_hits / self.first_total
+        if n_answer:
+            out["answer_loss"] = sum_answer / n_answer
+        if n_other:
+            out["reasoning_loss"] = sum_other / n_other
+        if total:
+            out["answer_token_accuracy"] = hits / total
         return out
 
 
@@ -176,13 +194,30 @@ def prepare_trainable(model, cfg):
 
 
 def save_checkpoint(trainer, tokenizer, output: Path, summary: dict, work: Path) -> None:
-    """Adapter + tokenizer + training_summary.json, written atomically; then drop the work dir."""
+    """Adapter + tokenizer + training_summary.json, written atomically; then drop the work dir.
+
+    The adapter records its base as an absolute path and relative to `output` (`modeling.record_base`),
+    so it loads from any working directory, and after its run folder moved together with its base.
+    """
     import shutil
 
+    from .modeling import record_base
+
+    state_dict = None
+    if getattr(trainer, "is_fsdp_enabled", False):
+        # Sharded parameters: every process takes part in gathering them (as Trainer.save_model does).
+        if "FULL_STATE_DICT" not in str(trainer.accelerator.state.fsdp_plugin.state_dict_type):
+            raise RuntimeError("kormedqa saves adapters from a full state dict: set fsdp_state_dict_type: "
+                               "FULL_STATE_DICT in the accelerate config (recipes/accelerate/fsdp.yaml does)")
+        state_dict = trainer.accelerator.get_state_dict(trainer.model)
     if trainer.is_world_process_zero():
         with atomic_dir(output) as scratch:
-            trainer.model.save_pretrained(scratch)
+            trainer.model.save_pretrained(scratch, state_dict=state_dict)
             tokenizer.save_pretrained(scratch)
+            peft_config = getattr(trainer.model, "peft_config", None) or {}
+            base = next((c.base_model_name_or_path for c in peft_config.values()), None)
+            if base and (scratch / "adapter_config.json").exists():
+                record_base(scratch, output, base)
             (scratch / "training_summary.json").write_text(
                 json.dumps(summary, indent=2, ensure_ascii=False, default=str)
             )

@@ -16,6 +16,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from .errors import UsageError
+
 BACKENDS = ("auto", "hf", "vllm")
 
 
@@ -28,15 +30,15 @@ def resolve_backend(backend: str, device: str = "auto") -> str:
     import torch
 
     if backend not in BACKENDS:
-        raise ValueError(f"--backend is one of {BACKENDS}, not {backend!r}")
+        raise UsageError(f"--backend is one of {BACKENDS}, not {backend!r}")
     on_gpu = torch.cuda.is_available() and (device == "auto" or device.startswith("cuda"))
     if backend == "hf":
         return "hf"
     if backend == "vllm":
         if not vllm_installed():
-            raise ValueError("--backend vllm needs vLLM: pip install 'kormedqa[vllm]'")
+            raise UsageError("--backend vllm needs vLLM: pip install 'kormedqa[vllm]'")
         if not on_gpu:
-            raise ValueError("--backend vllm needs a CUDA GPU; use --backend hf on CPU")
+            raise UsageError("--backend vllm needs a CUDA GPU; use --backend hf on CPU")
         return "vllm"
     return "vllm" if on_gpu and vllm_installed() else "hf"
 
@@ -59,7 +61,7 @@ class VllmGenerator:
         base = _adapter_base(path)
         dtype = {"auto": "auto", "bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}[precision]
         lora = {"enable_lora": True, "max_lora_rank": _lora_rank(path)} if base else {}
-        # Half the GPU by default: `--mode both|all` keeps the HF model on the same GPU for scoring.
+        # Half the GPU by default: `--mode` with loglik, cloze or loss keeps the HF model on the same GPU for scoring.
         self.llm = LLM(model=str(base or path), tokenizer=str(path), dtype=dtype, seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, **lora)
         self.lora_request = LoRARequest("kormedqa-adapter", 1, str(path)) if base else None

@@ -1,0 +1,123 @@
+"""Validating a parsed config: choices and ranges, at parse time, before anything is written.
+
+argparse (through HfArgumentParser/TrlParser) already refuses a bad choice typed as a flag when
+the field is a `Literal` or has `metadata={"choices": ...}`; it does not check values that come
+from `--config file.yaml` or from code, nor ranges. `check_config` does both, from the same
+declarations, and is called by each config's `__post_init__`:
+
+    @dataclass
+    class SomeConfig:
+        RANGES: ClassVar[dict] = {"batch_size": Range(low=1)}
+        device: str = field(default="auto", metadata={"choices": [...]})
+        def __post_init__(self): check_config(self)
+
+Every failure is a `UsageError` whose message names the flag as typed (`--batch-size`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import UsageError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICE_HINT = "auto, cpu, cuda, cuda:N or mps"
+
+# Evaluation scorers and the metrics each computes (what a loop can select by). `both` is the
+# older name of generate,loglik and stays accepted.
+EVAL_SCORERS = ("generate", "loglik", "cloze", "loss")
+EVAL_MODE_ALIASES = {"all": EVAL_SCORERS}
+
+
+@dataclass(frozen=True)
+class Range:
+    """Accepted values of a number: [low, high] with either end open or unbounded; `also` are extra values."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    also: tuple = ()
+
+    def accepts(self, value) -> bool:
+        if value in self.also:
+            return True
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            return False
+        return True
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            text = f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{')' if self.high_open else ']'}"
+        elif self.low is not None:
+            text = f"{'>' if self.low_open else '>='} {_num(self.low)}"
+        elif self.high is not None:
+            text = f"{'<' if self.high_open else '<='} {_num(self.high)}"
+        else:
+            text = "any number"
+        return text + "".join(f" or {_num(v)}" for v in self.also)
+
+
+def _num(x) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def field_choices(cfg_cls, f: dataclasses.Field) -> tuple | None:
+    """The choices a field declares: its `Literal[...]` type or `metadata["choices"]`."""
+    if "choices" in f.metadata:
+        return tuple(f.metadata["choices"])
+    hint = typing.get_type_hints(cfg_cls).get(f.name)
+    for candidate in (hint, *typing.get_args(hint)):
+        if typing.get_origin(candidate) is Literal:
+            return typing.get_args(candidate)
+    return None
+
+
+def check_config(cfg) -> None:
+    """Raise UsageError for the first field outside its choices or range (None means unset: skipped)."""
+    ranges = getattr(type(cfg), "RANGES", {})
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if value is None:
+            continue
+        choices = field_choices(type(cfg), f)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if choices is not None:
+            for v in values:
+                if v not in choices:
+                    raise UsageError(f"{flag(f.name)} must be one of {', '.join(map(str, choices))}; got {v!r}")
+        rng = ranges.get(f.name)
+        if rng is not None:
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise UsageError(f"{flag(f.name)} must be a number, got {v!r}")
+                if not rng.accepts(v):
+                    raise UsageError(f"{flag(f.name)} must be {rng.describe()}, got {_num(v)}")
+
+
+def check_device(device: str) -> None:
+    """`auto`, `cpu`, `mps`, `cuda` or `cuda:N`; what torch would accept, refused early with one line."""
+    base, _, index = device.partition(":")
+    if base not in ("auto", "cpu", "cuda", "mps") or (index and (base != "cuda" or not index.isdigit())):
+        raise UsageError(f"--device must be {DEVICE_HINT}; got {device!r}")
+
+
+def parse_eval_mode(mode: str, flag_name: str = "--eval-mode") -> tuple[str, ...]:
+    """`generate,loglik` -> ('generate', 'loglik'); `all` -> every scorer. UsageError for anything else."""
+    if mode in EVAL_MODE_ALIASES:
+        return EVAL_MODE_ALIASES[mode]
+    parts = tuple(p.strip() for p in mode.split(",") if p.strip())
+    unknown = [p for p in parts if p not in EVAL_SCORERS]
+    if not parts or unknown:
+        raise UsageError(
+            f"{flag_name} takes a comma-separated set of {', '.join(EVAL_SCORERS)} (or all); got {mode!r}"
+        )
+    return tuple(s for s in EVAL_SCORERS if s in parts)
