@@ -90,6 +90,7 @@ def cmd_train(argv):
     from pathlib import Path
 
     from .data import read_jsonl
+    from .modeling import check_precision
     from .runs import claim_output, provenance, write_json_atomic
     from .sft import TrainConfig, run_training
 
@@ -103,6 +104,7 @@ def cmd_train(argv):
             from .records import DataError
 
             raise DataError(cfg.data, line, "prompt/completion", "a prepared row needs string 'prompt' and 'completion'")
+    check_precision(cfg.base_model, cfg.device, cfg.precision)  # before the output is claimed
     out = claim_output(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
     write_json_atomic(out / "run.json", provenance(cfg.resolved(), {"data": cfg.data}))
     if cfg.method == "grpo":
@@ -188,13 +190,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     logging.basicConfig(level=os.environ.get("KORMEDQA_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     from .modeling import ModelError
+    from .numerics import NonFiniteError
     from .prepare import LeakageError
     from .records import DataError
     from .runs import OutputExistsError
 
     try:
         command(argv[1:])
-    except (DataError, LeakageError, OutputExistsError, ModelError, UsageError, FileExistsError, FileNotFoundError) as err:
+    except (DataError, LeakageError, OutputExistsError, ModelError, UsageError, FileExistsError, FileNotFoundError,
+            NonFiniteError) as err:
         print(f"kormedqa {argv[0]}: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except MemoryError as err:
