@@ -8,8 +8,10 @@ through `check_finite`, and metric writers through `check_finite_tree`.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch only where tensors are checked: `import kormedqa` (metrics) stays light
+    import torch
 
 
 class NonFiniteError(RuntimeError):
@@ -24,6 +26,8 @@ def check_finite(tensor: torch.Tensor, what: str) -> torch.Tensor:
 
     One reduction and one host sync; `what` says where (e.g. "letter log-probabilities").
     """
+    import torch
+
     finite = torch.isfinite(tensor.detach())
     if bool(finite.all()):
         return tensor
