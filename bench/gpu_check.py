@@ -447,9 +447,21 @@ def main(argv: list[str] | None = None) -> int:
 
     import transformers
 
+    import inspect
+
+    from transformers import Gemma3ForCausalLM
+
+    # kormedqa's greedy loop passes its KV cache as `cache=` (transformers' newer name). A version whose
+    # forward only knows `past_key_values` would swallow it in **kwargs and decode without a cache:
+    # the comparison with HF generate then shows it.
+    takes_cache = "cache" in inspect.signature(Gemma3ForCausalLM.forward).parameters
+    if not takes_cache:
+        print(f"WARNING: transformers {transformers.__version__}: Gemma3ForCausalLM.forward has no `cache` "
+              "argument; kormedqa's generation figures here are not valid", flush=True)
     result = {
         "machine": {**machine(), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                    "transformers": transformers.__version__, "python": platform.python_version()},
+                    "transformers": transformers.__version__, "python": platform.python_version(),
+                    "forward_takes_cache": takes_cache},
         "smoke": args.smoke, "device": str(device), "precision": choice.as_dict(),
         "peak_flops_used_for_mfu": peak, "measured_matmul_flops": measured_peak,
         "settings": {k: v for k, v in vars(args).items() if k not in ("prepare",)}, "sizes": {},

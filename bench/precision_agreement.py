@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"machine": machine(), "device": str(device), "bf16_native": native, "auto_reason": reason}
     write = (lambda r: write_json_atomic(args.out, r)) if args.out else (lambda r: write_result("precision_agreement", r))
     if not native and not args.force:
-        result["skipped"] = f"bf16 is not native here ({reason})"
-        result["summary"] = f"precision agreement: skipped, {result['skipped']}"
+        result["skipped"] = reason.split(": ", 1)[-1]
+        result["summary"] = f"precision agreement: skipped, bf16 is not native here: {result['skipped']}"
         write(result)
         print(result["summary"])
         return 0

@@ -124,7 +124,8 @@ def main() -> int:
                      "lora_params": lora, "needed_flops_per_s": needed_fps, "needed_fraction_of_peak": needed_fps / peak},
     }
     result["summary"] = (
-        f"roofline ({used}, {choice.reason.split(': ', 1)[1]}): {used} matmul peak {peak / 1e9:.0f} GFLOP/s "
+        f"roofline ({used}; {'native bf16: ' + ', '.join(choice.cpu_bf16_flags) if choice.cpu_bf16_flags else 'no native bf16'}): "
+        f"{used} matmul peak {peak / 1e9:.0f} GFLOP/s "
         f"({other} {peaks[other]['flops_per_s'] / 1e9:.0f}); training {train_fps / 1e9:.1f} GFLOP/s by 6N "
         f"({train_fps / peak:.0%} of the {used} peak; {needed_fps / peak:.0%} counting only what LoRA needs), "
         f"scoring {score_fps / 1e9:.1f} GFLOP/s ({score_fps / peak:.0%})"
