@@ -153,7 +153,7 @@ def ensure_trl() -> str | None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return f"installing the TRL wheels failed: {proc.stderr.strip()[-300:]}"
-    sys.path.insert(0, str(SITE))
+    sys.path.append(str(SITE))  # last: a package the machine has keeps its own version
     importlib.invalidate_caches()
     try:
         import trl  # noqa: F401,F811

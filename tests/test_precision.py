@@ -62,7 +62,8 @@ def test_probe_is_sub_second_here():
 
     started = time.perf_counter()
     result = P.matmul_probe()
-    assert time.perf_counter() - started < 1.0, result  # it gives up early on emulated bf16
+    # It gives up early on emulated bf16: ~0.3 s here; the bound leaves room for a shared machine.
+    assert time.perf_counter() - started < 2.0, result
     assert result["fp32_gflops"] > 0 and result["bf16_gflops"] > 0
 
 

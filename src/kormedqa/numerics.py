@@ -8,6 +8,7 @@ through `check_finite`, and metric writers through `check_finite_tree`.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch only where tensors are checked: `import kormedqa` (metrics) stays light
@@ -41,7 +42,7 @@ def check_finite(tensor: torch.Tensor, what: str) -> torch.Tensor:
 
 def check_finite_number(value: float, what: str) -> float:
     """The scalar form of `check_finite`, for values already on the host."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not isinstance(value, numbers.Real) or not math.isfinite(value):  # numpy scalars are Real too
         raise NonFiniteError(f"{what} is {value!r}, not a finite number; {HINT}")
     return value
 
