@@ -11,14 +11,32 @@ RESULTS = REPO / "bench" / "results"
 SAMPLE = REPO / "data" / "sample"
 
 
+# The CPU features that decide matmul speed per precision; the rest of /proc/cpuinfo's flags is noise here.
+SPEED_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
+               "amx_fp16", "avx_vnni", "avx_ne_convert", "asimd", "sve", "sve2", "bf16", "i8mm")
+
+
+def cpu_speed_flags() -> list[str]:
+    from kormedqa.precision import cpu_flags
+
+    flags = cpu_flags()
+    return [f for f in SPEED_FLAGS if f in flags]
+
+
 def machine() -> dict:
+    """Date, CPU (model, speed-relevant flags, what `--precision auto` picks there and why), threads, versions."""
     import torch
 
+    from kormedqa.precision import choose
     from kormedqa.runs import cpu_name
 
+    auto = choose("cpu", "auto")
     return {
         "date": datetime.date.today().isoformat(),
         "cpu": cpu_name(),
+        "cpu_flags": cpu_speed_flags(),
+        "cpu_auto_precision": auto.precision,
+        "cpu_auto_precision_reason": auto.reason,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .formats import END_OF_TURN, MODEL_TURN, REASONING_CLOSE, TURN_SEPARATOR
 from .records import DataError
+from .numerics import check_finite
 
 log = logging.getLogger(__name__)
 
@@ -251,4 +252,5 @@ def supervised_ce(model, input_ids, attention_mask, labels, chunk: int = 512, po
         ces.append(F.cross_entropy(logits, t, reduction="none"))
         hits.append(logits.argmax(-1) == t)
     empty = hidden.new_zeros(0)
-    return (torch.cat(ces) if ces else empty), (torch.cat(hits) if hits else empty.bool()), keep
+    ce = check_finite(torch.cat(ces), "teacher-forced cross-entropy") if ces else empty
+    return ce, (torch.cat(hits) if hits else empty.bool()), keep

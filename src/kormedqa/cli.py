@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass, field, replace
 
 from .errors import UsageError, UserError, one_line
+from .numerics import NonFiniteError
 
 USAGE = """usage: kormedqa <command> [options]   (kormedqa <command> --help for each)
 
@@ -139,6 +140,7 @@ def cmd_train(argv):
     from .errors import DataError
     from .launch import is_main_process
     from .modeling import load_tokenizer
+    from .modeling import check_precision
     from .runs import claim_output, provenance, write_json_atomic
     from .sft import TrainConfig, run_training
 
@@ -153,6 +155,7 @@ def cmd_train(argv):
             raise DataError(cfg.data, line, "prompt/completion", "a prepared row needs string 'prompt' and 'completion'")
     r = cfg.resolved()
     tokenizer = load_tokenizer(cfg.base_model)  # ModelError for a missing model or an adapter without its base
+    check_precision(cfg.base_model, cfg.device, cfg.precision)  # fp16 Gemma refused before the output is claimed
     if cfg.method == "grpo":
         from .grpo import grpo_rows_from_prepared, run_grpo
 
@@ -247,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_launch(argv[0])
         command(argv[1:])
-    except (UserError, FileNotFoundError) as err:
+    except (UserError, FileNotFoundError, NonFiniteError) as err:  # NaN/inf: the settings, not a bug; one line
         if is_main_process():  # under `accelerate launch` every process fails the same way; one line is enough
             print(f"kormedqa {argv[0]}: error: {one_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -21,6 +21,7 @@ from .errors import UsageError
 from .extract import answer_after_reasoning, extract_answer, has_detailed_keywords, has_reasoning_tags, reasoning_score
 from .formats import GENERATION_PREFIX, Glossary, mcq_completion, mcq_prompt, template_simple_reasoning
 from .metrics import accuracy_by_group, mean_interval, proportion
+from .numerics import check_finite_tree
 from .records import LETTERS, MCQ
 from .scorers import ANSWER_STOPS, HFGenerator, completion_losses, eval_prompt, generate, letter_logprobs, option_logprobs
 
@@ -282,6 +283,7 @@ def write_eval(output: str | Path, metrics: dict, predictions: list[dict], extra
     from .data import write_jsonl_atomic
     from .runs import write_json_atomic
 
+    check_finite_tree(metrics, "metrics")  # before anything is written: a NaN is never a result
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(output / "predictions.jsonl", predictions)
@@ -290,7 +292,7 @@ def write_eval(output: str | Path, metrics: dict, predictions: list[dict], extra
 
 def run_eval(cfg: EvalConfig) -> dict:
     from .data import load_mcq
-    from .modeling import load_model, load_tokenizer
+    from .modeling import check_precision, load_model, load_tokenizer
     from .runs import claim_output, provenance
     from .vllm_backend import resolve_backend
 
@@ -306,6 +308,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         mcqs = mcqs[: cfg.limit]
     tokenizer = load_tokenizer(cfg.model)
     backend = resolve_backend(cfg.backend, cfg.device) if "generate" in scorers else None  # None: no generation
+    check_precision(cfg.model, cfg.device, cfg.precision)  # fp16 Gemma refused before the output is claimed
     claim_output(cfg.output, overwrite=cfg.overwrite)
     generator = None
     if backend == "vllm":

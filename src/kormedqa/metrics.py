@@ -5,6 +5,8 @@ import math
 from collections import defaultdict
 from typing import Iterable, Sequence
 
+from .numerics import check_finite_number
+
 
 def wilson_interval(correct: int, total: int, z: float = 1.959963984540054) -> tuple[float, float]:
     """95% Wilson score interval for a proportion; well behaved at 0%, 100% and small n."""
@@ -18,6 +20,9 @@ def wilson_interval(correct: int, total: int, z: float = 1.959963984540054) -> t
 
 
 def proportion(correct: int, total: int) -> dict:
+    """`correct` of `total` with its Wilson interval; NonFiniteError on a NaN/inf count."""
+    check_finite_number(correct, "a metric's count of correct answers")
+    check_finite_number(total, "a metric's count of questions")
     low, high = wilson_interval(correct, total)
     return {
         "value": correct / total if total else 0.0,
@@ -39,6 +44,13 @@ def mean_interval(values: Sequence[float], z: float = 1.959963984540054) -> dict
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     half = z * sd / math.sqrt(n)
     return {"value": mean, "total": n, "ci95": [mean - half, mean + half]}
+
+
+def finite_mean(values: Sequence[float], what: str) -> float:
+    """Mean of `values`; NonFiniteError if any is NaN or inf, so no NaN becomes a metric. 0.0 if empty."""
+    for value in values:
+        check_finite_number(value, f"a value of {what}")
+    return sum(values) / len(values) if values else 0.0
 
 
 def accuracy_by_group(hits: Sequence[bool], groups: Sequence[str]) -> dict[str, dict]:

@@ -178,7 +178,6 @@ def adapter_base(path: str | Path) -> str | None:
                      "put it back, or point base_model_name_or_path in adapter_config.json at it")
 
 
-_adapter_base = adapter_base  # the name vllm_backend imports
 
 
 def record_base(adapter_dir: str | Path, final_dir: str | Path, base: str) -> None:
@@ -228,12 +227,37 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
-    """bf16 on GPUs that support it; fp32 on CPU, where bf16 autograd is slower and less exact here."""
-    if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    """The dtype for `precision` on `device`; `auto` is what the hardware computes fast (see `precision`)."""
+    from .precision import PrecisionError, choose
+
+    try:
+        return choose(device, precision).dtype
+    except PrecisionError as err:
+        raise ModelError(str(err)) from None
+
+
+def check_precision(name_or_path: str, device: str = "auto", precision: str = "auto") -> torch.dtype:
+    """The dtype a run will use; ModelError for a precision the model cannot run in (Gemma in fp16).
+
+    Reads only config.json (the base's, for an adapter folder), so callers can check before any
+    output is claimed; `load_model` checks again.
+    """
+    from transformers import AutoConfig
+
+    from .precision import PrecisionError, check_model_precision
+
+    dtype = pick_dtype(pick_device(device), precision)
+    path = resolve_model_path(name_or_path)
+    base = adapter_base(path) if Path(path).exists() else None
+    try:
+        model_type = AutoConfig.from_pretrained(base if base is not None else path).model_type
+    except (OSError, ValueError):
+        return dtype  # an unreadable config fails in the loader, with its own message
+    try:
+        check_model_precision(model_type, dtype)
+    except PrecisionError as err:
+        raise ModelError(str(err)) from None
+    return dtype
 
 
 def load_model(name_or_path: str, device: str = "auto", precision: str = "auto", trainable_adapter: bool = False,
@@ -248,7 +272,7 @@ def load_model(name_or_path: str, device: str = "auto", precision: str = "auto",
 
     path = resolve_model_path(name_or_path)
     dev = pick_device(device)
-    dtype = pick_dtype(dev, precision)
+    dtype = check_precision(path, device, precision)
     base = adapter_base(path) if Path(path).exists() else None
     model_path = base if base is not None else path
     try:

@@ -199,7 +199,22 @@ def provenance(config, data_files: dict[str, str] | None = None) -> dict:
         "git_commit": _git_commit(),
         "data_sha256": {k: file_sha256(v) for k, v in (data_files or {}).items() if v and Path(v).exists()},
         "seed": getattr(config, "seed", None),
+        "precision": _precision_record(config),
     }
+
+
+def _precision_record(config) -> dict | None:
+    """The precision the run computes in and why (CPU flags, probe), for configs that choose one."""
+    precision = getattr(config, "precision", None)
+    if precision is None:
+        return None
+    from .modeling import pick_device
+    from .precision import PrecisionError, choose
+
+    try:
+        return choose(pick_device(getattr(config, "device", "auto")), precision).as_dict()
+    except (PrecisionError, RuntimeError) as err:  # an unknown name or an absent device: say so, do not crash
+        return {"precision": None, "requested": precision, "reason": f"not decided: {err}"}
 
 
 def _git_commit() -> str | None:

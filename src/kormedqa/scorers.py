@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from .batching import CompletionCollator, supervised_ce, tokenize_pair
 from .formats import END_OF_TURN, GENERATION_PREFIX, REASONING_CLOSE, USER_TURN, mcq_prompt
 from .modeling import cpu_vocab_projection, stop_token_ids
+from .numerics import check_finite
 from .records import LETTERS, MCQ
 from .runs import fault_point
 
@@ -109,7 +110,7 @@ def _greedy_dropping_finished(model, enc: dict, max_new_tokens: int, eos: Sequen
     eos = torch.tensor(list(eos), device=ids.device)
     seqs, last = ids, positions[:, -1:]
     for step in range(max_new_tokens):
-        token = logits.argmax(-1)
+        token = check_finite(logits, "generation logits").argmax(-1)  # argmax over NaN would pick token 0
         for r, t in zip(rows.tolist(), token.tolist()):
             new[r].append(t)
         seqs = torch.cat([seqs, token[:, None]], dim=1)
@@ -147,7 +148,7 @@ def letter_logprobs(model, tokenizer, prompts: Sequence[str], batch_size: int = 
         for _, idx in tqdm(list(_batches(order, batch_size)), desc="loglik", leave=False):
             enc = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
             logits = model(**enc, logits_to_keep=1).logits[:, -1, :].float()
-            logp = F.log_softmax(logits, dim=-1)[:, letters.to(device)]
+            logp = check_finite(F.log_softmax(logits, dim=-1)[:, letters.to(device)], "letter log-probabilities")
             for i, row in zip(idx, logp.tolist()):
                 scores[i] = row
     return scores

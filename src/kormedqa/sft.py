@@ -56,7 +56,7 @@ class TrainConfig:
     lora_alpha: int = 128
     lora_dropout: float = 0.05
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:0 ..."})
-    precision: str = field(default="auto", metadata={"help": "auto (bf16 on capable GPUs, else fp32), fp32, bf16",
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 where the GPU or CPU computes it natively, else fp32; run.json says which and why), fp32, bf16",
                                                      "choices": list(PRECISIONS)})
     seed: int = 42
     group_by_length: bool = field(default=False, metadata={"help": "batch similar lengths together (less padding, faster; changes the data order)"})

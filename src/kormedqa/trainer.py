@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .batching import completion_loss, supervised_positions
+from .numerics import NonFiniteError, check_finite_number
 from .runs import atomic_dir, fault_point
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,20 @@ class AnswerWeightedTrainer(Trainer):
             n_answer, n_other = float(is_answer.sum()), float((~is_answer).sum())
         ce = F.cross_entropy(logits.float(), targets, reduction="none")
         loss = completion_loss(ce, is_answer, self.answer_weight, n_answer, n_other)
+        self._check_finite(loss)
         self._parts.add(ce.detach(), logits.detach().argmax(-1) == targets, is_answer, inputs["answer_mask"], keep)
         # DDP averages gradients over processes; counts are global, so scale back up.
         loss = loss * max(self.accelerator.num_processes, 1)
         return (loss, outputs) if return_outputs else loss
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        """Stop before a NaN/inf loss is back-propagated; every process stops together (no DDP hang)."""
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if bool(bad.item()):
+            raise NonFiniteError(f"training loss at step {self.state.global_step + 1} is {float(loss)} "
+                                 f"(on at least one process); nothing of this step is kept. {_NONFINITE_HINT}")
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         if "loss" in logs:
@@ -84,6 +95,9 @@ class AnswerWeightedTrainer(Trainer):
             logs.update(self._parts.summary(reduce, self.args.device))
             self._parts = _LossParts()
         super().log(logs, start_time)
+
+
+_NONFINITE_HINT = "Try --precision fp32 or a lower --learning-rate; finished checkpoints are kept."
 
 
 class _LossParts:
@@ -140,6 +154,11 @@ class JsonlLogCallback(TrainerCallback):
         self.stage = stage
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        # Before the rank check: the logged loss is already averaged over processes, so all stop.
+        for key in ("loss", "grad_norm"):
+            if logs and key in logs:
+                value = logs[key].item() if hasattr(logs[key], "item") else logs[key]
+                check_finite_number(value, f"{self.stage} {key} at step {state.global_step}")
         if not state.is_world_process_zero or not logs:
             return
         row = {"stage": self.stage, "step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
@@ -187,10 +206,12 @@ def prepare_trainable(model, cfg):
     from peft import PeftModel, get_peft_model
 
     from .modeling import lora_config
+    from .precision import keep_trainable_fp32
 
-    if isinstance(model, PeftModel):
-        return model
-    return get_peft_model(model, lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
+    if not isinstance(model, PeftModel):
+        model = get_peft_model(model, lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
+    keep_trainable_fp32(model)  # a bf16 base still trains fp32 LoRA weights (and fp32 Adam state)
+    return model
 
 
 def save_checkpoint(trainer, tokenizer, output: Path, summary: dict, work: Path) -> None:

@@ -55,10 +55,10 @@ class VllmGenerator:
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 
-        from .modeling import _adapter_base, resolve_model_path
+        from .modeling import adapter_base, resolve_model_path
 
         path = Path(resolve_model_path(model))
-        base = _adapter_base(path)
+        base = adapter_base(path)
         dtype = {"auto": "auto", "bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}[precision]
         lora = {"enable_lora": True, "max_lora_rank": _lora_rank(path)} if base else {}
         # Half the GPU by default: `--mode` with loglik, cloze or loss keeps the HF model on the same GPU for scoring.

@@ -1,0 +1,194 @@
+"""Which floating-point precision a run computes in, and why.
+
+`--precision auto` picks what the hardware computes fast:
+
+- CUDA: bf16 where the GPU supports it, else fp32.
+- CPU: bf16 only where the CPU has native bf16 arithmetic, else fp32. Measured on two machines of
+  the same kind (AMD EPYC, 2 threads, torch 2.13 CPU): with `avx512_bf16` a 2048^2 matmul ran at
+  ~400 GFLOP/s in bf16 against ~100 in fp32; without it bf16 ran at 0.2-1 GFLOP/s, ~300x slower
+  than fp32, because oneDNN falls back to converting element by element.
+
+How the CPU is judged: the flags first (`avx512_bf16` or `amx_bf16` in /proc/cpuinfo on x86,
+`bf16` in the Features line on Arm), then, only when a flag is present, a sub-second matmul probe
+confirms that bf16 is really faster here (a hypervisor can pass a flag through that the torch
+build does not use; a probe alone would cost seconds where bf16 is emulated, and a flag alone can
+lie). bf16 is chosen when the probe runs it at least `PROBE_MIN_SPEEDUP` times fp32's speed:
+at equal speed fp32 is the more exact choice.
+
+What stays fp32 whatever the choice (see `keep_trainable_fp32` and the callers): the LoRA
+weights and so the optimizer state, the loss (cross-entropy on logits cast to fp32), and the
+log-softmax of every score. Only the frozen base weights and activations are bf16.
+
+Gemma models are refused in fp16: their activations exceed fp16's range (65504) and every
+score becomes NaN (case fp16_nan).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("auto", *DTYPES)
+NAMES = {v: k for k, v in DTYPES.items()}
+
+X86_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+ARM_BF16_FLAGS = ("bf16",)
+PROBE_MIN_SPEEDUP = 1.5
+PROBE_N = 512
+
+# Model families trained in bf16 whose activations overflow fp16 (max 65504). Gemma 3's
+# residual stream reaches ~1e5 within a few layers: every logit becomes inf/NaN.
+FP16_UNSAFE_MODEL_TYPES = ("gemma", "gemma2", "gemma3", "gemma3_text", "gemma3n", "gemma3n_text")
+
+
+class PrecisionError(ValueError):
+    """A precision this model or machine cannot run in; raised before any work starts."""
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The precision a run uses and the reason, as recorded in run.json."""
+
+    precision: str  # fp32, bf16 or fp16
+    requested: str
+    device: str
+    reason: str
+    cpu: str | None = None
+    cpu_bf16_flags: tuple[str, ...] = ()
+    probe: dict | None = field(default=None)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.precision]
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["cpu_bf16_flags"] = list(self.cpu_bf16_flags)
+        out["kept_fp32"] = ["LoRA weights", "optimizer state", "loss", "log-softmax of scores"]
+        return out
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags (x86 `flags`, Arm `Features`), lower-case; empty if unknown."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            return set(value.lower().split())
+    return set()
+
+
+def native_bf16_flags(flags: set[str], machine: str | None = None) -> tuple[str, ...]:
+    """The flags that mean bf16 arithmetic in hardware on this architecture."""
+    machine = (machine or platform.machine()).lower()
+    wanted = ARM_BF16_FLAGS if machine in ("aarch64", "arm64") else X86_BF16_FLAGS
+    return tuple(f for f in wanted if f in flags)
+
+
+def matmul_probe(n: int = PROBE_N, repeats: int = 5, give_up_s: float = 0.05) -> dict:
+    """GFLOP/s of an n x n matmul in fp32 and bf16; about 50 ms where bf16 is native.
+
+    If one bf16 product takes longer than `give_up_s` (emulated bf16), the probe stops there.
+    """
+    out = {"n": n}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        started = time.perf_counter()
+        torch.matmul(a, b)  # warm-up: oneDNN builds its kernel on the first call
+        if time.perf_counter() - started > give_up_s:
+            out[f"{name}_gflops"] = 2 * n**3 / (time.perf_counter() - started) / 1e9
+            continue
+        started = time.perf_counter()
+        for _ in range(repeats):
+            torch.matmul(a, b)
+        out[f"{name}_gflops"] = 2 * n**3 * repeats / (time.perf_counter() - started) / 1e9
+    return out
+
+
+def decide_cpu(flags: set[str], probe=matmul_probe, machine: str | None = None, cpu: str | None = None
+               ) -> PrecisionChoice:
+    """`auto` on a CPU: bf16 if a native-bf16 flag is present and the probe confirms it, else fp32.
+
+    `flags` and `probe` are parameters so tests can play either kind of CPU.
+    """
+    native = native_bf16_flags(flags, machine)
+    if not native:
+        wanted = " or ".join(ARM_BF16_FLAGS if (machine or platform.machine()).lower() in ("aarch64", "arm64")
+                             else X86_BF16_FLAGS)
+        return PrecisionChoice("fp32", "auto", "cpu", f"fp32: the CPU flags have no {wanted} (bf16 would be emulated, "
+                               "~300x slower matmuls)", cpu)
+    result = probe()
+    speedup = result["bf16_gflops"] / max(result["fp32_gflops"], 1e-9)
+    result["bf16_speedup"] = round(speedup, 2)
+    if speedup >= PROBE_MIN_SPEEDUP:
+        reason = (f"bf16: CPU flags {', '.join(native)} and a {result['n']}^2 matmul probe ran bf16 at {speedup:.1f}x "
+                  f"fp32 ({result['bf16_gflops']:.0f} vs {result['fp32_gflops']:.0f} GFLOP/s)")
+        return PrecisionChoice("bf16", "auto", "cpu", reason, cpu, native, result)
+    reason = (f"fp32: CPU flags {', '.join(native)} present, but a {result['n']}^2 matmul probe ran bf16 at only "
+              f"{speedup:.2f}x fp32 (needs {PROBE_MIN_SPEEDUP}x)")
+    return PrecisionChoice("fp32", "auto", "cpu", reason, cpu, native, result)
+
+
+@functools.lru_cache(maxsize=1)
+def _this_cpu() -> PrecisionChoice:
+    from .runs import cpu_name
+
+    choice = decide_cpu(cpu_flags(), cpu=cpu_name())
+    log.info("precision auto on CPU: %s", choice.reason)
+    return choice
+
+
+def choose(device: torch.device | str, precision: str = "auto") -> PrecisionChoice:
+    """The precision for `device`; `precision` is auto, fp32, bf16 or fp16. Raises PrecisionError on others."""
+    if precision not in PRECISIONS:
+        raise PrecisionError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    device = torch.device(device)
+    if device.type == "cpu":
+        auto = _this_cpu()
+        if precision == "auto":
+            return auto
+        reason = f"{precision}: requested"
+        if precision == "bf16" and auto.precision != "bf16":
+            reason += " (this CPU has no fast bf16: " + auto.reason.split(": ", 1)[1] + ")"
+            log.warning("--precision bf16 on a CPU without native bf16: expect matmuls ~300x slower than fp32")
+        return PrecisionChoice(precision, precision, "cpu", reason, auto.cpu, auto.cpu_bf16_flags, auto.probe)
+    if precision != "auto":
+        return PrecisionChoice(precision, precision, str(device), f"{precision}: requested")
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return PrecisionChoice("bf16", "auto", str(device), f"bf16: {torch.cuda.get_device_name(device)} supports it")
+    return PrecisionChoice("fp32", "auto", str(device), f"fp32: {device.type} device without bf16 support")
+
+
+def check_model_precision(model_type: str | None, dtype: torch.dtype) -> None:
+    """Refuse a precision the model family cannot run in (fp16 for Gemma); raises PrecisionError."""
+    if dtype == torch.float16 and (model_type or "") in FP16_UNSAFE_MODEL_TYPES:
+        raise PrecisionError(
+            f"{model_type} models overflow in fp16 (activations exceed 65504, every score becomes NaN): "
+            "use --precision bf16 or fp32 (auto picks the fastest the hardware computes)"
+        )
+
+
+def keep_trainable_fp32(model) -> int:
+    """Cast every trainable parameter (the LoRA weights) to fp32; returns how many were cast.
+
+    The optimizer keeps its state in the parameters' dtype, so this keeps Adam's moments fp32 as
+    well; bf16 updates of size lr * grad would round away against weights of order 1e-2.
+    """
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+            cast += 1
+    return cast
