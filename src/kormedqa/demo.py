@@ -42,7 +42,7 @@ class DemoConfig:
     dict_batch_size: int = field(default=8, metadata={"help": "dictionary batch (examples are short)"})
     mcq_batch_size: int = field(default=4, metadata={"help": "MCQ batch"})
     answer_weight: str = field(default="2/3", metadata={"help": "share of the loss on the answer (letter + <end_of_turn>)"})
-    rationale_template: str = field(default="linked", metadata={"help": "linked or verdict", "choices": ["linked", "verdict"]})
+    rationale_template: str = field(default="linked", metadata={"help": "linked or verdict", "choices": ["linked", "recall", "verdict"]})
     eval_limit: int | None = field(default=None, metadata={"help": "score only the first N of the chosen test questions"})
     eval_every: int = field(default=3, metadata={"help": "score every k-th test question (3: 54 of 162, all exam types; 1: all)"})
     # The teacher-forced loss pass costs ~3 min more per evaluation here and is one

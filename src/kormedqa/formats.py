@@ -128,7 +128,7 @@ def _short(text: str, width: int = 10) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-RATIONALE_TEMPLATES = ("linked", "verdict")
+RATIONALE_TEMPLATES = ("linked", "recall", "verdict")
 
 
 def template_simple_reasoning(mcq: MCQ, glossary: Glossary, template: str = "linked") -> str:
@@ -140,16 +140,21 @@ def template_simple_reasoning(mcq: MCQ, glossary: Glossary, template: str = "lin
       recalled definition (`- 일치 ✓` / `- 불일치`), so the verdict compares two texts in the
       context instead of asking the model to know, unaided, which letter holds the definition.
       See docs/decisions.md ("Linked rationales").
+    - "recall": only the recall line(s), then `</reasoning>X`: the answer letter, which carries the
+      weighted share of the loss, is itself the decision "which option says what I recalled".
+      Questions with no dictionary term get the option list with the ✓ line, as "verdict".
     - "verdict": the earlier template, one-word verdicts without option text (`A) 정답 ✓` /
       `B) 오답`); nothing in it links the recalled definition to a letter. Kept for comparison.
+    Measurements of each: docs/decisions.md ("Linked rationales") and bench/README.md.
     """
     if template not in RATIONALE_TEMPLATES:
         raise ValueError(f"rationale template must be one of {RATIONALE_TEMPLATES}, got {template!r}")
-    lines = ["각 선택지를 분석하면:"]
-    for entry in glossary.mentioned(mcq.question):
-        lines.append(f"{entry.term}: {korean_part(entry.definition)}")
+    recalled = [f"{entry.term}: {korean_part(entry.definition)}" for entry in glossary.mentioned(mcq.question)]
+    if template == "recall" and recalled:
+        return "\n".join(recalled)
+    lines = ["각 선택지를 분석하면:", *recalled]
     for letter, option in zip(LETTERS, mcq.options):
-        if template == "verdict":
+        if template != "linked":
             lines.append(f"{letter}) 정답 ✓" if letter == mcq.answer else f"{letter}) 오답")
         else:
             text = " ".join(option.split())

@@ -93,7 +93,7 @@ class LoopConfig:
     answer_weight: str = "2/3"
     rationale_template: str = field(default="linked", metadata={
         "help": "template rationale for MCQs without cot: linked or verdict (see kormedqa prepare mcq --help)",
-        "choices": ["linked", "verdict"]})
+        "choices": ["linked", "recall", "verdict"]})
     group_by_length: bool = False
     lora_r: int = 64
     lora_alpha: int = 128
