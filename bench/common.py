@@ -45,13 +45,16 @@ def machine() -> dict:
     }
 
 
-def prepared_mcq_rows(seed: int = 42) -> list[dict]:
+def prepared_mcq_rows(seed: int = 42, template: str = "verdict") -> list[dict]:
+    """The sample's training MCQs in the spec's format. The speed benchmarks keep the rationale
+    template their earlier figures were measured on (`verdict`, ~200 tokens an example), so
+    ratios stay comparable across runs; `bench/learning.py` compares the templates themselves."""
     from kormedqa.data import load_dictionary, load_mcq
     from kormedqa.formats import Glossary
     from kormedqa.prepare import mcq_rows
 
     glossary = Glossary(load_dictionary(SAMPLE / "dictionary.json", SAMPLE / "characters.json"))
-    return mcq_rows(load_mcq(SAMPLE / "mcq", split="train"), seed, glossary)
+    return mcq_rows(load_mcq(SAMPLE / "mcq", split="train"), seed, glossary, template=template)
 
 
 def write_result(name: str, payload: dict) -> Path:

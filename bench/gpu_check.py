@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.device = "cpu"
         args.sizes = args.sizes or "tiny"
-        args.steps, args.batch_size, args.max_length = 1, 1, 256
+        args.steps, args.batch_size, args.max_length = 1, 1, 512
         args.questions, args.score_batch, args.gen_batch, args.gen_tokens = 4, 4, 2, 4
         if args.out == str(RESULTS / "gpu.json"):
             args.out = str(HERE / "work" / "gpu_smoke.json")
