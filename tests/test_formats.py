@@ -2,6 +2,7 @@
 import random
 
 from kormedqa.formats import (
+    DEFAULT_RATIONALE_TEMPLATE,
     Glossary, choose_detailed, dict_example, mcq_completion, mcq_examples, mcq_prompt, percentages,
 )
 from kormedqa.records import MCQ, DictEntry
@@ -100,8 +101,21 @@ def test_rationale_sources_in_order():
     with_cot = replace(q, cot="기록된 풀이")
     assert "<reasoning>\n기록된 풀이\n</reasoning>A" in mcq_examples([with_cot], 0, glossary, {"q0": "교사"}, 0.0)[0].completion
     assert "<reasoning>\n교사 풀이\n</reasoning>A" in mcq_examples([q], 0, glossary, {"q0": "교사 풀이"}, 0.0)[0].completion
-    templ = mcq_examples([q], 0, glossary, None, 0.0)[0].completion
-    assert "고혈압: 혈압이 정상 범위보다 높은 상태" in templ and "A) 정답 ✓\nB) 오답" in templ and templ.endswith("</reasoning>A<end_of_turn>")
+    head = "<start_of_turn>model\n<reasoning>\n"
+    recall = "고혈압: 혈압이 정상 범위보다 높은 상태"
+    expected = {
+        "linked": f"각 선택지를 분석하면:\n{recall}\nA) 가 - 일치 ✓\nB) 나 - 불일치\nC) 다 - 불일치\nD) 라 - 불일치\nE) 마 - 불일치",
+        "verdict": f"각 선택지를 분석하면:\n{recall}\nA) 정답 ✓\nB) 오답\nC) 오답\nD) 오답\nE) 오답",
+        "recall": recall,
+    }
+    for template, body in expected.items():
+        got = mcq_examples([q], 0, glossary, None, 0.0, template)[0].completion
+        assert got == f"{head}{body}\n</reasoning>A<end_of_turn>", template
+    default = mcq_examples([q], 0, glossary, None, 0.0)[0].completion
+    assert default == f"{head}{expected[DEFAULT_RATIONALE_TEMPLATE]}\n</reasoning>A<end_of_turn>"
+    # Without a dictionary term to recall, "recall" falls back to the option list with its verdicts.
+    bare = mcq_examples([q], 0, Glossary(), None, 0.0, "recall")[0].completion
+    assert bare == f"{head}각 선택지를 분석하면:\nA) 정답 ✓\nB) 오답\nC) 오답\nD) 오답\nE) 오답\n</reasoning>A<end_of_turn>"
 
 
 def test_detailed_completion_has_keywords_and_percentages():

@@ -56,15 +56,13 @@ def test_teacher_forced_loss_refuses_overflow(tiny_model, tokenizer, name, value
     from kormedqa.scorers import completion_losses
 
     _overflow(tiny_model, value)
-    rows = [{"prompt": "<start_of_turn>user\n질문<end_of_turn>", "completion": "<start_of_turn>model\nA<end_of_turn>"}]
+    rows = [{"id": "q1", "prompt": "<start_of_turn>user\n질문<end_of_turn>", "completion": "<start_of_turn>model\nA<end_of_turn>"}]
     with pytest.raises(NonFiniteError, match="teacher-forced cross-entropy"):
         completion_losses(tiny_model, tokenizer, rows)
 
 
 def test_cloze_option_scores_refuse_overflow(tiny_model, tokenizer):
-    scorers = pytest.importorskip("kormedqa.scorers")
-    if not hasattr(scorers, "option_logprobs"):
-        pytest.skip("option_logprobs not in this checkout")
+    from kormedqa import scorers
     from kormedqa.records import MCQ
 
     _overflow(tiny_model, float("nan"))
@@ -78,7 +76,7 @@ def test_training_stops_on_a_non_finite_loss_and_writes_no_adapter(tiny_model, t
     from kormedqa.sft import TrainConfig, run_training
 
     _overflow(tiny_model, value)
-    rows = [{"prompt": "<start_of_turn>user\n질문<end_of_turn>", "completion": "<start_of_turn>model\nA<end_of_turn>"}] * 2
+    rows = [{"id": "q1", "prompt": "<start_of_turn>user\n질문<end_of_turn>", "completion": "<start_of_turn>model\nA<end_of_turn>"}] * 2
     cfg = TrainConfig(base_model="unused", track="mcq", max_steps=2, batch_size=2, grad_accum=1, learning_rate=1e-3,
                       max_length=64, device="cpu", precision="fp32")
     with pytest.raises(NonFiniteError, match="training loss at step 1"):
@@ -138,7 +136,7 @@ def _run(argv, capsys):
 def test_case_fp16_eval_is_refused_in_one_line_before_any_output(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "ev_fp16"
     code, err = _run(["eval", "--model", str(tiny_model_dir), "--data", str(CASE / "q.jsonl"), "--output", str(out),
-                      "--mode", "both", "--max-new-tokens", "8", "--batch-size", "2", "--device", "cpu",
+                      "--mode", "generate,loglik", "--max-new-tokens", "8", "--batch-size", "2", "--device", "cpu",
                       "--precision", "fp16"], capsys)
     assert code == 2 and len(err.splitlines()) == 1 and "fp16" in err and "bf16 or fp32" in err, err
     assert not out.exists()

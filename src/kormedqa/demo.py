@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from .formats import DEFAULT_RATIONALE_TEMPLATE, RATIONALE_TEMPLATES
 from .checks import Range, check_config, check_device
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class DemoConfig:
     dict_batch_size: int = field(default=8, metadata={"help": "dictionary batch (examples are short)"})
     mcq_batch_size: int = field(default=4, metadata={"help": "MCQ batch"})
     answer_weight: str = field(default="2/3", metadata={"help": "share of the loss on the answer (letter + <end_of_turn>)"})
-    rationale_template: str = field(default="linked", metadata={"help": "linked or verdict", "choices": ["linked", "recall", "verdict"]})
+    rationale_template: str = field(default=DEFAULT_RATIONALE_TEMPLATE, metadata={"help": "rationale template for MCQs without cot (see kormedqa prepare mcq --help)", "choices": list(RATIONALE_TEMPLATES)})
     eval_limit: int | None = field(default=None, metadata={"help": "score only the first N of the chosen test questions"})
     eval_every: int = field(default=3, metadata={"help": "score every k-th test question (3: 54 of 162, all exam types; 1: all)"})
     # The teacher-forced loss pass costs ~3 min more per evaluation here and is one

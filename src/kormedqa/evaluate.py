@@ -19,7 +19,7 @@ import torch
 from .checks import PRECISIONS, Range, check_config, check_device, parse_eval_mode
 from .errors import UsageError
 from .extract import answer_after_reasoning, extract_answer, has_detailed_keywords, has_reasoning_tags, reasoning_score
-from .formats import GENERATION_PREFIX, Glossary, mcq_completion, mcq_prompt, template_simple_reasoning
+from .formats import DEFAULT_RATIONALE_TEMPLATE, GENERATION_PREFIX, Glossary, mcq_completion, mcq_prompt, template_simple_reasoning
 from .metrics import accuracy_by_group, mean_interval, proportion
 from .numerics import check_finite_tree
 from .records import LETTERS, MCQ
@@ -195,7 +195,7 @@ def evaluate_mcq(
     max_new_tokens: int = 256,
     glossary: Glossary | None = None,
     generator=None,
-    rationale_template: str = "linked",
+    rationale_template: str = DEFAULT_RATIONALE_TEMPLATE,
 ) -> tuple[dict, list[dict]]:
     """Run the scorers `mode` names, join their records by id, and build the metrics.
 

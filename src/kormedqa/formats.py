@@ -129,9 +129,10 @@ def _short(text: str, width: int = 10) -> str:
 
 
 RATIONALE_TEMPLATES = ("linked", "recall", "verdict")
+DEFAULT_RATIONALE_TEMPLATE = "linked"
 
 
-def template_simple_reasoning(mcq: MCQ, glossary: Glossary, template: str = "linked") -> str:
+def template_simple_reasoning(mcq: MCQ, glossary: Glossary, template: str = DEFAULT_RATIONALE_TEMPLATE) -> str:
     """The spec's '각 선택지를 분석하면:' list, recalling dictionary definitions first.
 
     The recall runs term -> definition, the direction the dictionary track teaches. Then one line
@@ -205,7 +206,7 @@ def mcq_examples(
     glossary: Glossary | None = None,
     rationales: Mapping[str, str] | None = None,
     detailed_fraction: float = DETAILED_FRACTION,
-    template: str = "linked",
+    template: str = DEFAULT_RATIONALE_TEMPLATE,
 ) -> list[Example]:
     """Seed-format MCQ examples. Rationale order: the record's `cot`, the rationale file, a template.
 

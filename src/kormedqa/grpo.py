@@ -103,9 +103,6 @@ def run_grpo(
     dtype = pick_dtype(dev, precision)
     if any(r["gold"] not in "ABCDE" or not r["gold"] for r in rows):
         raise ValueError("every GRPO row needs a gold letter A-E")
-    # TRL encodes string prompts with the tokenizer's own BOS: a rendered `<bos>` would double it.
-    rows = [dict(r, prompt=strip_leading_bos(tokenizer, r["prompt"])[0]) for r in rows]
-    data = Dataset.from_list(list(rows))
     # Each optimizer step sees batch_size completions = batch_size / num_generations prompts.
     per_device = max(num_generations, batch_size - batch_size % num_generations)
     args = GRPOConfig(
@@ -131,6 +128,9 @@ def run_grpo(
     )
     # After GRPOConfig, which starts the distributed state the model loading needs (see sft.run_training).
     tokenizer = load_tokenizer(base_model)
+    # TRL encodes string prompts with the tokenizer's own BOS: a rendered `<bos>` would double it.
+    rows = [dict(r, prompt=strip_leading_bos(tokenizer, r["prompt"])[0]) for r in rows]
+    data = Dataset.from_list(list(rows))
     model = load_model(base_model, device=device, precision=precision, trainable_adapter=True)
     # TRL both stops generation and ends a completion's loss mask at the model's generation_config
     # eos ids, which for many Gemma checkpoints is <eos> alone: <end_of_turn> must be among them.

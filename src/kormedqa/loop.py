@@ -21,14 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from .formats import DEFAULT_RATIONALE_TEMPLATE, RATIONALE_TEMPLATES
 from .checks import PRECISIONS, Range, check_config, check_device, parse_eval_mode
 from .errors import UsageError
 from .runs import atomic_dir, claim_output, provenance, write_json_atomic
 from .sft import TrainConfig, run_training
 
 log = logging.getLogger(__name__)
-
-SELECT_BY = ("accuracy", "loglik_accuracy", "cloze_accuracy", "cloze_accuracy_norm", "reasoning_score")
 
 # The --select-by metrics each evaluation scorer computes (`loss` computes none worth selecting by).
 SELECTABLE_BY_SCORER = {
@@ -37,6 +36,7 @@ SELECTABLE_BY_SCORER = {
     "cloze": ("cloze_accuracy", "cloze_accuracy_norm"),
     "loss": (),
 }
+SELECT_BY = tuple(m for names in SELECTABLE_BY_SCORER.values() for m in names)
 
 
 def check_select_by(select_by: str, eval_mode: str) -> None:
@@ -91,9 +91,9 @@ class LoopConfig:
     dict_grad_accum: int | None = None
     mcq_grad_accum: int | None = None
     answer_weight: str = "2/3"
-    rationale_template: str = field(default="linked", metadata={
+    rationale_template: str = field(default=DEFAULT_RATIONALE_TEMPLATE, metadata={
         "help": "template rationale for MCQs without cot: linked or verdict (see kormedqa prepare mcq --help)",
-        "choices": ["linked", "recall", "verdict"]})
+        "choices": list(RATIONALE_TEMPLATES)})
     group_by_length: bool = False
     lora_r: int = 64
     lora_alpha: int = 128
@@ -180,8 +180,7 @@ def run_loop(cfg: LoopConfig) -> dict:
     from .modeling import load_model, load_tokenizer, resolve_model_path
     from .prepare import check_overlap, dict_rows, mcq_rows
 
-    if cfg.select_by not in SELECT_BY:
-        raise ValueError(f"--select-by must be one of {SELECT_BY}")
+    check_select_by(cfg.select_by, cfg.eval_mode)  # also checked at parse time; code callers get it here
     stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
     unknown = set(stages) - {"dict", "mcq", "grpo"}
     if unknown:

@@ -146,7 +146,7 @@ def _this_cpu() -> PrecisionChoice:
     from .runs import cpu_name
 
     choice = decide_cpu(cpu_flags(), cpu=cpu_name())
-    log.info("precision auto on CPU: %s", choice.reason)
+    log.debug("precision auto on CPU: %s", choice.reason)  # run.json records it; stderr stays for errors
     return choice
 
 

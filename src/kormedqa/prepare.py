@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from .formats import DETAILED_FRACTION, RATIONALE_TEMPLATES, Glossary, dict_example, mcq_examples
+from .formats import DEFAULT_RATIONALE_TEMPLATE, DETAILED_FRACTION, RATIONALE_TEMPLATES, Glossary, dict_example, mcq_examples
 from .checks import Range, check_config
 from .errors import DataError, LeakageError, OutputExistsError, UsageError
 
@@ -25,7 +25,7 @@ class PrepareConfig:
     eval_split: str = "test"
     allow_overlap: bool = field(default=False, metadata={"help": "write the file even when training questions appear in --eval-data"})
     detailed_fraction: float = DETAILED_FRACTION
-    rationale_template: str = field(default="linked", metadata={
+    rationale_template: str = field(default=DEFAULT_RATIONALE_TEMPLATE, metadata={
         "help": "template rationale for records without cot: linked (option text + match verdict per line) or verdict "
                 "(one-word verdicts, the earlier template)", "choices": list(RATIONALE_TEMPLATES)})
     seed: int = 42
@@ -55,7 +55,7 @@ def dict_rows(entries) -> list[dict]:
 
 
 def mcq_rows(mcqs, seed: int, glossary: Glossary | None = None, rationales=None, detailed_fraction=DETAILED_FRACTION,
-             template: str = "linked") -> list[dict]:
+             template: str = DEFAULT_RATIONALE_TEMPLATE) -> list[dict]:
     return [e.to_row() for e in mcq_examples(mcqs, seed, glossary, rationales, detailed_fraction, template)]
 
 
