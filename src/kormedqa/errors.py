@@ -8,7 +8,7 @@ working: `records.DataError`, `modeling.ModelError`, `prepare.LeakageError`, `ru
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class UserError(Exception):
@@ -27,7 +27,6 @@ class DataError(UserError, ValueError):
     line: int | None
     field: str | None
     reason: str
-    extra: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
         where = self.path if self.line is None else f"{self.path}:{self.line}"

@@ -60,12 +60,6 @@ def has_detailed_keywords(text: str) -> bool:
     return all(keyword in text for keyword in DETAILED_KEYWORDS)
 
 
-def has_percentages(text: str) -> bool:
-    """Computed by the seed but not part of its score; reported for information."""
-    text = normalize_text(text)
-    return all(f"{letter})" in text for letter in "ABCDE")
-
-
 def reasoning_score(output: str, gold: str) -> float:
     """The seed's score: correct 2/3 (+1/3 with good format); good format but wrong 1/4; else 0.
 

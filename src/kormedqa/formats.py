@@ -93,10 +93,6 @@ def mcq_completion(reasoning: str, answer: str) -> str:
     return f"{MODEL_TURN}{REASONING_OPEN}\n{reasoning.strip()}\n{REASONING_CLOSE}{answer}{END_OF_TURN}"
 
 
-def answer_only_completion(answer: str) -> str:
-    return f"{MODEL_TURN}{answer}{END_OF_TURN}"
-
-
 # ---------------------------------------------------------------- rationales
 
 

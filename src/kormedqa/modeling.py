@@ -20,7 +20,6 @@ from .errors import ModelError
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "gemma3-270m"
-START_OF_TURN = "<start_of_turn>"
 END_OF_TURN = "<end_of_turn>"
 
 # Gemma's turn format. The GGUF ships no template; this one renders exactly the strings the
