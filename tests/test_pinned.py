@@ -1,0 +1,109 @@
+"""Exact values: collation on literal tensors, McNemar on a literal table, report rows, perplexity,
+and the first logged losses of a fixed tiny-model training run (as torchtune's recipe tests pin
+their loss lists). A change that moves any of these is a behaviour change and must say so."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kormedqa.batching import CompletionCollator
+
+FEATURES = [
+    {"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "answer_mask": [0, 0, 1]},
+    {"input_ids": [8, 9], "labels": [-100, 9], "answer_mask": [0, 1]},
+]
+
+
+def test_padded_collation_on_literal_tensors():
+    batch = CompletionCollator(pad_token_id=0)(FEATURES)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 9, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [-100, 9, -100]]
+    assert batch["answer_mask"].tolist() == [[0, 0, 1], [0, 1, 0]]
+
+
+def test_padding_free_collation_on_literal_tensors():
+    batch = CompletionCollator(pad_token_id=0, padding_free=True)(FEATURES)
+    assert set(batch) == {"input_ids", "position_ids", "labels", "answer_mask"}
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    assert batch["labels"].tolist() == [[-100, 6, 7, -100, 9]]
+    assert batch["answer_mask"].tolist() == [[0, 0, 1, 0, 1]]
+
+
+def test_mcnemar_exact_on_a_literal_table():
+    from kormedqa.metrics import mcnemar_exact
+
+    # 3 questions only the first arm got, 0 only the second: two-sided binomial p = 2 * 0.5**3.
+    got = mcnemar_exact([True, True, True, False, True], [False, False, False, False, True])
+    assert (got["only_a"], got["only_b"]) == (3, 0)
+    assert got["p_value"] == pytest.approx(0.25) and got["significant_at_0.05"] is False
+    # 1 vs 9 discordant: p = 2 * (C(10,0) + C(10,1)) / 2**10 = 22/1024.
+    got = mcnemar_exact([True] + [False] * 9, [False] + [True] * 9)
+    assert got["p_value"] == pytest.approx(22 / 1024) and got["significant_at_0.05"] is True
+    assert mcnemar_exact([True, False], [True, False])["p_value"] == 1.0
+
+
+def test_mean_interval_on_literal_values():
+    from kormedqa.metrics import mean_interval
+
+    got = mean_interval([1.0, 2.0, 3.0])
+    half = 1.959963984540054 * 1.0 / math.sqrt(3)
+    assert got["value"] == 2.0 and got["total"] == 3
+    assert got["ci95"] == pytest.approx([2.0 - half, 2.0 + half])
+
+
+def test_report_rows_and_sentences_from_literal_metrics():
+    from kormedqa.report import results_table, what_moved
+
+    def p(value, low, high):
+        return {"value": value, "ci95": [low, high]}
+
+    before = {"accuracy": p(0.2, 0.1, 0.3), "cloze_accuracy": p(0.3, 0.2, 0.4)}
+    after = {"accuracy": p(0.5, 0.4, 0.6), "cloze_accuracy": p(0.6, 0.5, 0.7)}
+    table = results_table(before, {"loops": [{"loop": 1, "metrics": after}]}).splitlines()
+    assert table[0] == "| stage | accuracy (gen) | cloze accuracy |"
+    assert table[2] == "| before training | 20.0% [10.0%, 30.0%] | 30.0% [20.0%, 40.0%] |"
+    assert table[3] == "| loop 1 | 50.0% [40.0%, 60.0%] | 60.0% [50.0%, 70.0%] |"
+    tests = {"cloze_accuracy": {"p_value": 0.001, "significant_at_0.05": True}}
+    lines = what_moved(before, after, tests)
+    assert lines[0] == "- Generation accuracy: 20.0% -> 50.0% [40.0%, 60.0%] (+30.0 points)"
+    assert lines[1] == ("- Cloze accuracy (option text): 30.0% -> 60.0% [50.0%, 70.0%] (+30.0 points); "
+                        "McNemar exact p = 0.001 (significant at 0.05)")
+
+
+def test_perplexity_is_exp_of_the_mean_next_token_cross_entropy(tiny_model, tokenizer):
+    from kormedqa.cpt import perplexity
+
+    texts = ["고혈압은 혈압이 높은 상태이다.", "빈혈은 혈액의 산소 운반 능력이 감소한 상태이다."]
+    total, count = 0.0, 0
+    eos = tokenizer.eos_token_id
+    for text in texts:
+        ids = torch.tensor([tokenizer(text)["input_ids"] + [eos]])
+        with torch.no_grad():
+            logits = tiny_model(ids).logits[0, :-1].float()
+        ce = F.cross_entropy(logits, ids[0, 1:], reduction="sum")
+        total, count = total + float(ce), count + ids.shape[1] - 1
+    assert perplexity(tiny_model, tokenizer, texts) == pytest.approx(math.exp(total / count), rel=1e-5)
+
+
+# The first three logged losses of `run_training` on the tiny model (tests/conftest.py), the rows
+# below, batch 2, lr 1e-2, no dropout, seed 7, padding-free, answer weight 2/3, fp32.
+PINNED_LOSSES = [12.5255, 12.4235, 12.3104]  # measured 2026-11-30, AMD EPYC (avx2), torch 2.13 CPU
+
+
+def test_first_training_losses_are_pinned(tiny_model_dir, tokenizer, tmp_path):
+    from kormedqa.formats import dict_example, mcq_examples
+    from kormedqa.records import MCQ, DictEntry
+    from kormedqa.sft import TrainConfig, run_training
+
+    mcq = MCQ(id="q1", question="'고혈압'의 정의로 옳은 것은?", options=("혈압이 높은 상태", "나", "다", "라", "마"), answer="A")
+    rows = [mcq_examples([mcq], seed=0, detailed_fraction=0.0)[0], dict_example(DictEntry("빈혈", "Anemia. 혈색소가 부족한 상태")),
+            dict_example(DictEntry("고혈압", "Hypertension. 혈압이 높은 상태")), mcq_examples([mcq], seed=1, detailed_fraction=0.0)[0]]
+    rows = [{"prompt": r.prompt, "completion": r.completion} for r in rows]
+    cfg = TrainConfig(base_model=str(tiny_model_dir), track="mcq", max_steps=3, batch_size=2, grad_accum=1, learning_rate=1e-2,
+                      answer_weight="2/3", lora_dropout=0.0, device="cpu", precision="fp32", seed=7)
+    log = run_training(cfg, rows, tmp_path / "run", tokenizer=tokenizer, stage="pinned")["log"]
+    # rel 1e-4: other CPUs' fp32 kernels sum in other orders; a real change moves the loss far more.
+    assert [row["loss"] for row in log] == pytest.approx(PINNED_LOSSES, rel=1e-4)
