@@ -207,6 +207,7 @@ def main() -> int:
     text = table(results, vs_base, vs_control)
     write_result("learning", {
         "machine": machine(), "settings": vars(args), "arms": {n: ARMS.get(n) for n in results},
+        "test_questions": len(next(iter(results.values()))["preds"]) if results else 0,
         "wall_seconds": time.time() - started,
         "arm_seconds_total": sum(r["train_seconds"] + r["eval_seconds"] for r in results.values()),
         "results": {n: {k: v for k, v in r.items() if k != "preds"} for n, r in results.items()},

@@ -2,7 +2,7 @@
 
     python bench/run_all.py [--only train_throughput,eval_throughput,roofline,precision_agreement] [--with-learning]
 
-The learning benchmark (about 45 minutes here) runs only with --with-learning; its last result,
+The learning benchmark (about 25-40 minutes an arm here) runs only with --with-learning; its last result,
 if any, is still rendered.
 """
 from __future__ import annotations
