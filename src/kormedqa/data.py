@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from kormedqa.errors import UsageError
 from kormedqa.records import EXAM_TYPES, LETTERS, MCQ, DataError, DictEntry
 from kormedqa.text import normalize_text, normalize_value, split_lines
 
@@ -287,7 +288,7 @@ def _layouts(split: str) -> str:
 
 def _load_directory(root: Path, split: str | None, exam_type: str | None) -> list[MCQ]:
     if not split:
-        raise ValueError(f"{root} is a directory: pass split= (one of {', '.join(SPLITS)})")
+        raise UsageError(f"{root} is a directory: pass --split (one of {', '.join(SPLITS)})")
     configs = _card_configs(root)
     if configs:
         return _load_card(root, configs, split, exam_type)
@@ -396,7 +397,7 @@ def _load_card(folder: Path, configs: list[str], split: str, exam_type: str | No
 
 def _load_hub(dataset_id: str, split: str | None, exam_type: str | None) -> list[MCQ]:
     if not split:
-        raise ValueError(f"loading {dataset_id} from the hub needs split= (one of {', '.join(SPLITS)})")
+        raise UsageError(f"loading {dataset_id} from the hub needs --split (one of {', '.join(SPLITS)})")
     import datasets  # heavy import; only hub users need it
 
     out = []
@@ -424,7 +425,7 @@ def load_mcq(source: str | Path, split: str | None = None, exam_type: str | None
     file, line (row) and field; ValueError for a bad `exam_type` or a missing `split`.
     """
     if exam_type is not None and exam_type not in EXAM_TYPES:
-        raise ValueError(f"exam_type must be one of {', '.join(EXAM_TYPES)}, got {exam_type!r}")
+        raise UsageError(f"--exam-type must be one of {', '.join(EXAM_TYPES)}, got {exam_type!r}")
     path = Path(source)
     if path.is_dir():
         records = _load_directory(path, split, exam_type)

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 
+from .errors import UsageError
 from .extract import AFTER_REASONING, reasoning_score
 from .formats import REASONING_CLOSE
 from .records import MCQ
@@ -102,7 +103,7 @@ def run_grpo(
     dev = pick_device(device)
     dtype = pick_dtype(dev, precision)
     if any(r["gold"] not in "ABCDE" or not r["gold"] for r in rows):
-        raise ValueError("every GRPO row needs a gold letter A-E")
+        raise UsageError("every GRPO row needs a gold letter A-E")
     # Each optimizer step sees batch_size completions = batch_size / num_generations prompts.
     per_device = max(num_generations, batch_size - batch_size % num_generations)
     args = GRPOConfig(

@@ -184,7 +184,7 @@ def run_loop(cfg: LoopConfig) -> dict:
     stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
     unknown = set(stages) - {"dict", "mcq", "grpo"}
     if unknown:
-        raise ValueError(f"unknown stage(s) {sorted(unknown)}; known: dict, mcq, grpo")
+        raise UsageError(f"unknown stage(s) {sorted(unknown)}; known: dict, mcq, grpo")
 
     # Everything that can fail on bad input fails here, before any training.
     entries = load_dictionary(*cfg.dictionary)
