@@ -112,7 +112,8 @@ class LoopConfig:
 
     RANGES: ClassVar[dict] = {
         "max_loops": Range(low=1), "target_accuracy": Range(low=0, high=100, low_open=True), "patience": Range(low=1),
-        "epochs_per_stage": Range(low=0, low_open=True), "dict_max_steps": Range(low=1, also=(-1,)),
+        "epochs_per_stage": Range(low=0, low_open=True), "dict_epochs": Range(low=0, low_open=True),
+        "mcq_epochs": Range(low=0, low_open=True), "dict_max_steps": Range(low=1, also=(-1,)),
         "mcq_max_steps": Range(low=1, also=(-1,)), "grpo_max_steps": Range(low=1),
         "grpo_learning_rate": Range(low=0, low_open=True), "num_generations": Range(low=2),
         "max_completion_length": Range(low=1), "dict_learning_rate": Range(low=0, low_open=True),
