@@ -82,3 +82,22 @@ def test_resume_after_kill_during_mcq_stage_redoes_only_that_stage(tmp_path, tin
     assert stages.count("loop_1_dict") == 1 and stages.count("loop_1_mcq") == 2
     # Each stage starts from the folder on disk with a fixed seed, so the result is the same.
     assert history["loops"][0]["metrics"] == uninterrupted
+
+
+def test_shipped_recipes_parse_as_loop_configs():
+    """Every key of recipes/*.yaml is a LoopConfig field with a valid value (choices, ranges, select-by)."""
+    from pathlib import Path
+
+    import yaml
+
+    from kormedqa.loop import LoopConfig
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+    assert {r.name for r in recipes} >= {"medgemma-4b-seed.yaml", "cpu-demo.yaml"}
+    for recipe in recipes:
+        cfg = LoopConfig(**yaml.safe_load(recipe.read_text()))
+        assert cfg.stages == "dict,mcq", recipe.name
+    seed = LoopConfig(**yaml.safe_load((recipes[0].parent / "medgemma-4b-seed.yaml").read_text()))
+    assert (seed.dict_batch_size, seed.dict_grad_accum, seed.dict_learning_rate) == (4, 4, 2e-5)
+    assert (seed.mcq_batch_size, seed.mcq_grad_accum, seed.mcq_learning_rate) == (2, 8, 1e-5)
+    assert (seed.max_loops, seed.target_accuracy, seed.patience) == (10, 90.0, 3)
