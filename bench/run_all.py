@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import write_result
 RESULTS = HERE / "results"
-FAST = ("train_throughput", "eval_throughput", "roofline", "precision_agreement")
+FAST = ("train_throughput", "eval_throughput", "cloze_vs_harness", "roofline", "precision_agreement")
 
 
 def _load(name: str) -> dict | None:
@@ -71,6 +71,16 @@ def render() -> str:
                 f"| naive per-question model.generate | {g['naive']['questions_per_s']:.3f} | | |",
                 f"| kormedqa eval --mode generate (batched) | {g['kormedqa']['questions_per_s']:.3f} | | {g['identical_outputs']}/{g['questions']} identical outputs |",
                 "", f"**{ev['summary']}**", ""]
+    cz = _load("cloze_vs_harness")
+    if cz:
+        m, k, h = cz["machine"], cz["kormedqa"], cz["lm_eval"]
+        out += [f"## Cloze scoring ({m['date']}, {m['cpu']}, {m['torch_threads']} threads)", "",
+                f"Each option's text after a question-only prompt, {cz['questions']} shipped test questions, the same "
+                "prompt and continuations in both (lm-eval: a local `multiple_choice` task).", "",
+                "| | questions/s | cloze accuracy (raw / norm) |", "|---|---|---|",
+                f"| lm-evaluation-harness (hf backend) | {h['questions_per_s']:.2f} | {h['cloze_accuracy']:.3f} / {h['cloze_accuracy_norm']:.3f} |",
+                f"| kormedqa eval --mode cloze | {k['questions_per_s']:.2f} | {k['cloze_accuracy']:.3f} / {k['cloze_accuracy_norm']:.3f} |",
+                "", f"**{cz['summary']}**", ""]
     rf = _load("roofline")
     if rf:
         m = rf["machine"]
