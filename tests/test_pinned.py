@@ -52,6 +52,10 @@ def test_mean_interval_on_literal_values():
     half = 1.959963984540054 * 1.0 / math.sqrt(3)
     assert got["value"] == 2.0 and got["total"] == 3
     assert got["ci95"] == pytest.approx([2.0 - half, 2.0 + half])
+    from kormedqa.numerics import NonFiniteError
+
+    with pytest.raises(NonFiniteError):
+        mean_interval([1.0, float("nan")])
 
 
 def test_report_rows_and_sentences_from_literal_metrics():

@@ -22,7 +22,7 @@ from .extract import answer_after_reasoning, extract_answer, has_detailed_keywor
 from .formats import DEFAULT_RATIONALE_TEMPLATE, GENERATION_PREFIX, Glossary, mcq_completion, mcq_prompt, template_simple_reasoning
 from .metrics import accuracy_by_group, mean_interval, proportion
 from .numerics import check_finite_tree
-from .records import LETTERS, MCQ
+from .records import EXAM_TYPES, LETTERS, MCQ
 from .scorers import ANSWER_STOPS, HFGenerator, completion_losses, eval_prompt, generate, letter_logprobs, option_logprobs
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class EvalConfig:
     data: str = field(default="", metadata={"help": "KorMedMCQA file, split folder or hub id (e.g. sean0042/KorMedMCQA)"})
     split: str = field(default="test", metadata={"help": "split to read from a folder or the hub"})
     exam_type: str | None = field(default=None, metadata={"help": "doctor, nurse, pharm or dentist (default: all)",
-                                                          "choices": ["doctor", "nurse", "pharm", "dentist"]})
+                                                          "choices": list(EXAM_TYPES)})
     task: str = field(default="mcq", metadata={"help": "mcq, or dict to score dictionary definitions (Track 1)",
                                                "choices": ["mcq", "dict"]})
     dictionary: list[str] = field(default_factory=list, metadata={"help": "dictionary JSON(s) for --task dict"})
@@ -61,9 +61,6 @@ class EvalConfig:
         if self.backend not in ("auto", "hf", "vllm"):
             raise UsageError(f"--backend must be one of auto, hf, vllm; got {self.backend!r}")
         parse_eval_mode(self.mode, "--mode")
-
-
-# ---------------------------------------------------------------- putting it together
 
 
 # ---------------------------------------------------------------- scorer outputs -> records by id
@@ -162,7 +159,7 @@ def mcq_metrics(preds: Sequence[dict], scorers: Sequence[str]) -> dict:
         # degenerate output by the fallback cascade counts in parse_rate but not here.
         m["format_parse_rate"] = _rate(preds, "answer_after_reasoning")
         m["accuracy_among_parsed"] = _rate(preds, "correct", where=lambda p: bool(p["prediction"]))
-        m["reasoning_score"] = mean_interval([p["reasoning_score"] for p in preds])
+        m["reasoning_score"] = mean_interval([p["reasoning_score"] for p in preds], "the reasoning score")
         m["reasoning_tag_rate"] = _rate(preds, "has_reasoning_tags")
         m["valid_format_rate"] = _rate(preds, "good_format")
         m["prediction_counts"] = {x: sum(p["prediction"] == x for p in preds) for x in (*LETTERS, "")}

@@ -32,15 +32,16 @@ def proportion(correct: int, total: int) -> dict:
     }
 
 
-def mean_interval(values: Sequence[float], z: float = 1.959963984540054) -> dict:
-    """Mean with a normal-approximation 95% interval: {value, total, ci95}. Refuses non-finite values."""
+def mean_interval(values: Sequence[float], what: str = "a mean metric", z: float = 1.959963984540054) -> dict:
+    """Mean with a normal-approximation 95% interval: {value, total, ci95}.
+
+    NonFiniteError (through `finite_mean`) if any value is NaN or inf; {0.0, 0, [0, 0]} if empty.
+    """
     values = [float(v) for v in values]
-    if any(not math.isfinite(v) for v in values):
-        raise ValueError("a non-finite value cannot become a metric")
     n = len(values)
     if n == 0:
         return {"value": 0.0, "total": 0, "ci95": [0.0, 0.0]}
-    mean = sum(values) / n
+    mean = finite_mean(values, what)
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     half = z * sd / math.sqrt(n)
     return {"value": mean, "total": n, "ci95": [mean - half, mean + half]}
