@@ -303,25 +303,19 @@ def scoring_part(size, tokenizer, qs, args, device, dtype) -> dict:
     model = build_model(size, tokenizer, device, dtype, args.seed).eval()
     prompts = [scorers.eval_prompt(q) for q in qs]
     out = {}
-    if device.type == "cuda":  # kernel selection and allocator warm-up stay out of the timing
-        scorers.letter_logprobs(model, tokenizer, prompts[: args.score_batch], args.score_batch)
-    _sync(device)
-    started = time.perf_counter()
-    scorers.letter_logprobs(model, tokenizer, prompts, args.score_batch)
-    _sync(device)
-    s = time.perf_counter() - started
-    out["letter_loglik"] = {"questions": len(qs), "seconds": s, "questions_per_s": len(qs) / s}
-    if hasattr(scorers, "option_logprobs"):
-        if device.type == "cuda":
-            scorers.option_logprobs(model, tokenizer, qs[: args.score_batch], args.score_batch)
+
+    def timed(score, items) -> dict:
+        if device.type == "cuda":  # kernel selection and allocator warm-up stay out of the timing
+            score(model, tokenizer, items[: args.score_batch], args.score_batch)
         _sync(device)
         started = time.perf_counter()
-        scorers.option_logprobs(model, tokenizer, qs, args.score_batch)
+        score(model, tokenizer, items, args.score_batch)
         _sync(device)
         s = time.perf_counter() - started
-        out["cloze"] = {"questions": len(qs), "seconds": s, "questions_per_s": len(qs) / s}
-    else:
-        out["cloze"] = {"skipped": "kormedqa.scorers.option_logprobs is not in this checkout"}
+        return {"questions": len(qs), "seconds": s, "questions_per_s": len(qs) / s}
+
+    out["letter_loglik"] = timed(scorers.letter_logprobs, prompts)
+    out["cloze"] = timed(scorers.option_logprobs, qs)
     gen_prompts = (prompts * (args.gen_batch // max(len(prompts), 1) + 1))[: args.gen_batch]
     scorers.generate(model, tokenizer, gen_prompts[:2], 2, 2, stop_strings=())  # warm-up
     _sync(device)
