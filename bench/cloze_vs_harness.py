@@ -16,15 +16,13 @@ figure is questions/s.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import SAMPLE, machine, write_result  # noqa: E402
+from common import SAMPLE, machine, run_lm_eval_task, write_result  # noqa: E402
 
 TASK_YAML = """task: kormedqa_cloze
 dataset_path: json
@@ -49,24 +47,8 @@ metric_list:
 
 def harness_scores(model_dir: str, rows: list[dict], batch_size: int) -> tuple[float, list[list[float]], dict]:
     """lm-eval's per-choice log-likelihoods (input order) and its own aggregate metrics."""
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "questions.jsonl"
-        data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        task_dir = Path(tmp) / "tasks"
-        task_dir.mkdir()
-        (task_dir / "kormedqa_cloze.yaml").write_text(TASK_YAML.format(data=data))
-        started = time.time()
-        out = lm_eval.simple_evaluate(
-            model="hf", model_args=f"pretrained={model_dir},dtype=float32,add_bos_token=True,device=cpu",
-            tasks=["kormedqa_cloze"], task_manager=TaskManager(include_path=str(task_dir)),
-            batch_size=batch_size, log_samples=True,
-        )
-        seconds = time.time() - started
-    samples = sorted(out["samples"]["kormedqa_cloze"], key=lambda s: s["doc_id"])
-    return seconds, [[r[0][0] for r in s["resps"]] for s in samples], out["results"]["kormedqa_cloze"]
+    seconds, samples, results = run_lm_eval_task(model_dir, "kormedqa_cloze", TASK_YAML, rows, batch_size)
+    return seconds, [[r[0][0] for r in s["resps"]] for s in samples], results
 
 
 def main() -> int:

@@ -63,3 +63,31 @@ def write_result(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     write_json_atomic(path, payload)
     return path
+
+
+def run_lm_eval_task(model_dir: str, task: str, task_yaml: str, rows: list[dict], batch_size: int) -> tuple[float, list[dict], dict]:
+    """Run lm-evaluation-harness (hf backend, fp32, BOS added, CPU) on a local task over `rows`.
+
+    `task_yaml` is a template with `{data}` where the JSONL of `rows` goes. Returns (seconds in
+    `simple_evaluate`, its samples in row order, its aggregate results for the task).
+    """
+    import json
+    import tempfile
+    import time
+
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "questions.jsonl"
+        data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        task_dir = Path(tmp) / "tasks"
+        task_dir.mkdir()
+        (task_dir / f"{task}.yaml").write_text(task_yaml.format(data=data))
+        started = time.time()
+        out = lm_eval.simple_evaluate(
+            model="hf", model_args=f"pretrained={model_dir},dtype=float32,add_bos_token=True,device=cpu",
+            tasks=[task], task_manager=TaskManager(include_path=str(task_dir)), batch_size=batch_size, log_samples=True,
+        )
+        seconds = time.time() - started
+    return seconds, sorted(out["samples"][task], key=lambda s: s["doc_id"]), out["results"][task]

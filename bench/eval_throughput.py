@@ -10,15 +10,13 @@ batched greedy generation: the figure is questions/s, and how many outputs are i
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import SAMPLE, machine, write_result  # noqa: E402
+from common import SAMPLE, machine, run_lm_eval_task, write_result  # noqa: E402
 
 TASK_YAML = """task: kormedqa_bench
 dataset_path: json
@@ -39,30 +37,9 @@ metric_list:
 
 
 def harness_run(model_dir: str, prompts: list[str], golds: list[int], batch_size: int) -> tuple[float, list[int]]:
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "questions.jsonl"
-        with open(data, "w", encoding="utf-8") as fh:
-            for i, (p, g) in enumerate(zip(prompts, golds)):
-                fh.write(json.dumps({"id": i, "prompt": p, "gold": g}, ensure_ascii=False) + "\n")
-        task_dir = Path(tmp) / "tasks"
-        task_dir.mkdir()
-        (task_dir / "kormedqa_bench.yaml").write_text(TASK_YAML.format(data=data))
-        started = time.time()
-        out = lm_eval.simple_evaluate(
-            model="hf",
-            model_args=f"pretrained={model_dir},dtype=float32,add_bos_token=True,device=cpu",
-            tasks=["kormedqa_bench"],
-            task_manager=TaskManager(include_path=str(task_dir)),
-            batch_size=batch_size,
-            log_samples=True,
-        )
-        seconds = time.time() - started
-    samples = sorted(out["samples"]["kormedqa_bench"], key=lambda s: s["doc_id"])
-    picks = [max(range(5), key=lambda i: s["resps"][i][0][0]) for s in samples]
-    return seconds, picks
+    rows = [{"id": i, "prompt": p, "gold": g} for i, (p, g) in enumerate(zip(prompts, golds))]
+    seconds, samples, _ = run_lm_eval_task(model_dir, "kormedqa_bench", TASK_YAML, rows, batch_size)
+    return seconds, [max(range(5), key=lambda i: s["resps"][i][0][0]) for s in samples]
 
 
 def naive_generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
