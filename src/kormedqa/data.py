@@ -1,9 +1,11 @@
-"""Readers, validation and atomic writers: the only place kormedqa touches input files.
+"""Readers: the only place kormedqa reads input files (MCQs, dictionaries, CPT text, prepared JSONL).
 
 Every reader turns raw rows into `MCQ` / `DictEntry` records or raises `DataError`
 naming the file, the line (JSONL/CSV line, JSON array element, parquet row) and the
 field, so a bad record is fixed at its source instead of surfacing as a KeyError
-deep inside training.
+deep inside training. The field checks of an MCQ row live in `kormedqa.validate`; local hub
+copies and hub ids are read through `datasets` in `kormedqa.hub`; the atomic writers live in
+`kormedqa.runs` (re-exported here for the callers that read and write through this module).
 
 Every string a reader returns (MCQ files of every format, local hub copies and hub ids,
 dictionaries, CPT text, rationale and prepared JSONL) is put in `kormedqa.text`'s normal form
@@ -20,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from kormedqa.errors import UsageError
-from kormedqa.records import EXAM_TYPES, LETTERS, MCQ, DataError, DictEntry
+from kormedqa.hub import card_configs, load_card, load_hub
+from kormedqa.records import EXAM_TYPES, MCQ, DataError, DictEntry
 from kormedqa.text import normalize_text, normalize_value, split_lines
+from kormedqa.validate import MAX_QUESTION_CHARS, row_to_mcq, text_field  # noqa: F401  (MAX_...: its old home)
 
 SPLITS = ("train", "dev", "test", "fewshot")
 MCQ_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-MAX_QUESTION_CHARS = 20000
 _BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # Notepad's and Excel's "Unicode" text
 # A hub id is "owner/name"; anything with a file extension or more slashes is a path typo.
@@ -137,97 +140,6 @@ def _rows(path: Path) -> tuple[list[Row], bool]:
     raise DataError(str(path), None, None, f"unsupported file type '{suffix}' (use {', '.join(MCQ_SUFFIXES)})")
 
 
-# ----------------------------------------------------------------------------- field checks
-
-
-def _text(row: dict, name: str, where: tuple[str, int], required: bool) -> str:
-    value = row.get(name)
-    if value is None:
-        if required:
-            raise DataError(*where, name, "missing")
-        return ""
-    if not isinstance(value, str):
-        raise DataError(*where, name, f"must be a string, got {type(value).__name__}")
-    if required and not value.strip():
-        raise DataError(*where, name, "empty")
-    return value.strip()
-
-
-def _int(row: dict, name: str, where: tuple[str, int], typed: bool) -> int | None:
-    value = row.get(name)
-    if value is None:
-        return None
-    if typed and type(value) is int:  # bool is an int subclass and never a year
-        return value
-    if not typed and isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    raise DataError(*where, name, f"must be an integer, got {value!r}")
-
-
-def _answer(row: dict, where: tuple[str, int], typed: bool) -> str:
-    value = row.get("answer")
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise DataError(*where, "answer", "missing")
-    if type(value) is int:
-        if 1 <= value <= 5:
-            return LETTERS[value - 1]
-        raise DataError(*where, "answer", f"out of range: {value} (expected 1-5 or A-E)")
-    if not isinstance(value, str):
-        raise DataError(*where, "answer", f"must be an integer 1-5 or a letter A-E, got {type(value).__name__}")
-    value = value.strip()
-    if value in LETTERS:
-        return value
-    if value.isdigit():
-        if typed:  # a quoted number in JSON usually means a broken export; refuse to guess
-            raise DataError(*where, "answer", f"must be an integer, got the string {value!r}")
-        if 1 <= int(value) <= 5:
-            return LETTERS[int(value) - 1]
-    raise DataError(*where, "answer", f"out of range: {value!r} (expected 1-5 or A-E)")
-
-
-def _record_id(row: dict, where: tuple[str, int], exam: str, year, q_number, fallback: str) -> str:
-    value = row.get("id")
-    if value is not None:
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise DataError(*where, "id", f"must be a string, got {type(value).__name__}")
-        if str(value).strip():
-            return str(value).strip()
-    if year is not None and q_number is not None:
-        # The doctor exam restarts q_number in each period, so keep the period when given.
-        period = row.get("period")
-        middle = f"{year}-{period}" if period not in (None, "") else f"{year}"
-        return f"{exam or 'q'}-{middle}-{q_number}"
-    return fallback
-
-
-def _to_mcq(
-    row: Any, path: Path | str, line: int, typed: bool, exam_forced: str, fallback_id: str, exam_default: str = ""
-) -> MCQ:
-    where = (str(path), line)
-    if not isinstance(row, dict):
-        raise DataError(*where, None, f"expected a JSON object, got {type(row).__name__}")
-    question = _text(row, "question", where, required=True)
-    if len(question) > MAX_QUESTION_CHARS:
-        raise DataError(*where, "question", f"longer than {MAX_QUESTION_CHARS} characters")
-    options = tuple(_text(row, letter, where, required=True) for letter in LETTERS)
-    answer = _answer(row, where, typed)
-    exam = exam_forced or _text(row, "exam_type", where, required=False) or exam_default
-    year = _int(row, "year", where, typed)
-    q_number = _int(row, "q_number", where, typed)
-    return MCQ(
-        id=_record_id(row, where, exam, year, q_number, fallback_id),
-        question=question,
-        options=options,  # type: ignore[arg-type]
-        answer=answer,
-        exam_type=exam,
-        subject=_text(row, "subject", where, required=False),
-        year=year,
-        q_number=q_number,
-        cot=_text(row, "cot", where, required=False),
-        source=f"{path}:{line}",
-    )
-
-
 # ----------------------------------------------------------------------------- MCQ loading
 
 # A hub shard: "test-00000-of-00001.parquet", or with the hash `push_to_hub` adds on re-upload,
@@ -252,7 +164,7 @@ def _load_mcq_file(path: Path, exam_forced: str, exam_filter: str | None) -> lis
     default = exam_filter or _exam_from_path(path)
     out = []
     for line, row in rows:
-        mcq = _to_mcq(row, path, line, typed, exam_forced, f"{stem}-{line}", default)
+        mcq = row_to_mcq(row, path, line, typed, exam_forced, f"{stem}-{line}", default)
         if not exam_filter or mcq.exam_type == exam_filter:
             out.append(mcq)
     return out
@@ -289,9 +201,9 @@ def _layouts(split: str) -> str:
 def _load_directory(root: Path, split: str | None, exam_type: str | None) -> list[MCQ]:
     if not split:
         raise UsageError(f"{root} is a directory: pass --split (one of {', '.join(SPLITS)})")
-    configs = _card_configs(root)
+    configs = card_configs(root)
     if configs:
-        return _load_card(root, configs, split, exam_type)
+        return load_card(root, configs, split, exam_type)
     exam_dirs = [e for e in EXAM_TYPES if (root / e).is_dir()]
     if exam_dirs:
         wanted = [exam_type] if exam_type else exam_dirs
@@ -316,101 +228,6 @@ def _load_directory(root: Path, split: str | None, exam_type: str | None) -> lis
     raise DataError(str(root), None, None, f"no '{split}' file ({_layouts(split)})")
 
 
-# ----------------------------------------------------------------------------- through `datasets`
-
-
-def _card_configs(folder: Path) -> list[str]:
-    """Config names in the YAML `configs:` of `folder/README.md` (a hub dataset card); [] if none."""
-    readme = folder / "README.md"
-    if not readme.is_file():
-        return []
-    from huggingface_hub import DatasetCard
-
-    try:
-        configs = DatasetCard.load(readme).data.to_dict().get("configs") or []
-    except Exception as exc:  # YAML and card errors come in several types
-        raise DataError(str(readme), None, "configs", f"unreadable dataset card: {exc}") from None
-    if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs):
-        raise DataError(str(readme), None, "configs", "must be a list of {config_name, data_files}")
-    return [str(c.get("config_name", "default")) for c in configs]
-
-
-def _plain(value: Any) -> Any:
-    """A `datasets` cell as the JSON readers would give it: pandas turns a CSV column with empty
-    cells into floats, so NaN is an absent value and 2020.0 the integer it was."""
-    if isinstance(value, float):
-        if value != value:
-            return None
-        if value.is_integer():
-            return int(value)
-    return value
-
-
-def _dataset_records(rows, label: str, exam_forced: str, exam_filter: str | None, fallback: str) -> list[MCQ]:
-    out = []
-    for index, row in enumerate(rows, start=1):
-        row = normalize_value({k: _plain(v) for k, v in dict(row).items()})
-        mcq = _to_mcq(row, label, index, True, exam_forced, f"{fallback}-{index}", exam_filter or "")
-        if not exam_filter or mcq.exam_type == exam_filter:
-            out.append(mcq)
-    return out
-
-
-def _load_card(folder: Path, configs: list[str], split: str, exam_type: str | None) -> list[MCQ]:
-    """A local copy of a hub dataset repository, read by `datasets.load_dataset(folder, config)`:
-    the same code path as the hub id, so the card's configs, globs and features apply as on the
-    hub. Configs named after an exam type give that exam_type to their records; otherwise every
-    config is read and `exam_type` filters on the records' own column.
-    """
-    import datasets  # heavy import; only card and hub users need it
-
-    readme = str(folder / "README.md")
-    exam_configs = [c for c in configs if c in EXAM_TYPES]
-    if exam_type and exam_configs and exam_type not in exam_configs:
-        raise DataError(readme, None, "configs", f"no config '{exam_type}' (has {', '.join(configs)})")
-    wanted = ([exam_type] if exam_type else exam_configs) if exam_configs else configs
-    out = []
-    for config in wanted:
-        where = f"{folder} (config {config}, split {split})"
-        try:
-            files = datasets.load_dataset_builder(str(folder), config).config.data_files or {}
-        except Exception as exc:  # missing data files, unknown formats ...
-            raise DataError(where, None, None, f"could not load: {exc}") from None
-        if split not in files:
-            if exam_type:
-                raise DataError(readme, None, "configs", f"config '{config}' has no split '{split}' (has {', '.join(files)})")
-            continue  # the hub's dentist config may lack a split the others have
-        try:
-            rows = datasets.load_dataset(str(folder), config, split=split)
-        except datasets.exceptions.SplitsVerificationError as exc:
-            raise DataError(readme, None, "dataset_info", f"config '{config}': the data files do not match the "
-                            f"card's split sizes (edited files, or a card from another revision): {exc}") from None
-        except Exception as exc:  # unreadable files, types that do not match the card's features ...
-            raise DataError(where, None, None, f"could not load: {exc}") from None
-        label = str(files[split][0]) if len(files[split]) == 1 else where
-        out.extend(_dataset_records(rows, label, config if exam_configs else "", exam_type if not exam_configs else None,
-                                    f"{config}-{split}"))
-    if not out and not exam_type:
-        raise DataError(readme, None, "configs", f"no config has a '{split}' split")
-    return out
-
-
-def _load_hub(dataset_id: str, split: str | None, exam_type: str | None) -> list[MCQ]:
-    if not split:
-        raise UsageError(f"loading {dataset_id} from the hub needs --split (one of {', '.join(SPLITS)})")
-    import datasets  # heavy import; only hub users need it
-
-    out = []
-    for config in [exam_type] if exam_type else list(EXAM_TYPES):
-        name = f"{dataset_id}/{config}/{split}"
-        try:
-            rows = datasets.load_dataset(dataset_id, config, split=split)
-        except Exception as exc:  # network, auth and missing-config errors all land here
-            raise DataError(name, None, None, f"could not load from the Hugging Face hub: {exc}") from exc
-        out.extend(_dataset_records(rows, name, config, None, f"{config}-{split}"))
-    return out
-
-
 def load_mcq(source: str | Path, split: str | None = None, exam_type: str | None = None) -> list[MCQ]:
     """Load and validate KorMedMCQA-style questions from a file, a folder or the hub.
 
@@ -421,8 +238,11 @@ def load_mcq(source: str | Path, split: str | None = None, exam_type: str | None
     `split` picks the files in a folder (required there and for the hub; ignored for a file).
     Exam types come from config, folder or file names where the rows have none.
     For a single file, `exam_type` keeps only matching records and fills it in where absent.
-    Text is normalised once here (`kormedqa.text.normalize_text`). Raises DataError naming
-    file, line (row) and field; ValueError for a bad `exam_type` or a missing `split`.
+    Text is normalised once here (`kormedqa.text.normalize_text`).
+
+    Returns the records in file and row order, each with `source` "path:line". Raises DataError
+    naming file, line (row) and field (also for a duplicate id, or a source that does not exist);
+    UsageError (a ValueError) for a bad `exam_type` or a missing `split`.
     """
     if exam_type is not None and exam_type not in EXAM_TYPES:
         raise UsageError(f"--exam-type must be one of {', '.join(EXAM_TYPES)}, got {exam_type!r}")
@@ -432,7 +252,9 @@ def load_mcq(source: str | Path, split: str | None = None, exam_type: str | None
     elif path.is_file():
         records = _load_mcq_file(path, "", exam_type)
     elif isinstance(source, str) and _HUB_ID.match(source) and path.suffix.lower() not in MCQ_SUFFIXES:
-        records = _load_hub(source, split, exam_type)
+        if not split:
+            raise UsageError(f"loading {source} from the hub needs --split (one of {', '.join(SPLITS)})")
+        records = load_hub(source, split, exam_type)
     else:
         raise DataError(str(source), None, None, "no such file or directory")
     first_seen: dict[str, str] = {}
@@ -466,9 +288,9 @@ def load_dictionary(*paths: str | Path) -> list[DictEntry]:
             raise DataError(str(path), None, None, "no records")
         for line, row in rows:
             where = (str(path), line)
-            term = _text(row, "term", where, required=True)
-            definition = _text(row, "definition", where, required=True)
-            category = _text(row, "category", where, required=False)
+            term = text_field(row, "term", where, required=True)
+            definition = text_field(row, "definition", where, required=True)
+            category = text_field(row, "category", where, required=False)
             if term in first_seen:
                 raise DataError(*where, "term", f"duplicate term '{term}' (first at {first_seen[term]})")
             first_seen[term] = f"{path}:{line}"
