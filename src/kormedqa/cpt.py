@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import random
-import time
 from dataclasses import dataclass, field
 from typing import ClassVar, Sequence
 
@@ -107,24 +106,33 @@ def perplexity(model, tokenizer, texts: Sequence[str], max_length: int = 256, ba
 
 
 def run_cpt(cfg: CPTConfig) -> dict:
+    """Continued pretraining: LoRA on `cfg.corpus` + repeated vocabulary, merged into `output/model`.
+
+    Reads and validates every input before claiming `cfg.output`. Writes `output/model` (a plain
+    merged model folder + tokenizer), `metrics.json`, `run.json` and `train_log.jsonl`. Returns
+    the metrics: perplexity_before/after (None without held-out text), perplexity_target (3.0),
+    target_reached, train_loss, train_texts, vocab_lines, vocab_repeat, heldout_paragraphs,
+    steps, seconds (wall). Raises DataError for bad inputs, ModelError for a model that cannot
+    load, OutputExistsError for an existing output without --overwrite.
+    """
     from datasets import Dataset
     from peft import get_peft_model
 
-    from .data import load_dictionary, read_text_corpus
-    from .modeling import load_model, load_tokenizer, lora_config, pick_device, pick_dtype
-    from .runs import atomic_dir, claim_output, provenance, write_json_atomic
     from .batching import CompletionCollator
-    from .trainer import AnswerWeightedTrainer, JsonlLogCallback, training_arguments
+    from .data import load_dictionary, read_text_corpus
+    from .modeling import load_tokenizer, lora_config
+    from .runs import atomic_dir, claim_output, provenance, write_json_atomic
+    from .stage import Stage
+    from .trainer import AnswerWeightedTrainer, training_arguments
 
     paragraphs = read_text_corpus(cfg.corpus)
     heldout = read_text_corpus(cfg.heldout) if cfg.heldout else []
     entries = load_dictionary(*cfg.vocab) if cfg.vocab else []
     tokenizer = load_tokenizer(cfg.base_model)
     out = claim_output(cfg.output, overwrite=cfg.overwrite)
-    device = pick_device(cfg.device)
-    dtype = pick_dtype(device, cfg.precision)
-    torch.manual_seed(cfg.seed)
-    model = load_model(cfg.base_model, device=cfg.device, precision=cfg.precision)
+    run = Stage("cpt", out / "model", device=cfg.device, precision=cfg.precision, seed=cfg.seed, logs_dir=out,
+                work=out / ".work")
+    model, _ = run.load(cfg.base_model, tokenizer=tokenizer, trainable_adapter=False)
     before = perplexity(model, tokenizer, heldout, cfg.max_length) if heldout else None
 
     texts = training_texts(paragraphs, vocab_lines(entries), cfg.vocab_repeat, cfg.seed)
@@ -132,14 +140,13 @@ def run_cpt(cfg: CPTConfig) -> dict:
     model = get_peft_model(model, lora_config(cfg.lora_r, cfg.lora_alpha))
     trainer = AnswerWeightedTrainer(
         model=model,
-        args=training_arguments(cfg, out / ".work", device, dtype),
+        args=training_arguments(cfg, run.work, run.device, run.dtype),
         train_dataset=Dataset.from_list(features),
         data_collator=CompletionCollator(tokenizer.pad_token_id),
         answer_weight=None,
-        callbacks=[JsonlLogCallback(out / "train_log.jsonl", "cpt")],
+        callbacks=run.callbacks(),
     )
-    started = time.time()
-    result = trainer.train()
+    result = run.train(trainer)
     merged = trainer.model.merge_and_unload()
     after = perplexity(merged, tokenizer, heldout, cfg.max_length) if heldout else None
     metrics = {
@@ -153,15 +160,13 @@ def run_cpt(cfg: CPTConfig) -> dict:
         "vocab_repeat": cfg.vocab_repeat,
         "heldout_paragraphs": len(heldout),
         "steps": trainer.state.global_step,
-        "seconds": time.time() - started,
+        "seconds": run.seconds,
     }
-    with atomic_dir(out / "model") as scratch:
+    with atomic_dir(run.output) as scratch:
         merged.save_pretrained(scratch)
         tokenizer.save_pretrained(scratch)
     write_json_atomic(out / "metrics.json", metrics)
     write_json_atomic(out / "run.json", provenance(cfg, {"corpus": cfg.corpus, "heldout": cfg.heldout or ""}))
-    import shutil
-
-    shutil.rmtree(out / ".work", ignore_errors=True)
+    run.drop_work()
     print(json.dumps(metrics, indent=2))
     return metrics

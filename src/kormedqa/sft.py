@@ -8,7 +8,6 @@ because with a plain token mean the letter is ~1 of 40 supervised tokens and bar
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -19,8 +18,8 @@ import torch
 from .batching import CompletionCollator, tokenize_rows
 from .checks import PRECISIONS, Range, check_config, check_device
 from .errors import UsageError
-from .trainer import (AnswerWeightedTrainer, JsonlLogCallback, last_trainer_checkpoint, prepare_trainable,
-                      save_checkpoint, training_arguments)
+from .trainer import (AnswerWeightedTrainer, last_trainer_checkpoint, prepare_trainable, save_checkpoint,
+                      training_arguments)
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +101,6 @@ def parse_answer_weight(value: str | float | None) -> float | None:
     return weight
 
 
-# ---------------------------------------------------------------- loss
-
-
 # ---------------------------------------------------------------- the stage
 
 
@@ -120,71 +116,39 @@ def run_training(
 ) -> dict:
     """Train on prompt/completion rows and write the adapter + tokenizer to `output` atomically.
 
-    Returns the training summary (steps, losses, time). `model`/`tokenizer` may be passed in by the
-    loop to avoid reloading; otherwise `cfg.base_model` is loaded. `features` are `rows` already
-    tokenised (`batching.tokenize_rows`, as the CLI does before claiming the output). `logs_dir`
-    receives `train_log.jsonl` and `tensorboard/<stage>`; by default the folder holding `output`.
+    `rows` are dicts with string "prompt" and "completion" (kormedqa prepare's JSONL rows);
+    `features` the same rows already tokenised (`batching.tokenize_rows`, as the CLI does before
+    claiming the output). `model`/`tokenizer` may be passed in by the loop to avoid reloading;
+    otherwise `cfg.base_model` is loaded. `stage` names the run in the logs; `logs_dir` receives
+    `train_log.jsonl` and `tensorboard/<stage>` (default: the folder holding `output`).
     Under several processes only the main one writes anything.
+
+    Returns the training summary: {"stage", "steps", "train_loss", "seconds" (wall), "examples",
+    "answer_weight", "log": [Trainer log dicts with "loss"]}, also written to
+    `output/training_summary.json`. Raises UsageError for a bad answer weight, ModelError for a
+    model that cannot load, NonFiniteError when a loss becomes NaN/inf.
     """
-    from .modeling import load_model, load_tokenizer, pick_device, pick_dtype
+    from datasets import Dataset
+
+    from .stage import Stage
 
     cfg = cfg.resolved()
     weight = parse_answer_weight(cfg.answer_weight)
-    output = Path(output)
-    device = pick_device(cfg.device)
-    dtype = pick_dtype(device, cfg.precision)
-    torch.manual_seed(cfg.seed)
-    work = output.parent / f".{output.name}.work"  # resumable Trainer checkpoints; removed when done
-    # TrainingArguments first: it starts the distributed state (device per process, process group),
-    # which model loading needs under accelerate launch (each process's GPU; FSDP's sharded loading).
-    args = training_arguments(cfg, work, device, dtype)
-    if tokenizer is None:
-        tokenizer = load_tokenizer(cfg.base_model)
-    if model is None:
-        model = load_model(cfg.base_model, device=cfg.device, precision=cfg.precision, trainable_adapter=True)
+    run = Stage(stage, output, device=cfg.device, precision=cfg.precision, seed=cfg.seed, logs_dir=logs_dir)
+    args = training_arguments(cfg, run.work, run.device, run.dtype)  # before loading: see kormedqa.stage
+    model, tokenizer = run.load(cfg.base_model, tokenizer=tokenizer, model=model)
     model = prepare_trainable(model, cfg)
     if features is None:
-        features = tokenize_rows(tokenizer, rows, cfg.max_length, source=cfg.data or stage or output.name)
-    from datasets import Dataset
-
-    from .launch import is_main_process
-
-    dataset = Dataset.from_list(features)
-    logs_dir = Path(logs_dir or output.parent)
-    callbacks = [JsonlLogCallback(logs_dir / "train_log.jsonl", stage or output.name)]
-    tb_writer = None
-    if is_main_process():
-        from torch.utils.tensorboard import SummaryWriter
-        from transformers.integrations import TensorBoardCallback
-
-        logs_dir.mkdir(parents=True, exist_ok=True)
-        tb_writer = SummaryWriter(log_dir=str(logs_dir / "tensorboard" / (stage or output.name)))
-        callbacks.append(TensorBoardCallback(tb_writer))
+        features = tokenize_rows(tokenizer, rows, cfg.max_length, source=cfg.data or stage or run.output.name)
     trainer = AnswerWeightedTrainer(
         model=model,
         args=args,
-        train_dataset=dataset,
+        train_dataset=Dataset.from_list(features),
         data_collator=CompletionCollator(tokenizer.pad_token_id, padding_free=cfg.padding_free),
         answer_weight=weight,
-        callbacks=callbacks,
+        callbacks=run.callbacks(tensorboard=True),
     )
-    resume_from = last_trainer_checkpoint(work) if cfg.resume else None
-    started = time.time()
-    try:
-        result = trainer.train(resume_from_checkpoint=resume_from)
-    finally:
-        if tb_writer is not None:
-            tb_writer.close()
-    summary = {
-        "stage": stage,
-        "examples": len(features),
-        "steps": trainer.state.global_step,
-        "train_loss": result.training_loss,
-        "seconds": time.time() - started,
-        "answer_weight": weight,
-        "log": [h for h in trainer.state.log_history if "loss" in h],
-    }
-    save_checkpoint(trainer, tokenizer, output, summary, work)
+    result = run.train(trainer, resume_from=last_trainer_checkpoint(run.work) if cfg.resume else None)
+    summary = run.summary(trainer, result, examples=len(features), answer_weight=weight)
+    save_checkpoint(trainer, tokenizer, run.output, summary, run.work)
     return summary
-
-

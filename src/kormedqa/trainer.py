@@ -1,7 +1,8 @@
 """The trainer every gradient stage shares: `transformers.Trainer` with the supervised loss.
 
-`AnswerWeightedTrainer` is used by SFT (`sft`) and CPT (`cpt`); `JsonlLogCallback` and
-`save_checkpoint` by those and GRPO (`grpo`). Only supervised positions reach the 262k-entry
+`AnswerWeightedTrainer` is used by SFT (`sft`) and CPT (`cpt`); `JsonlLogCallback` by every stage
+through `stage.Stage` (the frame each stage runs in: device, dtype, folders, logging, timing);
+`save_checkpoint` by SFT and GRPO. Only supervised positions reach the 262k-entry
 lm_head, and the answer (letter + `<end_of_turn>`) can carry a fixed share of the loss.
 Because it is `Trainer`, `accelerate launch` runs it on several processes (DDP, FSDP).
 
