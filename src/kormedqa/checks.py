@@ -6,9 +6,10 @@ from `--config file.yaml` or from code, nor ranges. `check_config` does both, fr
 declarations, and is called by each config's `__post_init__`:
 
     @dataclass
-    class SomeConfig:
-        RANGES: ClassVar[dict] = {"batch_size": Range(low=1)}
-        device: str = field(default="auto", metadata={"choices": [...]})
+    class SomeConfig(RunArgs):                         # argument groups from kormedqa.config
+        RANGES: ClassVar[dict] = {"batch_size": Range(low=1)}   # merged with the groups' RANGES
+        batch_size: int = arg(8, "questions per batch")
+        mode: str = arg("fast", "fast or slow", choices=["fast", "slow"])
         def __post_init__(self): check_config(self)
 
 Every failure is a `UsageError` whose message names the flag as typed (`--batch-size`).
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Literal
 
 from .errors import UsageError
@@ -81,13 +83,27 @@ def field_choices(cfg_cls, f: dataclasses.Field) -> tuple | None:
     return None
 
 
+def config_ranges(cfg_cls) -> dict[str, Range]:
+    """The `RANGES` of a config class and of every argument group it composes (the subclass wins)."""
+    ranges: dict[str, Range] = {}
+    for klass in reversed(cfg_cls.__mro__):
+        ranges.update(vars(klass).get("RANGES", {}))
+    return ranges
+
+
 def check_config(cfg) -> None:
-    """Raise UsageError for the first field outside its choices or range (None means unset: skipped)."""
-    ranges = getattr(type(cfg), "RANGES", {})
+    """Raise UsageError for the first field outside its choices or range (None means unset: skipped).
+
+    `cfg` is a dataclass instance; choices come from `field_choices`, ranges from `config_ranges`,
+    and a field named `device` is checked by `check_device`. Returns None when every field passes.
+    """
+    ranges = config_ranges(type(cfg))
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if value is None:
             continue
+        if f.name == "device":
+            check_device(value)
         choices = field_choices(type(cfg), f)
         values = value if isinstance(value, (list, tuple)) else [value]
         if choices is not None:
@@ -121,3 +137,16 @@ def parse_eval_mode(mode: str, flag_name: str = "--eval-mode") -> tuple[str, ...
             f"{flag_name} takes a comma-separated set of {', '.join(EVAL_SCORERS)} (or all); got {mode!r}"
         )
     return tuple(s for s in EVAL_SCORERS if s in parts)
+
+
+def parse_answer_weight(value: str | float | None) -> float | None:
+    """'none' -> None (plain token mean); '2/3' or '0.667' -> a float in [0, 1]; else UsageError."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "")):
+        return None
+    try:
+        weight = float(Fraction(value.strip())) if isinstance(value, str) else float(value)
+    except (ValueError, ZeroDivisionError):
+        raise UsageError(f"--answer-weight must be a number or fraction in [0, 1] or 'none', got {value!r}") from None
+    if not 0.0 <= weight <= 1.0:
+        raise UsageError(f"--answer-weight must lie in [0, 1] or be 'none', got {value}")
+    return weight

@@ -1,7 +1,8 @@
 """The `kormedqa` command: one subcommand per stage, each parsing one typed config and calling it.
 
 Every config is a dataclass parsed by TRL's `TrlParser`, so any flag can also come from
-`--config file.yaml` (flags win over the file). Errors a user can fix (`errors.UserError`: a
+`--config file.yaml` (flags win over the file); the stage configs compose the shared argument
+groups of `kormedqa.config` (RunArgs, ModelArgs, LoraArgs ...), so a shared flag is one declaration. Errors a user can fix (`errors.UserError`: a
 mistyped flag, a bad choice or range, bad data, an existing output, a missing model) print one
 line `kormedqa <command>: error: ...` on stderr and exit 2, and are all raised before an output
 is claimed, so nothing is written.
@@ -38,8 +39,9 @@ class FetchConfig:
     """`kormedqa model fetch`."""
 
     name: str = field(default="gemma3-270m", metadata={"help": "only gemma3-270m is embedded", "choices": ["gemma3-270m"]})
-    out: str = "models/gemma3-270m"
-    overwrite: bool = False
+    out: str = field(default="models/gemma3-270m", metadata={"help": "folder for the plain HF model (config.json, "
+                                                                      "safetensors, tokenizer, chat template)"})
+    overwrite: bool = field(default=False, metadata={"help": "rebuild the model even when --out already holds one"})
 
 
 @dataclass
@@ -47,8 +49,8 @@ class MergeConfig:
     """`kormedqa merge`: write adapter + base as one plain model folder."""
 
     adapter: str = field(default="", metadata={"help": "LoRA adapter folder (e.g. runs/loop/best_checkpoint)"})
-    output: str = ""
-    overwrite: bool = False
+    output: str = field(default="", metadata={"help": "folder for the merged model (safetensors + tokenizer)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing --output"})
 
 
 def parse(config_cls, argv: list[str], prog: str, **fixed):

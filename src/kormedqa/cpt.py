@@ -10,47 +10,42 @@ import json
 import logging
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
 import torch
 
-from .checks import PRECISIONS, Range, check_config, check_device
+from .checks import Range, check_config
+from .config import LoraArgs, ModelArgs, RunArgs, arg
 
 log = logging.getLogger(__name__)
 
 @dataclass
-class CPTConfig:
+class CPTConfig(ModelArgs, LoraArgs, RunArgs):
     """`kormedqa cpt`: continued pretraining on plain text + repeated vocabulary."""
 
-    corpus: str = field(default="data/sample/corpus/train.txt", metadata={"help": "a .txt file or a folder of .txt files"})
-    heldout: str | None = field(default="data/sample/corpus/heldout.txt", metadata={"help": "held-out text for perplexity"})
-    vocab: list[str] = field(default_factory=lambda: ["data/sample/dictionary.json", "data/sample/characters.json"])
-    vocab_repeat: int = 5
-    base_model: str = "gemma3-270m"
-    output: str = "runs/cpt"
-    epochs: float = 1.0
-    max_steps: int = -1
-    batch_size: int = 4
-    grad_accum: int = 1
-    learning_rate: float = 1e-4
-    max_length: int = 256
-    lora_r: int = 64
-    lora_alpha: int = 128
-    device: str = "auto"
-    precision: str = field(default="auto", metadata={"choices": list(PRECISIONS)})
-    seed: int = 42
-    overwrite: bool = False
+    output: str = arg("runs/cpt", "folder for model/ (the merged model), metrics.json, run.json and train_log.jsonl")
+    corpus: str = arg("data/sample/corpus/train.txt", "a .txt file or a folder of .txt files (one paragraph per line)")
+    heldout: str | None = arg("data/sample/corpus/heldout.txt", "held-out text for perplexity before and after")
+    vocab: list[str] = arg(help="dictionary JSON(s) whose 'term: definition' lines are trained --vocab-repeat times",
+                           factory=lambda: ["data/sample/dictionary.json", "data/sample/characters.json"])
+    vocab_repeat: int = arg(5, "copies of each vocabulary line (the seed's 'medical vocab x5')")
+    epochs: float = arg(1.0, "passes over the texts")
+    max_steps: int = arg(-1, "stop after this many optimizer steps (overrides epochs; -1: off)")
+    batch_size: int = arg(4, "texts per micro-batch")
+    grad_accum: int = arg(1, "micro-batches per optimizer step")
+    learning_rate: float = arg(1e-4, "peak learning rate, linear decay, no warm-up")
+    max_length: int = arg(256, "tokens per text at most (longer texts are cut)")
 
     RANGES: ClassVar[dict] = {
         "vocab_repeat": Range(low=0), "epochs": Range(low=0, low_open=True), "max_steps": Range(low=1, also=(-1,)),
         "batch_size": Range(low=1), "grad_accum": Range(low=1), "learning_rate": Range(low=0, low_open=True),
-        "max_length": Range(low=2), "lora_r": Range(low=1), "lora_alpha": Range(low=0, low_open=True),
+        "max_length": Range(low=2),
     }
 
     def __post_init__(self):
+        """Choices and ranges (UsageError) at parse time, before any input is read."""
         check_config(self)
-        check_device(self.device)
 
 
 def vocab_lines(entries) -> list[str]:

@@ -14,50 +14,49 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 from .formats import DEFAULT_RATIONALE_TEMPLATE, RATIONALE_TEMPLATES
-from .checks import Range, check_config, check_device
+from .checks import Range, check_config, parse_answer_weight
+from .config import DEFAULT_MODEL_HELP, ResumableRunArgs, arg
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(ResumableRunArgs):
     """`kormedqa demo`: fetch, prepare, CPT, evaluate, loop, report."""
 
-    output: str = "runs/demo"
-    model: str = "gemma3-270m"
-    dictionary: list[str] = field(default_factory=lambda: ["data/sample/dictionary.json", "data/sample/characters.json"])
-    mcq: str = "data/sample/mcq"
-    corpus: str = "data/sample/corpus/train.txt"
-    heldout: str = "data/sample/corpus/heldout.txt"
-    cpt_steps: int = field(default=8, metadata={"help": "CPT optimizer steps (a short pass: the demo's point is the SFT loop)"})
-    cpt_learning_rate: float = field(default=2e-4, metadata={"help": "CPT learning rate"})
-    loops: int = field(default=2, metadata={"help": "loops of (dictionary epochs, MCQ epochs, evaluate)"})
-    dict_epochs: float = field(default=1.0, metadata={"help": "epochs over all dictionary entries per loop"})
-    mcq_epochs: float = field(default=0.5, metadata={"help": "epochs over the MCQ training split per loop"})
-    dict_learning_rate: float = field(default=5e-4, metadata={"help": "far above the seed's 2e-5: CPU minutes, not GPU hours"})
-    mcq_learning_rate: float = field(default=5e-4, metadata={"help": "far above the seed's 1e-5, as above"})
-    dict_batch_size: int = field(default=8, metadata={"help": "dictionary batch (examples are short)"})
-    mcq_batch_size: int = field(default=4, metadata={"help": "MCQ batch"})
-    answer_weight: str = field(default="2/3", metadata={"help": "share of the loss on the answer (letter + <end_of_turn>)"})
+    output: str = arg("runs/demo", "demo folder: prepared/, cpt/, eval_before/, loop/, REPORT.md, summary.json and the accuracy plot")
+    model: str = arg("gemma3-270m", "model to start from: " + DEFAULT_MODEL_HELP)
+    dictionary: list[str] = arg(help="dictionary JSON(s): CPT vocabulary, dictionary stage, glossary",
+                                factory=lambda: ["data/sample/dictionary.json", "data/sample/characters.json"])
+    mcq: str = arg("data/sample/mcq", "KorMedMCQA folder with train and test splits")
+    corpus: str = arg("data/sample/corpus/train.txt", "CPT text (a .txt file or folder)")
+    heldout: str = arg("data/sample/corpus/heldout.txt", "held-out text for CPT perplexity")
+    cpt_steps: int = arg(8, "CPT optimizer steps (a short pass: the demo's point is the SFT loop)")
+    cpt_learning_rate: float = arg(2e-4, "CPT learning rate")
+    loops: int = arg(2, "loops of (dictionary epochs, MCQ epochs, evaluate)")
+    dict_epochs: float = arg(1.0, "epochs over all dictionary entries per loop")
+    mcq_epochs: float = arg(0.5, "epochs over the MCQ training split per loop")
+    dict_learning_rate: float = arg(5e-4, "far above the seed's 2e-5: CPU minutes, not GPU hours")
+    mcq_learning_rate: float = arg(5e-4, "far above the seed's 1e-5, as above")
+    dict_batch_size: int = arg(8, "dictionary batch (examples are short)")
+    mcq_batch_size: int = arg(4, "MCQ batch")
+    answer_weight: str = arg("2/3", "share of the loss on the answer (letter + <end_of_turn>) or 'none'")
     # The shortest rationale (recall line, then the letter): an MCQ epoch of it takes ~7 min here,
     # of linked rationales ~15, which would not fit the demo's 30 minutes.
-    rationale_template: str = field(default="recall", metadata={"help": "rationale template for MCQs without cot (see kormedqa prepare mcq --help)", "choices": list(RATIONALE_TEMPLATES)})
-    eval_limit: int | None = field(default=None, metadata={"help": "score only the first N of the chosen test questions"})
-    eval_every: int = field(default=3, metadata={"help": "score every k-th test question (3: 54 of 162, all exam types; 1: all)"})
+    rationale_template: str = arg("recall", "rationale template for MCQs without cot (see kormedqa prepare mcq --help)", choices=RATIONALE_TEMPLATES)
+    eval_limit: int | None = arg(None, "score only the first N of the chosen test questions")
+    eval_every: int = arg(3, "score every k-th test question (3: 54 of 162, all exam types; 1: all)")
     # The teacher-forced loss pass costs ~3 min more per evaluation here and is one
     # `kormedqa eval --mode all` away.
-    eval_mode: str = field(default="generate,loglik,cloze", metadata={"help": "scorers per evaluation (see kormedqa eval --help)"})
-    dict_eval_limit: int = field(default=40, metadata={"help": "dictionary entries scored for recall (chrF) before and after each loop"})
-    eval_batch_size: int = field(default=32, metadata={"help": "questions per scoring batch"})
-    max_new_tokens: int = field(default=64, metadata={"help": "generation budget: the recall rationale + letter is ~20-40 tokens (linked: ~140, give 192)"})
-    device: str = "auto"
-    seed: int = 42
-    resume: bool = False
-    overwrite: bool = False
+    eval_mode: str = arg("generate,loglik,cloze", "scorers per evaluation (see kormedqa eval --help)")
+    dict_eval_limit: int = arg(40, "dictionary entries scored for recall (chrF) before and after each loop")
+    eval_batch_size: int = arg(32, "questions per scoring batch")
+    max_new_tokens: int = arg(64, "generation budget: the recall rationale + letter is ~20-40 tokens (linked: ~140, give 192)")
+    device: str = arg("auto", "auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps")
 
     RANGES: ClassVar[dict] = {
         "cpt_steps": Range(low=1), "loops": Range(low=1), "dict_epochs": Range(low=0, low_open=True),
@@ -70,10 +69,8 @@ class DemoConfig:
     def __post_init__(self):
         """Ranges, and the loop's selection metric against --eval-mode, before anything is written."""
         from .loop import check_select_by
-        from .sft import parse_answer_weight
 
         check_config(self)
-        check_device(self.device)
         parse_answer_weight(self.answer_weight)
         check_select_by("accuracy", self.eval_mode)  # the demo's loop selects by generation accuracy
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Sequence
 
 import torch
 
-from .checks import PRECISIONS, Range, check_config, check_device, parse_eval_mode
+from .checks import Range, check_config, parse_eval_mode
+from .config import DEFAULT_MODEL_HELP, DeviceArgs, RunArgs, arg
 from .errors import UsageError
 from .extract import answer_after_reasoning, extract_answer, has_detailed_keywords, has_reasoning_tags, reasoning_score
 from .formats import DEFAULT_RATIONALE_TEMPLATE, GENERATION_PREFIX, Glossary, mcq_completion, mcq_prompt, template_simple_reasoning
@@ -30,36 +31,29 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(DeviceArgs, RunArgs):
     """`kormedqa eval`: score a model on a KorMedMCQA split."""
 
-    model: str = field(default="gemma3-270m", metadata={"help": "HF folder, hub id, adapter folder or 'gemma3-270m'"})
-    data: str = field(default="", metadata={"help": "KorMedMCQA file, split folder or hub id (e.g. sean0042/KorMedMCQA)"})
-    split: str = field(default="test", metadata={"help": "split to read from a folder or the hub"})
-    exam_type: str | None = field(default=None, metadata={"help": "doctor, nurse, pharm or dentist (default: all)",
-                                                          "choices": list(EXAM_TYPES)})
-    task: str = field(default="mcq", metadata={"help": "mcq, or dict to score dictionary definitions (Track 1)",
-                                               "choices": ["mcq", "dict"]})
-    dictionary: list[str] = field(default_factory=list, metadata={"help": "dictionary JSON(s) for --task dict"})
-    mode: str = field(default="all", metadata={"help": "scorers to run: all, or a comma list of generate (greedy answer), loglik (A-E as the next token), cloze (option text log-likelihood), loss (teacher-forced reference)"})
-    output: str = field(default="", metadata={"help": "folder for metrics.json and predictions.jsonl"})
-    limit: int | None = field(default=None, metadata={"help": "score only the first N questions"})
-    batch_size: int = 8
-    max_new_tokens: int = 256
-    backend: str = field(default="auto", metadata={"help": "generation backend: auto (vLLM when installed and on a GPU), hf, vllm"})
-    device: str = "auto"
-    precision: str = field(default="auto", metadata={"choices": list(PRECISIONS)})
-    overwrite: bool = False
-    seed: int = 42
+    output: str = arg("", "folder for metrics.json and predictions.jsonl")
+    model: str = arg("gemma3-270m", DEFAULT_MODEL_HELP)
+    data: str = arg("", "KorMedMCQA file, split folder or hub id (e.g. sean0042/KorMedMCQA)")
+    split: str = arg("test", "split to read from a folder or the hub")
+    exam_type: str | None = arg(None, "doctor, nurse, pharm or dentist (default: all)", choices=EXAM_TYPES)
+    task: str = arg("mcq", "mcq, or dict to score dictionary definitions (Track 1)", choices=["mcq", "dict"])
+    dictionary: list[str] = arg(help="dictionary JSON(s) for --task dict", factory=list)
+    mode: str = arg("all", "scorers to run: all, or a comma list of generate (greedy answer), loglik (A-E as the next "
+                           "token), cloze (option text log-likelihood), loss (teacher-forced reference)")
+    limit: int | None = arg(None, "score only the first N questions")
+    batch_size: int = arg(8, "questions per scoring batch")
+    max_new_tokens: int = arg(256, "generation budget per answer, in tokens")
+    backend: str = arg("auto", "generation backend: auto (vLLM when installed and on a GPU), hf, vllm",
+                       choices=["auto", "hf", "vllm"])
 
     RANGES: ClassVar[dict] = {"limit": Range(low=1), "batch_size": Range(low=1), "max_new_tokens": Range(low=1)}
 
     def __post_init__(self):
         """Choices and ranges at parse time (UsageError), before the output is claimed."""
         check_config(self)
-        check_device(self.device)
-        if self.backend not in ("auto", "hf", "vllm"):
-            raise UsageError(f"--backend must be one of auto, hf, vllm; got {self.backend!r}")
         parse_eval_mode(self.mode, "--mode")
 
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from .formats import DEFAULT_RATIONALE_TEMPLATE, RATIONALE_TEMPLATES
-from .checks import PRECISIONS, Range, check_config, check_device, parse_eval_mode
+from .checks import Range, check_config, parse_answer_weight, parse_eval_mode
+from .config import DEFAULT_MODEL_HELP, LoraArgs, ModelArgs, ResumableRunArgs, arg
 from .errors import UsageError
 from .runs import atomic_dir, claim_output, provenance, write_json_atomic
 from .sft import TrainConfig, run_training
@@ -60,55 +61,49 @@ def check_select_by(select_by: str, eval_mode: str) -> None:
 
 
 @dataclass
-class LoopConfig:
+class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
     """`kormedqa loop`: alternate dictionary and MCQ training until the target accuracy."""
 
-    base_model: str = field(default="gemma3-270m", metadata={"help": "model to start from (e.g. the CPT output)"})
-    dictionary: list[str] = field(default_factory=lambda: ["data/sample/dictionary.json", "data/sample/characters.json"])
-    train_data: str = field(default="data/sample/mcq", metadata={"help": "KorMedMCQA training file/folder/hub id"})
-    train_split: str = "train"
-    eval_data: str = field(default="data/sample/mcq", metadata={"help": "KorMedMCQA evaluation file/folder/hub id"})
-    eval_split: str = "test"
-    output: str = "runs/loop"
-    max_loops: int = 10
-    target_accuracy: float = field(default=90.0, metadata={"help": "percent; stop when reached"})
-    patience: int = field(default=3, metadata={"help": "stop after this many loops without improvement"})
-    select_by: str = field(default="accuracy", metadata={"help": "metric that picks best_checkpoint", "choices": list(SELECT_BY)})
-    stages: str = field(default="dict,mcq", metadata={"help": "stages per loop, in order"})
-    epochs_per_stage: float = field(default=1.0, metadata={"help": "epochs of each stage per loop (the seed: 1)"})
-    dict_epochs: float | None = field(default=None, metadata={"help": "epochs of each dictionary stage (default: --epochs-per-stage)"})
-    mcq_epochs: float | None = field(default=None, metadata={"help": "epochs of each MCQ stage (default: --epochs-per-stage)"})
-    dict_max_steps: int = field(default=-1, metadata={"help": "bound each dictionary stage (-1: its epochs)"})
-    mcq_max_steps: int = field(default=-1, metadata={"help": "bound each MCQ stage (-1: its epochs)"})
-    grpo_max_steps: int = field(default=20, metadata={"help": "optimizer steps of each grpo stage"})
-    grpo_learning_rate: float = 1e-5
-    num_generations: int = 4
-    max_completion_length: int = 128
-    dict_learning_rate: float | None = None
-    mcq_learning_rate: float | None = None
-    dict_batch_size: int | None = None
-    mcq_batch_size: int | None = None
-    dict_grad_accum: int | None = None
-    mcq_grad_accum: int | None = None
-    answer_weight: str = "2/3"
-    rationale_template: str = field(default=DEFAULT_RATIONALE_TEMPLATE, metadata={
-        "help": "template rationale for MCQs without cot: linked or verdict (see kormedqa prepare mcq --help)",
-        "choices": list(RATIONALE_TEMPLATES)})
-    group_by_length: bool = False
-    lora_r: int = 64
-    lora_alpha: int = 128
-    eval_mode: str = field(default="all", metadata={"help": "scorers per loop: all, or a comma list of generate, loglik, cloze, loss"})
-    eval_limit: int | None = None
-    eval_every: int = field(default=1, metadata={"help": "score every k-th evaluation question (a quicker, stratified subset)"})
-    dict_eval_limit: int = field(default=0, metadata={"help": "also score Track 1 on this many dictionary entries per loop (0: off)"})
-    eval_batch_size: int = 8
-    max_new_tokens: int = 256
-    allow_overlap: bool = False
-    device: str = "auto"
-    precision: str = "auto"
-    seed: int = 42
-    resume: bool = False
-    overwrite: bool = False
+    output: str = arg("runs/loop", "run folder: loop_N/ checkpoints and evaluations, best_checkpoint/, final/, "
+                                   "history.json")
+    base_model: str = arg("gemma3-270m", "model to start from (e.g. the CPT output): " + DEFAULT_MODEL_HELP)
+    dictionary: list[str] = arg(help="dictionary JSON(s) of the dictionary stage (Track 1)",
+                                factory=lambda: ["data/sample/dictionary.json", "data/sample/characters.json"])
+    train_data: str = arg("data/sample/mcq", "KorMedMCQA training file/folder/hub id")
+    train_split: str = arg("train", "split of --train-data to train on (a folder or hub id)")
+    eval_data: str = arg("data/sample/mcq", "KorMedMCQA evaluation file/folder/hub id")
+    eval_split: str = arg("test", "split of --eval-data to evaluate on (a folder or hub id)")
+    max_loops: int = arg(10, "loops at most")
+    target_accuracy: float = arg(90.0, "percent; stop when reached")
+    patience: int = arg(3, "stop after this many loops without improvement")
+    select_by: str = arg("accuracy", "metric that picks best_checkpoint", choices=SELECT_BY)
+    stages: str = arg("dict,mcq", "stages per loop, in order: a comma list of dict, mcq, grpo")
+    epochs_per_stage: float = arg(1.0, "epochs of each stage per loop (the seed: 1)")
+    dict_epochs: float | None = arg(None, "epochs of each dictionary stage (default: --epochs-per-stage)")
+    mcq_epochs: float | None = arg(None, "epochs of each MCQ stage (default: --epochs-per-stage)")
+    dict_max_steps: int = arg(-1, "bound each dictionary stage (-1: its epochs)")
+    mcq_max_steps: int = arg(-1, "bound each MCQ stage (-1: its epochs)")
+    grpo_max_steps: int = arg(20, "optimizer steps of each grpo stage")
+    grpo_learning_rate: float = arg(1e-5, "learning rate of each grpo stage")
+    num_generations: int = arg(4, "grpo: completions per prompt (a grpo step samples 2 prompts)")
+    max_completion_length: int = arg(128, "grpo: generated tokens at most")
+    dict_learning_rate: float | None = arg(None, "learning rate of each dictionary stage (default: the seed's 2e-5)")
+    mcq_learning_rate: float | None = arg(None, "learning rate of each MCQ stage (default: the seed's 1e-5)")
+    dict_batch_size: int | None = arg(None, "micro-batch of each dictionary stage (default: the seed's 4)")
+    mcq_batch_size: int | None = arg(None, "micro-batch of each MCQ stage (default: the seed's 2)")
+    dict_grad_accum: int | None = arg(None, "micro-batches per optimizer step, dictionary stages (default: 4)")
+    mcq_grad_accum: int | None = arg(None, "micro-batches per optimizer step, MCQ stages (default: 8)")
+    answer_weight: str = arg("2/3", "share of the loss on the answer (see kormedqa train --help) or 'none'")
+    rationale_template: str = arg(DEFAULT_RATIONALE_TEMPLATE, "template rationale for MCQs without cot: linked, "
+                                  "recall or verdict (see kormedqa prepare mcq --help)", choices=RATIONALE_TEMPLATES)
+    group_by_length: bool = arg(False, "batch similar lengths together (less padding; changes the data order)")
+    eval_mode: str = arg("all", "scorers per loop: all, or a comma list of generate, loglik, cloze, loss")
+    eval_limit: int | None = arg(None, "score only the first N evaluation questions (after --eval-every)")
+    eval_every: int = arg(1, "score every k-th evaluation question (a quicker, stratified subset)")
+    dict_eval_limit: int = arg(0, "also score Track 1 on this many dictionary entries per loop (0: off)")
+    eval_batch_size: int = arg(8, "questions per scoring batch")
+    max_new_tokens: int = arg(256, "generation budget per answer, in tokens")
+    allow_overlap: bool = arg(False, "train even when training questions appear in the evaluation set")
 
     RANGES: ClassVar[dict] = {
         "max_loops": Range(low=1), "target_accuracy": Range(low=0, high=100, low_open=True), "patience": Range(low=1),
@@ -119,19 +114,13 @@ class LoopConfig:
         "max_completion_length": Range(low=1), "dict_learning_rate": Range(low=0, low_open=True),
         "mcq_learning_rate": Range(low=0, low_open=True), "dict_batch_size": Range(low=1),
         "mcq_batch_size": Range(low=1), "dict_grad_accum": Range(low=1), "mcq_grad_accum": Range(low=1),
-        "lora_r": Range(low=1), "lora_alpha": Range(low=0, low_open=True), "eval_limit": Range(low=1),
-        "eval_every": Range(low=1), "dict_eval_limit": Range(low=0), "eval_batch_size": Range(low=1),
-        "max_new_tokens": Range(low=1),
+        "eval_limit": Range(low=1), "eval_every": Range(low=1), "dict_eval_limit": Range(low=0),
+        "eval_batch_size": Range(low=1), "max_new_tokens": Range(low=1),
     }
 
     def __post_init__(self):
         """Choices, ranges and --select-by against --eval-mode at parse time, before any training."""
-        from .sft import parse_answer_weight
-
         check_config(self)
-        check_device(self.device)
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         parse_answer_weight(self.answer_weight)
         check_select_by(self.select_by, self.eval_mode)
         stages = [s.strip() for s in self.stages.split(",") if s.strip()]

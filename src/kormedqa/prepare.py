@@ -2,38 +2,41 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from .formats import DEFAULT_RATIONALE_TEMPLATE, DETAILED_FRACTION, RATIONALE_TEMPLATES, Glossary, dict_example, mcq_examples
 from .checks import Range, check_config
+from .config import RunArgs, arg
 from .errors import DataError, LeakageError, OutputExistsError, UsageError
 
 
 @dataclass
-class PrepareConfig:
+class PrepareConfig(RunArgs):
     """`kormedqa prepare dict|mcq`."""
 
-    kind: str = field(default="mcq", metadata={"help": "dict or mcq", "choices": ["dict", "mcq"]})
-    data: list[str] = field(default_factory=list, metadata={"help": "input file(s): dictionary JSON(s) for dict, a KorMedMCQA file/folder/hub id for mcq"})
-    output: str = field(default="", metadata={"help": "prepared JSONL to write"})
-    split: str = field(default="train", metadata={"help": "split to read when --data is a folder or hub id"})
-    dictionary: list[str] = field(default_factory=list, metadata={"help": "dictionary JSON(s) used by template rationales (mcq)"})
-    rationales: str | None = field(default=None, metadata={"help": "JSONL of {id, rationale} (e.g. from a teacher model)"})
-    eval_data: str | None = field(default=None, metadata={"help": "evaluation set checked for overlap with the training questions"})
-    eval_split: str = "test"
-    allow_overlap: bool = field(default=False, metadata={"help": "write the file even when training questions appear in --eval-data"})
-    detailed_fraction: float = DETAILED_FRACTION
-    rationale_template: str = field(default=DEFAULT_RATIONALE_TEMPLATE, metadata={
-        "help": "template rationale for records without cot: linked (option text + match verdict per line) or verdict "
-                "(one-word verdicts, the earlier template)", "choices": list(RATIONALE_TEMPLATES)})
-    seed: int = 42
-    overwrite: bool = False
+    output: str = arg("", "prepared JSONL to write")
+    seed: int = arg(42, "random seed: which questions get the detailed rationale prompt")
+    kind: str = arg("mcq", "dict or mcq", choices=["dict", "mcq"])
+    data: list[str] = arg(help="input file(s): dictionary JSON(s) for dict, a KorMedMCQA file/folder/hub id for mcq",
+                          factory=list)
+    split: str = arg("train", "split to read when --data is a folder or hub id")
+    dictionary: list[str] = arg(help="dictionary JSON(s) used by template rationales (mcq)", factory=list)
+    rationales: str | None = arg(None, "JSONL of {id, rationale} (e.g. from a teacher model)")
+    eval_data: str | None = arg(None, "evaluation set checked for overlap with the training questions")
+    eval_split: str = arg("test", "split of --eval-data to check against")
+    allow_overlap: bool = arg(False, "write the file even when training questions appear in --eval-data")
+    detailed_fraction: float = arg(DETAILED_FRACTION, "share of MCQ rows with the detailed prompt and rationale, in [0, 1]")
+    rationale_template: str = arg(DEFAULT_RATIONALE_TEMPLATE,
+                                  "template rationale for records without cot: linked (option text + match verdict per "
+                                  "line), recall (the recalled definitions only, then the letter) or verdict (one-word "
+                                  "verdicts, the earlier template)", choices=RATIONALE_TEMPLATES)
 
     RANGES: ClassVar[dict] = {"detailed_fraction": Range(low=0, high=1)}
 
     def __post_init__(self):
+        """Choices and ranges at parse time (UsageError), before any input is read."""
         check_config(self)
 
 

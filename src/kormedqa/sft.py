@@ -8,15 +8,13 @@ because with a plain token mean the letter is ~1 of 40 supervised tokens and bar
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from fractions import Fraction
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Sequence
 
-import torch
-
 from .batching import CompletionCollator, tokenize_rows
-from .checks import PRECISIONS, Range, check_config, check_device
+from .checks import Range, check_config, parse_answer_weight
+from .config import LoraArgs, ModelArgs, ResumableRunArgs, arg
 from .errors import UsageError
 from .trainer import (AnswerWeightedTrainer, last_trainer_checkpoint, prepare_trainable, save_checkpoint,
                       training_arguments)
@@ -31,74 +29,53 @@ TRACK_DEFAULTS = {
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ModelArgs, LoraArgs, ResumableRunArgs):
     """`kormedqa train dict|mcq`. Unset (None) values take the seed's defaults for the track."""
 
-    data: str = field(default="", metadata={"help": "prepared prompt/completion JSONL (kormedqa prepare)"})
-    output: str = field(default="", metadata={"help": "folder for the adapter, logs and run.json"})
-    base_model: str = field(default="gemma3-270m", metadata={"help": "HF folder, hub id, adapter folder, or 'gemma3-270m'"})
-    track: str = field(default="mcq", metadata={"help": "dict or mcq (sets the seed defaults)", "choices": ["dict", "mcq"]})
-    method: str = field(default="sft", metadata={"help": "sft, or grpo (reward = the seed's reasoning score; mcq only, after SFT)",
-                                                 "choices": ["sft", "grpo"]})
-    num_generations: int = field(default=4, metadata={"help": "grpo: completions per prompt"})
-    max_completion_length: int = field(default=128, metadata={"help": "grpo: generated tokens at most"})
-    epochs: float | None = None
-    max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (overrides epochs)"})
-    batch_size: int | None = None
-    grad_accum: int | None = None
-    learning_rate: float | None = None
-    max_length: int | None = None
-    answer_weight: str = field(
-        default="2/3", metadata={"help": "share of the loss on the answer (letter + <end_of_turn>; e.g. 2/3, 1, 0.5) or 'none' for the plain token mean"}
-    )
-    lora_r: int = 64
-    lora_alpha: int = 128
-    lora_dropout: float = 0.05
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:0 ..."})
-    precision: str = field(default="auto", metadata={"help": "auto (bf16 where the GPU or CPU computes it natively, else fp32; run.json says which and why), fp32, bf16",
-                                                     "choices": list(PRECISIONS)})
-    seed: int = 42
-    group_by_length: bool = field(default=False, metadata={"help": "batch similar lengths together (less padding, faster; changes the data order)"})
-    padding_free: bool = field(default=True, metadata={"help": "pack each batch into one row with restarting position_ids (no padding compute; same loss)"})
-    logging_steps: int = 1
-    save_steps: int = field(default=0, metadata={"help": "also keep a resumable Trainer checkpoint every N steps (0: none)"})
-    resume: bool = False
-    overwrite: bool = False
+    output: str = arg("", "folder for the adapter, logs and run.json")
+    data: str = arg("", "prepared prompt/completion JSONL (kormedqa prepare)")
+    track: str = arg("mcq", "dict or mcq (sets the seed defaults)", choices=["dict", "mcq"])
+    method: str = arg("sft", "sft, or grpo (reward = the seed's reasoning score; mcq only, after SFT)",
+                      choices=["sft", "grpo"])
+    num_generations: int = arg(4, "grpo: completions per prompt")
+    max_completion_length: int = arg(128, "grpo: generated tokens at most")
+    epochs: float | None = arg(None, "passes over the data (default: the track's, dict 3, mcq 5)")
+    max_steps: int = arg(-1, "stop after this many optimizer steps (overrides epochs)")
+    batch_size: int | None = arg(None, "examples per device and micro-batch (default: the track's, dict 4, mcq 2)")
+    grad_accum: int | None = arg(None, "micro-batches per optimizer step (default: the track's, dict 4, mcq 8)")
+    learning_rate: float | None = arg(None, "peak learning rate, linear decay, no warm-up (default: the track's, "
+                                            "dict 2e-5, mcq 1e-5)")
+    max_length: int | None = arg(None, "tokens per example at most; longer examples are dropped (default: the "
+                                       "track's, dict 512, mcq 1024)")
+    answer_weight: str = arg("2/3", "share of the loss on the answer (letter + <end_of_turn>; e.g. 2/3, 1, 0.5) or "
+                                    "'none' for the plain token mean")
+    lora_dropout: float = arg(0.05, "dropout on the LoRA input, in [0, 1)")
+    group_by_length: bool = arg(False, "batch similar lengths together (less padding, faster; changes the data order)")
+    padding_free: bool = arg(True, "pack each batch into one row with restarting position_ids (no padding compute; "
+                                   "same loss)")
+    logging_steps: int = arg(1, "log the loss every N optimizer steps")
+    save_steps: int = arg(0, "also keep a resumable Trainer checkpoint every N steps (0: none)")
 
     RANGES: ClassVar[dict] = {
         "num_generations": Range(low=2), "max_completion_length": Range(low=1), "epochs": Range(low=0, low_open=True),
         "max_steps": Range(low=1, also=(-1,)), "batch_size": Range(low=1), "grad_accum": Range(low=1),
-        "learning_rate": Range(low=0, low_open=True), "max_length": Range(low=2), "lora_r": Range(low=1),
-        "lora_alpha": Range(low=0, low_open=True), "lora_dropout": Range(low=0, high=1, high_open=True),
-        "logging_steps": Range(low=1), "save_steps": Range(low=0),
+        "learning_rate": Range(low=0, low_open=True), "max_length": Range(low=2),
+        "lora_dropout": Range(low=0, high=1, high_open=True), "logging_steps": Range(low=1), "save_steps": Range(low=0),
     }
 
     def __post_init__(self):
         """Choices and ranges at parse time (UsageError), so a mistake never reaches a claimed output."""
         check_config(self)
-        check_device(self.device)
         parse_answer_weight(self.answer_weight)
         if self.method == "grpo" and self.track != "mcq":
             raise UsageError("--method grpo trains MCQs: use kormedqa train mcq")
 
     def resolved(self) -> "TrainConfig":
+        """A copy with every unset (None) schedule field set to the track's seed default (`TRACK_DEFAULTS`)."""
         from dataclasses import replace
 
         defaults = TRACK_DEFAULTS[self.track]
         return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
-
-
-def parse_answer_weight(value: str | float | None) -> float | None:
-    """'none' -> None (plain token mean); '2/3' or '0.667' -> a float in [0, 1]; else UsageError."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "")):
-        return None
-    try:
-        weight = float(Fraction(value.strip())) if isinstance(value, str) else float(value)
-    except (ValueError, ZeroDivisionError):
-        raise UsageError(f"--answer-weight must be a number or fraction in [0, 1] or 'none', got {value!r}") from None
-    if not 0.0 <= weight <= 1.0:
-        raise UsageError(f"--answer-weight must lie in [0, 1] or be 'none', got {value}")
-    return weight
 
 
 # ---------------------------------------------------------------- the stage
