@@ -44,6 +44,7 @@ class Range:
     also: tuple = ()
 
     def accepts(self, value) -> bool:
+        """Whether the number `value` lies in the range (or is one of `also`)."""
         if value in self.also:
             return True
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
@@ -53,6 +54,7 @@ class Range:
         return True
 
     def describe(self) -> str:
+        """The range in words for an error message: 'in [0, 1)', '>= 1 or -1'."""
         if self.low is not None and self.high is not None:
             text = f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{')' if self.high_open else ']'}"
         elif self.low is not None:
@@ -69,6 +71,7 @@ def _num(x) -> str:
 
 
 def flag(name: str) -> str:
+    """A field name as the flag a user types: 'batch_size' -> '--batch-size'."""
     return "--" + name.replace("_", "-")
 
 

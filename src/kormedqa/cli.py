@@ -107,11 +107,17 @@ def _positional(argv: list[str], choices: tuple[str, ...], command: str) -> tupl
 
 
 def cmd_model(argv):
+    """`kormedqa model fetch [gemma3-270m] --out DIR`: build the embedded default; prints the folder.
+
+    Raises UsageError for another model name, OutputExistsError when --out holds something other
+    than a model (without --overwrite).
+    """
     sub, rest = _positional(argv, ("fetch",), "model")
     if rest and not rest[0].startswith("-"):
         rest = ["--name", rest[0], *rest[1:]]
     cfg = parse(FetchConfig, rest, "kormedqa model fetch")
-    from .modeling import DEFAULT_MODEL_NAME, fetch_default
+    from .default_model import fetch_default
+    from .modeling import DEFAULT_MODEL_NAME
 
     if cfg.name != DEFAULT_MODEL_NAME:
         raise UsageError(f"only {DEFAULT_MODEL_NAME} is embedded; any other model is used by its folder or hub id")
@@ -128,6 +134,7 @@ def cmd_model(argv):
 
 
 def cmd_prepare(argv):
+    """`kormedqa prepare dict|mcq [flags]`: `prepare.run_prepare`; prints what was written as JSON."""
     from .prepare import PrepareConfig, print_info, run_prepare
 
     kind, rest = _positional(argv, ("dict", "mcq"), "prepare")
@@ -135,6 +142,12 @@ def cmd_prepare(argv):
 
 
 def cmd_train(argv):
+    """`kormedqa train dict|mcq [flags]`: SFT (or --method grpo) into `--output/adapter`.
+
+    Rows, model, precision and lengths are all checked before the output is claimed (UsageError,
+    DataError, ModelError). Writes run.json, train_log.jsonl and adapter/ (SFT also tensorboard/);
+    the main process prints the training summary.
+    """
     from pathlib import Path
 
     from .batching import tokenize_rows
@@ -182,6 +195,11 @@ def cmd_train(argv):
 
 
 def cmd_merge(argv):
+    """`kormedqa merge --adapter DIR --output DIR`: adapter + its base as one plain fp32 model folder.
+
+    Raises UsageError for missing flags or a folder that is not an adapter, ModelError for an
+    adapter whose base is gone, OutputExistsError for an existing output without --overwrite.
+    """
     cfg = parse(MergeConfig, argv, "kormedqa merge")
     if not cfg.adapter or not cfg.output:
         raise UsageError("--adapter and --output are required")
@@ -200,12 +218,14 @@ def cmd_merge(argv):
 
 
 def cmd_eval(argv):
+    """`kormedqa eval [flags]`: `evaluate.run_eval` (metrics.json and predictions.jsonl in --output)."""
     from .evaluate import EvalConfig, run_eval
 
     run_eval(parse(EvalConfig, argv, "kormedqa eval"))
 
 
 def cmd_loop(argv):
+    """`kormedqa loop [flags | --config recipe.yaml]`: `loop.run_loop`; prints why it stopped and the best loop."""
     from .loop import LoopConfig, run_loop
 
     history = run_loop(parse(LoopConfig, argv, "kormedqa loop"))
@@ -213,12 +233,14 @@ def cmd_loop(argv):
 
 
 def cmd_cpt(argv):
+    """`kormedqa cpt [flags]`: `cpt.run_cpt` (merged model, perplexity before/after)."""
     from .cpt import CPTConfig, run_cpt
 
     run_cpt(parse(CPTConfig, argv, "kormedqa cpt"))
 
 
 def cmd_demo(argv):
+    """`kormedqa demo [flags]`: `demo.run_demo` (the whole pipeline and REPORT.md)."""
     from .demo import DemoConfig, run_demo
 
     run_demo(parse(DemoConfig, argv, "kormedqa demo"))
@@ -237,6 +259,12 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `kormedqa` entry point: `argv` (default sys.argv[1:]) -> exit status.
+
+    0 on success; 2 (`EXIT_USER_ERROR`) for every mistake a user can fix (`errors.UserError`, a
+    missing file, a NaN/inf loss or metric, out of memory), printed as one line on stderr. Other
+    exceptions (bugs) propagate with their traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)

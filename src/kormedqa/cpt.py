@@ -49,10 +49,15 @@ class CPTConfig(ModelArgs, LoraArgs, RunArgs):
 
 
 def vocab_lines(entries) -> list[str]:
+    """Dictionary entries -> 'term: definition' lines, one per entry, in order."""
     return [f"{e.term}: {e.definition}" for e in entries]
 
 
 def training_texts(paragraphs: Sequence[str], vocab: Sequence[str], repeat: int, seed: int) -> list[str]:
+    """The CPT texts: `paragraphs` plus each `vocab` line `repeat` times, shuffled by `seed`.
+
+    Returns a new list of len(paragraphs) + repeat * len(vocab) strings.
+    """
     texts = list(paragraphs) + [line for line in vocab for _ in range(repeat)]
     random.Random(seed).shuffle(texts)  # spread the repeats so one batch is not five copies of a line
     return texts
@@ -84,7 +89,11 @@ def text_features(tokenizer, texts: Sequence[str], max_length: int) -> list[dict
 
 @torch.no_grad()
 def perplexity(model, tokenizer, texts: Sequence[str], max_length: int = 256, batch_size: int = 8) -> float:
-    """exp(mean next-token cross-entropy) over all tokens of `texts`."""
+    """exp(mean next-token cross-entropy, in nats) over all tokens of `texts` (each cut to `max_length`).
+
+    `model` is put in eval mode. The mean is capped at 50 before exp so that a random model gives
+    a large finite number. Raises DataError for a text with <bos> after its start.
+    """
     from .batching import CompletionCollator, supervised_ce
 
     model.eval()

@@ -279,7 +279,12 @@ def _object_rows(path: Path, jsonl: bool) -> list[Row]:
 
 
 def load_dictionary(*paths: str | Path) -> list[DictEntry]:
-    """Load medical terms and symbols; a term defined twice (in any file) is an error."""
+    """Load medical terms and symbols from .json arrays or .jsonl files of {term, definition[, category]}.
+
+    Returns one `DictEntry` per row, files in the order given; category "symbol" makes a symbol
+    entry, anything else a term. Raises DataError naming file, line and field for a missing or
+    empty term/definition, a file without records, or a term defined twice (in any file).
+    """
     entries: list[DictEntry] = []
     first_seen: dict[str, str] = {}
     for path in map(Path, paths):
@@ -300,7 +305,10 @@ def load_dictionary(*paths: str | Path) -> list[DictEntry]:
 
 
 def read_text_corpus(path: str | Path) -> list[str]:
-    """Non-empty stripped lines of a .txt file, or of every .txt file in a directory (by name)."""
+    """Non-empty stripped lines of a .txt file, or of every .txt file in a directory (by name), normalised.
+
+    Raises DataError for a folder without .txt files or a file that is not UTF-8 (naming the line).
+    """
     path = Path(path)
     files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".txt" and p.is_file()) if path.is_dir() else [path]
     if not files:
@@ -313,7 +321,11 @@ def read_text_corpus(path: str | Path) -> list[str]:
 
 
 def read_jsonl(path: str | Path, allow_empty: bool = False) -> list[dict]:
-    """Objects of a JSONL file (blank lines skipped); errors name the file and line."""
+    """Objects (dicts) of a JSONL file, blank lines skipped, strings normalised.
+
+    Raises DataError naming file and line for invalid JSON or a line that is not an object, and
+    for a file without records unless `allow_empty`.
+    """
     path = Path(path)
     rows = _object_rows(path, jsonl=True)
     if not rows and not allow_empty:

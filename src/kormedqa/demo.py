@@ -76,6 +76,13 @@ class DemoConfig(ResumableRunArgs):
 
 
 def run_demo(cfg: DemoConfig) -> dict:
+    """The whole pipeline on `cfg.output`: fetch, prepare, CPT, evaluate before, loop, evaluate, report.
+
+    Returns the summary also written to summary.json: {"before", "after" (metrics dicts),
+    "tests" (McNemar per metric), "timings" (seconds per step), "last_loop", "best_loop"}.
+    Raises DataError/ModelError before the output is claimed, OutputExistsError for an existing
+    output without --resume or --overwrite.
+    """
     from .cpt import CPTConfig, run_cpt
     from .data import load_dictionary, load_mcq, read_jsonl, write_jsonl_atomic
     from .evaluate import evaluate_dict, evaluate_mcq, summary_line, write_eval

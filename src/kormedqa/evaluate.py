@@ -24,6 +24,7 @@ from .formats import DEFAULT_RATIONALE_TEMPLATE, GENERATION_PREFIX, Glossary, mc
 from .metrics import accuracy_by_group, mean_interval, proportion
 from .numerics import check_finite_tree
 from .records import EXAM_TYPES, LETTERS, MCQ
+from .vllm_backend import BACKENDS
 from .scorers import ANSWER_STOPS, HFGenerator, completion_losses, eval_prompt, generate, letter_logprobs, option_logprobs
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class EvalConfig(DeviceArgs, RunArgs):
     batch_size: int = arg(8, "questions per scoring batch")
     max_new_tokens: int = arg(256, "generation budget per answer, in tokens")
     backend: str = arg("auto", "generation backend: auto (vLLM when installed and on a GPU), hf, vllm",
-                       choices=["auto", "hf", "vllm"])
+                       choices=BACKENDS)
 
     RANGES: ClassVar[dict] = {"limit": Range(low=1), "batch_size": Range(low=1), "max_new_tokens": Range(low=1)}
 
@@ -79,6 +80,11 @@ def _argmax(scores: Sequence[float]) -> str:
 
 
 def letter_records(mcqs: Sequence[MCQ], scores: Sequence[Sequence[float]]) -> dict[str, dict]:
+    """Per-question records of letter log-likelihood scoring, keyed by MCQ id.
+
+    `scores` holds five log-probabilities (A-E) per question, in `mcqs` order. Each record:
+    loglik_prediction (the argmax letter), loglik_correct, loglik_scores (rounded to 4 places).
+    """
     records = {}
     for q, s in zip(mcqs, scores, strict=True):
         pick = _argmax(s)
@@ -100,6 +106,11 @@ def cloze_records(mcqs: Sequence[MCQ], scores: Sequence[Sequence[float]]) -> dic
 
 
 def loss_records(losses: dict[str, dict]) -> dict[str, dict]:
+    """Per-question records of the teacher-forced reference loss (nats per token), keyed by id.
+
+    `losses` maps id -> {"loss", "answer_loss" (None without an answer span),
+    "answer_token_correct", "tokens"} as `scorers.completion_losses` returns them.
+    """
     return {qid: {"reference_loss": round(l["loss"], 5),
                   "reference_answer_loss": None if l["answer_loss"] is None else round(l["answer_loss"], 5),
                   "answer_token_correct": l["answer_token_correct"], "reference_tokens": l["tokens"]}
@@ -253,6 +264,9 @@ def evaluate_dict(model, tokenizer, entries, batch_size: int = 8, max_new_tokens
 
 
 def summary_line(metrics: dict) -> str:
+    """One log line for a metrics dict: n, accuracies with 95% intervals, parse rate, reference loss
+    (dictionary metrics: exact match and chrF).
+    """
     if metrics.get("task") == "dict":
         em = metrics["exact_match"]
         return f"n={metrics['n']}: exact match {em['value']:.1%} [{em['ci95'][0]:.1%}, {em['ci95'][1]:.1%}], chrF {metrics['chrf']:.1f}"
@@ -271,6 +285,10 @@ def _pct(p: dict) -> str:
 
 
 def write_eval(output: str | Path, metrics: dict, predictions: list[dict], extra: dict | None = None) -> None:
+    """Write `predictions.jsonl` and `metrics.json` (with `extra` merged in) to the folder `output`.
+
+    Raises NonFiniteError, before anything is written, if any metric is NaN or inf.
+    """
     from .data import write_jsonl_atomic
     from .runs import write_json_atomic
 
@@ -282,6 +300,13 @@ def write_eval(output: str | Path, metrics: dict, predictions: list[dict], extra
 
 
 def run_eval(cfg: EvalConfig) -> dict:
+    """`kormedqa eval`: load, score and write metrics.json + predictions.jsonl to `cfg.output`.
+
+    Returns the metrics dict (each rate as {value, correct, total, ci95}, plus n, mode, seconds,
+    generation_backend). Raises UsageError for a bad --task/--mode or missing --data/--output,
+    DataError for bad questions, ModelError for a model that cannot load or run in --precision,
+    OutputExistsError for an existing output without --overwrite; all before anything is written.
+    """
     from .data import load_mcq
     from .modeling import check_precision, load_model, load_tokenizer
     from .runs import claim_output, provenance

@@ -51,11 +51,13 @@ def answer_after_reasoning(text: str) -> bool:
 
 
 def has_reasoning_tags(text: str) -> bool:
+    """Whether `text` holds both `<reasoning>` and `</reasoning>` (after normalisation)."""
     text = normalize_text(text)
     return REASONING_OPEN in text and REASONING_CLOSE in text
 
 
 def has_detailed_keywords(text: str) -> bool:
+    """Whether `text` holds every keyword of the seed's detailed format (첫째 ... 넷째)."""
     text = normalize_text(text)
     return all(keyword in text for keyword in DETAILED_KEYWORDS)
 

@@ -148,7 +148,7 @@ def run_grpo(
         peft_config=None if isinstance(model, PeftModel) else lora_config(),
         callbacks=run.callbacks(),
     )
-    # Sampling is most of a CPU step; its lm_head runs 3x faster under cpu_vocab_projection.
+    # Sampling is most of a CPU step; cpu_vocab_projection speeds up its lm_head (docs/decisions.md).
     result = run.train(trainer, around=cpu_vocab_projection)
     summary = run.summary(trainer, result, log_keys=("loss", "reward"), eos_token_ids=list(trainer.eos_token_ids))
     save_checkpoint(trainer, tokenizer, run.output, summary, run.work)

@@ -17,7 +17,10 @@ from .validate import row_to_mcq
 
 
 def card_configs(folder: Path) -> list[str]:
-    """Config names in the YAML `configs:` of `folder/README.md` (a hub dataset card); [] if none."""
+    """Config names in the YAML `configs:` of `folder/README.md` (a hub dataset card); [] if none.
+
+    Raises DataError naming the card for unreadable YAML or `configs` that is not a list of mappings.
+    """
     readme = folder / "README.md"
     if not readme.is_file():
         return []

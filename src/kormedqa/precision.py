@@ -67,9 +67,11 @@ class PrecisionChoice:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The torch dtype of `precision`."""
         return DTYPES[self.precision]
 
     def as_dict(self) -> dict:
+        """JSON-ready form for run.json, with what stays fp32 whatever the precision (`kept_fp32`)."""
         out = asdict(self)
         out["cpu_bf16_flags"] = list(self.cpu_bf16_flags)
         out["kept_fp32"] = ["LoRA weights", "optimizer state", "loss", "log-softmax of scores"]

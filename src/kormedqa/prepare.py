@@ -41,7 +41,10 @@ class PrepareConfig(RunArgs):
 
 
 def load_rationales(path: str | Path) -> dict[str, str]:
-    """`{"id": ..., "rationale": ...}` per line; bad lines are reported like any other input."""
+    """{id: rationale text} from a JSONL of `{"id": ..., "rationale": ...}` (or "text") per line.
+
+    Raises DataError naming file and line for a line without a string id and a non-empty rationale.
+    """
     from .data import read_jsonl
 
     out: dict[str, str] = {}
@@ -54,16 +57,27 @@ def load_rationales(path: str | Path) -> dict[str, str]:
 
 
 def dict_rows(entries) -> list[dict]:
+    """Dictionary entries -> the seed's Track 1 rows {prompt, completion, ...}, one per entry, in order."""
     return [dict_example(e).to_row() for e in entries]
 
 
 def mcq_rows(mcqs, seed: int, glossary: Glossary | None = None, rationales=None, detailed_fraction=DETAILED_FRACTION,
              template: str = DEFAULT_RATIONALE_TEMPLATE) -> list[dict]:
+    """MCQs -> the seed's Track 2 rows {prompt, completion, id, kind}, one per question, in order.
+
+    `seed` picks which round(n * detailed_fraction) questions get the detailed format; questions
+    without cot get a rationale from `rationales` (id -> text) or else `template` with `glossary`.
+    """
     return [e.to_row() for e in mcq_examples(mcqs, seed, glossary, rationales, detailed_fraction, template)]
 
 
 def check_overlap(train, evaluation, allow: bool) -> dict:
-    """Refuse training data that contains evaluation questions, unless the user allows it."""
+    """Refuse training data that contains evaluation questions, unless the user allows it.
+
+    `train` and `evaluation` are MCQ lists. Returns `leakage.find_overlap`'s report as a dict
+    (`OverlapReport.to_dict`). Raises LeakageError, with examples, when any overlap is found and
+    not `allow`.
+    """
     from .leakage import find_overlap
 
     report = find_overlap(train, evaluation)
@@ -119,4 +133,5 @@ def run_prepare(cfg: PrepareConfig) -> dict:
 
 
 def print_info(info: dict) -> None:
+    """Print `run_prepare`'s result as indented JSON on stdout."""
     print(json.dumps(info, ensure_ascii=False, indent=2))

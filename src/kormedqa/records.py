@@ -31,6 +31,7 @@ class MCQ:
 
     @property
     def answer_index(self) -> int:
+        """The answer as an index into `options` (A -> 0 ... E -> 4)."""
         return LETTERS.index(self.answer)
 
 

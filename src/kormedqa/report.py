@@ -62,6 +62,11 @@ def plot_loops(history: dict, before: dict | None, path: str | Path) -> Path:
 
 
 def significance(before_preds: Sequence[dict], after_preds: Sequence[dict], key: str = "correct") -> dict:
+    """Exact McNemar test of before vs after on the questions both scored (paired by id).
+
+    `key` is the per-question boolean compared (correct, loglik_correct ...). Returns
+    `metrics.mcnemar_exact`'s dict: only_a, only_b, p_value, significant_at_0.05.
+    """
     by_id = {p["id"]: p for p in before_preds}
     pairs = [(by_id[p["id"]][key], p[key]) for p in after_preds if p["id"] in by_id and key in p]
     return mcnemar_exact([a for a, _ in pairs], [b for _, b in pairs])
@@ -93,6 +98,7 @@ def what_moved(before: dict, after: dict, tests: dict) -> list[str]:
 
 
 def markdown_report(title: str, sections: dict[str, str]) -> str:
+    """A Markdown document: `# title`, then one `## heading` section per item of `sections`."""
     return f"# {title}\n\n" + "\n\n".join(f"## {k}\n\n{v.strip()}" for k, v in sections.items()) + "\n"
 
 

@@ -45,6 +45,7 @@ def fault_point(name: str) -> None:
 
 
 def fsync_tree(path: Path) -> None:
+    """fsync every file below `path`, then `path` itself, so a rename after it publishes durable data."""
     for root, _dirs, files in os.walk(path):
         for name in files:
             with open(Path(root) / name, "rb") as fh:
@@ -97,7 +98,11 @@ def _umask() -> int:
 
 
 def write_text_atomic(path: str | Path, chunks: Iterable[str]) -> None:
-    """Write via a scratch file + fsync + rename, so readers never see a half-written file."""
+    """Write the strings `chunks` to `path` (UTF-8, LF) via a scratch file + fsync + rename.
+
+    Readers never see a half-written file; an existing file keeps its permission bits, a new one
+    is 0644. On any error the scratch file is removed, `path` is untouched and the error propagates.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
@@ -117,10 +122,15 @@ def write_text_atomic(path: str | Path, chunks: Iterable[str]) -> None:
 
 
 def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> None:
+    """Write `rows` (dicts) as JSONL, one per line, UTF-8, atomically (`write_text_atomic`).
+
+    Dataclasses, Paths and numpy/torch scalars are converted; TypeError for anything else.
+    """
     write_text_atomic(path, (json.dumps(row, ensure_ascii=False, default=_json_default) + "\n" for row in rows))
 
 
 def write_json_atomic(path: str | Path, obj) -> None:
+    """Write `obj` as indented UTF-8 JSON atomically (`write_text_atomic`); conversions as `write_jsonl_atomic`."""
     write_text_atomic(path, [json.dumps(obj, ensure_ascii=False, indent=2, default=_json_default) + "\n"])
 
 
@@ -147,8 +157,11 @@ def clean_stale_scratch(folder: Path) -> None:
 
 
 def claim_output(path: str | Path, resume: bool = False, overwrite: bool = False, is_dir: bool = True) -> Path:
-    """Refuse to write into an existing output unless the user asked to resume or overwrite.
+    """Refuse to write into an existing output unless the user asked to resume or overwrite; returns it as a Path.
 
+    An existing output is a file, or a folder with anything in it. With `overwrite` (and not
+    `resume`) it is deleted first. With `is_dir` the folder is created and scratch folders of a
+    killed run are removed from it. Raises OutputExistsError when it exists and neither was given.
     Under several processes only the main one claims (and, with --overwrite, clears) the output;
     the others would race it, and they write nothing there themselves.
     """
@@ -169,6 +182,7 @@ def claim_output(path: str | Path, resume: bool = False, overwrite: bool = False
 
 
 def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, or of every file below a folder (in sorted path order, contents only)."""
     digest = hashlib.sha256()
     path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -196,6 +210,10 @@ PACKAGES = ("kormedqa", "torch", "transformers", "peft", "trl", "datasets", "acc
 
 
 def provenance(config, data_files: dict[str, str] | None = None) -> dict:
+    """run.json's content: command line, `config` (a dataclass, as a dict), package versions, python,
+    git commit, SHA-256 of each existing file or folder of `data_files` (name -> path), seed and the
+    precision chosen (with why). Never raises for an undecidable precision; records why instead.
+    """
     versions = {}
     for name in PACKAGES:
         try:

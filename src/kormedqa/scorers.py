@@ -70,6 +70,8 @@ def generate(model, tokenizer, prompts: Sequence[str], batch_size: int = 8, max_
     Stops at <end_of_turn>/<eos>, and by default once the seed format's answer is complete
     (`</reasoning>X`): anything after it cannot change the extracted letter or the reasoning
     score, and a half-trained model often runs on to max_new_tokens there.
+    Returns one decoded continuation per prompt, in `prompts` order (`max_new_tokens` tokens at
+    most). Raises NonFiniteError when the logits hold NaN or inf (argmax would pick token 0).
     """
     from transformers import StopStringCriteria, StoppingCriteriaList
 
@@ -131,6 +133,7 @@ def _greedy_dropping_finished(model, enc: dict, max_new_tokens: int, eos: Sequen
 
 
 def letter_token_ids(tokenizer) -> list[int]:
+    """The token ids of 'A'...'E' (five ints); ValueError when a letter is not a single token."""
     ids = [tokenizer.convert_tokens_to_ids(letter) for letter in LETTERS]
     if any(i is None or i == tokenizer.unk_token_id for i in ids):
         raise ValueError("tokenizer has no single-token letters A-E")
@@ -139,7 +142,11 @@ def letter_token_ids(tokenizer) -> list[int]:
 
 @torch.no_grad()
 def letter_logprobs(model, tokenizer, prompts: Sequence[str], batch_size: int = 8) -> list[list[float]]:
-    """log P(letter | prompt) for A-E at the next position; only that position hits the lm_head."""
+    """log P(letter | prompt) for A-E at the next position; only that position hits the lm_head.
+
+    Returns five floats (nats) per prompt, in `prompts` order. Raises NonFiniteError on NaN/inf
+    log-probabilities, ValueError for a tokenizer without single-token letters.
+    """
     letters = torch.tensor(letter_token_ids(tokenizer))
     order = _by_length(prompts)
     scores: list[list[float]] = [[] for _ in prompts]
@@ -206,8 +213,8 @@ def option_logprobs(model, tokenizer, mcqs: Sequence[MCQ], batch_size: int = 8, 
     (and of the next ones, up to `pack_tokens` tokens) are packed into one padding-free row
     (position ids restart per sequence, so attention stays within a sequence), and only the
     continuation positions reach the lm_head: one forward per question or fewer. Rows stay
-    short because attention over a packed row is quadratic in its length (a row of 32 questions,
-    ~7k tokens, ran 6x slower per token). `batch_size` only sets the progress granularity. The
+    short because attention over a packed row is quadratic in its length (docs/decisions.md,
+    "Cloze rows stay short"). `batch_size` only sets the progress granularity. The
     continuation is tokenised on its own after the prompt, which for these chat prompts (ending
     in a newline) gives lm-evaluation-harness's split (bench/cloze_vs_harness.py checks picks).
     """

@@ -44,6 +44,9 @@ class AnswerWeightedTrainer(Trainer):
         self._parts = _LossParts()
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Trainer's micro-batches of one accumulation window, and the window's answer / other supervised
+        token counts (summed over processes) that `compute_loss` divides by.
+        """
         batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         n_answer = n_other = 0
         for batch in batch_samples:
@@ -58,6 +61,11 @@ class AnswerWeightedTrainer(Trainer):
         return batch_samples, num_items
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The answer-weighted supervised loss of one micro-batch (a 0-dim tensor; with the outputs when
+        `return_outputs`), normalised by the window's global token counts and scaled by the process count.
+
+        Raises NonFiniteError, on every process at once, when the loss is NaN or inf.
+        """
         labels = inputs["labels"]
         keep = supervised_positions(labels)
         # use_cache=False: transformers derives the block-diagonal mask of a packed (padding-free)
@@ -90,6 +98,7 @@ class AnswerWeightedTrainer(Trainer):
                                  f"(on at least one process); nothing of this step is kept. {_NONFINITE_HINT}")
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
+        """Trainer's log line plus answer_loss, reasoning_loss and answer_token_accuracy since the last one."""
         if "loss" in logs:
             # Every process reaches this line at the same step, so the sum over processes is safe here.
             reduce = self.accelerator.reduce if self.args.world_size > 1 else None
@@ -112,6 +121,7 @@ class _LossParts:
 
     @torch.no_grad()
     def add(self, ce, hits, is_answer, answer_mask, keep):
+        """Add one micro-batch's per-position losses `ce` and argmax hits, split by `is_answer`."""
         self.sums["answer"] += float(ce[is_answer].sum())
         self.sums["other"] += float(ce[~is_answer].sum())
         self.counts["answer"] += int(is_answer.sum())
@@ -155,6 +165,7 @@ class JsonlLogCallback(TrainerCallback):
         self.stage = stage
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        """Append `logs` as one JSON line (main process only); NonFiniteError on a NaN/inf loss or grad norm."""
         # Before the rank check: the logged loss is already averaged over processes, so all stop.
         for key in ("loss", "grad_norm"):
             if logs and key in logs:
@@ -216,7 +227,10 @@ def prepare_trainable(model, cfg):
 
 
 def save_checkpoint(trainer, tokenizer, output: Path, summary: dict, work: Path) -> None:
-    """Adapter + tokenizer + training_summary.json, written atomically; then drop the work dir.
+    """Adapter + tokenizer + training_summary.json, written atomically to `output`; then drop the work dir.
+
+    `summary` is the JSON-ready training summary. Under FSDP every process gathers the weights;
+    raises RuntimeError when the accelerate config does not gather a FULL_STATE_DICT.
 
     The adapter records its base as an absolute path and relative to `output` (`modeling.record_base`),
     so it loads from any working directory, and after its run folder moved together with its base.
@@ -248,6 +262,7 @@ def save_checkpoint(trainer, tokenizer, output: Path, summary: dict, work: Path)
 
 
 def last_trainer_checkpoint(folder: Path) -> str | None:
+    """The newest `checkpoint-N` folder in `folder` (a path string), or None when there is none."""
     from transformers.trainer_utils import get_last_checkpoint
 
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None

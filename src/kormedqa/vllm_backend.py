@@ -22,11 +22,15 @@ BACKENDS = ("auto", "hf", "vllm")
 
 
 def vllm_installed() -> bool:
+    """Whether the optional `vllm` package can be imported (without importing it)."""
     return importlib.util.find_spec("vllm") is not None
 
 
 def resolve_backend(backend: str, device: str = "auto") -> str:
-    """"hf" or "vllm"; a clear error when vLLM is asked for and cannot run."""
+    """The backend `kormedqa eval` generates with: "hf" or "vllm" ("auto": vllm when installed and on a CUDA GPU).
+
+    Raises UsageError for an unknown backend, or vllm asked for without vLLM or without a CUDA GPU.
+    """
     import torch
 
     if backend not in BACKENDS:
@@ -68,6 +72,9 @@ class VllmGenerator:
         self.tokenizer = tokenizer
 
     def sampling_params(self, max_new_tokens: int, stop_strings: Sequence[str]):
+        """Greedy vLLM `SamplingParams`: at most `max_new_tokens` tokens, stopping at `stop_strings`
+        (kept in the output) or a stop token (<eos>, <end_of_turn>).
+        """
         from vllm import SamplingParams
 
         from .modeling import stop_token_ids
