@@ -41,6 +41,11 @@ ARMS = {
     "recall": {"stages": "dict,mcq", "loops": 1, "dict_epochs": 1.0, "mcq_epochs": 2.0, "template": "recall"},
     # Three dictionary epochs: the issue-11 measurement that took cloze from 30% to 54%.
     "recall_dict3": {"stages": "dict,mcq", "loops": 1, "dict_epochs": 3.0, "mcq_epochs": 2.0, "template": "recall"},
+    # recall_dict3 lost the dictionary in its MCQ stage (cloze 58.0% after the dictionary epochs,
+    # 25.9% after the MCQ epochs) and the letter followed the named option in 54 of 145 answers:
+    # rehearse the dictionary inside the MCQ stage, and rotate the options so the letter must follow them.
+    "rotate3_rehearse": {"stages": "dict,mcq", "loops": 1, "dict_epochs": 3.0, "mcq_epochs": 1.0, "rotations": 3,
+                         "dict_rehearsal": 0.5, "template": "recall"},
     # The control: the MCQ track alone for about the training time of `recall_dict3` (a dictionary
     # epoch, ~4.3 min here, costs about as much as 0.65 MCQ epochs of recall rationales, ~6.6 min).
     "recall_mcq_only": {"stages": "mcq", "loops": 1, "mcq_epochs": 4.0, "template": "recall"},
@@ -93,7 +98,8 @@ def run_arm(name: str, spec: dict, args, work: Path) -> dict:
         eval_data=str(SAMPLE / "mcq"), output=str(work / name / "loop"), stages=spec["stages"],
         max_loops=spec["loops"], patience=spec["loops"], epochs_per_stage=spec.get("epochs", 1.0),
         dict_epochs=spec.get("dict_epochs"), mcq_epochs=spec.get("mcq_epochs"),
-        dict_learning_rate=5e-4, mcq_learning_rate=5e-4, dict_batch_size=8, mcq_batch_size=4,
+        dict_learning_rate=5e-4, mcq_learning_rate=spec.get("mcq_lr", 5e-4), dict_batch_size=8, mcq_batch_size=4,
+        dict_rehearsal=spec.get("dict_rehearsal", 0.0), option_rotations=spec.get("rotations", 1),
         dict_grad_accum=1, mcq_grad_accum=1, answer_weight="2/3", rationale_template=spec["template"],
         group_by_length=True, eval_mode=EVAL_MODE, eval_batch_size=args.eval_batch_size,
         max_new_tokens=args.max_new_tokens, dict_eval_limit=DICT_RECALL_ENTRIES, device="cpu",
@@ -117,6 +123,35 @@ def _slim(preds: list[dict]) -> list[dict]:
     """What the paired tests and a letter histogram need, keyed by id."""
     keep = ("id", "gold", "prediction", "loglik_prediction", "cloze_prediction", *KEYS.values())
     return [{k: p[k] for k in keep if k in p} for p in preds]
+
+
+def decision_breakdown(arm_dir: Path) -> dict | None:
+    """Where the answer is lost: knowledge (the rationale names the right option) or mapping (the
+    letter is the named option's). An option is named when exactly one option's text appears word
+    for word in the rationale, as recall rationales do; linked rationales copy all five (None then).
+    Read from the last loop's predictions.jsonl, which keeps the raw outputs.
+    """
+    from kormedqa.data import load_mcq, read_jsonl
+    from kormedqa.records import LETTERS
+
+    evals = sorted(arm_dir.glob("loop/loop_*/eval/predictions.jsonl"), key=lambda p: int(p.parts[-3].split("_")[1]))
+    if not evals:
+        return None
+    questions = {q.id: q for q in load_mcq(SAMPLE / "mcq", split="test")}
+    named = right = follows = 0
+    preds = read_jsonl(evals[-1])
+    for pred in preds:
+        reasoning = " ".join(pred.get("raw_output", "").split("</reasoning>")[0].split())
+        hits = [letter for letter, text in zip(LETTERS, questions[pred["id"]].options) if " ".join(text.split()) in reasoning]
+        if len(hits) != 1:
+            continue
+        named += 1
+        right += hits[0] == pred["gold"]
+        follows += hits[0] == pred["prediction"]
+    if named < len(preds) / 2:
+        return None
+    return {"questions": len(preds), "names_one_option": named, "names_correct_option": right,
+            "letter_is_named_option": follows}
 
 
 def paired_tests(a: dict, b: dict) -> dict:
@@ -208,6 +243,12 @@ def main() -> int:
                   if n not in ("base", CONTROL) and CONTROL in results}
     summary = best_arm(results, vs_control)
     text = table(results, vs_base, vs_control)
+    breakdown = {n: decision_breakdown(work / n) for n in results if n != "base"}
+    lines = [f"- {n}: of {b['questions']} rationales, {b['names_one_option']} name one option word for word; "
+             f"{b['names_correct_option']} name the correct one (knowledge), and the letter is the named option's "
+             f"in {b['letter_is_named_option']} (mapping)" for n, b in breakdown.items() if b]
+    if lines:
+        text += "\n\nWhere the answer is lost (from each arm's raw outputs):\n" + "\n".join(lines)
     write_result("learning", {
         "machine": machine(), "settings": vars(args), "arms": {n: ARMS.get(n) for n in results},
         "test_questions": len(next(iter(results.values()))["preds"]) if results else 0,
@@ -216,7 +257,8 @@ def main() -> int:
         "results": {n: {k: v for k, v in r.items() if k != "preds"} for n, r in results.items()},
         "prediction_counts": {n: {x: sum(p.get("prediction") == x for p in r["preds"]) for x in "ABCDE"}
                               for n, r in results.items()},
-        "mcnemar_vs_base": vs_base, "mcnemar_vs_control": vs_control, "table": text, "summary": summary})
+        "mcnemar_vs_base": vs_base, "mcnemar_vs_control": vs_control, "decision_breakdown": breakdown,
+        "table": text, "summary": summary})
     print(text)
     print(summary)
     return 0
