@@ -37,12 +37,14 @@ class DemoConfig:
     cpt_learning_rate: float = field(default=2e-4, metadata={"help": "CPT learning rate"})
     loops: int = field(default=2, metadata={"help": "loops of (dictionary epochs, MCQ epochs, evaluate)"})
     dict_epochs: float = field(default=1.0, metadata={"help": "epochs over all dictionary entries per loop"})
-    mcq_epochs: float = field(default=0.5, metadata={"help": "epochs over the MCQ training split per loop"})
+    mcq_epochs: float = field(default=0.25, metadata={"help": "epochs over the MCQ training rows (option rotations included) per loop"})
     dict_learning_rate: float = field(default=5e-4, metadata={"help": "far above the seed's 2e-5: CPU minutes, not GPU hours"})
     mcq_learning_rate: float = field(default=5e-4, metadata={"help": "far above the seed's 1e-5, as above"})
     dict_batch_size: int = field(default=8, metadata={"help": "dictionary batch (examples are short)"})
     mcq_batch_size: int = field(default=4, metadata={"help": "MCQ batch"})
     answer_weight: str = field(default="2/3", metadata={"help": "share of the loss on the answer (letter + <end_of_turn>)"})
+    dict_rehearsal: float = field(default=0.5, metadata={"help": "dictionary rows mixed into each MCQ stage, as a fraction of its rows (see kormedqa loop --help)"})
+    option_rotations: int = field(default=3, metadata={"help": "copies of each training question with rotated options (see kormedqa loop --help)"})
     # The shortest rationale (recall line, then the letter): an MCQ epoch of it takes ~7 min here,
     # of linked rationales ~15, which would not fit the demo's 30 minutes.
     rationale_template: str = field(default="recall", metadata={"help": "rationale template for MCQs without cot (see kormedqa prepare mcq --help)", "choices": list(RATIONALE_TEMPLATES)})
@@ -65,6 +67,7 @@ class DemoConfig:
         "dict_learning_rate": Range(low=0, low_open=True), "mcq_learning_rate": Range(low=0, low_open=True),
         "dict_batch_size": Range(low=1), "mcq_batch_size": Range(low=1), "dict_eval_limit": Range(low=0), "eval_limit": Range(low=1),
         "eval_every": Range(low=1), "eval_batch_size": Range(low=1), "max_new_tokens": Range(low=1),
+        "dict_rehearsal": Range(low=0), "option_rotations": Range(low=1, high=5),
     }
 
     def __post_init__(self):
@@ -156,6 +159,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         mcq_epochs=cfg.mcq_epochs, dict_learning_rate=cfg.dict_learning_rate, mcq_learning_rate=cfg.mcq_learning_rate,
         dict_batch_size=cfg.dict_batch_size, mcq_batch_size=cfg.mcq_batch_size, dict_grad_accum=1, mcq_grad_accum=1,
         group_by_length=True, answer_weight=cfg.answer_weight, rationale_template=cfg.rationale_template,
+        dict_rehearsal=cfg.dict_rehearsal, option_rotations=cfg.option_rotations,
         eval_mode=cfg.eval_mode, eval_limit=cfg.eval_limit, eval_every=cfg.eval_every, eval_batch_size=cfg.eval_batch_size,
         max_new_tokens=cfg.max_new_tokens, dict_eval_limit=cfg.dict_eval_limit, device=cfg.device, seed=cfg.seed, resume=True,
     ))
@@ -219,7 +223,8 @@ def _setup_text(cfg: DemoConfig, base: str, n_train: int, n_test: int, n_dict: i
         f"- Data: the shipped sample data (not KorMedMCQA): {n_dict} dictionary entries, {n_train} training MCQs, "
         f"{n_test} held-out test MCQs.\n"
         f"- Loop: {len(history['loops'])} loop(s), each {cfg.dict_epochs:g} dictionary epoch(s) (batch {cfg.dict_batch_size}) + "
-        f"{cfg.mcq_epochs:g} MCQ epoch(s) (batch {cfg.mcq_batch_size}), rationale template `{cfg.rationale_template}`; "
+        f"{cfg.mcq_epochs:g} MCQ epoch(s) (batch {cfg.mcq_batch_size}), rationale template `{cfg.rationale_template}`, "
+        f"dictionary rehearsal {cfg.dict_rehearsal:g} x the MCQ rows, {cfg.option_rotations} option order(s) per question; "
         f"learning rates {cfg.dict_learning_rate} / {cfg.mcq_learning_rate} "
         f"(the seed's 2e-5 / 1e-5 change nothing measurable in a few CPU minutes); answer weight {cfg.answer_weight}; "
         f"stop reason: {history.get('stop_reason')}.\n"
