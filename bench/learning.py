@@ -10,14 +10,18 @@ untrained base and with the control arm by McNemar's exact test on the same ques
     python bench/learning.py [--model DIR] [--arms a,b,...] [--fresh]
 
 Arms (counted in epochs: the dictionary stage goes over all 484 entries, the MCQ stage over the
-224 training questions):
-- linked: one loop of the seed's kind, one dictionary epoch then one MCQ epoch, with rationales
-  that copy each option and say whether it matches the recalled definition (the default).
-- mcq_only: the control. The MCQ track alone, same template, 1.25 epochs: about the training
-  time of `linked`, so it separates knowledge from format.
-- verdict: as `linked`, with the earlier template (one-word verdicts, no option text).
-One loop, not the demo's two: an MCQ epoch of linked rationales takes ~18 minutes on 2 cores
-without native bf16, and each arm must fit in 60 minutes with its evaluation.
+224 training questions, or over their rotated copies where an arm rotates options), one loop
+each; the default list is the one bench/README.md reports:
+- base: the untrained model, scored only.
+- recall: one dictionary epoch, two MCQ epochs of recall rationales (recall line, then the letter).
+- recall_dict3: as recall with three dictionary epochs (the issue-11 measurement: cloze 30 -> 54%).
+- rotate3_rehearse: three dictionary epochs, then one MCQ epoch over each question in 3 option
+  orders (`--option-rotations 3`) with half as many dictionary rows rehearsed among them
+  (`--dict-rehearsal 0.5`).
+- rotate3_mcq_only: the control of rotate3_rehearse: its MCQ stage alone (no dictionary rows at
+  all) for about its training time, so it separates knowledge from format.
+- linked, verdict, mcq_only, recall_mcq_only: earlier arms, selectable with --arms (ARMS below).
+Each arm must fit in 60 minutes with its evaluation on 2 cores without native bf16.
 
 Learning rates 5e-4 (the seed's 2e-5 / 1e-5 move nothing in CPU minutes; measured in earlier
 runs of this bench), dictionary batch 8, MCQ batch 4, answer weight 2/3, fp32 or the precision
@@ -41,7 +45,15 @@ ARMS = {
     "recall": {"stages": "dict,mcq", "loops": 1, "dict_epochs": 1.0, "mcq_epochs": 2.0, "template": "recall"},
     # Three dictionary epochs: the issue-11 measurement that took cloze from 30% to 54%.
     "recall_dict3": {"stages": "dict,mcq", "loops": 1, "dict_epochs": 3.0, "mcq_epochs": 2.0, "template": "recall"},
-    # The control: the MCQ track alone for about the training time of `recall_dict3` (a dictionary
+    # recall_dict3 lost the dictionary in its MCQ stage (cloze 58.0% after the dictionary epochs,
+    # 25.9% after the MCQ epochs) and the letter followed the named option in 54 of 145 answers:
+    # rehearse the dictionary inside the MCQ stage, and rotate the options so the letter must follow them.
+    "rotate3_rehearse": {"stages": "dict,mcq", "loops": 1, "dict_epochs": 3.0, "mcq_epochs": 1.0, "rotations": 3,
+                         "dict_rehearsal": 0.5, "template": "recall"},
+    # The control of rotate3_rehearse: the same MCQ track (recall rationales, 3 option orders) with
+    # no dictionary at all, for about its training time (30.9 min: ~1.67 epochs of the 672 rotated rows).
+    "rotate3_mcq_only": {"stages": "mcq", "loops": 1, "mcq_epochs": 1.67, "rotations": 3, "template": "recall"},
+    # The control of recall_dict3 (not run): the MCQ track alone for about its training time (a dictionary
     # epoch, ~4.3 min here, costs about as much as 0.65 MCQ epochs of recall rationales, ~6.6 min).
     "recall_mcq_only": {"stages": "mcq", "loops": 1, "mcq_epochs": 4.0, "template": "recall"},
     "linked": {"stages": "dict,mcq", "loops": 1, "epochs": 1.0, "template": "linked"},
@@ -50,7 +62,7 @@ ARMS = {
     "mcq_only": {"stages": "mcq", "loops": 1, "epochs": 1.25, "template": "linked"},
     "verdict": {"stages": "dict,mcq", "loops": 1, "epochs": 1.0, "template": "verdict"},
 }
-CONTROL = "recall_mcq_only"
+CONTROL = "rotate3_mcq_only"
 EVAL_MODE = "generate,loglik,cloze"
 DICT_RECALL_ENTRIES = 80
 KEYS = {"accuracy": "correct", "loglik_accuracy": "loglik_correct", "cloze_accuracy": "cloze_correct",
@@ -93,7 +105,8 @@ def run_arm(name: str, spec: dict, args, work: Path) -> dict:
         eval_data=str(SAMPLE / "mcq"), output=str(work / name / "loop"), stages=spec["stages"],
         max_loops=spec["loops"], patience=spec["loops"], epochs_per_stage=spec.get("epochs", 1.0),
         dict_epochs=spec.get("dict_epochs"), mcq_epochs=spec.get("mcq_epochs"),
-        dict_learning_rate=5e-4, mcq_learning_rate=5e-4, dict_batch_size=8, mcq_batch_size=4,
+        dict_learning_rate=5e-4, mcq_learning_rate=spec.get("mcq_lr", 5e-4), dict_batch_size=8, mcq_batch_size=4,
+        dict_rehearsal=spec.get("dict_rehearsal", 0.0), option_rotations=spec.get("rotations", 1),
         dict_grad_accum=1, mcq_grad_accum=1, answer_weight="2/3", rationale_template=spec["template"],
         group_by_length=True, eval_mode=EVAL_MODE, eval_batch_size=args.eval_batch_size,
         max_new_tokens=args.max_new_tokens, dict_eval_limit=DICT_RECALL_ENTRIES, device="cpu",
@@ -117,6 +130,35 @@ def _slim(preds: list[dict]) -> list[dict]:
     """What the paired tests and a letter histogram need, keyed by id."""
     keep = ("id", "gold", "prediction", "loglik_prediction", "cloze_prediction", *KEYS.values())
     return [{k: p[k] for k in keep if k in p} for p in preds]
+
+
+def decision_breakdown(arm_dir: Path) -> dict | None:
+    """Where the answer is lost: knowledge (the rationale names the right option) or mapping (the
+    letter is the named option's). An option is named when exactly one option's text appears word
+    for word in the rationale, as recall rationales do; linked rationales copy all five (None then).
+    Read from the last loop's predictions.jsonl, which keeps the raw outputs.
+    """
+    from kormedqa.data import load_mcq, read_jsonl
+    from kormedqa.records import LETTERS
+
+    evals = sorted(arm_dir.glob("loop/loop_*/eval/predictions.jsonl"), key=lambda p: int(p.parts[-3].split("_")[1]))
+    if not evals:
+        return None
+    questions = {q.id: q for q in load_mcq(SAMPLE / "mcq", split="test")}
+    named = right = follows = 0
+    preds = read_jsonl(evals[-1])
+    for pred in preds:
+        reasoning = " ".join(pred.get("raw_output", "").split("</reasoning>")[0].split())
+        hits = [letter for letter, text in zip(LETTERS, questions[pred["id"]].options) if " ".join(text.split()) in reasoning]
+        if len(hits) != 1:
+            continue
+        named += 1
+        right += hits[0] == pred["gold"]
+        follows += hits[0] == pred["prediction"]
+    if named < len(preds) / 2:
+        return None
+    return {"questions": len(preds), "names_one_option": named, "names_correct_option": right,
+            "letter_is_named_option": follows}
 
 
 def paired_tests(a: dict, b: dict) -> dict:
@@ -177,7 +219,7 @@ def best_arm(results: dict, vs_control: dict) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="gemma3-270m")
-    p.add_argument("--arms", default="base,recall,recall_mcq_only,linked", help=f"comma list of base and {', '.join(ARMS)}")
+    p.add_argument("--arms", default="base,recall,recall_dict3,rotate3_rehearse,rotate3_mcq_only", help=f"comma list of base and {', '.join(ARMS)}")
     p.add_argument("--max-new-tokens", type=int, default=192)
     p.add_argument("--eval-batch-size", type=int, default=32)
     p.add_argument("--precision", default="fp32")
@@ -208,6 +250,12 @@ def main() -> int:
                   if n not in ("base", CONTROL) and CONTROL in results}
     summary = best_arm(results, vs_control)
     text = table(results, vs_base, vs_control)
+    breakdown = {n: decision_breakdown(work / n) for n in results if n != "base"}
+    lines = [f"- {n}: of {b['questions']} rationales, {b['names_one_option']} name one option word for word; "
+             f"{b['names_correct_option']} name the correct one (knowledge), and the letter is the named option's "
+             f"in {b['letter_is_named_option']} (mapping)" for n, b in breakdown.items() if b]
+    if lines:
+        text += "\n\nWhere the answer is lost (from each arm's raw outputs):\n" + "\n".join(lines)
     write_result("learning", {
         "machine": machine(), "settings": vars(args), "arms": {n: ARMS.get(n) for n in results},
         "test_questions": len(next(iter(results.values()))["preds"]) if results else 0,
@@ -216,7 +264,8 @@ def main() -> int:
         "results": {n: {k: v for k, v in r.items() if k != "preds"} for n, r in results.items()},
         "prediction_counts": {n: {x: sum(p.get("prediction") == x for p in r["preds"]) for x in "ABCDE"}
                               for n, r in results.items()},
-        "mcnemar_vs_base": vs_base, "mcnemar_vs_control": vs_control, "table": text, "summary": summary})
+        "mcnemar_vs_base": vs_base, "mcnemar_vs_control": vs_control, "decision_breakdown": breakdown,
+        "table": text, "summary": summary})
     print(text)
     print(summary)
     return 0

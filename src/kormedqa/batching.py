@@ -112,6 +112,9 @@ def tokenize_pair(tokenizer, prompt: str, completion: str, max_length: int) -> d
     }
 
 
+REHEARSAL_KIND = "dict_rehearsal"  # a dictionary row mixed into an MCQ stage (loop --dict-rehearsal)
+
+
 def tokenize_rows(tokenizer, rows: Sequence[dict], max_length: int, source: str = "prepared rows") -> list[dict]:
     """`tokenize_pair` on each row; logs how many were dropped for length and how many prompts
     had a literal leading `<bos>` stripped. Raises DataError(source, row number, field) for a BOS
@@ -128,6 +131,11 @@ def tokenize_rows(tokenizer, rows: Sequence[dict], max_length: int, source: str 
         if item is None:
             dropped += 1
         else:
+            if row.get("kind") == REHEARSAL_KIND:
+                # Rehearsal rows keep their knowledge in the loss without taking the answer's
+                # weighted share: their tokens count with the reasoning, so the letter's weight
+                # in an MCQ stage is the same with or without them.
+                item["answer_mask"] = [0] * len(item["answer_mask"])
             out.append(item)
     if stripped:
         log.warning("stripped a literal %s from the start of %d of %d prompts (%s): the tokenizer adds "

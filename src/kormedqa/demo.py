@@ -39,12 +39,14 @@ class DemoConfig(ResumableRunArgs):
     cpt_learning_rate: float = arg(2e-4, "CPT learning rate")
     loops: int = arg(2, "loops of (dictionary epochs, MCQ epochs, evaluate)")
     dict_epochs: float = arg(1.0, "epochs over all dictionary entries per loop")
-    mcq_epochs: float = arg(0.5, "epochs over the MCQ training split per loop")
+    mcq_epochs: float = arg(0.25, "epochs over the MCQ training rows (option rotations included) per loop")
     dict_learning_rate: float = arg(5e-4, "far above the seed's 2e-5: CPU minutes, not GPU hours")
     mcq_learning_rate: float = arg(5e-4, "far above the seed's 1e-5, as above")
     dict_batch_size: int = arg(8, "dictionary batch (examples are short)")
     mcq_batch_size: int = arg(4, "MCQ batch")
     answer_weight: str = arg("2/3", "share of the loss on the answer (letter + <end_of_turn>) or 'none'")
+    dict_rehearsal: float = arg(0.5, "dictionary rows mixed into each MCQ stage, as a fraction of its rows (see kormedqa loop --help)")
+    option_rotations: int = arg(3, "copies of each training question with rotated options (see kormedqa loop --help)")
     # The shortest rationale (recall line, then the letter): an MCQ epoch of it takes ~7 min here,
     # of linked rationales ~15, which would not fit the demo's 30 minutes.
     rationale_template: str = arg("recall", "rationale template for MCQs without cot (see kormedqa prepare mcq --help)", choices=RATIONALE_TEMPLATES)
@@ -64,6 +66,7 @@ class DemoConfig(ResumableRunArgs):
         "dict_learning_rate": Range(low=0, low_open=True), "mcq_learning_rate": Range(low=0, low_open=True),
         "dict_batch_size": Range(low=1), "mcq_batch_size": Range(low=1), "dict_eval_limit": Range(low=0), "eval_limit": Range(low=1),
         "eval_every": Range(low=1), "eval_batch_size": Range(low=1), "max_new_tokens": Range(low=1),
+        "dict_rehearsal": Range(low=0), "option_rotations": Range(low=1, high=5),
     }
 
     def __post_init__(self):
@@ -160,6 +163,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         mcq_epochs=cfg.mcq_epochs, dict_learning_rate=cfg.dict_learning_rate, mcq_learning_rate=cfg.mcq_learning_rate,
         dict_batch_size=cfg.dict_batch_size, mcq_batch_size=cfg.mcq_batch_size, dict_grad_accum=1, mcq_grad_accum=1,
         group_by_length=True, answer_weight=cfg.answer_weight, rationale_template=cfg.rationale_template,
+        dict_rehearsal=cfg.dict_rehearsal, option_rotations=cfg.option_rotations,
         eval_mode=cfg.eval_mode, eval_limit=cfg.eval_limit, eval_every=cfg.eval_every, eval_batch_size=cfg.eval_batch_size,
         max_new_tokens=cfg.max_new_tokens, dict_eval_limit=cfg.dict_eval_limit, device=cfg.device, seed=cfg.seed, resume=True,
     ))
@@ -223,7 +227,8 @@ def _setup_text(cfg: DemoConfig, base: str, n_train: int, n_test: int, n_dict: i
         f"- Data: the shipped sample data (not KorMedMCQA): {n_dict} dictionary entries, {n_train} training MCQs, "
         f"{n_test} held-out test MCQs.\n"
         f"- Loop: {len(history['loops'])} loop(s), each {cfg.dict_epochs:g} dictionary epoch(s) (batch {cfg.dict_batch_size}) + "
-        f"{cfg.mcq_epochs:g} MCQ epoch(s) (batch {cfg.mcq_batch_size}), rationale template `{cfg.rationale_template}`; "
+        f"{cfg.mcq_epochs:g} MCQ epoch(s) (batch {cfg.mcq_batch_size}), rationale template `{cfg.rationale_template}`, "
+        f"dictionary rehearsal {cfg.dict_rehearsal:g} x the MCQ rows, {cfg.option_rotations} option order(s) per question; "
         f"learning rates {cfg.dict_learning_rate} / {cfg.mcq_learning_rate} "
         f"(the seed's 2e-5 / 1e-5 change nothing measurable in a few CPU minutes); answer weight {cfg.answer_weight}; "
         f"stop reason: {history.get('stop_reason')}.\n"

@@ -94,6 +94,11 @@ class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
     dict_grad_accum: int | None = arg(None, "micro-batches per optimizer step, dictionary stages (default: 4)")
     mcq_grad_accum: int | None = arg(None, "micro-batches per optimizer step, MCQ stages (default: 8)")
     answer_weight: str = arg("2/3", "share of the loss on the answer (see kormedqa train --help) or 'none'")
+    option_rotations: int = arg(1, "copies of each MCQ training question, options rotated so the answer sits at that "
+                                   "many letters (1: off, at most 5); the letter then has to follow the option text")
+    dict_rehearsal: float = arg(0.0, "dictionary rows mixed into each MCQ stage, as a fraction of its MCQ rows "
+                                     "(rehearsal against forgetting; their tokens count with the reasoning, not the "
+                                     "weighted answer; 0: off)")
     rationale_template: str = arg(DEFAULT_RATIONALE_TEMPLATE, "template rationale for MCQs without cot: linked, "
                                   "recall or verdict (see kormedqa prepare mcq --help)", choices=RATIONALE_TEMPLATES)
     group_by_length: bool = arg(False, "batch similar lengths together (less padding; changes the data order)")
@@ -115,7 +120,8 @@ class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
         "mcq_learning_rate": Range(low=0, low_open=True), "dict_batch_size": Range(low=1),
         "mcq_batch_size": Range(low=1), "dict_grad_accum": Range(low=1), "mcq_grad_accum": Range(low=1),
         "eval_limit": Range(low=1), "eval_every": Range(low=1), "dict_eval_limit": Range(low=0),
-        "eval_batch_size": Range(low=1), "max_new_tokens": Range(low=1),
+        "eval_batch_size": Range(low=1), "max_new_tokens": Range(low=1), "dict_rehearsal": Range(low=0),
+        "option_rotations": Range(low=1, high=5),
     }
 
     def __post_init__(self):
@@ -149,6 +155,20 @@ def _stage_config(cfg: LoopConfig, track: str, base: str, loop: int) -> TrainCon
     )
 
 
+def rehearsal_rows(dict_rows: list[dict], count: float, seed: int) -> list[dict]:
+    """`round(count)` dictionary rows (cycling through all of them, shuffled by `seed`) marked as
+    rehearsal (`batching.REHEARSAL_KIND`), to mix into an MCQ stage. Different loops (seeds) draw
+    different rows, so several loops go over the whole dictionary."""
+    import random
+
+    from .batching import REHEARSAL_KIND
+
+    order = list(range(len(dict_rows)))
+    random.Random(seed).shuffle(order)
+    n = round(count)
+    return [{**dict_rows[order[i % len(order)]], "kind": REHEARSAL_KIND} for i in range(n)] if order else []
+
+
 def _metric(metrics: dict, name: str) -> float:
     value = metrics.get(name)
     if isinstance(value, dict):
@@ -173,6 +193,7 @@ def run_loop(cfg: LoopConfig) -> dict:
     or UsageError before the output is claimed; OutputExistsError for an existing output without
     --resume or --overwrite.
     """
+    from .augment import option_rotations
     from .data import load_dictionary, load_mcq
     from .evaluate import evaluate_dict, evaluate_mcq, summary_line, write_eval
     from .formats import Glossary
@@ -206,7 +227,8 @@ def run_loop(cfg: LoopConfig) -> dict:
     history["overlap"] = overlap
 
     glossary = Glossary(entries)
-    rows = {"dict": dict_rows(entries), "mcq": mcq_rows(train, cfg.seed, glossary, template=cfg.rationale_template)}
+    mcq_train = option_rotations(train, cfg.option_rotations, cfg.seed)
+    rows = {"dict": dict_rows(entries), "mcq": mcq_rows(mcq_train, cfg.seed, glossary, template=cfg.rationale_template)}
     previous = None  # adapter folder the next stage continues from
     best_value = None  # replayed from history on --resume, so patience counts the same
     stale = 0
@@ -228,7 +250,10 @@ def run_loop(cfg: LoopConfig) -> dict:
                          precision=cfg.precision, seed=cfg.seed + loop, logs_dir=out, stage=f"loop_{loop}_grpo")
             else:
                 stage_cfg = _stage_config(cfg, track, previous or base, loop)
-                run_training(stage_cfg, rows[track], stage_dir, tokenizer=tokenizer, stage=f"loop_{loop}_{track}", logs_dir=out)
+                stage_rows = rows[track]
+                if track == "mcq" and cfg.dict_rehearsal:
+                    stage_rows = stage_rows + rehearsal_rows(rows["dict"], cfg.dict_rehearsal * len(stage_rows), cfg.seed + loop)
+                run_training(stage_cfg, stage_rows, stage_dir, tokenizer=tokenizer, stage=f"loop_{loop}_{track}", logs_dir=out)
             previous = str(stage_dir.resolve())
         if done is None:
             model = load_model(previous, device=cfg.device, precision=cfg.precision, merge_adapter=True)
