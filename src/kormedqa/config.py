@@ -24,6 +24,8 @@ from typing import Any, Callable, ClassVar, Sequence
 
 from .checks import PRECISIONS, Range
 
+# The shipped sample dictionaries: the default of every command that reads a dictionary.
+SAMPLE_DICTIONARIES = ("data/sample/dictionary.json", "data/sample/characters.json")
 DEFAULT_MODEL_HELP = "HF model folder, hub id (owner/name), LoRA adapter folder, or 'gemma3-270m' (the embedded default)"
 
 

@@ -16,7 +16,7 @@ from typing import ClassVar, Sequence
 import torch
 
 from .checks import Range, check_config
-from .config import LoraArgs, ModelArgs, RunArgs, arg
+from .config import SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, RunArgs, arg
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class CPTConfig(ModelArgs, LoraArgs, RunArgs):
     corpus: str = arg("data/sample/corpus/train.txt", "a .txt file or a folder of .txt files (one paragraph per line)")
     heldout: str | None = arg("data/sample/corpus/heldout.txt", "held-out text for perplexity before and after")
     vocab: list[str] = arg(help="dictionary JSON(s) whose 'term: definition' lines are trained --vocab-repeat times",
-                           factory=lambda: ["data/sample/dictionary.json", "data/sample/characters.json"])
+                           factory=lambda: list(SAMPLE_DICTIONARIES))
     vocab_repeat: int = arg(5, "copies of each vocabulary line (the seed's 'medical vocab x5')")
     epochs: float = arg(1.0, "passes over the texts")
     max_steps: int = arg(-1, "stop after this many optimizer steps (overrides epochs; -1: off)")

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 from .formats import DEFAULT_RATIONALE_TEMPLATE, RATIONALE_TEMPLATES
 from .checks import Range, check_config, parse_answer_weight
-from .config import DEFAULT_MODEL_HELP, ResumableRunArgs, arg
+from .config import DEFAULT_MODEL_HELP, SAMPLE_DICTIONARIES, ResumableRunArgs, arg
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class DemoConfig(ResumableRunArgs):
     output: str = arg("runs/demo", "demo folder: prepared/, cpt/, eval_before/, loop/, REPORT.md, summary.json and the accuracy plot")
     model: str = arg("gemma3-270m", "model to start from: " + DEFAULT_MODEL_HELP)
     dictionary: list[str] = arg(help="dictionary JSON(s): CPT vocabulary, dictionary stage, glossary",
-                                factory=lambda: ["data/sample/dictionary.json", "data/sample/characters.json"])
+                                factory=lambda: list(SAMPLE_DICTIONARIES))
     mcq: str = arg("data/sample/mcq", "KorMedMCQA folder with train and test splits")
     corpus: str = arg("data/sample/corpus/train.txt", "CPT text (a .txt file or folder)")
     heldout: str = arg("data/sample/corpus/heldout.txt", "held-out text for CPT perplexity")

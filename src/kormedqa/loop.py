@@ -23,7 +23,7 @@ from typing import ClassVar
 
 from .formats import DEFAULT_RATIONALE_TEMPLATE, RATIONALE_TEMPLATES
 from .checks import Range, check_config, parse_answer_weight, parse_eval_mode
-from .config import DEFAULT_MODEL_HELP, LoraArgs, ModelArgs, ResumableRunArgs, arg
+from .config import DEFAULT_MODEL_HELP, SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, ResumableRunArgs, arg
 from .errors import UsageError
 from .runs import atomic_dir, claim_output, provenance, write_json_atomic
 from .sft import TrainConfig, run_training
@@ -68,7 +68,7 @@ class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
                                    "history.json")
     base_model: str = arg("gemma3-270m", "model to start from (e.g. the CPT output): " + DEFAULT_MODEL_HELP)
     dictionary: list[str] = arg(help="dictionary JSON(s) of the dictionary stage (Track 1)",
-                                factory=lambda: ["data/sample/dictionary.json", "data/sample/characters.json"])
+                                factory=lambda: list(SAMPLE_DICTIONARIES))
     train_data: str = arg("data/sample/mcq", "KorMedMCQA training file/folder/hub id")
     train_split: str = arg("train", "split of --train-data to train on (a folder or hub id)")
     eval_data: str = arg("data/sample/mcq", "KorMedMCQA evaluation file/folder/hub id")
