@@ -76,31 +76,28 @@ def dictionary_paths() -> list[str]:
 
 
 def run_base(args, work: Path) -> dict:
-    """The untrained model through the same scorers (no training, so no loop)."""
-    from kormedqa.data import load_dictionary, load_mcq
-    from kormedqa.evaluate import evaluate_dict, evaluate_mcq, write_eval
-    from kormedqa.modeling import load_model, load_tokenizer
+    """The untrained model through the loop's own evaluation step (no training, so no loop)."""
+    from kormedqa.data import load_dictionary, load_mcq, read_jsonl
+    from kormedqa.loop import evaluate_checkpoint
+    from kormedqa.modeling import load_tokenizer
 
     started = time.time()
-    tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, device="cpu", precision=args.precision)
     test = load_mcq(SAMPLE / "mcq", split="test")
-    metrics, preds = evaluate_mcq(model, tokenizer, test, EVAL_MODE, args.eval_batch_size, args.max_new_tokens)
-    entries = load_dictionary(*dictionary_paths())[:DICT_RECALL_ENTRIES]
-    dict_metrics, dict_preds = evaluate_dict(model, tokenizer, entries, args.eval_batch_size)
-    metrics["dict_chrf"] = {"value": dict_metrics["chrf"], "total": dict_metrics["n"]}
-    write_eval(work / "base" / "eval", metrics, preds)
-    write_eval(work / "base" / "eval_dict", dict_metrics, dict_preds)
+    metrics = evaluate_checkpoint(
+        args.model, load_tokenizer(args.model), test, work / "base" / "eval", eval_mode=EVAL_MODE,
+        eval_batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens,
+        entries=load_dictionary(*dictionary_paths()), dict_eval_limit=DICT_RECALL_ENTRIES,
+        dict_folder=work / "base" / "eval_dict", device="cpu", precision=args.precision)
+    preds = read_jsonl(work / "base" / "eval" / "predictions.jsonl")
     return {"metrics": {k: metrics[k] for k in SHOWN if k in metrics}, "preds": _slim(preds),
             "train_seconds": 0.0, "eval_seconds": time.time() - started, "loops": []}
 
 
-def run_arm(name: str, spec: dict, args, work: Path) -> dict:
-    from kormedqa.data import read_jsonl
-    from kormedqa.loop import LoopConfig, run_loop
+def loop_config(name: str, spec: dict, args, work: Path):
+    """The arm as `kormedqa loop` settings (LoopConfig), resuming whatever an earlier run finished."""
+    from kormedqa.loop import LoopConfig
 
-    started = time.time()
-    history = run_loop(LoopConfig(
+    return LoopConfig(
         base_model=args.model, dictionary=dictionary_paths(), train_data=str(SAMPLE / "mcq"),
         eval_data=str(SAMPLE / "mcq"), output=str(work / name / "loop"), stages=spec["stages"],
         max_loops=spec["loops"], patience=spec["loops"], epochs_per_stage=spec.get("epochs", 1.0),
@@ -111,16 +108,46 @@ def run_arm(name: str, spec: dict, args, work: Path) -> dict:
         group_by_length=True, eval_mode=EVAL_MODE, eval_batch_size=args.eval_batch_size,
         max_new_tokens=args.max_new_tokens, dict_eval_limit=DICT_RECALL_ENTRIES, device="cpu",
         precision=args.precision, seed=args.seed, resume=True,
-    ))
+    )
+
+
+def run_arm(name: str, spec: dict, args, work: Path) -> dict:
+    """One arm through the loop's own steps (kormedqa.loop.LoopRecipe), with one step the product's
+    loop does not take: when a dictionary stage is followed by another stage, the dictionary stage's
+    checkpoint is scored by cloze too (loop_N/eval_after_dict), so the table shows how much of the
+    knowledge the later stages keep."""
+    from kormedqa.data import read_jsonl
+    from kormedqa.loop import LoopRecipe, evaluate_checkpoint
+
+    started = time.time()
+    recipe = LoopRecipe(loop_config(name, spec, args, work))
+    recipe.setup()
+    stages = recipe.stages
+    for loop in recipe.loops():
+        checkpoint = recipe.train(loop)
+        loop_dir = recipe.out / f"loop_{loop}"
+        after_dict = loop_dir / "eval_after_dict"
+        if stages[0] == "dict" and len(stages) > 1 and not (after_dict / "metrics.json").exists():
+            evaluate_checkpoint(
+                str(loop_dir / "after_type1"), recipe.tokenizer, recipe.evaluation, after_dict, eval_mode="cloze",
+                eval_batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, device="cpu",
+                precision=args.precision)
+        if recipe.save_checkpoint(loop, recipe.evaluate(loop, checkpoint)):
+            break
+    history = recipe.cleanup()
     last = history["loops"][-1]
     loop_dir = work / name / "loop" / f"loop_{last['loop']}"
     preds = read_jsonl(loop_dir / "eval" / "predictions.jsonl")
     train_s = sum(part.get("seconds") or 0 for l in history["loops"] for part in l["training"].values())
     # Evaluation time from the metrics files, so a resumed arm still reports its whole cost.
-    eval_s = sum(json.loads((work / name / "loop" / f"loop_{l['loop']}" / sub / "metrics.json").read_text())["seconds"]
-                 for l in history["loops"] for sub in ("eval", "eval_dict")
-                 if (work / name / "loop" / f"loop_{l['loop']}" / sub / "metrics.json").exists())
-    return {"metrics": {k: last["metrics"][k] for k in SHOWN if k in last["metrics"]}, "preds": _slim(preds),
+    metric_files = [work / name / "loop" / f"loop_{l['loop']}" / sub / "metrics.json"
+                    for l in history["loops"] for sub in ("eval", "eval_dict", "eval_after_dict")]
+    eval_s = sum(json.loads(f.read_text())["seconds"] for f in metric_files if f.exists())
+    after_dict = loop_dir / "eval_after_dict" / "metrics.json"
+    metrics = {k: last["metrics"][k] for k in SHOWN if k in last["metrics"]}
+    if after_dict.exists():
+        metrics["cloze_accuracy_after_dict"] = json.loads(after_dict.read_text())["cloze_accuracy"]
+    return {"metrics": metrics, "preds": _slim(preds),
             "train_seconds": train_s, "eval_seconds": eval_s, "wall_seconds_this_run": time.time() - started,
             "loops": [{"loop": l["loop"], "metrics": {k: l["metrics"][k] for k in SHOWN if k in l["metrics"]},
                        "training": l["training"]} for l in history["loops"]]}
@@ -184,8 +211,8 @@ def _pct(m: dict | None) -> str:
 
 def table(results: dict, vs_base: dict, vs_control: dict) -> str:
     lines = ["| arm | generation accuracy | parse / format parse | letter loglik | cloze (raw / norm) | recall chrF "
-             "| p vs base: gen / cloze | p vs control: gen / cloze | minutes (train + eval) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| cloze after the dict stage | p vs base: gen / cloze | p vs control: gen / cloze | minutes (train + eval) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
 
     def p(tests, name, metric):
         t = tests.get(name, {}).get(metric)
@@ -198,7 +225,7 @@ def table(results: dict, vs_base: dict, vs_control: dict) -> str:
         lines.append(
             f"| {name} | {_pct(m.get('accuracy'))} | {parse} | {_pct(m.get('loglik_accuracy'))} "
             f"| {_pct(m.get('cloze_accuracy'))} / {m['cloze_accuracy_norm']['value']:.1%} | {_pct(m.get('dict_chrf'))} "
-            f"| {p(vs_base, name, 'accuracy')} / {p(vs_base, name, 'cloze_accuracy')} "
+            f"| {_pct(m.get('cloze_accuracy_after_dict'))} | {p(vs_base, name, 'accuracy')} / {p(vs_base, name, 'cloze_accuracy')} "
             f"| {p(vs_control, name, 'accuracy')} / {p(vs_control, name, 'cloze_accuracy')} "
             f"| {r['train_seconds'] / 60:.1f} + {r['eval_seconds'] / 60:.1f} |")
     return "\n".join(lines)

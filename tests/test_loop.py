@@ -69,7 +69,8 @@ def test_resume_after_kill_during_mcq_stage_redoes_only_that_stage(tmp_path, tin
 
     run_loop(_cfg(tmp_path, tiny_model_dir))
     run = tmp_path / "run"
-    uninterrupted = json.loads((run / "history.json").read_text())["loops"][0]["metrics"]
+    uninterrupted_loop = json.loads((run / "history.json").read_text())["loops"][0]
+    uninterrupted = uninterrupted_loop["metrics"]
     # What a kill during the MCQ stage leaves: the dictionary stage and nothing after it.
     for d in ("loop_1/after_type2", "loop_1/eval", "best_checkpoint", "final"):
         shutil.rmtree(run / d)
@@ -82,6 +83,56 @@ def test_resume_after_kill_during_mcq_stage_redoes_only_that_stage(tmp_path, tin
     assert stages.count("loop_1_dict") == 1 and stages.count("loop_1_mcq") == 2
     # Each stage starts from the folder on disk with a fixed seed, so the result is the same.
     assert history["loops"][0]["metrics"] == uninterrupted
+    # The dictionary stage's record, read back from its checkpoint, is what the stage had returned.
+    assert history["loops"][0]["training"]["dict"] == uninterrupted_loop["training"]["dict"]
+    assert history["loops"][0]["training"]["mcq"]["steps"] == uninterrupted_loop["training"]["mcq"]["steps"]
+
+
+def test_track_args_read_each_tracks_own_flags(tmp_path, tiny_model_dir):
+    from kormedqa.loop import track_args
+
+    cfg = _cfg(tmp_path, tiny_model_dir, epochs_per_stage=2.0, mcq_epochs=0.5, dict_max_steps=7, mcq_max_steps=9,
+               dict_batch_size=3, mcq_batch_size=5, dict_grad_accum=2, mcq_grad_accum=4,
+               dict_learning_rate=1e-3, mcq_learning_rate=2e-3)
+    d, m = track_args(cfg, "dict"), track_args(cfg, "mcq")
+    assert (d.epochs, d.max_steps, d.batch_size, d.grad_accum, d.learning_rate) == (2.0, 7, 3, 2, 1e-3)
+    assert (m.epochs, m.max_steps, m.batch_size, m.grad_accum, m.learning_rate) == (0.5, 9, 5, 4, 2e-3)
+    with pytest.raises(ValueError):
+        track_args(cfg, "grpo")
+
+
+def test_recipe_steps_one_at_a_time_match_run_loop(tmp_path, tiny_model_dir):
+    from kormedqa.loop import LoopRecipe
+
+    whole = run_loop(_cfg(tmp_path / "a", tiny_model_dir, max_loops=2, patience=1))
+    recipe = LoopRecipe(_cfg(tmp_path / "b", tiny_model_dir, max_loops=2, patience=1))
+    recipe.setup()
+    for loop in recipe.loops():
+        checkpoint = recipe.train(loop)
+        assert checkpoint.endswith(f"loop_{loop}/after_type2")
+        record = recipe.evaluate(loop, checkpoint)
+        assert record["loop"] == loop and set(record["training"]) == {"dict", "mcq"}
+        if recipe.save_checkpoint(loop, record):
+            break
+    stepwise = recipe.cleanup()
+    assert [l["metrics"] for l in stepwise["loops"]] == [l["metrics"] for l in whole["loops"]]
+    assert (stepwise["stop_reason"], stepwise["final"]) == (whole["stop_reason"], whole["final"])
+
+
+def test_evaluate_checkpoint_writes_both_evaluations(tmp_path, tiny_model_dir, tokenizer):
+    from kormedqa.data import load_dictionary, load_mcq
+    from kormedqa.loop import evaluate_checkpoint
+
+    data = write_sample(tmp_path / "data")
+    questions = load_mcq(data["mcq"], split="test")
+    entries = load_dictionary(data["dictionary"])
+    metrics = evaluate_checkpoint(str(tiny_model_dir), tokenizer, questions, tmp_path / "ev", eval_mode="cloze",
+                                  eval_batch_size=4, max_new_tokens=4, entries=entries, dict_eval_limit=2,
+                                  dict_folder=tmp_path / "ev_dict", device="cpu", extra={"note": "x"})
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert saved["note"] == "x" and saved["cloze_accuracy"] == metrics["cloze_accuracy"]
+    assert saved["dict_chrf"]["total"] == 2 == json.loads((tmp_path / "ev_dict" / "metrics.json").read_text())["n"]
+    assert len((tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()) == len(questions)
 
 
 def test_shipped_recipes_parse_as_loop_configs():

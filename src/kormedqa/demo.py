@@ -88,10 +88,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     """
     from .cpt import CPTConfig, run_cpt
     from .data import load_dictionary, load_mcq, read_jsonl, write_jsonl_atomic
-    from .evaluate import evaluate_dict, evaluate_mcq, summary_line, write_eval
+    from .evaluate import summary_line
     from .formats import Glossary
-    from .loop import LoopConfig, run_loop
-    from .modeling import DEFAULT_MODEL_NAME, load_model, load_tokenizer, resolve_model_path
+    from .loop import LoopConfig, evaluate_checkpoint, run_loop
+    from .modeling import DEFAULT_MODEL_NAME, load_tokenizer, resolve_model_path
     from .prepare import dict_rows, mcq_rows
     from .report import markdown_report, plot_loops, results_table, significance, what_moved
     from .runs import claim_output, write_json_atomic
@@ -140,17 +140,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     t = time.time()
     before_dir = out / "eval_before"
     if not (before_dir / "metrics.json").exists():
-        tokenizer = load_tokenizer(cpt_model)
-        model = load_model(cpt_model, device=cfg.device)
-        metrics, preds = evaluate_mcq(model, tokenizer, test, cfg.eval_mode, cfg.eval_batch_size, cfg.max_new_tokens,
-                                      glossary, rationale_template=cfg.rationale_template)
-        if cfg.dict_eval_limit:
-            dict_metrics, dict_preds = evaluate_dict(model, tokenizer, entries[: cfg.dict_eval_limit], cfg.eval_batch_size)
-            write_eval(out / "eval_dict_before", dict_metrics, dict_preds)
-            metrics["dict_exact_match"] = dict_metrics["exact_match"]
-            metrics["dict_chrf"] = {"value": dict_metrics["chrf"], "total": dict_metrics["n"]}
-        del model
-        write_eval(before_dir, metrics, preds)
+        evaluate_checkpoint(
+            cpt_model, load_tokenizer(cpt_model), test, before_dir, eval_mode=cfg.eval_mode,
+            eval_batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens, glossary=glossary,
+            rationale_template=cfg.rationale_template, entries=entries, dict_eval_limit=cfg.dict_eval_limit,
+            dict_folder=out / "eval_dict_before", device=cfg.device)
     before = json.loads((before_dir / "metrics.json").read_text())
     before_preds = read_jsonl(before_dir / "predictions.jsonl")
     log.info("before training: %s", summary_line(before))

@@ -135,16 +135,40 @@ class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
             raise UsageError(f"--stages is a comma-separated list of dict, mcq, grpo; got {self.stages!r}")
 
 
+@dataclass(frozen=True)
+class TrackArgs:
+    """One training track's settings in a loop, read from LoopConfig's `dict_*` / `mcq_*` flags."""
+
+    epochs: float
+    max_steps: int
+    batch_size: int | None
+    grad_accum: int | None
+    learning_rate: float | None
+
+
+def track_args(cfg: LoopConfig, track: str) -> TrackArgs:
+    """The `dict_*` (track "dict") or `mcq_*` (track "mcq") flags of `cfg`; epochs default to
+    `--epochs-per-stage`. None leaves TrainConfig's per-track default (the spec's). Raises
+    ValueError for another track."""
+    if track == "dict":
+        return TrackArgs(cfg.epochs_per_stage if cfg.dict_epochs is None else cfg.dict_epochs, cfg.dict_max_steps,
+                         cfg.dict_batch_size, cfg.dict_grad_accum, cfg.dict_learning_rate)
+    if track == "mcq":
+        return TrackArgs(cfg.epochs_per_stage if cfg.mcq_epochs is None else cfg.mcq_epochs, cfg.mcq_max_steps,
+                         cfg.mcq_batch_size, cfg.mcq_grad_accum, cfg.mcq_learning_rate)
+    raise ValueError(f"no SFT settings for track {track!r} (dict or mcq)")
+
+
 def _stage_config(cfg: LoopConfig, track: str, base: str, loop: int) -> TrainConfig:
-    pick = lambda name: getattr(cfg, f"{track}_{name}")  # noqa: E731
+    args = track_args(cfg, track)
     return TrainConfig(
         base_model=base,
         track=track,
-        epochs=cfg.epochs_per_stage if pick("epochs") is None else pick("epochs"),
-        max_steps=pick("max_steps"),
-        batch_size=pick("batch_size"),
-        grad_accum=pick("grad_accum"),
-        learning_rate=pick("learning_rate"),
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        learning_rate=args.learning_rate,
         answer_weight=cfg.answer_weight,
         group_by_length=cfg.group_by_length,
         lora_r=cfg.lora_r,
@@ -184,6 +208,214 @@ def copy_checkpoint(src: Path, dest: Path) -> None:
         shutil.copytree(src, scratch, dirs_exist_ok=True)
 
 
+def evaluate_checkpoint(model_path: str, tokenizer, questions: list, folder: Path, *, eval_mode: str,
+                        eval_batch_size: int, max_new_tokens: int, glossary=None, rationale_template: str | None = None,
+                        entries: list | None = None, dict_eval_limit: int = 0, dict_folder: Path | None = None,
+                        device: str = "auto", precision: str = "auto", extra: dict | None = None) -> dict:
+    """Score one model on `questions` (and on the first `dict_eval_limit` dictionary `entries`), write
+    `folder`/{metrics.json, predictions.jsonl} (and `dict_folder` likewise) and return the metrics.
+
+    The one evaluation step behind each loop's `loop_N/eval`, the demo's `eval_before` and
+    bench/learning.py's untrained base, so all three score alike. `model_path` is a full model or a
+    LoRA adapter folder (merged for inference); `extra` entries are added to the metrics before they
+    are written. Dictionary recall adds `dict_exact_match` and `dict_chrf` ({value, total}) to the
+    MCQ metrics. Raises ModelError for a model that cannot load, UsageError for a bad `eval_mode`.
+    """
+    from .evaluate import evaluate_dict, evaluate_mcq, write_eval
+    from .modeling import load_model
+
+    template = {} if rationale_template is None else {"rationale_template": rationale_template}
+    model = load_model(model_path, device=device, precision=precision, merge_adapter=True)
+    metrics, preds = evaluate_mcq(model, tokenizer, questions, eval_mode, eval_batch_size, max_new_tokens, glossary,
+                                  **template)
+    metrics.update(extra or {})
+    if dict_eval_limit and entries:
+        dict_metrics, dict_preds = evaluate_dict(model, tokenizer, entries[:dict_eval_limit], eval_batch_size)
+        write_eval(dict_folder if dict_folder is not None else folder.with_name(folder.name + "_dict"),
+                   dict_metrics, dict_preds)
+        metrics["dict_exact_match"] = dict_metrics["exact_match"]
+        metrics["dict_chrf"] = {"value": dict_metrics["chrf"], "total": dict_metrics["n"]}
+    del model
+    write_eval(folder, metrics, preds)
+    return metrics
+
+
+class LoopRecipe:
+    """`kormedqa loop` as named steps, in the shape of a torchtune recipe:
+
+        recipe = LoopRecipe(cfg)
+        recipe.setup()                       # validate inputs, claim the output, replay history
+        for loop in recipe.loops():
+            checkpoint = recipe.train(loop)  # the stages of one loop -> loop_N/after_typeK
+            record = recipe.evaluate(loop, checkpoint)   # loop_N/eval (skipped if already in history)
+            if recipe.save_checkpoint(loop, record):     # best_checkpoint, history.json; True = stop
+                break
+        history = recipe.cleanup()           # final/, stop reason
+
+    `run()` does exactly that. Each step reads what it needs from disk, so a killed run resumed with
+    `--resume` repeats only what had not finished.
+    """
+
+    def __init__(self, cfg: LoopConfig):
+        self.cfg = cfg
+        self.stop_reason = "max_loops"
+        self.previous: str | None = None  # adapter folder the next stage continues from
+        self._best_value: float | None = None  # replayed from history on --resume, so patience counts the same
+        self._stale = 0
+        self._summaries: dict[str, dict] = {}  # the current loop's stage summaries, for its history record
+
+    def setup(self) -> None:
+        """Load and check every input (DataError, LeakageError, ModelError, UsageError before anything
+        is written), then claim the output (OutputExistsError without --resume/--overwrite), write
+        run.json and read history.json when resuming; build the training rows of both tracks."""
+        from .augment import option_rotations
+        from .data import load_dictionary, load_mcq
+        from .formats import Glossary
+        from .modeling import load_tokenizer, resolve_model_path
+        from .prepare import check_overlap, dict_rows, mcq_rows
+
+        cfg = self.cfg
+        check_select_by(cfg.select_by, cfg.eval_mode)  # also checked at parse time; code callers get it here
+        self.stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
+        unknown = set(self.stages) - {"dict", "mcq", "grpo"}
+        if unknown:
+            raise UsageError(f"unknown stage(s) {sorted(unknown)}; known: dict, mcq, grpo")
+
+        self.entries = load_dictionary(*cfg.dictionary)
+        self.train_questions = load_mcq(cfg.train_data, split=cfg.train_split)
+        evaluation = load_mcq(cfg.eval_data, split=cfg.eval_split)[:: max(cfg.eval_every, 1)]
+        self.evaluation = evaluation[: cfg.eval_limit] if cfg.eval_limit else evaluation
+        self.overlap = check_overlap(self.train_questions, self.evaluation, cfg.allow_overlap)
+        base = resolve_model_path(cfg.base_model)
+        self.base = str(Path(base).resolve()) if Path(base).exists() else base
+        self.tokenizer = load_tokenizer(self.base)
+
+        self.out = claim_output(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
+        self.history_path = self.out / "history.json"
+        history = _read_json(self.history_path) if cfg.resume and self.history_path.exists() else {}
+        if not (self.out / "run.json").exists():
+            write_json_atomic(self.out / "run.json", provenance(cfg, {"train": cfg.train_data, "eval": cfg.eval_data}))
+        history.setdefault("select_by", cfg.select_by)
+        history.setdefault("loops", [])
+        history["overlap"] = self.overlap
+        self.history = history
+
+        self.glossary = Glossary(self.entries)
+        mcq_train = option_rotations(self.train_questions, cfg.option_rotations, cfg.seed)
+        self.rows = {"dict": dict_rows(self.entries),
+                     "mcq": mcq_rows(mcq_train, cfg.seed, self.glossary, template=cfg.rationale_template)}
+
+    def loops(self) -> range:
+        """Loop numbers 1..max_loops."""
+        return range(1, self.cfg.max_loops + 1)
+
+    def train(self, loop: int) -> str:
+        """Run the stages of loop `loop` not yet on disk, each from the previous stage's checkpoint
+        folder (the base model for the very first). Returns the last stage's folder; the training
+        summaries (returned by the stages or, for stages finished earlier, read back) are kept for
+        `evaluate`."""
+        cfg = self.cfg
+        loop_dir = self.out / f"loop_{loop}"
+        self._summaries = {}
+        for i, track in enumerate(self.stages, start=1):
+            stage_dir = loop_dir / f"after_type{i}"
+            if stage_dir.exists():
+                log.info("loop %d %s: finished earlier, skipping", loop, track)
+                summary_file = stage_dir / "training_summary.json"
+                summary = _read_json(summary_file) if summary_file.exists() else None
+            elif track == "grpo":
+                from .grpo import grpo_rows_from_mcqs, run_grpo
+
+                summary = run_grpo(
+                    self.previous or self.base, grpo_rows_from_mcqs(self.train_questions), stage_dir,
+                    max_steps=cfg.grpo_max_steps, num_generations=cfg.num_generations,
+                    max_completion_length=cfg.max_completion_length, batch_size=cfg.num_generations * 2,
+                    learning_rate=cfg.grpo_learning_rate, device=cfg.device, precision=cfg.precision,
+                    seed=cfg.seed + loop, logs_dir=self.out, stage=f"loop_{loop}_grpo")
+            else:
+                stage_cfg = _stage_config(cfg, track, self.previous or self.base, loop)
+                stage_rows = self.rows[track]
+                if track == "mcq" and cfg.dict_rehearsal:
+                    stage_rows = stage_rows + rehearsal_rows(self.rows["dict"], cfg.dict_rehearsal * len(stage_rows),
+                                                             cfg.seed + loop)
+                summary = run_training(stage_cfg, stage_rows, stage_dir, tokenizer=self.tokenizer,
+                                       stage=f"loop_{loop}_{track}", logs_dir=self.out)
+            if summary is not None:
+                self._summaries[track] = _training_part(summary)
+            self.previous = str(stage_dir.resolve())
+        return self.previous
+
+    def evaluate(self, loop: int, checkpoint: str) -> dict:
+        """Score `checkpoint` into loop_N/eval (and loop_N/eval_dict) and return the loop's history
+        record {loop, checkpoint, selected_metric, metrics, training}; a loop already recorded in
+        history.json (a resumed run) is returned as recorded, not scored again."""
+        done = next((l for l in self.history["loops"] if l["loop"] == loop), None)
+        if done is not None:
+            return done
+        cfg = self.cfg
+        loop_dir = self.out / f"loop_{loop}"
+        metrics = evaluate_checkpoint(
+            checkpoint, self.tokenizer, self.evaluation, loop_dir / "eval", eval_mode=cfg.eval_mode,
+            eval_batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens, glossary=self.glossary,
+            rationale_template=cfg.rationale_template, entries=self.entries, dict_eval_limit=cfg.dict_eval_limit,
+            dict_folder=loop_dir / "eval_dict", device=cfg.device, precision=cfg.precision,
+            extra={"overlap": self.overlap})
+        from .evaluate import summary_line
+
+        record = {
+            "loop": loop,
+            "checkpoint": str(Path(checkpoint).relative_to(self.out.resolve())),
+            "selected_metric": _metric(metrics, cfg.select_by),
+            "metrics": _history_metrics(metrics),
+            "training": dict(self._summaries),
+        }
+        self.history["loops"].append(record)
+        log.info("loop %d: %s", loop, summary_line(metrics))
+        return record
+
+    def save_checkpoint(self, loop: int, record: dict) -> bool:
+        """Track the best loop by --select-by (copied to best_checkpoint/), write history.json, and
+        return True when the loop should stop: target accuracy reached or --patience loops without
+        improvement (the reason goes to `stop_reason`)."""
+        cfg = self.cfg
+        value = record["selected_metric"]
+        if self._best_value is None or value > self._best_value:
+            self._best_value, self._stale = value, 0
+            self.history["best"] = {"loop": loop, cfg.select_by: value, "checkpoint": record["checkpoint"]}
+        else:
+            self._stale += 1
+        best_src = self.history["best"]["checkpoint"]
+        if self.history.get("best_checkpoint_from") != best_src or not (self.out / "best_checkpoint").exists():
+            copy_checkpoint(self.out / best_src, self.out / "best_checkpoint")
+            self.history["best_checkpoint_from"] = best_src
+        write_json_atomic(self.history_path, self.history)
+        reached = record["metrics"].get("accuracy", record["metrics"].get("loglik_accuracy"))
+        if reached is not None and _metric({"m": reached}, "m") * 100 >= cfg.target_accuracy:
+            self.stop_reason = "target_reached"
+            return True
+        if self._stale >= cfg.patience:
+            self.stop_reason = "patience"
+            return True
+        return False
+
+    def cleanup(self) -> dict:
+        """Copy the last trained checkpoint to final/, record the stop reason, write and return the history."""
+        copy_checkpoint(Path(self.previous), self.out / "final")
+        self.history["stop_reason"] = self.stop_reason
+        self.history["final"] = str(Path(self.previous).relative_to(self.out.resolve()))
+        write_json_atomic(self.history_path, self.history)
+        return self.history
+
+    def run(self) -> dict:
+        """setup, then train / evaluate / save_checkpoint per loop until a stop, then cleanup."""
+        self.setup()
+        for loop in self.loops():
+            record = self.evaluate(loop, self.train(loop))
+            if self.save_checkpoint(loop, record):
+                break
+        return self.cleanup()
+
+
 def run_loop(cfg: LoopConfig) -> dict:
     """`kormedqa loop`: train the stages of `cfg.stages` and evaluate, loop after loop, in `cfg.output`.
 
@@ -191,117 +423,9 @@ def run_loop(cfg: LoopConfig) -> dict:
     selected_metric, metrics, training}], "best", "select_by", "overlap", "stop_reason"
     (target_reached, patience or max_loops), "final"}. Raises DataError, LeakageError, ModelError
     or UsageError before the output is claimed; OutputExistsError for an existing output without
-    --resume or --overwrite.
+    --resume or --overwrite. The steps: `LoopRecipe`.
     """
-    from .augment import option_rotations
-    from .data import load_dictionary, load_mcq
-    from .evaluate import evaluate_dict, evaluate_mcq, summary_line, write_eval
-    from .formats import Glossary
-    from .modeling import load_model, load_tokenizer, resolve_model_path
-    from .prepare import check_overlap, dict_rows, mcq_rows
-
-    check_select_by(cfg.select_by, cfg.eval_mode)  # also checked at parse time; code callers get it here
-    stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
-    unknown = set(stages) - {"dict", "mcq", "grpo"}
-    if unknown:
-        raise UsageError(f"unknown stage(s) {sorted(unknown)}; known: dict, mcq, grpo")
-
-    # Everything that can fail on bad input fails here, before any training.
-    entries = load_dictionary(*cfg.dictionary)
-    train = load_mcq(cfg.train_data, split=cfg.train_split)
-    evaluation = load_mcq(cfg.eval_data, split=cfg.eval_split)[:: max(cfg.eval_every, 1)]
-    if cfg.eval_limit:
-        evaluation = evaluation[: cfg.eval_limit]
-    overlap = check_overlap(train, evaluation, cfg.allow_overlap)
-    base = resolve_model_path(cfg.base_model)
-    base = str(Path(base).resolve()) if Path(base).exists() else base
-    tokenizer = load_tokenizer(base)
-
-    out = claim_output(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
-    history_path = out / "history.json"
-    history = _read_json(history_path) if cfg.resume and history_path.exists() else {}
-    if not (out / "run.json").exists():
-        write_json_atomic(out / "run.json", provenance(cfg, {"train": cfg.train_data, "eval": cfg.eval_data}))
-    history.setdefault("select_by", cfg.select_by)
-    history.setdefault("loops", [])
-    history["overlap"] = overlap
-
-    glossary = Glossary(entries)
-    mcq_train = option_rotations(train, cfg.option_rotations, cfg.seed)
-    rows = {"dict": dict_rows(entries), "mcq": mcq_rows(mcq_train, cfg.seed, glossary, template=cfg.rationale_template)}
-    previous = None  # adapter folder the next stage continues from
-    best_value = None  # replayed from history on --resume, so patience counts the same
-    stale = 0
-    stop_reason = "max_loops"
-
-    for loop in range(1, cfg.max_loops + 1):
-        loop_dir = out / f"loop_{loop}"
-        done = next((l for l in history["loops"] if l["loop"] == loop), None)
-        for i, track in enumerate(stages, start=1):
-            stage_dir = loop_dir / f"after_type{i}"
-            if stage_dir.exists():
-                log.info("loop %d %s: finished earlier, skipping", loop, track)
-            elif track == "grpo":
-                from .grpo import grpo_rows_from_mcqs, run_grpo
-
-                run_grpo(previous or base, grpo_rows_from_mcqs(train), stage_dir, max_steps=cfg.grpo_max_steps,
-                         num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
-                         batch_size=cfg.num_generations * 2, learning_rate=cfg.grpo_learning_rate, device=cfg.device,
-                         precision=cfg.precision, seed=cfg.seed + loop, logs_dir=out, stage=f"loop_{loop}_grpo")
-            else:
-                stage_cfg = _stage_config(cfg, track, previous or base, loop)
-                stage_rows = rows[track]
-                if track == "mcq" and cfg.dict_rehearsal:
-                    stage_rows = stage_rows + rehearsal_rows(rows["dict"], cfg.dict_rehearsal * len(stage_rows), cfg.seed + loop)
-                run_training(stage_cfg, stage_rows, stage_dir, tokenizer=tokenizer, stage=f"loop_{loop}_{track}", logs_dir=out)
-            previous = str(stage_dir.resolve())
-        if done is None:
-            model = load_model(previous, device=cfg.device, precision=cfg.precision, merge_adapter=True)
-            metrics, preds = evaluate_mcq(
-                model, tokenizer, evaluation, cfg.eval_mode, cfg.eval_batch_size, cfg.max_new_tokens, glossary,
-                rationale_template=cfg.rationale_template,
-            )
-            metrics["overlap"] = overlap
-            if cfg.dict_eval_limit:
-                dict_metrics, dict_preds = evaluate_dict(model, tokenizer, entries[: cfg.dict_eval_limit], cfg.eval_batch_size)
-                write_eval(loop_dir / "eval_dict", dict_metrics, dict_preds)
-                metrics["dict_exact_match"] = dict_metrics["exact_match"]
-                metrics["dict_chrf"] = {"value": dict_metrics["chrf"], "total": dict_metrics["n"]}
-            del model
-            write_eval(loop_dir / "eval", metrics, preds)
-            done = {
-                "loop": loop,
-                "checkpoint": str(Path(previous).relative_to(out.resolve())),
-                "selected_metric": _metric(metrics, cfg.select_by),
-                "metrics": _history_metrics(metrics),
-                "training": _training_parts(loop_dir, stages),
-            }
-            history["loops"].append(done)
-            log.info("loop %d: %s", loop, summary_line(metrics))
-        value = done["selected_metric"]
-        if best_value is None or value > best_value:
-            best_value, stale = value, 0
-            history["best"] = {"loop": loop, cfg.select_by: value, "checkpoint": done["checkpoint"]}
-        else:
-            stale += 1
-        best_src = history["best"]["checkpoint"]
-        if history.get("best_checkpoint_from") != best_src or not (out / "best_checkpoint").exists():
-            copy_checkpoint(out / best_src, out / "best_checkpoint")
-            history["best_checkpoint_from"] = best_src
-        write_json_atomic(history_path, history)
-        reached = done["metrics"].get("accuracy", done["metrics"].get("loglik_accuracy"))
-        if reached is not None and _metric({"m": reached}, "m") * 100 >= cfg.target_accuracy:
-            stop_reason = "target_reached"
-            break
-        if stale >= cfg.patience:
-            stop_reason = "patience"
-            break
-
-    copy_checkpoint(Path(previous), out / "final")
-    history["stop_reason"] = stop_reason
-    history["final"] = str(Path(previous).relative_to(out.resolve()))
-    write_json_atomic(history_path, history)
-    return history
+    return LoopRecipe(cfg).run()
 
 
 HISTORY_METRICS = ("accuracy", "loglik_accuracy", "cloze_accuracy", "cloze_accuracy_norm", "parse_rate",
@@ -315,23 +439,15 @@ def _history_metrics(metrics: dict) -> dict:
     return {k: metrics[k] for k in HISTORY_METRICS if k in metrics}
 
 
-def _training_parts(loop_dir: Path, stages: list[str]) -> dict:
-    """Last logged training losses per stage, read back from each checkpoint's summary."""
-    import json
-
-    parts = {}
-    for i, track in enumerate(stages, start=1):
-        summary = loop_dir / f"after_type{i}" / "training_summary.json"
-        if summary.exists():
-            data = json.loads(summary.read_text())
-            last = data["log"][-1] if data.get("log") else {}
-            parts[track] = {
-                "train_loss": data.get("train_loss"),
-                "steps": data.get("steps"),
-                "seconds": data.get("seconds"),
-                **{k: last[k] for k in ("answer_loss", "reasoning_loss", "answer_token_accuracy") if k in last},
-            }
-    return parts
+def _training_part(summary: dict) -> dict:
+    """What history.json keeps of a stage's training summary: losses, steps, seconds."""
+    last = summary["log"][-1] if summary.get("log") else {}
+    return {
+        "train_loss": summary.get("train_loss"),
+        "steps": summary.get("steps"),
+        "seconds": summary.get("seconds"),
+        **{k: last[k] for k in ("answer_loss", "reasoning_loss", "answer_token_accuracy") if k in last},
+    }
 
 
 def _read_json(path: Path):
