@@ -154,6 +154,23 @@ def test_shipped_recipes_parse_as_loop_configs():
     assert (seed.max_loops, seed.target_accuracy, seed.patience) == (10, 90.0, 3)
 
 
+def test_cpu_demo_recipe_is_the_demos_loop():
+    """recipes/cpu-demo.yaml says it is `make demo`'s loop on its own: the settings both have agree."""
+    from pathlib import Path
+
+    import yaml
+
+    from kormedqa.demo import DemoConfig
+
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "cpu-demo.yaml").read_text())
+    demo = DemoConfig()
+    shared = ("dict_epochs", "mcq_epochs", "option_rotations", "dict_rehearsal", "dict_learning_rate",
+              "mcq_learning_rate", "dict_batch_size", "mcq_batch_size", "answer_weight", "rationale_template",
+              "eval_mode", "eval_every", "dict_eval_limit", "eval_batch_size", "max_new_tokens", "seed")
+    assert {k: recipe[k] for k in shared} == {k: getattr(demo, k) for k in shared}
+    assert recipe["max_loops"] == recipe["patience"] == demo.loops
+
+
 def test_dict_rehearsal_rows_cycle_the_dictionary_and_are_marked():
     from kormedqa.batching import REHEARSAL_KIND
     from kormedqa.loop import rehearsal_rows
