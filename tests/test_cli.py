@@ -37,7 +37,7 @@ def test_prepare_mcq_is_byte_identical_per_seed(tmp_path):
     assert outs[0] == outs[1]
     assert outs[0] != outs[2]
     rows = [json.loads(l) for l in outs[0].decode().splitlines()]
-    assert [r["kind"] for r in rows].count("detailed") == 2  # 5% of 40
+    assert [r["format"] for r in rows].count("detailed") == 2  # 5% of 40
     assert all(r["prompt"].startswith("<start_of_turn>user\nReasoning 후 정답 알파벳 하나만 답하세요.\n\n") for r in rows)
 
 

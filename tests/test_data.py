@@ -328,7 +328,7 @@ def test_load_dictionary(tmp_path):
     )
     extra = write_jsonl(tmp_path / "extra.jsonl", [{"term": "빈혈", "definition": "혈색소 감소", "category": "혈액"}])
     entries = load_dictionary(terms, extra)
-    assert [(e.term, e.kind) for e in entries] == [("고혈압", "term"), ("㎎", "symbol"), ("빈혈", "term")]
+    assert [(e.term, e.category, e.is_symbol) for e in entries] == [("고혈압", "", False), ("㎎", "symbol", True), ("빈혈", "혈액", False)]
     assert entries[2].source == f"{extra}:1"
 
     dup = write_jsonl(tmp_path / "dup.jsonl", [{"term": "x", "definition": "y"}, {"term": "고혈압", "definition": "z"}])

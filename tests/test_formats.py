@@ -90,8 +90,8 @@ def test_95_5_split_is_exact_and_seeded():
     assert len(choose_detailed(1890, seed=1)) == 94  # the spec: 1,796 simple + 94 detailed
     assert choose_detailed(200, seed=3) == choose_detailed(200, seed=3)
     assert choose_detailed(200, seed=3) != choose_detailed(200, seed=4)
-    kinds = [e.kind for e in mcq_examples(_mcqs(200), seed=7)]
-    assert kinds.count("detailed") == 10 and kinds.count("simple") == 190
+    formats = [e.format for e in mcq_examples(_mcqs(200), seed=7)]
+    assert formats.count("detailed") == 10 and formats.count("simple") == 190
 
 
 def test_rationale_sources_in_order():

@@ -172,25 +172,25 @@ def test_cpu_demo_recipe_is_the_demos_loop():
 
 
 def test_dict_rehearsal_rows_cycle_the_dictionary_and_are_marked():
-    from kormedqa.batching import REHEARSAL_KIND
+    from kormedqa.batching import REHEARSAL_FORMAT
     from kormedqa.loop import rehearsal_rows
 
-    rows = [{"id": f"t{i}", "kind": "dict", "prompt": f"p{i}", "completion": f"c{i}"} for i in range(3)]
+    rows = [{"id": f"t{i}", "format": "dict", "prompt": f"p{i}", "completion": f"c{i}"} for i in range(3)]
     picked = rehearsal_rows(rows, 7, seed=1)
-    assert len(picked) == 7 and {r["kind"] for r in picked} == {REHEARSAL_KIND}
+    assert len(picked) == 7 and {r["format"] for r in picked} == {REHEARSAL_FORMAT}
     # The first three are a permutation of all rows, then it cycles in the same order.
     assert sorted(r["id"] for r in picked[:3]) == ["t0", "t1", "t2"]
     assert [r["id"] for r in picked[3:6]] == [r["id"] for r in picked[:3]]
-    assert rehearsal_rows(rows, 7, seed=1) == picked and rows[0]["kind"] == "dict"
+    assert rehearsal_rows(rows, 7, seed=1) == picked and rows[0]["format"] == "dict"
     assert rehearsal_rows(rows, 0.4, seed=1) == []
 
 
 def test_rehearsal_rows_train_as_reasoning_not_as_the_weighted_answer(tokenizer):
-    from kormedqa.batching import REHEARSAL_KIND, tokenize_rows
+    from kormedqa.batching import REHEARSAL_FORMAT, tokenize_rows
     from kormedqa.formats import dict_example
     from kormedqa.records import DictEntry
 
     row = dict_example(DictEntry(term="고혈압", definition="혈압이 높은 상태")).to_row()
-    plain, rehearsed = tokenize_rows(tokenizer, [row, {**row, "kind": REHEARSAL_KIND}], max_length=64)
+    plain, rehearsed = tokenize_rows(tokenizer, [row, {**row, "format": REHEARSAL_FORMAT}], max_length=64)
     assert sum(plain["answer_mask"]) > 0 and sum(rehearsed["answer_mask"]) == 0
     assert plain["labels"] == rehearsed["labels"]

@@ -99,7 +99,7 @@ def test_nfd_case_prepares_the_same_rows_and_tokens(tmp_path, tokenizer):
         (tmp_path / name).mkdir()
         (tmp_path / name / "train.jsonl").write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
         out = tmp_path / f"prep_{name}.jsonl"
-        run_prepare(PrepareConfig(kind="mcq", data=[str(tmp_path / name)], split="train",
+        run_prepare(PrepareConfig(track="mcq", data=[str(tmp_path / name)], split="train",
                                   dictionary=[str(tmp_path / "dict.json")], output=str(out)))
         outputs[name] = out.read_bytes()
     assert outputs["nfd"] == outputs["nfc"]

@@ -112,7 +112,7 @@ def tokenize_pair(tokenizer, prompt: str, completion: str, max_length: int) -> d
     }
 
 
-REHEARSAL_KIND = "dict_rehearsal"  # a dictionary row mixed into an MCQ stage (loop --dict-rehearsal)
+REHEARSAL_FORMAT = "dict_rehearsal"  # row "format" of a dictionary row mixed into an MCQ stage (loop --dict-rehearsal)
 
 
 def tokenize_rows(tokenizer, rows: Sequence[dict], max_length: int, source: str = "prepared rows") -> list[dict]:
@@ -131,7 +131,7 @@ def tokenize_rows(tokenizer, rows: Sequence[dict], max_length: int, source: str 
         if item is None:
             dropped += 1
         else:
-            if row.get("kind") == REHEARSAL_KIND:
+            if row.get("format") == REHEARSAL_FORMAT:
                 # Rehearsal rows keep their knowledge in the loss without taking the answer's
                 # weighted share: their tokens count with the reasoning, so the letter's weight
                 # in an MCQ stage is the same with or without them.

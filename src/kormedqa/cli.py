@@ -137,8 +137,8 @@ def cmd_prepare(argv):
     """`kormedqa prepare dict|mcq [flags]`: `prepare.run_prepare`; prints what was written as JSON."""
     from .prepare import PrepareConfig, print_info, run_prepare
 
-    kind, rest = _positional(argv, ("dict", "mcq"), "prepare")
-    print_info(run_prepare(parse(PrepareConfig, rest, f"kormedqa prepare {kind}", kind=kind)))
+    track, rest = _positional(argv, ("dict", "mcq"), "prepare")
+    print_info(run_prepare(parse(PrepareConfig, rest, f"kormedqa prepare {track}", track=track)))
 
 
 def cmd_train(argv):

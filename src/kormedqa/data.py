@@ -281,9 +281,10 @@ def _object_rows(path: Path, jsonl: bool) -> list[Row]:
 def load_dictionary(*paths: str | Path) -> list[DictEntry]:
     """Load medical terms and symbols from .json arrays or .jsonl files of {term, definition[, category]}.
 
-    Returns one `DictEntry` per row, files in the order given; category "symbol" makes a symbol
-    entry, anything else a term. Raises DataError naming file, line and field for a missing or
-    empty term/definition, a file without records, or a term defined twice (in any file).
+    Returns one `DictEntry` per row, files in the order given, with the row's `category` as read
+    ("" without one); category "symbol" makes a symbol entry (`is_symbol`), anything else a term.
+    Raises DataError naming file, line and field for a missing or empty term/definition, a file
+    without records, or a term defined twice (in any file).
     """
     entries: list[DictEntry] = []
     first_seen: dict[str, str] = {}
@@ -299,8 +300,7 @@ def load_dictionary(*paths: str | Path) -> list[DictEntry]:
             if term in first_seen:
                 raise DataError(*where, "term", f"duplicate term '{term}' (first at {first_seen[term]})")
             first_seen[term] = f"{path}:{line}"
-            kind = "symbol" if category == "symbol" else "term"
-            entries.append(DictEntry(term, definition, kind, source=f"{path}:{line}"))
+            entries.append(DictEntry(term, definition, category, source=f"{path}:{line}"))
     return entries
 
 

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .formats import DEFAULT_RATIONALE_TEMPLATE, RATIONALE_TEMPLATES
+from .formats import RATIONALE_TEMPLATES
 from .checks import Range, check_config, parse_answer_weight
 from .config import DEFAULT_MODEL_HELP, SAMPLE_DICTIONARIES, ResumableRunArgs, arg
 

@@ -248,7 +248,7 @@ def evaluate_dict(model, tokenizer, entries, batch_size: int = 8, max_new_tokens
     preds = []
     for entry, out in zip(entries, outputs):
         text = out.strip()
-        preds.append({"term": entry.term, "kind": entry.kind, "definition": entry.definition, "output": text,
+        preds.append({"term": entry.term, "category": entry.category, "definition": entry.definition, "output": text,
                       "exact": text == entry.definition.strip(),
                       "chrf": chrf.sentence_score(text, [entry.definition]).score})
     exact = sum(p["exact"] for p in preds)

@@ -44,15 +44,19 @@ DETAILED_FRACTION = 0.05
 
 @dataclass(frozen=True)
 class Example:
-    """One prompt/completion pair, as written to the prepared JSONL."""
+    """One prompt/completion pair, as written to the prepared JSONL.
+
+    `format` is the seed's format of the row ("dict", or for MCQs "simple" / "detailed"), written as
+    the row's "format" key.
+    """
 
     prompt: str
     completion: str
     id: str = ""
-    kind: str = ""  # "dict", "simple" or "detailed"
+    format: str = ""  # "dict", "simple" or "detailed"
 
     def to_row(self) -> dict:
-        return {"id": self.id, "kind": self.kind, "prompt": self.prompt, "completion": self.completion}
+        return {"id": self.id, "format": self.format, "prompt": self.prompt, "completion": self.completion}
 
 
 # ---------------------------------------------------------------- Track 1: dictionary
@@ -67,7 +71,7 @@ def dict_example(entry: DictEntry) -> Example:
         prompt=dict_prompt(entry.term),
         completion=f"{MODEL_TURN}{entry.definition}{END_OF_TURN}",
         id=entry.term,
-        kind="dict",
+        format="dict",
     )
 
 
@@ -101,7 +105,7 @@ class Glossary:
 
     def __init__(self, entries: Sequence[DictEntry] = ()):
         # Longest terms first, so "급성 심근경색" wins over "심근경색" inside the same text.
-        self._entries = sorted((e for e in entries if e.kind == "term"), key=lambda e: -len(e.term))
+        self._entries = sorted((e for e in entries if not e.is_symbol), key=lambda e: -len(e.term))
 
     def mentioned(self, text: str, limit: int = 2) -> list[DictEntry]:
         found: list[DictEntry] = []

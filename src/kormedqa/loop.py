@@ -181,16 +181,16 @@ def _stage_config(cfg: LoopConfig, track: str, base: str, loop: int) -> TrainCon
 
 def rehearsal_rows(dict_rows: list[dict], count: float, seed: int) -> list[dict]:
     """`round(count)` dictionary rows (cycling through all of them, shuffled by `seed`) marked as
-    rehearsal (`batching.REHEARSAL_KIND`), to mix into an MCQ stage. Different loops (seeds) draw
+    rehearsal (`batching.REHEARSAL_FORMAT`), to mix into an MCQ stage. Different loops (seeds) draw
     different rows, so several loops go over the whole dictionary."""
     import random
 
-    from .batching import REHEARSAL_KIND
+    from .batching import REHEARSAL_FORMAT
 
     order = list(range(len(dict_rows)))
     random.Random(seed).shuffle(order)
     n = round(count)
-    return [{**dict_rows[order[i % len(order)]], "kind": REHEARSAL_KIND} for i in range(n)] if order else []
+    return [{**dict_rows[order[i % len(order)]], "format": REHEARSAL_FORMAT} for i in range(n)] if order else []
 
 
 def _metric(metrics: dict, name: str) -> float:

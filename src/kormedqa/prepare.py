@@ -18,7 +18,7 @@ class PrepareConfig(RunArgs):
 
     output: str = arg("", "prepared JSONL to write")
     seed: int = arg(42, "random seed: which questions get the detailed rationale prompt")
-    kind: str = arg("mcq", "dict or mcq", choices=["dict", "mcq"])
+    track: str = arg("mcq", "dict or mcq", choices=["dict", "mcq"])
     data: list[str] = arg(help="input file(s): dictionary JSON(s) for dict, a KorMedMCQA file/folder/hub id for mcq",
                           factory=list)
     split: str = arg("train", "split to read when --data is a folder or hub id")
@@ -63,7 +63,7 @@ def dict_rows(entries) -> list[dict]:
 
 def mcq_rows(mcqs, seed: int, glossary: Glossary | None = None, rationales=None, detailed_fraction=DETAILED_FRACTION,
              template: str = DEFAULT_RATIONALE_TEMPLATE) -> list[dict]:
-    """MCQs -> the seed's Track 2 rows {prompt, completion, id, kind}, one per question, in order.
+    """MCQs -> the seed's Track 2 rows {prompt, completion, id, format}, one per question, in order.
 
     `seed` picks which round(n * detailed_fraction) questions get the detailed format; questions
     without cot get a rationale from `rationales` (id -> text) or else `template` with `glossary`.
@@ -94,7 +94,7 @@ def check_overlap(train, evaluation, allow: bool) -> dict:
 def run_prepare(cfg: PrepareConfig) -> dict:
     """Read `cfg.data`, write the seed's prompt/completion rows to `cfg.output` (one JSONL file, atomically).
 
-    Returns what was written: {"output", "kind", "rows"} and, for mcq, "detailed" (rows with the
+    Returns what was written: {"output", "track", "rows"} and, for mcq, "detailed" (rows with the
     detailed rationale) and "overlap" (with --eval-data: `leakage.find_overlap`'s report).
     Raises UsageError for a missing --output/--data or a folder as --output, OutputExistsError for
     an existing output without --overwrite (before any input is read), DataError for bad inputs,
@@ -112,19 +112,19 @@ def run_prepare(cfg: PrepareConfig) -> dict:
         raise OutputExistsError(f"{out} already exists: pass --overwrite to replace it")
     if not cfg.data:
         raise UsageError("--data is required")
-    info: dict = {"output": str(out), "kind": cfg.kind}
-    if cfg.kind == "dict":
+    info: dict = {"output": str(out), "track": cfg.track}
+    if cfg.track == "dict":
         rows = dict_rows(load_dictionary(*cfg.data))
-    elif cfg.kind == "mcq":
+    elif cfg.track == "mcq":
         mcqs = [q for source in cfg.data for q in load_mcq(source, split=cfg.split)]
         if cfg.eval_data:
             info["overlap"] = check_overlap(mcqs, load_mcq(cfg.eval_data, split=cfg.eval_split), cfg.allow_overlap)
         glossary = Glossary(load_dictionary(*cfg.dictionary)) if cfg.dictionary else Glossary()
         rationales = load_rationales(cfg.rationales) if cfg.rationales else None
         rows = mcq_rows(mcqs, cfg.seed, glossary, rationales, cfg.detailed_fraction, cfg.rationale_template)
-        info["detailed"] = sum(r["kind"] == "detailed" for r in rows)
+        info["detailed"] = sum(r["format"] == "detailed" for r in rows)
     else:
-        raise UsageError(f"prepare takes dict or mcq, not {cfg.kind!r}")
+        raise UsageError(f"prepare takes dict or mcq, not {cfg.track!r}")
     # Claimed only now that every input has been read: a bad input never costs the old file.
     claim_output(out, overwrite=cfg.overwrite, is_dir=False)
     write_jsonl_atomic(out, rows)

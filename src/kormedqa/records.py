@@ -37,9 +37,18 @@ class MCQ:
 
 @dataclass(frozen=True)
 class DictEntry:
-    """A medical dictionary term or a character symbol with its definition."""
+    """A medical dictionary term or a character symbol with its definition.
+
+    `category` is the dictionary row's category as read (doctor, nurse, pharm, dentist, symbol, ...;
+    "" for a row without one); `is_symbol` is true for category "symbol", every other entry is a term.
+    """
 
     term: str
     definition: str
-    kind: str = "term"  # "term" or "symbol"
+    category: str = ""
     source: str = ""
+
+    @property
+    def is_symbol(self) -> bool:
+        """True for a character symbol (category "symbol"); any other category, or none, is a term."""
+        return self.category == "symbol"
