@@ -2,8 +2,8 @@
 
 Every arm is `kormedqa loop` (`run_loop`) from the same base model on the shipped sample, scored
 on the whole held-out test split (162 questions whose terms are in the dictionary) with three
-scorers: greedy generation (the seed's metric: letter after `</reasoning>`), letter
-log-likelihood (A-E after the seed prompt) and cloze (each option's text after a question-only
+scorers: greedy generation (the spec's metric: letter after `</reasoning>`), letter
+log-likelihood (A-E after the spec's prompt) and cloze (each option's text after a question-only
 prompt), plus dictionary recall (chrF on the first 80 entries). Each arm is compared with the
 untrained base and with the control arm by McNemar's exact test on the same questions.
 
@@ -25,7 +25,7 @@ each; the default list is the one bench/README.md reports:
 - linked, verdict, mcq_only, recall_mcq_only: earlier arms, selectable with --arms (ARMS below).
 Each arm must fit in 60 minutes with its evaluation on 2 cores without native bf16.
 
-Learning rates 5e-4 (the seed's 2e-5 / 1e-5 move nothing in CPU minutes; measured in earlier
+Learning rates 5e-4 (the spec's 2e-5 / 1e-5 move nothing in CPU minutes; measured in earlier
 runs of this bench), dictionary batch 8, MCQ batch 4, answer weight 2/3, fp32 or the precision
 `--precision` picks. Finished arms are kept (work/learning/<arm>/result.json) and skipped on the
 next run, an unfinished one resumes after its last finished stage; --fresh retrains them.

@@ -1,7 +1,7 @@
 """Evaluation in bf16 against fp32: do the picks agree?
 
 On the shipped sample test split, one model is scored twice, in fp32 and in bf16, by each scorer
-kormedqa evaluates with: letter log-likelihood (A-E after the seed prompt), cloze log-likelihood
+kormedqa evaluates with: letter log-likelihood (A-E after the spec's prompt), cloze log-likelihood
 (each option's text; when `kormedqa.scorers.option_logprobs` exists) and greedy generation with
 answer extraction (the first `--gen-limit` questions). For each: the share of questions whose pick
 is the same in both precisions (target >= 97%), both accuracies, McNemar's exact test on the

@@ -53,7 +53,7 @@ def render() -> str:
                 + (f" (ran in {k['precision']})" if "precision" in k else "")
                 + ", TRL activation checkpointing " + ("off (its fastest)" if s.get("trl_activation_checkpointing") is False
                                                       else "on (its default)")
-                + ", shipped sample MCQs in the seed format.", "",
+                + ", shipped sample MCQs in the spec's format.", "",
                 "| | train() s | wall s (with loading) | examples/s | supervised tokens/s | peak RSS (GB) | loss at step 1 |",
                 "|---|---|---|---|---|---|---|",
                 f"| TRL SFTTrainer | {t['seconds']:.1f} | {t.get('wall_seconds', float('nan')):.1f} | {t['examples_per_s']:.3f} | {t['supervised_tokens_per_s']:.1f} | {t['peak_rss_gb']:.2f} | {t['losses'][0]:.4f} |",

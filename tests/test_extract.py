@@ -1,4 +1,4 @@
-"""Answer extraction and the seed's reasoning score."""
+"""Answer extraction and the spec's reasoning score."""
 import re
 
 import pytest

@@ -1,4 +1,4 @@
-"""The seed's strings, checked against the spec's own examples."""
+"""The spec's strings, checked against the spec's own examples."""
 import random
 
 from kormedqa.formats import (

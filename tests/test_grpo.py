@@ -1,4 +1,4 @@
-"""Reward training with the seed's score: the reward matches the table; a few steps write an adapter."""
+"""Reward training with the spec's score: the reward matches the table; a few steps write an adapter."""
 import json
 
 import pytest

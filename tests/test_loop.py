@@ -1,4 +1,4 @@
-"""Loop training on a tiny model: the seed's checkpoint layout, history.json, and --resume."""
+"""Loop training on a tiny model: the spec's checkpoint layout, history.json, and --resume."""
 import json
 
 import pytest

@@ -22,7 +22,7 @@ USAGE = """usage: kormedqa <command> [options]   (kormedqa <command> --help for 
 
 commands:
   model fetch [gemma3-270m] --out DIR   build the embedded default model as a plain HF folder
-  prepare dict|mcq                      write the seed's prompt/completion JSONL
+  prepare dict|mcq                      write the spec's prompt/completion JSONL
   train dict|mcq                        LoRA SFT with answer-only loss
   merge                                 merge a LoRA adapter into a full safetensors model
   eval                                  score a model on KorMedMCQA (generation, log-likelihood, loss)

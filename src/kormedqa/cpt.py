@@ -1,8 +1,8 @@
-"""Continued pretraining (the seed's stage 1.1): causal-LM training on plain medical text.
+"""Continued pretraining (the spec's stage 1.1): causal-LM training on plain medical text.
 
-Dictionary lines are repeated `vocab_repeat` times (the seed's "medical vocab x5"). Training uses
+Dictionary lines are repeated `vocab_repeat` times (the spec's "medical vocab x5"). Training uses
 LoRA and then merges it, so the output is a plain model folder the SFT stages start from.
-Perplexity on held-out text is measured before and after (the seed's target is < 3.0).
+Perplexity on held-out text is measured before and after (the spec's target is < 3.0).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class CPTConfig(ModelArgs, LoraArgs, RunArgs):
     heldout: str | None = arg("data/sample/corpus/heldout.txt", "held-out text for perplexity before and after")
     vocab: list[str] = arg(help="dictionary JSON(s) whose 'term: definition' lines are trained --vocab-repeat times",
                            factory=lambda: list(SAMPLE_DICTIONARIES))
-    vocab_repeat: int = arg(5, "copies of each vocabulary line (the seed's 'medical vocab x5')")
+    vocab_repeat: int = arg(5, "copies of each vocabulary line (the spec's 'medical vocab x5')")
     epochs: float = arg(1.0, "passes over the texts")
     max_steps: int = arg(-1, "stop after this many optimizer steps (overrides epochs; -1: off)")
     batch_size: int = arg(4, "texts per micro-batch")

@@ -5,7 +5,7 @@ finishes in under 30 minutes on 2 CPU cores without native bf16 (measured: READM
 shows"); every stage writes atomically and is skipped on
 `--resume` when finished, so an interrupted demo continues where it stopped.
 
-The demo's learning rates are far above the seed's (2e-5 / 1e-5): at the seed's rates a few
+The demo's learning rates are far above the spec's (2e-5 / 1e-5): at the spec's rates a few
 minutes of CPU training change nothing measurable. The report says so, and says which of parse
 rate, accuracy and log-likelihood accuracy moved and whether the change is significant.
 """
@@ -43,8 +43,8 @@ class DemoConfig(ResumableRunArgs):
     loops: int = arg(1, "loops of (dictionary epochs, MCQ epochs, evaluate)")
     dict_epochs: float = arg(3.0, "epochs over all dictionary entries per loop")
     mcq_epochs: float = arg(0.25, "epochs over the MCQ training rows (option rotations included) per loop")
-    dict_learning_rate: float = arg(5e-4, "far above the seed's 2e-5: CPU minutes, not GPU hours")
-    mcq_learning_rate: float = arg(5e-4, "far above the seed's 1e-5, as above")
+    dict_learning_rate: float = arg(5e-4, "far above the spec's 2e-5: CPU minutes, not GPU hours")
+    mcq_learning_rate: float = arg(5e-4, "far above the spec's 1e-5, as above")
     dict_batch_size: int = arg(8, "dictionary batch (examples are short)")
     mcq_batch_size: int = arg(4, "MCQ batch")
     answer_weight: str = arg("2/3", "share of the loss on the answer (letter + <end_of_turn>) or 'none'")
@@ -227,10 +227,10 @@ def _setup_text(cfg: DemoConfig, base: str, n_train: int, n_test: int, n_dict: i
         f"{cfg.mcq_epochs:g} MCQ epoch(s) (batch {cfg.mcq_batch_size}), rationale template `{cfg.rationale_template}`, "
         f"dictionary rehearsal {cfg.dict_rehearsal:g} x the MCQ rows, {cfg.option_rotations} option order(s) per question; "
         f"learning rates {cfg.dict_learning_rate} / {cfg.mcq_learning_rate} "
-        f"(the seed's 2e-5 / 1e-5 change nothing measurable in a few CPU minutes); answer weight {cfg.answer_weight}; "
+        f"(the spec's 2e-5 / 1e-5 change nothing measurable in a few CPU minutes); answer weight {cfg.answer_weight}; "
         f"stop reason: {history.get('stop_reason')}.\n"
         f"- Machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads.\n"
-        "- Evaluation: greedy generation with the seed prompt, letter read after `</reasoning>` "
+        "- Evaluation: greedy generation with the spec's prompt, letter read after `</reasoning>` "
         "(lm-evaluation-harness cascade otherwise); letter log-likelihood (A-E as the first answer token); cloze "
         "(log-likelihood of each option's text after a question-only prompt, lm-evaluation-harness's multiple_choice "
         f"formulation); dictionary recall as chrF on the first {cfg.dict_eval_limit} entries."
@@ -246,7 +246,7 @@ def _reading(before: dict, after: dict, tests: dict) -> str:
     fmt_before = before.get("format_parse_rate", {}).get("value", 0.0)
     fmt_after = after.get("format_parse_rate", {}).get("value", 0.0)
     if fmt_after > 0.5 and fmt_after > fmt_before:
-        text.append(f"The model learned the seed's answer format ({fmt_after:.0%} of answers right after `</reasoning>`).")
+        text.append(f"The model learned the spec's answer format ({fmt_after:.0%} of answers right after `</reasoning>`).")
     if "accuracy" in after:
         chance = after["accuracy_among_parsed"]["ci95"][0] <= 0.2
         if sig("accuracy") and not chance:

@@ -1,7 +1,7 @@
 """Scoring a model on KorMedMCQA-schema questions: generation, log-likelihood, teacher-forced loss.
 
 Three views of the same questions, reported side by side so a number cannot hide a parsing
-problem: (a) greedy generation with the seed prompt and answer extraction, (b) log-likelihood of
+problem: (a) greedy generation with the spec's prompt and answer extraction, (b) log-likelihood of
 the letters A-E as the first answer token, (c) the answer-only cross-entropy of the reference
 completion. They run as plain batched forward passes; only the last position (or the supervised
 positions) ever reaches the lm_head.
@@ -62,7 +62,7 @@ class EvalConfig(DeviceArgs, RunArgs):
 
 
 def generation_records(mcqs: Sequence[MCQ], outputs: Sequence[str]) -> dict[str, dict]:
-    """Answer extraction and the seed's format checks on each raw output (the lm-eval filter step)."""
+    """Answer extraction and the spec's format checks on each raw output (the lm-eval filter step)."""
     records = {}
     for q, out in zip(mcqs, outputs, strict=True):
         letter = extract_answer(out)
@@ -160,7 +160,7 @@ def mcq_metrics(preds: Sequence[dict], scorers: Sequence[str]) -> dict:
     if "generate" in scorers:
         accuracy("accuracy", "correct")
         m["parse_rate"] = proportion(sum(bool(p["prediction"]) for p in preds), len(preds))
-        # Stricter: the letter sits where the seed format puts it. A letter fished out of a
+        # Stricter: the letter sits where the spec's format puts it. A letter fished out of a
         # degenerate output by the fallback cascade counts in parse_rate but not here.
         m["format_parse_rate"] = _rate(preds, "answer_after_reasoning")
         m["accuracy_among_parsed"] = _rate(preds, "correct", where=lambda p: bool(p["prediction"]))

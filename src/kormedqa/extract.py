@@ -1,8 +1,8 @@
-"""Answer extraction and the seed's reasoning score: pure functions, tested on their own.
+"""Answer extraction and the spec's reasoning score: pure functions, tested on their own.
 
 `extract_answer` agrees with lm-evaluation-harness's kormedmcqa filter on every output that
 filter handles (same cascade, same "last match of the first pattern that matches"), and in
-addition reads the letter right after `</reasoning>` first, where the seed format puts it.
+addition reads the letter right after `</reasoning>` first, where the spec's format puts it.
 
 Model outputs are put in the same normal form as the data (`kormedqa.text.normalize_text`)
 before anything is matched, so a fullwidth 'Ｂ', '정답：B', a zero-width space or decomposed
@@ -46,7 +46,7 @@ def extract_answer(text: str) -> str:
 
 
 def answer_after_reasoning(text: str) -> bool:
-    """Whether the letter sits right after `</reasoning>`, where the seed format puts it."""
+    """Whether the letter sits right after `</reasoning>`, where the spec's format puts it."""
     return AFTER_REASONING.search(normalize_text(text)) is not None
 
 
@@ -57,15 +57,15 @@ def has_reasoning_tags(text: str) -> bool:
 
 
 def has_detailed_keywords(text: str) -> bool:
-    """Whether `text` holds every keyword of the seed's detailed format (첫째 ... 넷째)."""
+    """Whether `text` holds every keyword of the spec's detailed format (첫째 ... 넷째)."""
     text = normalize_text(text)
     return all(keyword in text for keyword in DETAILED_KEYWORDS)
 
 
 def reasoning_score(output: str, gold: str) -> float:
-    """The seed's score: correct 2/3 (+1/3 with good format); good format but wrong 1/4; else 0.
+    """The spec's score: correct 2/3 (+1/3 with good format); good format but wrong 1/4; else 0.
 
-    "Good format" is the seed's check exactly: both reasoning tags and all four of 첫째..넷째.
+    "Good format" is the spec's check exactly: both reasoning tags and all four of 첫째..넷째.
     """
     output = normalize_text(output)
     good_format = has_reasoning_tags(output) and has_detailed_keywords(output)

@@ -1,4 +1,4 @@
-"""The seed spec's chat strings, and nothing else.
+"""The spec's chat strings, and nothing else.
 
 Every string here is binding (../shared/spec/SEED_SPEC.md): users compare our prepared files
 against the spec byte for byte. Prompts end at the user's `<end_of_turn>` and completions begin
@@ -46,7 +46,7 @@ DETAILED_FRACTION = 0.05
 class Example:
     """One prompt/completion pair, as written to the prepared JSONL.
 
-    `format` is the seed's format of the row ("dict", or for MCQs "simple" / "detailed"), written as
+    `format` is the spec's format of the row ("dict", or for MCQs "simple" / "detailed"), written as
     the row's "format" key.
     """
 
@@ -195,7 +195,7 @@ def template_detailed_reasoning(mcq: MCQ, glossary: Glossary, rng: random.Random
 
 
 def choose_detailed(n: int, seed: int, fraction: float = DETAILED_FRACTION) -> set[int]:
-    """Exactly round(n * fraction) indices get the detailed format, chosen by the seed."""
+    """Exactly round(n * fraction) indices get the detailed format, chosen by the random `seed`."""
     k = round(n * fraction)
     return set(random.Random(seed).sample(range(n), k))
 

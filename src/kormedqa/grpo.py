@@ -1,4 +1,4 @@
-"""Reward training with the seed's own score (TRL GRPOTrainer).
+"""Reward training with the spec's own score (TRL GRPOTrainer).
 
 The reward is `reasoning_score(output, gold)`: 2/3 for the right letter, +1/3 with the detailed
 format, 1/4 for the format alone, paid only when the letter follows `</reasoning>` (see
@@ -20,7 +20,7 @@ from .text import normalize_text
 
 
 def seed_reward(completions: Sequence, gold: Sequence[str], **_) -> list[float]:
-    r"""TRL reward function: the seed's reasoning score, paid only to an answer that ends at its letter.
+    r"""TRL reward function: the spec's reasoning score, paid only to an answer that ends at its letter.
 
     `completions`: strings or conversational [{"role", "content"}] lists, as TRL passes them
     (`<end_of_turn>` already removed); `gold`: the letters, one per completion (the dataset
@@ -47,7 +47,7 @@ def _ends_at_answer(text: str) -> bool:
 
 
 def grpo_rows_from_mcqs(mcqs: Sequence[MCQ]) -> list[dict]:
-    """MCQs -> GRPO rows {"prompt": the seed's prompt + the model turn (what scoring continues), "gold": letter}."""
+    """MCQs -> GRPO rows {"prompt": the spec's prompt + the model turn (what scoring continues), "gold": letter}."""
     return [{"prompt": mcq_prompt(q) + GENERATION_PREFIX, "gold": q.answer} for q in mcqs]
 
 

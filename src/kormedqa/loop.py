@@ -1,6 +1,6 @@
-"""Loop training (the seed's train_01_02_loop): dictionary epoch, MCQ epoch, evaluate, repeat.
+"""Loop training (the spec's train_01_02_loop): dictionary epoch, MCQ epoch, evaluate, repeat.
 
-Layout of a run folder (the seed's, plus provenance and metrics):
+Layout of a run folder (the spec's, plus provenance and metrics):
 
     run/
       run.json  history.json  train_log.jsonl  tensorboard/
@@ -78,7 +78,7 @@ class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
     patience: int = arg(3, "stop after this many loops without improvement")
     select_by: str = arg("accuracy", "metric that picks best_checkpoint", choices=SELECT_BY)
     stages: str = arg("dict,mcq", "stages per loop, in order: a comma list of dict, mcq, grpo")
-    epochs_per_stage: float = arg(1.0, "epochs of each stage per loop (the seed: 1)")
+    epochs_per_stage: float = arg(1.0, "epochs of each stage per loop (the spec: 1)")
     dict_epochs: float | None = arg(None, "epochs of each dictionary stage (default: --epochs-per-stage)")
     mcq_epochs: float | None = arg(None, "epochs of each MCQ stage (default: --epochs-per-stage)")
     dict_max_steps: int = arg(-1, "bound each dictionary stage (-1: its epochs)")
@@ -87,10 +87,10 @@ class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
     grpo_learning_rate: float = arg(1e-5, "learning rate of each grpo stage")
     num_generations: int = arg(4, "grpo: completions per prompt (a grpo step samples 2 prompts)")
     max_completion_length: int = arg(128, "grpo: generated tokens at most")
-    dict_learning_rate: float | None = arg(None, "learning rate of each dictionary stage (default: the seed's 2e-5)")
-    mcq_learning_rate: float | None = arg(None, "learning rate of each MCQ stage (default: the seed's 1e-5)")
-    dict_batch_size: int | None = arg(None, "micro-batch of each dictionary stage (default: the seed's 4)")
-    mcq_batch_size: int | None = arg(None, "micro-batch of each MCQ stage (default: the seed's 2)")
+    dict_learning_rate: float | None = arg(None, "learning rate of each dictionary stage (default: the spec's 2e-5)")
+    mcq_learning_rate: float | None = arg(None, "learning rate of each MCQ stage (default: the spec's 1e-5)")
+    dict_batch_size: int | None = arg(None, "micro-batch of each dictionary stage (default: the spec's 4)")
+    mcq_batch_size: int | None = arg(None, "micro-batch of each MCQ stage (default: the spec's 2)")
     dict_grad_accum: int | None = arg(None, "micro-batches per optimizer step, dictionary stages (default: 4)")
     mcq_grad_accum: int | None = arg(None, "micro-batches per optimizer step, MCQ stages (default: 8)")
     answer_weight: str = arg("2/3", "share of the loss on the answer (see kormedqa train --help) or 'none'")

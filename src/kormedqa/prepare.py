@@ -1,4 +1,4 @@
-"""`kormedqa prepare dict|mcq`: records in, the seed's prompt/completion JSONL out."""
+"""`kormedqa prepare dict|mcq`: records in, the spec's prompt/completion JSONL out."""
 from __future__ import annotations
 
 import json
@@ -57,13 +57,13 @@ def load_rationales(path: str | Path) -> dict[str, str]:
 
 
 def dict_rows(entries) -> list[dict]:
-    """Dictionary entries -> the seed's Track 1 rows {prompt, completion, ...}, one per entry, in order."""
+    """Dictionary entries -> the spec's Track 1 rows {prompt, completion, ...}, one per entry, in order."""
     return [dict_example(e).to_row() for e in entries]
 
 
 def mcq_rows(mcqs, seed: int, glossary: Glossary | None = None, rationales=None, detailed_fraction=DETAILED_FRACTION,
              template: str = DEFAULT_RATIONALE_TEMPLATE) -> list[dict]:
-    """MCQs -> the seed's Track 2 rows {prompt, completion, id, format}, one per question, in order.
+    """MCQs -> the spec's Track 2 rows {prompt, completion, id, format}, one per question, in order.
 
     `seed` picks which round(n * detailed_fraction) questions get the detailed format; questions
     without cot get a rationale from `rationales` (id -> text) or else `template` with `glossary`.
@@ -92,7 +92,7 @@ def check_overlap(train, evaluation, allow: bool) -> dict:
 
 
 def run_prepare(cfg: PrepareConfig) -> dict:
-    """Read `cfg.data`, write the seed's prompt/completion rows to `cfg.output` (one JSONL file, atomically).
+    """Read `cfg.data`, write the spec's prompt/completion rows to `cfg.output` (one JSONL file, atomically).
 
     Returns what was written: {"output", "track", "rows"} and, for mcq, "detailed" (rows with the
     detailed rationale) and "overlap" (with --eval-data: `leakage.find_overlap`'s report).

@@ -76,7 +76,7 @@ def what_moved(before: dict, after: dict, tests: dict) -> list[str]:
     """Plain sentences on which of parse rate, accuracy and log-likelihood accuracy moved, and whether significantly."""
     lines = []
     for key, label in (("parse_rate", "Parse rate (any letter found)"),
-                       ("format_parse_rate", "Letter right after </reasoning> (the seed format)"),
+                       ("format_parse_rate", "Letter right after </reasoning> (the spec's format)"),
                        ("accuracy", "Generation accuracy"),
                        ("accuracy_among_parsed", "Accuracy among parsed answers"),
                        ("loglik_accuracy", "Letter log-likelihood accuracy"), ("cloze_accuracy", "Cloze accuracy (option text)"),

@@ -1,6 +1,6 @@
 """Scorers: each turns (model, questions) into one number or list per question.
 
-Generation (greedy, the seed prompt), letter log-likelihood (A-E as the next token), cloze
+Generation (greedy, the spec's prompt), letter log-likelihood (A-E as the next token), cloze
 log-likelihood (each option's text as the model's turn), and the teacher-forced loss of a
 reference completion. They are plain batched forward passes; only the positions that are scored
 ever reach the 262k-entry lm_head. `evaluate` joins their per-question results by id and builds
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def eval_prompt(mcq: MCQ) -> str:
-    """The seed's MCQ prompt followed by the model turn: what generation and letter scoring continue."""
+    """The spec's MCQ prompt followed by the model turn: what generation and letter scoring continue."""
     return mcq_prompt(mcq) + GENERATION_PREFIX
 
 
@@ -67,7 +67,7 @@ def generate(model, tokenizer, prompts: Sequence[str], batch_size: int = 8, max_
              stop_strings: Sequence[str] = ANSWER_STOPS) -> list[str]:
     """Greedy continuations of full prompts (already ending with the model turn).
 
-    Stops at <end_of_turn>/<eos>, and by default once the seed format's answer is complete
+    Stops at <end_of_turn>/<eos>, and by default once the answer in the spec's format is complete
     (`</reasoning>X`): anything after it cannot change the extracted letter or the reasoning
     score, and a half-trained model often runs on to max_new_tokens there.
     Returns one decoded continuation per prompt, in `prompts` order (`max_new_tokens` tokens at

@@ -2,7 +2,7 @@
 
 Built on `transformers.Trainer` (so `accelerate launch` runs it on several GPUs unchanged) with
 one change to the loss: only supervised positions reach the 262k-entry lm_head, and the answer
-(letter + `<end_of_turn>`) can carry a fixed share of the loss (`answer_weight`, the seed's 2/3),
+(letter + `<end_of_turn>`) can carry a fixed share of the loss (`answer_weight`, the spec's 2/3),
 because with a plain token mean the letter is ~1 of 40 supervised tokens and barely moves.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .trainer import (AnswerWeightedTrainer, last_trainer_checkpoint, prepare_tr
 log = logging.getLogger(__name__)
 
 TRACK_DEFAULTS = {
-    # The seed's hyperparameters (SEED_SPEC.md, "Hyperparameters").
+    # The spec's hyperparameters (SEED_SPEC.md, "Hyperparameters").
     "dict": dict(epochs=3.0, batch_size=4, grad_accum=4, learning_rate=2e-5, max_length=512),
     "mcq": dict(epochs=5.0, batch_size=2, grad_accum=8, learning_rate=1e-5, max_length=1024),
 }
@@ -30,12 +30,12 @@ TRACK_DEFAULTS = {
 
 @dataclass
 class TrainConfig(ModelArgs, LoraArgs, ResumableRunArgs):
-    """`kormedqa train dict|mcq`. Unset (None) values take the seed's defaults for the track."""
+    """`kormedqa train dict|mcq`. Unset (None) values take the spec's defaults for the track."""
 
     output: str = arg("", "folder for the adapter, logs and run.json")
     data: str = arg("", "prepared prompt/completion JSONL (kormedqa prepare)")
-    track: str = arg("mcq", "dict or mcq (sets the seed defaults)", choices=["dict", "mcq"])
-    method: str = arg("sft", "sft, or grpo (reward = the seed's reasoning score; mcq only, after SFT)",
+    track: str = arg("mcq", "dict or mcq (sets the spec's defaults)", choices=["dict", "mcq"])
+    method: str = arg("sft", "sft, or grpo (reward = the spec's reasoning score; mcq only, after SFT)",
                       choices=["sft", "grpo"])
     num_generations: int = arg(4, "grpo: completions per prompt")
     max_completion_length: int = arg(128, "grpo: generated tokens at most")
