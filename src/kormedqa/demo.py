@@ -74,7 +74,7 @@ class DemoConfig(ResumableRunArgs):
 
     def __post_init__(self):
         """Ranges, and the loop's selection metric against --eval-mode, before anything is written."""
-        from .loop import check_select_by
+        from .loop_config import check_select_by
 
         check_config(self)
         parse_answer_weight(self.answer_weight)

@@ -1,0 +1,142 @@
+"""`kormedqa loop`'s settings: LoopConfig (every flag, typed and checked at parse time), the
+--select-by metrics each scorer computes, and each training track's view of the flags (TrackArgs).
+
+The loop itself (kormedqa.loop) reads only these; `from kormedqa.loop import LoopConfig` still works.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .checks import Range, check_config, parse_answer_weight, parse_eval_mode
+from .config import DEFAULT_MODEL_HELP, SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, ResumableRunArgs, arg
+from .errors import UsageError
+from .formats import DEFAULT_RATIONALE_TEMPLATE, RATIONALE_TEMPLATES
+
+# The --select-by metrics each evaluation scorer computes (`loss` computes none worth selecting by).
+SELECTABLE_BY_SCORER = {
+    "generate": ("accuracy", "reasoning_score"),
+    "loglik": ("loglik_accuracy",),
+    "cloze": ("cloze_accuracy", "cloze_accuracy_norm"),
+    "loss": (),
+}
+SELECT_BY = tuple(m for names in SELECTABLE_BY_SCORER.values() for m in names)
+
+
+def check_select_by(select_by: str, eval_mode: str) -> None:
+    """UsageError unless `--eval-mode` runs the scorer that computes `--select-by`.
+
+    Checked when the config is parsed: a mismatch used to surface only after the first loop had
+    trained, as a traceback.
+    """
+    scorers = parse_eval_mode(eval_mode)
+    needs = next((s for s, names in SELECTABLE_BY_SCORER.items() if select_by in names), None)
+    if needs is None:
+        known = [m for names in SELECTABLE_BY_SCORER.values() for m in names]
+        raise UsageError(f"--select-by must be one of {', '.join(known)}; got {select_by!r}")
+    if needs not in scorers:
+        have = [m for s in scorers for m in SELECTABLE_BY_SCORER[s]]
+        raise UsageError(
+            f"--select-by {select_by} needs the {needs} scorer, which --eval-mode {eval_mode} does not run: "
+            f"use --eval-mode {','.join((*scorers, needs))}"
+            + (f" or select by {' or '.join(have)}" if have else "")
+        )
+
+
+@dataclass
+class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
+    """`kormedqa loop`: alternate dictionary and MCQ training until the target accuracy."""
+
+    output: str = arg("runs/loop", "run folder: loop_N/ checkpoints and evaluations, best_checkpoint/, final/, "
+                                   "history.json")
+    base_model: str = arg("gemma3-270m", "model to start from (e.g. the CPT output): " + DEFAULT_MODEL_HELP)
+    dictionary: list[str] = arg(help="dictionary JSON(s) of the dictionary stage (Track 1)",
+                                factory=lambda: list(SAMPLE_DICTIONARIES))
+    train_data: str = arg("data/sample/mcq", "KorMedMCQA training file/folder/hub id")
+    train_split: str = arg("train", "split of --train-data to train on (a folder or hub id)")
+    eval_data: str = arg("data/sample/mcq", "KorMedMCQA evaluation file/folder/hub id")
+    eval_split: str = arg("test", "split of --eval-data to evaluate on (a folder or hub id)")
+    max_loops: int = arg(10, "loops at most")
+    target_accuracy: float = arg(90.0, "percent; stop when reached")
+    patience: int = arg(3, "stop after this many loops without improvement")
+    select_by: str = arg("accuracy", "metric that picks best_checkpoint", choices=SELECT_BY)
+    stages: str = arg("dict,mcq", "stages per loop, in order: a comma list of dict, mcq, grpo")
+    epochs_per_stage: float = arg(1.0, "epochs of each stage per loop (the spec: 1)")
+    dict_epochs: float | None = arg(None, "epochs of each dictionary stage (default: --epochs-per-stage)")
+    mcq_epochs: float | None = arg(None, "epochs of each MCQ stage (default: --epochs-per-stage)")
+    dict_max_steps: int = arg(-1, "bound each dictionary stage (-1: its epochs)")
+    mcq_max_steps: int = arg(-1, "bound each MCQ stage (-1: its epochs)")
+    grpo_max_steps: int = arg(20, "optimizer steps of each grpo stage")
+    grpo_learning_rate: float = arg(1e-5, "learning rate of each grpo stage")
+    num_generations: int = arg(4, "grpo: completions per prompt (a grpo step samples 2 prompts)")
+    max_completion_length: int = arg(128, "grpo: generated tokens at most")
+    dict_learning_rate: float | None = arg(None, "learning rate of each dictionary stage (default: the spec's 2e-5)")
+    mcq_learning_rate: float | None = arg(None, "learning rate of each MCQ stage (default: the spec's 1e-5)")
+    dict_batch_size: int | None = arg(None, "micro-batch of each dictionary stage (default: the spec's 4)")
+    mcq_batch_size: int | None = arg(None, "micro-batch of each MCQ stage (default: the spec's 2)")
+    dict_grad_accum: int | None = arg(None, "micro-batches per optimizer step, dictionary stages (default: 4)")
+    mcq_grad_accum: int | None = arg(None, "micro-batches per optimizer step, MCQ stages (default: 8)")
+    answer_weight: str = arg("2/3", "share of the loss on the answer (see kormedqa train --help) or 'none'")
+    option_rotations: int = arg(1, "copies of each MCQ training question, options rotated so the answer sits at that "
+                                   "many letters (1: off, at most 5); the letter then has to follow the option text")
+    dict_rehearsal: float = arg(0.0, "dictionary rows mixed into each MCQ stage, as a fraction of its MCQ rows "
+                                     "(rehearsal against forgetting; their tokens count with the reasoning, not the "
+                                     "weighted answer; 0: off)")
+    rationale_template: str = arg(DEFAULT_RATIONALE_TEMPLATE, "template rationale for MCQs without cot: linked, "
+                                  "recall or verdict (see kormedqa prepare mcq --help)", choices=RATIONALE_TEMPLATES)
+    group_by_length: bool = arg(False, "batch similar lengths together (less padding; changes the data order)")
+    eval_mode: str = arg("all", "scorers per loop: all, or a comma list of generate, loglik, cloze, loss")
+    eval_limit: int | None = arg(None, "score only the first N evaluation questions (after --eval-every)")
+    eval_every: int = arg(1, "score every k-th evaluation question (a quicker, stratified subset)")
+    dict_eval_limit: int = arg(0, "also score Track 1 on this many dictionary entries per loop (0: off)")
+    eval_batch_size: int = arg(8, "questions per scoring batch")
+    max_new_tokens: int = arg(256, "generation budget per answer, in tokens")
+    allow_overlap: bool = arg(False, "train even when training questions appear in the evaluation set")
+
+    RANGES: ClassVar[dict] = {
+        "max_loops": Range(low=1), "target_accuracy": Range(low=0, high=100, low_open=True), "patience": Range(low=1),
+        "epochs_per_stage": Range(low=0, low_open=True), "dict_epochs": Range(low=0, low_open=True),
+        "mcq_epochs": Range(low=0, low_open=True), "dict_max_steps": Range(low=1, also=(-1,)),
+        "mcq_max_steps": Range(low=1, also=(-1,)), "grpo_max_steps": Range(low=1),
+        "grpo_learning_rate": Range(low=0, low_open=True), "num_generations": Range(low=2),
+        "max_completion_length": Range(low=1), "dict_learning_rate": Range(low=0, low_open=True),
+        "mcq_learning_rate": Range(low=0, low_open=True), "dict_batch_size": Range(low=1),
+        "mcq_batch_size": Range(low=1), "dict_grad_accum": Range(low=1), "mcq_grad_accum": Range(low=1),
+        "eval_limit": Range(low=1), "eval_every": Range(low=1), "dict_eval_limit": Range(low=0),
+        "eval_batch_size": Range(low=1), "max_new_tokens": Range(low=1), "dict_rehearsal": Range(low=0),
+        "option_rotations": Range(low=1, high=5),
+    }
+
+    def __post_init__(self):
+        """Choices, ranges and --select-by against --eval-mode at parse time, before any training."""
+        check_config(self)
+        parse_answer_weight(self.answer_weight)
+        check_select_by(self.select_by, self.eval_mode)
+        stages = [s.strip() for s in self.stages.split(",") if s.strip()]
+        unknown = sorted(set(stages) - {"dict", "mcq", "grpo"})
+        if not stages or unknown:
+            raise UsageError(f"--stages is a comma-separated list of dict, mcq, grpo; got {self.stages!r}")
+
+
+@dataclass(frozen=True)
+class TrackArgs:
+    """One training track's settings in a loop, read from LoopConfig's `dict_*` / `mcq_*` flags."""
+
+    epochs: float
+    max_steps: int
+    batch_size: int | None
+    grad_accum: int | None
+    learning_rate: float | None
+
+
+def track_args(cfg: LoopConfig, track: str) -> TrackArgs:
+    """The `dict_*` (track "dict") or `mcq_*` (track "mcq") flags of `cfg`; epochs default to
+    `--epochs-per-stage`. None leaves TrainConfig's per-track default (the spec's). Raises
+    ValueError for another track."""
+    if track == "dict":
+        return TrackArgs(cfg.epochs_per_stage if cfg.dict_epochs is None else cfg.dict_epochs, cfg.dict_max_steps,
+                         cfg.dict_batch_size, cfg.dict_grad_accum, cfg.dict_learning_rate)
+    if track == "mcq":
+        return TrackArgs(cfg.epochs_per_stage if cfg.mcq_epochs is None else cfg.mcq_epochs, cfg.mcq_max_steps,
+                         cfg.mcq_batch_size, cfg.mcq_grad_accum, cfg.mcq_learning_rate)
+    raise ValueError(f"no SFT settings for track {track!r} (dict or mcq)")
