@@ -194,3 +194,35 @@ def test_rehearsal_rows_train_as_reasoning_not_as_the_weighted_answer(tokenizer)
     plain, rehearsed = tokenize_rows(tokenizer, [row, {**row, "format": REHEARSAL_FORMAT}], max_length=64)
     assert sum(plain["answer_mask"]) > 0 and sum(rehearsed["answer_mask"]) == 0
     assert plain["labels"] == rehearsed["labels"]
+
+
+def test_resume_with_other_settings_is_refused_before_anything_is_written(tmp_path, tiny_model_dir):
+    from kormedqa.errors import UsageError
+
+    run_loop(_cfg(tmp_path, tiny_model_dir))
+    run = tmp_path / "run"
+    history = (run / "history.json").read_text()
+    with pytest.raises(UsageError, match=r"mcq_learning_rate: None -> 0\.001.*--overwrite"):
+        run_loop(_cfg(tmp_path, tiny_model_dir, resume=True, mcq_learning_rate=1e-3))
+    assert (run / "history.json").read_text() == history and not (run / "loop_2").exists()
+
+
+def test_resume_may_change_where_things_are_and_when_to_stop(tmp_path):
+    from dataclasses import dataclass
+
+    from kormedqa.errors import UsageError
+    from kormedqa.runs import check_resumed_settings, provenance, write_json_atomic
+
+    @dataclass
+    class Cfg:
+        output: str = "a"
+        base_model: str = "m"
+        max_loops: int = 1
+        dict_epochs: float = 1.0
+        option_rotations: int = 1
+
+    write_json_atomic(tmp_path / "run.json", provenance(Cfg()))
+    check_resumed_settings(tmp_path, Cfg(output="b", base_model="/moved/m", max_loops=3))
+    with pytest.raises(UsageError, match=r"dict_epochs: 1\.0 -> 3\.0, option_rotations: 1 -> 3"):
+        check_resumed_settings(tmp_path, Cfg(dict_epochs=3.0, option_rotations=3))
+    check_resumed_settings(tmp_path / "none", Cfg(dict_epochs=3.0))  # no run.json: nothing to compare

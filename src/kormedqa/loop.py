@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .loop_config import SELECT_BY, SELECTABLE_BY_SCORER, LoopConfig, TrackArgs, check_select_by, track_args
-from .runs import atomic_dir, claim_output, provenance, write_json_atomic
+from .runs import atomic_dir, check_resumed_settings, claim_output, provenance, write_json_atomic
 from .sft import TrainConfig, run_training
 
 __all__ = ["SELECT_BY", "SELECTABLE_BY_SCORER", "LoopConfig", "LoopRecipe", "TrackArgs", "check_select_by",
@@ -162,6 +162,8 @@ class LoopRecipe:
         self.tokenizer = load_tokenizer(self.base)
 
         self.out = claim_output(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
+        if cfg.resume:
+            check_resumed_settings(self.out, cfg)
         self.history_path = self.out / "history.json"
         history = _read_json(self.history_path) if cfg.resume and self.history_path.exists() else {}
         if not (self.out / "run.json").exists():

@@ -181,6 +181,41 @@ def claim_output(path: str | Path, resume: bool = False, overwrite: bool = False
     return path
 
 
+# Settings that name where things are rather than what is computed: a run folder moved or a data
+# folder mounted elsewhere resumes (run.json's data_sha256 records what the data was).
+LOCATION_FIELDS = frozenset({"output", "base_model", "model", "dictionary", "train_data", "eval_data", "mcq", "corpus",
+                             "heldout", "data", "vocab"})
+# Settings a resumed run may change without mixing results: the flags themselves, how many loops,
+# when to stop, batch size of scoring and where it computes.
+RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "max_loops", "loops", "patience", "target_accuracy",
+                               "eval_batch_size", "device"})
+
+
+def check_resumed_settings(out: str | Path, config, may_change: Iterable[str] = RESUMABLE_CHANGES) -> None:
+    """Raise UsageError when `out`/run.json records other settings than `config` (a dataclass).
+
+    A resumed run keeps every finished stage and evaluation, so continuing it with other epochs,
+    learning rates, templates or question subsets would put results of two set-ups in one report.
+    Location fields (LOCATION_FIELDS) and `may_change` are not compared; nor is anything when
+    run.json is absent (a run killed before writing it has nothing to mix). The message names up to
+    four differing settings as `name: recorded -> now`.
+    """
+    from .errors import UsageError
+
+    path = Path(out) / "run.json"
+    if not path.exists():
+        return
+    recorded = json.loads(path.read_text(encoding="utf-8")).get("config") or {}
+    current = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    skip = LOCATION_FIELDS | set(may_change)
+    differ = [k for k in current if k in recorded and k not in skip and recorded[k] != current[k]]
+    if differ:
+        shown = ", ".join(f"{k}: {recorded[k]!r} -> {current[k]!r}" for k in differ[:4])
+        more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+        raise UsageError(f"{out}: --resume with other settings than the run was started with ({shown}{more}); "
+                         "pass the same settings to continue it, or --overwrite to start again")
+
+
 def file_sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file, or of every file below a folder (in sorted path order, contents only)."""
     digest = hashlib.sha256()
