@@ -59,6 +59,16 @@ ARMS = {
     # The control of rotate3_rehearse: the same MCQ track (recall rationales, 3 option orders) with
     # no dictionary at all, for about its training time (30.9 min: ~1.67 epochs of the 672 rotated rows).
     "rotate3_mcq_only": {"stages": "mcq", "loops": 1, "mcq_epochs": 1.67, "rotations": 3, "template": "recall"},
+    # rotate3_rehearse_long's letter followed the copied option in 147 of 147 answers, but the copied
+    # option was the right one in only 40: the recall line `고혈압: <Korean definition>` starts with
+    # Korean that all five options offer to copy. The dictionary track's own line
+    # (`Meaning of word 고혈압: Hypertension. ...`) starts with the English name, in no option, that only
+    # the dictionary can supply, before the Korean part is copied.
+    "dictline_rehearse_long": {"stages": "dict,mcq", "loops": 1, "dict_epochs": 3.0, "mcq_epochs": 1.67, "rotations": 3,
+                               "dict_rehearsal": 0.5, "template": "dictionary_line", "control": "dictline_mcq_only"},
+    # Its control: the same MCQ track with no dictionary rows, for about its training time (the
+    # fp32 runs above: 3 dictionary epochs + 1.67 rehearsed MCQ epochs 45.7 min, a rotated MCQ epoch 17.4 min).
+    "dictline_mcq_only": {"stages": "mcq", "loops": 1, "mcq_epochs": 2.6, "rotations": 3, "template": "dictionary_line"},
     # The control of recall_dict3 (not run): the MCQ track alone for about its training time (a dictionary
     # epoch, ~4.3 min here, costs about as much as 0.65 MCQ epochs of recall rationales, ~6.6 min).
     "recall_mcq_only": {"stages": "mcq", "loops": 1, "mcq_epochs": 4.0, "template": "recall"},
@@ -159,6 +169,22 @@ def run_arm(name: str, spec: dict, args, work: Path) -> dict:
                        "training": l["training"]} for l in history["loops"]]}
 
 
+SAME_RUN = ("max_new_tokens", "eval_batch_size", "precision", "seed")
+
+
+def stored_arms(args) -> dict:
+    """Arms of the last result file (bench/results/<--results>.json) that can stand in this table:
+    run with the same settings and arm definition, and stored with their per-question picks
+    (which the paired tests need). The work folder does not travel with the repository; these do."""
+    path = HERE / "results" / f"{args.results}.json"
+    if not path.exists():
+        return {}
+    last = json.loads(path.read_text())
+    if any(last["settings"].get(k) != getattr(args, k) for k in SAME_RUN):
+        return {}
+    return {n: r for n, r in last["results"].items() if "preds" in r and last["arms"].get(n) == ARMS.get(n)}
+
+
 def _slim(preds: list[dict]) -> list[dict]:
     """What the paired tests and a letter histogram need, keyed by id."""
     keep = ("id", "gold", "prediction", "loglik_prediction", "cloze_prediction", *KEYS.values())
@@ -237,6 +263,11 @@ def table(results: dict, vs_base: dict, vs_control: dict) -> str:
     return "\n".join(lines)
 
 
+def control_of(name: str) -> str:
+    """The arm a trained arm is compared with: its own matched control, else CONTROL."""
+    return ARMS.get(name, {}).get("control", CONTROL)
+
+
 def best_arm(results: dict, vs_control: dict) -> str:
     trained = {n: r for n, r in results.items() if n != "base"}
     if not trained:
@@ -244,7 +275,7 @@ def best_arm(results: dict, vs_control: dict) -> str:
     name = max(trained, key=lambda n: trained[n]["metrics"]["accuracy"]["value"])
     acc = trained[name]["metrics"]["accuracy"]["value"]
     t = vs_control.get(name, {}).get("accuracy")
-    versus = "" if t is None else f", McNemar p = {t['p_value']:.2g} vs {CONTROL}"
+    versus = "" if t is None else f", McNemar p = {t['p_value']:.2g} vs {control_of(name)}"
     goal = "meets" if acc >= 0.35 and t is not None and t["p_value"] < 0.01 else "does not meet"
     return f"best arm by generation accuracy: {name} ({acc:.1%}{versus}); it {goal} the goal (>= 35%, p < 0.01 vs control)"
 
@@ -257,44 +288,57 @@ def main() -> int:
     p.add_argument("--eval-batch-size", type=int, default=32)
     p.add_argument("--precision", default="fp32")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--results", default="learning",
+                   help="name of the result (bench/results/NAME.json) and of the work folder (bench/work/NAME); "
+                        "a run in another precision gets its own, e.g. learning_bf16")
     p.add_argument("--fresh", action="store_true", help="retrain arms that already have a result")
     args = p.parse_args()
 
     from kormedqa.modeling import resolve_model_path
 
     args.model = str(Path(resolve_model_path(args.model)).resolve())
-    work = HERE / "work" / "learning"
+    work = HERE / "work" / args.results
     started = time.time()
+    stored = stored_arms(args)
     results = {}
     for name in args.arms.split(","):
         done = work / name / "result.json"
         if done.exists() and not args.fresh:
             results[name] = json.loads(done.read_text())
             continue
+        if name in stored and not args.fresh:
+            results[name] = stored[name]
+            continue
         if args.fresh:
             shutil.rmtree(work / name, ignore_errors=True)
         # Otherwise an unfinished arm resumes: run_loop continues after its last finished stage.
         results[name] = run_base(args, work) if name == "base" else run_arm(name, ARMS[name], args, work)
+        results[name]["machine"] = machine()  # arms of one table may come from different runs
         done.parent.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps(results[name], ensure_ascii=False))
         print(name, json.dumps({k: round(v["value"], 4) for k, v in results[name]["metrics"].items()}), flush=True)
     vs_base = {n: paired_tests(results["base"], r) for n, r in results.items() if n != "base" and "base" in results}
-    vs_control = {n: paired_tests(results[CONTROL], r) for n, r in results.items()
-                  if n not in ("base", CONTROL) and CONTROL in results}
+    controls = {CONTROL, *(a["control"] for a in ARMS.values() if "control" in a)}
+    vs_control = {n: paired_tests(results[control_of(n)], r) for n, r in results.items()
+                  if n != "base" and n not in controls and control_of(n) in results}
     summary = best_arm(results, vs_control)
     text = table(results, vs_base, vs_control)
-    breakdown = {n: decision_breakdown(work / n) for n in results if n != "base"}
+    text += "\n\nEach arm's control (\"p vs control\"): " + "; ".join(
+        f"{n}: {control_of(n)}" for n in vs_control) + "."
+    breakdown = {n: decision_breakdown(work / n) or results[n].get("breakdown") for n in results if n != "base"}
+    for n, b in breakdown.items():
+        results[n]["breakdown"] = b
     lines = [f"- {n}: of {b['questions']} rationales, {b['names_one_option']} name one option word for word; "
              f"{b['names_correct_option']} name the correct one (knowledge), and the letter is the named option's "
              f"in {b['letter_is_named_option']} (mapping)" for n, b in breakdown.items() if b]
     if lines:
         text += "\n\nWhere the answer is lost (from each arm's raw outputs):\n" + "\n".join(lines)
-    write_result("learning", {
+    write_result(args.results, {
         "machine": machine(), "settings": vars(args), "arms": {n: ARMS.get(n) for n in results},
         "test_questions": len(next(iter(results.values()))["preds"]) if results else 0,
         "wall_seconds": time.time() - started,
         "arm_seconds_total": sum(r["train_seconds"] + r["eval_seconds"] for r in results.values()),
-        "results": {n: {k: v for k, v in r.items() if k != "preds"} for n, r in results.items()},
+        "results": results,
         "prediction_counts": {n: {x: sum(p.get("prediction") == x for p in r["preds"]) for x in "ABCDE"}
                               for n, r in results.items()},
         "mcnemar_vs_base": vs_base, "mcnemar_vs_control": vs_control, "decision_breakdown": breakdown,

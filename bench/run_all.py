@@ -124,10 +124,11 @@ def render() -> str:
     else:
         out += ["`bench/gpu_check.py` has not run on a GPU yet (no GPU was available); how to run it: its docstring "
                 "and the README's Performance section. Its `--smoke` mode runs on CPU in `make test`.", ""]
-    ln = _load("learning")
-    if ln:
+    for path in sorted(RESULTS.glob("learning*.json")):
+        ln = json.loads(path.read_text())
         m = ln["machine"]
-        out += [f"## Learning ({m['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']}, no GPU)", "",
+        out += [f"## Learning, {ln['settings']['precision']} (`--results {path.stem}`; {m['date']}, {_cpu(m)}, "
+                f"{m['cores']} cores, torch {m['torch']}, no GPU)", "",
                 f"{ln['test_questions']} held-out questions; settings "
                 f"{json.dumps({k: v for k, v in ln['settings'].items() if k not in ('model', 'fresh', 'arms')})}. "
                 f"The {len(ln['results'])} arms took {ln['arm_seconds_total'] / 60:.1f} minutes in all (each arm timed as it ran).", "", ln["table"], "",

@@ -78,3 +78,39 @@ def test_precision_agreement_compares_picks_when_forced(tiny_model_dir, tmp_path
     assert letter["same_picks"] == round(letter["agreement"] * 3)
     assert {"accuracy_fp32", "accuracy_bf16", "mcnemar_bf16_vs_fp32"} <= set(letter)
     assert scorers["generation"]["questions"] == 1 and "identical_outputs" in scorers["generation"]
+
+
+def _arm(hits):
+    preds = [{"id": f"q{i}", "gold": "A", "prediction": "A" if h else "B", "correct": h, "cloze_correct": h}
+             for i, h in enumerate(hits)]
+    acc = sum(hits) / len(hits)
+    return {"metrics": {"accuracy": {"value": acc}}, "preds": preds}
+
+
+def test_learning_compares_each_arm_with_its_own_control():
+    learning = _script("learning")
+    results = {"dictline_rehearse_long": _arm([True] * 10 + [False] * 2),
+               "dictline_mcq_only": _arm([False] * 12),
+               "rotate3_mcq_only": _arm([True] * 5 + [False] * 7)}
+    assert learning.control_of("dictline_rehearse_long") == "dictline_mcq_only"
+    assert learning.control_of("rotate3_rehearse_long") == learning.CONTROL == "rotate3_mcq_only"
+    tests = learning.paired_tests(results["dictline_mcq_only"], results["dictline_rehearse_long"])
+    # 10 discordant pairs, all for the arm: exact two-sided p = 2 * 0.5**10.
+    assert tests["accuracy"]["p_value"] == pytest.approx(2 * 0.5 ** 10)
+    summary = learning.best_arm(results, {"dictline_rehearse_long": tests})
+    assert "dictline_rehearse_long (83.3%, McNemar p = 0.002 vs dictline_mcq_only); it meets the goal" in summary
+
+
+def test_learning_reuses_stored_arms_only_from_the_same_settings(tmp_path, monkeypatch):
+    learning = _script("learning")
+    monkeypatch.setattr(learning, "HERE", tmp_path)
+    (tmp_path / "results").mkdir()
+    settings = {"max_new_tokens": 192, "eval_batch_size": 32, "precision": "bf16", "seed": 42}
+    stored = {"settings": settings, "arms": {"base": None, "recall": learning.ARMS["recall"], "gone": {"x": 1}},
+              "results": {"base": _arm([True]), "recall": _arm([False]), "gone": _arm([True]),
+                          "no_preds": {"metrics": {}}}}
+    (tmp_path / "results" / "learning_bf16.json").write_text(json.dumps(stored))
+    args = type("Args", (), {"results": "learning_bf16", **settings})
+    assert set(learning.stored_arms(args)) == {"base", "recall"}  # "gone" changed its definition
+    args.precision = "fp32"
+    assert learning.stored_arms(args) == {}

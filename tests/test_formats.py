@@ -107,6 +107,8 @@ def test_rationale_sources_in_order():
         "linked": f"각 선택지를 분석하면:\n{recall}\nA) 가 - 일치 ✓\nB) 나 - 불일치\nC) 다 - 불일치\nD) 라 - 불일치\nE) 마 - 불일치",
         "verdict": f"각 선택지를 분석하면:\n{recall}\nA) 정답 ✓\nB) 오답\nC) 오답\nD) 오답\nE) 오답",
         "recall": recall,
+        # The dictionary track's own example, prompt text and definition, English name first.
+        "dictionary_line": "Meaning of word 고혈압: Hypertension. 혈압이 정상 범위보다 높은 상태",
     }
     for template, body in expected.items():
         got = mcq_examples([q], 0, glossary, None, 0.0, template)[0].completion
@@ -114,8 +116,9 @@ def test_rationale_sources_in_order():
     default = mcq_examples([q], 0, glossary, None, 0.0)[0].completion
     assert default == f"{head}{expected[DEFAULT_RATIONALE_TEMPLATE]}\n</reasoning>A<end_of_turn>"
     # Without a dictionary term to recall, "recall" falls back to the option list with its verdicts.
-    bare = mcq_examples([q], 0, Glossary(), None, 0.0, "recall")[0].completion
-    assert bare == f"{head}각 선택지를 분석하면:\nA) 정답 ✓\nB) 오답\nC) 오답\nD) 오답\nE) 오답\n</reasoning>A<end_of_turn>"
+    for template in ("recall", "dictionary_line"):
+        bare = mcq_examples([q], 0, Glossary(), None, 0.0, template)[0].completion
+        assert bare == f"{head}각 선택지를 분석하면:\nA) 정답 ✓\nB) 오답\nC) 오답\nD) 오답\nE) 오답\n</reasoning>A<end_of_turn>"
 
 
 def test_detailed_completion_has_keywords_and_percentages():

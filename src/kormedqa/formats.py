@@ -128,7 +128,7 @@ def _short(text: str, width: int = 10) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-RATIONALE_TEMPLATES = ("linked", "recall", "verdict")
+RATIONALE_TEMPLATES = ("linked", "recall", "dictionary_line", "verdict")
 DEFAULT_RATIONALE_TEMPLATE = "linked"
 
 
@@ -144,13 +144,21 @@ def template_simple_reasoning(mcq: MCQ, glossary: Glossary, template: str = DEFA
     - "recall": only the recall line(s), then `</reasoning>X`: the answer letter, which carries the
       weighted share of the loss, is itself the decision "which option says what I recalled".
       Questions with no dictionary term get the option list with the ✓ line, as "verdict".
+    - "dictionary_line": as "recall", but each recall line is the dictionary track's own example
+      written out (`Meaning of word 고혈압: Hypertension. 혈압이 ...`): the prompt the dictionary
+      track trained, then its definition, English name first. The English name is in no option, so
+      the model must recall it from what the dictionary track taught before it writes the Korean
+      part, which it then copies from the matching option.
     - "verdict": the earlier template, one-word verdicts without option text (`A) 정답 ✓` /
       `B) 오답`); nothing in it links the recalled definition to a letter. Kept for comparison.
     Measurements of each: docs/decisions.md ("Linked rationales") and bench/README.md.
     """
     if template not in RATIONALE_TEMPLATES:
         raise ValueError(f"rationale template must be one of {RATIONALE_TEMPLATES}, got {template!r}")
-    recalled = [f"{entry.term}: {korean_part(entry.definition)}" for entry in glossary.mentioned(mcq.question)]
+    known = glossary.mentioned(mcq.question)
+    if template == "dictionary_line" and known:
+        return "\n".join(f"Meaning of word {entry.term}: {entry.definition}" for entry in known)
+    recalled = [f"{entry.term}: {korean_part(entry.definition)}" for entry in known]
     if template == "recall" and recalled:
         return "\n".join(recalled)
     lines = ["각 선택지를 분석하면:", *recalled]

@@ -83,7 +83,7 @@ class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
                                      "(rehearsal against forgetting; their tokens count with the reasoning, not the "
                                      "weighted answer; 0: off)")
     rationale_template: str = arg(DEFAULT_RATIONALE_TEMPLATE, "template rationale for MCQs without cot: linked, "
-                                  "recall or verdict (see kormedqa prepare mcq --help)", choices=RATIONALE_TEMPLATES)
+                                  "recall, dictionary_line or verdict (see kormedqa prepare mcq --help)", choices=RATIONALE_TEMPLATES)
     group_by_length: bool = arg(False, "batch similar lengths together (less padding; changes the data order)")
     eval_mode: str = arg("all", "scorers per loop: all, or a comma list of generate, loglik, cloze, loss")
     eval_limit: int | None = arg(None, "score only the first N evaluation questions (after --eval-every)")

@@ -30,8 +30,9 @@ class PrepareConfig(RunArgs):
     detailed_fraction: float = arg(DETAILED_FRACTION, "share of MCQ rows with the detailed prompt and rationale, in [0, 1]")
     rationale_template: str = arg(DEFAULT_RATIONALE_TEMPLATE,
                                   "template rationale for records without cot: linked (option text + match verdict per "
-                                  "line), recall (the recalled definitions only, then the letter) or verdict (one-word "
-                                  "verdicts, the earlier template)", choices=RATIONALE_TEMPLATES)
+                                  "line), recall (the recalled definitions only, then the letter), dictionary_line (as "
+                                  "recall, each line the dictionary track's own 'Meaning of word X: <definition>') or "
+                                  "verdict (one-word verdicts, the earlier template)", choices=RATIONALE_TEMPLATES)
 
     RANGES: ClassVar[dict] = {"detailed_fraction": Range(low=0, high=1)}
 
