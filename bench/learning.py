@@ -7,7 +7,7 @@ log-likelihood (A-E after the spec's prompt) and cloze (each option's text after
 prompt), plus dictionary recall (chrF on the first 80 entries). Each arm is compared with the
 untrained base and with the control arm by McNemar's exact test on the same questions.
 
-    python bench/learning.py [--model DIR] [--arms a,b,...] [--fresh]
+    python bench/learning.py [--model DIR] [--arms a,b,...] [--precision fp32|bf16] [--results NAME] [--fresh]
 
 Arms (counted in epochs: the dictionary stage goes over all 484 entries, the MCQ stage over the
 224 training questions, or over their rotated copies where an arm rotates options), one loop
@@ -22,13 +22,19 @@ each; the default list is the one bench/README.md reports:
   took the control's letter to the copied option's in 98% of answers.
 - rotate3_mcq_only: the control of rotate3_rehearse: its MCQ stage alone (no dictionary rows at
   all) for about its training time, so it separates knowledge from format.
+- dictline_rehearse_long: as rotate3_rehearse_long with `--rationale-template dictionary_line`
+  (the recall line is the dictionary track's own `Meaning of word X: <English>. <Korean>`);
+  compared with its own control, dictline_mcq_only (the same MCQ track alone, about as long).
 - linked, verdict, mcq_only, recall_mcq_only: earlier arms, selectable with --arms (ARMS below).
 Each arm must fit in 60 minutes with its evaluation on 2 cores without native bf16.
 
 Learning rates 5e-4 (the spec's 2e-5 / 1e-5 move nothing in CPU minutes; measured in earlier
 runs of this bench), dictionary batch 8, MCQ batch 4, answer weight 2/3, fp32 or the precision
 `--precision` picks. Finished arms are kept (work/learning/<arm>/result.json) and skipped on the
-next run, an unfinished one resumes after its last finished stage; --fresh retrains them.
+next run, an unfinished one resumes after its last finished stage; --fresh retrains them. The
+result file keeps each arm's per-question picks, so an arm of it stands in a later table (same
+settings, same definition) on a machine without the work folder. A run in another precision writes
+its own table (`--precision bf16 --results learning_bf16`): arms are compared only within one.
 """
 from __future__ import annotations
 

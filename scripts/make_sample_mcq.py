@@ -14,7 +14,7 @@ from one `random.Random(seed)`, so a seed always gives the same files byte for b
 The script refuses to write splits whose questions would trip kormedqa's train/eval
 leakage check.
 
-Usage: python3 scripts/make_sample_mcq.py [--seed 20261125] [--dictionary PATH] [--out-dir DIR]
+Usage: python3 scripts/make_sample_mcq.py [--seed 20261125] [--dictionary PATH] [--out-dir DIR] [--rephrase SEED]
 Standard library only.
 """
 from __future__ import annotations
@@ -232,6 +232,28 @@ def generate(dictionary: Path, seed: int) -> dict[str, list[dict]]:
     return splits
 
 
+def rephrase(splits: dict[str, list[dict]], dictionary: Path, seed: int) -> dict[str, list[dict]]:
+    """The same terms in the same splits, asked another way: for each question another of the five
+    phrasings than its own, new distractors and a new answer position, all from `random.Random(seed)`.
+
+    A model that learned a term, not a question's surface, answers these as well as the originals.
+    """
+    rng = random.Random(seed)
+    by_category = load_terms(dictionary)
+    out: dict[str, list[dict]] = {}
+    for name, records in splits.items():
+        out[name] = []
+        for record in records:
+            entries = by_category[record["exam_type"]]
+            term, correct = entries[record["q_number"] - 1]
+            others = [t for t in TEMPLATES if t(term) != record["question"]]
+            _, options, answer = make_question(rng, term, correct, entries)
+            new = {**record, "question": rng.choice(others)(term), **dict(zip(LETTERS, options)), "answer": answer}
+            out[name].append(new)
+    check_no_leakage(out)
+    return out
+
+
 def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -255,9 +277,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="dictionary JSON (default: data/sample/dictionary.json)")
     parser.add_argument("--out-dir", type=Path, default=Path("data/sample/mcq"),
                         help="output folder, relative to the project root unless absolute (default: data/sample/mcq)")
+    parser.add_argument("--rephrase", type=int, metavar="SEED",
+                        help="keep --seed's splits and terms, and ask each question another way (another phrasing, "
+                             "new distractors and answer position, drawn from SEED): a held-out set of other "
+                             "phrasings of the same terms")
     args = parser.parse_args(argv)
     out_dir = args.out_dir if args.out_dir.is_absolute() else ROOT / args.out_dir
     splits = generate(args.dictionary, args.seed)
+    if args.rephrase is not None:
+        splits = rephrase(splits, args.dictionary, args.rephrase)
     for name, records in splits.items():
         write_jsonl_atomic(out_dir / f"{name}.jsonl", records)
     counts = ", ".join(f"{name} {len(records)}" for name, records in splits.items())

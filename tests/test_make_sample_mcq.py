@@ -1,0 +1,40 @@
+"""scripts/make_sample_mcq.py: the shipped sample is its output, and --rephrase asks the same terms another way."""
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("make_sample_mcq", ROOT / "scripts" / "make_sample_mcq.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _read(folder, split):
+    return [json.loads(line) for line in (folder / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_default_seed_writes_the_shipped_sample(tmp_path):
+    assert _script().main(["--out-dir", str(tmp_path)]) == 0
+    for split in ("train", "dev", "test"):
+        assert (tmp_path / f"{split}.jsonl").read_bytes() == (ROOT / "data/sample/mcq" / f"{split}.jsonl").read_bytes()
+
+
+def test_rephrase_asks_the_same_terms_another_way(tmp_path):
+    script = _script()
+    assert script.main(["--out-dir", str(tmp_path), "--rephrase", "1"]) == 0
+    shipped, rephrased = _read(ROOT / "data/sample/mcq", "test"), _read(tmp_path, "test")
+    assert [q["id"] for q in rephrased] == [q["id"] for q in shipped]
+    moved = 0
+    for old, new in zip(shipped, rephrased):
+        right_old, right_new = old["ABCDE"[old["answer"] - 1]], new["ABCDE"[new["answer"] - 1]]
+        assert right_new == right_old  # the term's own definition is still the answer
+        assert new["question"] != old["question"]  # another of the five phrasings
+        moved += new["answer"] != old["answer"]
+    assert moved > len(shipped) / 2  # answer positions drawn again, not kept
+    # The same seeds give the same bytes.
+    assert script.main(["--out-dir", str(tmp_path / "again"), "--rephrase", "1"]) == 0
+    assert (tmp_path / "again" / "test.jsonl").read_bytes() == (tmp_path / "test.jsonl").read_bytes()
