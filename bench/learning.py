@@ -191,6 +191,42 @@ def stored_arms(args) -> dict:
     return {n: r for n, r in last["results"].items() if "preds" in r and last["arms"].get(n) == ARMS.get(n)}
 
 
+def rephrased_questions(seed: int, work: Path) -> list:
+    """The test split's terms asked another way (scripts/make_sample_mcq.py --rephrase `seed`)."""
+    import importlib.util
+
+    from kormedqa.data import load_mcq
+
+    folder = work / f"rephrased_{seed}"
+    if not (folder / "test.jsonl").exists():
+        spec = importlib.util.spec_from_file_location("make_sample_mcq", HERE.parent / "scripts" / "make_sample_mcq.py")
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+        script.main(["--out-dir", str(folder), "--rephrase", str(seed)])
+    return load_mcq(folder, split="test")
+
+
+def score_rephrased(name: str, result: dict, args, work: Path) -> None:
+    """Generation accuracy of the arm's best checkpoint on other phrasings of the same test terms
+    (`accuracy_rephrased` in its metrics, `loop/eval_rephrased_<seed>`): knowledge of the terms, not
+    of the questions' surface, holds up there."""
+    from kormedqa.loop import evaluate_checkpoint
+    from kormedqa.modeling import load_tokenizer
+
+    checkpoint = work / name / "loop" / "best_checkpoint"
+    key = f"accuracy_rephrased_{args.rephrase}"
+    if key in result["metrics"] or not checkpoint.exists():
+        return
+    started = time.time()
+    metrics = evaluate_checkpoint(
+        str(checkpoint), load_tokenizer(args.model), rephrased_questions(args.rephrase, work),
+        work / name / "loop" / f"eval_rephrased_{args.rephrase}", eval_mode="generate",
+        eval_batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, device="cpu",
+        precision=args.precision)
+    result["metrics"][key] = metrics["accuracy"]
+    result["eval_seconds"] += time.time() - started
+
+
 def _slim(preds: list[dict]) -> list[dict]:
     """What the paired tests and a letter histogram need, keyed by id."""
     keep = ("id", "gold", "prediction", "loglik_prediction", "cloze_prediction", *KEYS.values())
@@ -248,9 +284,9 @@ def _pct(m: dict | None) -> str:
 
 
 def table(results: dict, vs_base: dict, vs_control: dict) -> str:
-    lines = ["| arm | generation accuracy | parse / format parse | letter loglik | cloze (raw / norm) | recall chrF "
+    lines = ["| arm | generation accuracy | generation, the same terms asked another way | parse / format parse | letter loglik | cloze (raw / norm) | recall chrF "
              "| cloze after the dict stage | p vs base: gen / cloze | p vs control: gen / cloze | minutes (train + eval) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def p(tests, name, metric):
         t = tests.get(name, {}).get(metric)
@@ -258,10 +294,12 @@ def table(results: dict, vs_base: dict, vs_control: dict) -> str:
 
     for name, r in results.items():
         m = r["metrics"]
+        rephrased = ", ".join(f"{_pct(v)} (seed {k.rsplit('_', 1)[1]})" for k, v in m.items()
+                              if k.startswith("accuracy_rephrased_")) or "-"
         parse = (f"{m['parse_rate']['value']:.0%} / {m['format_parse_rate']['value']:.0%}"
                  if "parse_rate" in m else "-")
         lines.append(
-            f"| {name} | {_pct(m.get('accuracy'))} | {parse} | {_pct(m.get('loglik_accuracy'))} "
+            f"| {name} | {_pct(m.get('accuracy'))} | {rephrased} | {parse} | {_pct(m.get('loglik_accuracy'))} "
             f"| {_pct(m.get('cloze_accuracy'))} / {m['cloze_accuracy_norm']['value']:.1%} | {_pct(m.get('dict_chrf'))} "
             f"| {_pct(m.get('cloze_accuracy_after_dict'))} | {p(vs_base, name, 'accuracy')} / {p(vs_base, name, 'cloze_accuracy')} "
             f"| {p(vs_control, name, 'accuracy')} / {p(vs_control, name, 'cloze_accuracy')} "
@@ -298,6 +336,9 @@ def main() -> int:
                    help="name of the result (bench/results/NAME.json) and of the work folder (bench/work/NAME); "
                         "a run in another precision gets its own, e.g. learning_bf16")
     p.add_argument("--fresh", action="store_true", help="retrain arms that already have a result")
+    p.add_argument("--rephrase", type=int, metavar="SEED",
+                   help="also score each trained arm's best checkpoint (generation) on the test terms asked another "
+                        "way (scripts/make_sample_mcq.py --rephrase SEED)")
     args = p.parse_args()
 
     from kormedqa.modeling import resolve_model_path
@@ -323,6 +364,11 @@ def main() -> int:
         done.parent.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps(results[name], ensure_ascii=False))
         print(name, json.dumps({k: round(v["value"], 4) for k, v in results[name]["metrics"].items()}), flush=True)
+    if args.rephrase is not None:
+        for name in results:
+            if name != "base" and (work / name / "result.json").exists():
+                score_rephrased(name, results[name], args, work)
+                (work / name / "result.json").write_text(json.dumps(results[name], ensure_ascii=False))
     vs_base = {n: paired_tests(results["base"], r) for n, r in results.items() if n != "base" and "base" in results}
     controls = {CONTROL, *(a["control"] for a in ARMS.values() if "control" in a)}
     vs_control = {n: paired_tests(results[control_of(n)], r) for n, r in results.items()
