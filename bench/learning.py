@@ -208,7 +208,7 @@ def rephrased_questions(seed: int, work: Path) -> list:
 
 def score_rephrased(name: str, result: dict, args, work: Path) -> None:
     """Generation accuracy of the arm's best checkpoint on other phrasings of the same test terms
-    (`accuracy_rephrased` in its metrics, `loop/eval_rephrased_<seed>`): knowledge of the terms, not
+    (`accuracy_rephrased_<seed>` in its metrics, `loop/eval_rephrased_<seed>`): knowledge of the terms, not
     of the questions' surface, holds up there."""
     from kormedqa.loop import evaluate_checkpoint
     from kormedqa.modeling import load_tokenizer
