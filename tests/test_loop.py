@@ -101,6 +101,15 @@ def test_track_args_read_each_tracks_own_flags(tmp_path, tiny_model_dir):
         track_args(cfg, "grpo")
 
 
+def test_stage_config_carries_the_loops_schedule(tmp_path, tiny_model_dir):
+    from kormedqa.loop import _stage_config
+
+    cfg = _cfg(tmp_path, tiny_model_dir, lr_scheduler_type="constant", mcq_learning_rate=2e-3)
+    stage = _stage_config(cfg, "mcq", str(tiny_model_dir), loop=1)
+    assert (stage.lr_scheduler_type, stage.learning_rate) == ("constant", 2e-3)
+    assert _stage_config(_cfg(tmp_path, tiny_model_dir), "dict", str(tiny_model_dir), 1).lr_scheduler_type == "linear"
+
+
 def test_recipe_steps_one_at_a_time_match_run_loop(tmp_path, tiny_model_dir):
     from kormedqa.loop import LoopRecipe
 

@@ -224,3 +224,21 @@ def _trainer_logits(model, tokenizer, batch):
     with torch.no_grad():
         _, outputs = trainer.compute_loss(model, batch, return_outputs=True)
     return outputs.logits.reshape(-1, outputs.logits.shape[-1])
+
+
+@pytest.mark.parametrize("schedule", ["linear", "constant"])
+def test_lr_scheduler_type_sets_the_logged_learning_rates(tiny_model_dir, tokenizer, tmp_path, schedule):
+    """--lr-scheduler-type reaches the Trainer: linear falls step by step from the peak, constant stays there."""
+    from kormedqa.sft import run_training
+
+    rows = [{"prompt": r.prompt, "completion": r.completion}
+            for r in [_row(), dict_example(DictEntry("고혈압", "Hypertension. 혈압이 높은 상태"))]]
+    cfg = TrainConfig(base_model=str(tiny_model_dir), track="mcq", max_steps=3, batch_size=1, grad_accum=1,
+                      learning_rate=1e-3, lr_scheduler_type=schedule, device="cpu", precision="fp32", seed=7)
+    summary = run_training(cfg, rows, tmp_path / schedule, tokenizer=tokenizer, stage=schedule)
+    rates = [row["learning_rate"] for row in summary["log"] if "learning_rate" in row]
+    assert len(rates) == 3 and rates[0] == pytest.approx(1e-3)
+    if schedule == "constant":
+        assert rates == pytest.approx([1e-3] * 3)
+    else:
+        assert rates[0] > rates[1] > rates[2] > 0

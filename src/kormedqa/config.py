@@ -26,6 +26,8 @@ from .checks import PRECISIONS, Range
 
 # The shipped sample dictionaries: the default of every command that reads a dictionary.
 SAMPLE_DICTIONARIES = ("data/sample/dictionary.json", "data/sample/characters.json")
+# transformers' `lr_scheduler_type` names offered by the training commands (no warm-up in any).
+LR_SCHEDULES = ("linear", "constant", "cosine")
 DEFAULT_MODEL_HELP = "HF model folder, hub id (owner/name), LoRA adapter folder, or 'gemma3-270m' (the embedded default)"
 
 

@@ -40,6 +40,7 @@ def _stage_config(cfg: LoopConfig, track: str, base: str, loop: int) -> TrainCon
         batch_size=args.batch_size,
         grad_accum=args.grad_accum,
         learning_rate=args.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
         answer_weight=cfg.answer_weight,
         group_by_length=cfg.group_by_length,
         lora_r=cfg.lora_r,

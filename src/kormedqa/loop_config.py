@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .checks import Range, check_config, parse_answer_weight, parse_eval_mode
-from .config import DEFAULT_MODEL_HELP, SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, ResumableRunArgs, arg
+from .config import DEFAULT_MODEL_HELP, LR_SCHEDULES, SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, ResumableRunArgs, arg
 from .errors import UsageError
 from .formats import DEFAULT_RATIONALE_TEMPLATE, RATIONALE_TEMPLATES
 
@@ -76,6 +76,8 @@ class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
     mcq_batch_size: int | None = arg(None, "micro-batch of each MCQ stage (default: the spec's 2)")
     dict_grad_accum: int | None = arg(None, "micro-batches per optimizer step, dictionary stages (default: 4)")
     mcq_grad_accum: int | None = arg(None, "micro-batches per optimizer step, MCQ stages (default: 8)")
+    lr_scheduler_type: str = arg("linear", "learning-rate schedule of each stage: linear (decays to 0 over the "
+                                           "stage), constant or cosine", choices=LR_SCHEDULES)
     answer_weight: str = arg("2/3", "share of the loss on the answer (see kormedqa train --help) or 'none'")
     option_rotations: int = arg(1, "copies of each MCQ training question, options rotated so the answer sits at that "
                                    "many letters (1: off, at most 5); the letter then has to follow the option text")

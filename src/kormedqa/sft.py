@@ -14,7 +14,7 @@ from typing import ClassVar, Sequence
 
 from .batching import CompletionCollator, tokenize_rows
 from .checks import Range, check_config, parse_answer_weight
-from .config import LoraArgs, ModelArgs, ResumableRunArgs, arg
+from .config import LR_SCHEDULES, LoraArgs, ModelArgs, ResumableRunArgs, arg
 from .errors import UsageError
 from .trainer import (AnswerWeightedTrainer, last_trainer_checkpoint, prepare_trainable, save_checkpoint,
                       training_arguments)
@@ -43,8 +43,10 @@ class TrainConfig(ModelArgs, LoraArgs, ResumableRunArgs):
     max_steps: int = arg(-1, "stop after this many optimizer steps (overrides epochs)")
     batch_size: int | None = arg(None, "examples per device and micro-batch (default: the track's, dict 4, mcq 2)")
     grad_accum: int | None = arg(None, "micro-batches per optimizer step (default: the track's, dict 4, mcq 8)")
-    learning_rate: float | None = arg(None, "peak learning rate, linear decay, no warm-up (default: the track's, "
+    learning_rate: float | None = arg(None, "peak learning rate, no warm-up (default: the track's, "
                                             "dict 2e-5, mcq 1e-5)")
+    lr_scheduler_type: str = arg("linear", "learning-rate schedule over the stage (transformers' names): linear "
+                                           "(decays to 0), constant or cosine", choices=LR_SCHEDULES)
     max_length: int | None = arg(None, "tokens per example at most; longer examples are dropped (default: the "
                                        "track's, dict 512, mcq 1024)")
     answer_weight: str = arg("2/3", "share of the loss on the answer (letter + <end_of_turn>; e.g. 2/3, 1, 0.5) or "

@@ -183,7 +183,8 @@ def training_arguments(cfg, output_dir: Path, device: torch.device, dtype: torch
     """`TrainingArguments` for one stage from any config with the shared schedule fields.
 
     `cfg` needs epochs, max_steps, batch_size, grad_accum, learning_rate, seed, and optionally
-    logging_steps (1), save_steps (0: no Trainer checkpoints) and group_by_length (False).
+    logging_steps (1), save_steps (0: no Trainer checkpoints), group_by_length (False) and
+    lr_scheduler_type ("linear": the learning rate falls linearly to 0 over the stage).
     """
     save_steps = getattr(cfg, "save_steps", 0)
     return TrainingArguments(
@@ -193,7 +194,7 @@ def training_arguments(cfg, output_dir: Path, device: torch.device, dtype: torch
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate,
-        lr_scheduler_type="linear",
+        lr_scheduler_type=getattr(cfg, "lr_scheduler_type", "linear"),
         warmup_steps=0,
         weight_decay=0.0,
         logging_steps=getattr(cfg, "logging_steps", 1),
