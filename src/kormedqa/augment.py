@@ -52,3 +52,50 @@ def option_rotations(mcqs: Sequence[MCQ], copies: int, seed: int) -> list[MCQ]:
         if copies > 1 and not mcq.cot.strip():
             out.extend(rotate_options(mcq, s) for s in rng.sample(range(1, len(LETTERS)), copies - 1))
     return out
+
+
+def question_id(row_id: str) -> str:
+    """The id of the question a (possibly rotated) row came from: `q1~rot3` -> `q1`."""
+    return row_id.split("~rot", 1)[0]
+
+
+def rotation_batches(mcq_rows: Sequence[dict], rehearsal: Sequence[dict], batch_size: int, seed: int) -> list[dict]:
+    """MCQ rows in training order with each question's rotated copies side by side, so that a batch
+    of `batch_size` (a multiple of the copies per question) holds whole questions; rehearsal rows
+    come as whole batches spread evenly among the MCQ batches.
+
+    Within such a batch the questions, options and rationales of the copies are the same and only
+    the answer's letter differs, so a letter prior gains nothing and only reading the letter off the
+    option list lowers the loss. Shuffled randomly the copies land in different batches and the
+    prior keeps its pull (docs/decisions.md, "Rotations in one batch").
+
+    `mcq_rows`: rows in `option_rotations` order (a question, then its rotated copies; ids as
+    `rotate_options` writes them). Returns every row of both inputs once, in the order to train
+    them (`kormedqa train`'s keep_order). Raises ValueError for batch_size < 1.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    groups: list[list[dict]] = []
+    for row in mcq_rows:
+        if groups and question_id(groups[-1][0]["id"]) == question_id(row["id"]):
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    rng = random.Random(seed)
+    rng.shuffle(groups)
+    flat = [row for group in groups for row in group]
+    mcq_batches = [flat[i : i + batch_size] for i in range(0, len(flat), batch_size)]
+    extra = list(rehearsal)
+    rng.shuffle(extra)
+    extra_batches = [extra[i : i + batch_size] for i in range(0, len(extra), batch_size)]
+    # Rehearsal batch j goes after MCQ batch round((j + 1) * M / (R + 1)): evenly spread, none first.
+    after = {}
+    for j, batch in enumerate(extra_batches):
+        after.setdefault(round((j + 1) * len(mcq_batches) / (len(extra_batches) + 1)), []).append(batch)
+    ordered: list[dict] = []
+    for i in range(len(mcq_batches) + 1):
+        for batch in after.get(i, []):
+            ordered.extend(batch)
+        if i < len(mcq_batches):
+            ordered.extend(mcq_batches[i])
+    return ordered

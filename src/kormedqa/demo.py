@@ -50,6 +50,7 @@ class DemoConfig(ResumableRunArgs):
     answer_weight: str = arg("2/3", "share of the loss on the answer (letter + <end_of_turn>) or 'none'")
     dict_rehearsal: float = arg(0.5, "dictionary rows mixed into each MCQ stage, as a fraction of its rows (see kormedqa loop --help)")
     option_rotations: int = arg(3, "copies of each training question with rotated options (see kormedqa loop --help)")
+    rotation_batches: bool = arg(False, "each question's rotated copies side by side in one MCQ batch (see kormedqa loop --help)")
     # The shortest rationale (recall line, then the letter): an MCQ epoch of it takes ~7 min here,
     # of linked rationales ~15, which would not fit the demo's 30 minutes.
     rationale_template: str = arg("recall", "rationale template for MCQs without cot (see kormedqa prepare mcq --help)", choices=RATIONALE_TEMPLATES)
@@ -74,11 +75,12 @@ class DemoConfig(ResumableRunArgs):
 
     def __post_init__(self):
         """Ranges, and the loop's selection metric against --eval-mode, before anything is written."""
-        from .loop_config import check_select_by
+        from .loop_config import check_rotation_batches, check_select_by
 
         check_config(self)
         parse_answer_weight(self.answer_weight)
         check_select_by("accuracy", self.eval_mode)  # the demo's loop selects by generation accuracy
+        check_rotation_batches(self.rotation_batches, self.option_rotations, self.mcq_batch_size)
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -164,7 +166,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         mcq_epochs=cfg.mcq_epochs, dict_learning_rate=cfg.dict_learning_rate, mcq_learning_rate=cfg.mcq_learning_rate,
         dict_batch_size=cfg.dict_batch_size, mcq_batch_size=cfg.mcq_batch_size, dict_grad_accum=1, mcq_grad_accum=1,
         group_by_length=True, answer_weight=cfg.answer_weight, rationale_template=cfg.rationale_template,
-        dict_rehearsal=cfg.dict_rehearsal, option_rotations=cfg.option_rotations,
+        dict_rehearsal=cfg.dict_rehearsal, option_rotations=cfg.option_rotations, rotation_batches=cfg.rotation_batches,
         eval_mode=cfg.eval_mode, eval_limit=cfg.eval_limit, eval_every=cfg.eval_every, eval_batch_size=cfg.eval_batch_size,
         max_new_tokens=cfg.max_new_tokens, dict_eval_limit=cfg.dict_eval_limit, device=cfg.device, seed=cfg.seed, resume=True,
     ))

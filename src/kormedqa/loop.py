@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from .errors import UsageError
@@ -209,9 +210,15 @@ class LoopRecipe:
             else:
                 stage_cfg = _stage_config(cfg, track, self.previous or self.base, loop)
                 stage_rows = self.rows[track]
-                if track == "mcq" and cfg.dict_rehearsal:
-                    stage_rows = stage_rows + rehearsal_rows(self.rows["dict"], cfg.dict_rehearsal * len(stage_rows),
-                                                             cfg.seed + loop)
+                extra = (rehearsal_rows(self.rows["dict"], cfg.dict_rehearsal * len(stage_rows), cfg.seed + loop)
+                         if track == "mcq" and cfg.dict_rehearsal else [])
+                if track == "mcq" and cfg.rotation_batches:
+                    from .augment import rotation_batches
+
+                    stage_rows = rotation_batches(stage_rows, extra, stage_cfg.resolved().batch_size, cfg.seed + loop)
+                    stage_cfg = replace(stage_cfg, keep_order=True)
+                else:
+                    stage_rows = stage_rows + extra
                 summary = run_training(stage_cfg, stage_rows, stage_dir, tokenizer=self.tokenizer,
                                        stage=f"loop_{loop}_{track}", logs_dir=self.out)
             if summary is not None:

@@ -81,6 +81,10 @@ class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
     answer_weight: str = arg("2/3", "share of the loss on the answer (see kormedqa train --help) or 'none'")
     option_rotations: int = arg(1, "copies of each MCQ training question, options rotated so the answer sits at that "
                                    "many letters (1: off, at most 5); the letter then has to follow the option text")
+    rotation_batches: bool = arg(False, "put each question's rotated copies side by side in one MCQ batch (needs "
+                                        "--mcq-batch-size a multiple of --option-rotations; rows in a fixed shuffled "
+                                        "order instead of --group-by-length): only the letter differs within a batch, "
+                                        "so only reading it off the options lowers the loss")
     dict_rehearsal: float = arg(0.0, "dictionary rows mixed into each MCQ stage, as a fraction of its MCQ rows "
                                      "(rehearsal against forgetting; their tokens count with the reasoning, not the "
                                      "weighted answer; 0: off)")
@@ -118,6 +122,17 @@ class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
         unknown = sorted(set(stages) - {"dict", "mcq", "grpo"})
         if not stages or unknown:
             raise UsageError(f"--stages is a comma-separated list of dict, mcq, grpo; got {self.stages!r}")
+        check_rotation_batches(self.rotation_batches, self.option_rotations, self.mcq_batch_size)
+
+
+def check_rotation_batches(enabled: bool, rotations: int, mcq_batch_size: int | None) -> None:
+    """UsageError unless --rotation-batches (when on) has batches that hold whole questions."""
+    from .sft import TRACK_DEFAULTS
+
+    batch = mcq_batch_size or TRACK_DEFAULTS["mcq"]["batch_size"]
+    if enabled and (rotations < 2 or batch % rotations):
+        raise UsageError(f"--rotation-batches needs --option-rotations >= 2 and --mcq-batch-size a multiple of it; "
+                         f"got {rotations} rotations, batch {batch}")
 
 
 @dataclass(frozen=True)

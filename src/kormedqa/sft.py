@@ -53,6 +53,8 @@ class TrainConfig(ModelArgs, LoraArgs, ResumableRunArgs):
                                     "'none' for the plain token mean")
     lora_dropout: float = arg(0.05, "dropout on the LoRA input, in [0, 1)")
     group_by_length: bool = arg(False, "batch similar lengths together (less padding, faster; changes the data order)")
+    keep_order: bool = arg(False, "train on the rows in the order given, batch after batch, without shuffling "
+                                  "(for data ordered on purpose, e.g. kormedqa loop --rotation-batches)")
     padding_free: bool = arg(True, "pack each batch into one row with restarting position_ids (no padding compute; "
                                    "same loss)")
     logging_steps: int = arg(1, "log the loss every N optimizer steps")

@@ -183,7 +183,8 @@ def training_arguments(cfg, output_dir: Path, device: torch.device, dtype: torch
     """`TrainingArguments` for one stage from any config with the shared schedule fields.
 
     `cfg` needs epochs, max_steps, batch_size, grad_accum, learning_rate, seed, and optionally
-    logging_steps (1), save_steps (0: no Trainer checkpoints), group_by_length (False) and
+    logging_steps (1), save_steps (0: no Trainer checkpoints), group_by_length (False), keep_order
+    (False: rows in the given order, which wins over group_by_length) and
     lr_scheduler_type ("linear": the learning rate falls linearly to 0 over the stage).
     """
     save_steps = getattr(cfg, "save_steps", 0)
@@ -204,7 +205,8 @@ def training_arguments(cfg, output_dir: Path, device: torch.device, dtype: torch
         report_to="none",  # TensorBoard is attached explicitly, so its folder outlives the work dir
         seed=cfg.seed,
         data_seed=cfg.seed,
-        train_sampling_strategy="group_by_length" if getattr(cfg, "group_by_length", False) else "random",
+        train_sampling_strategy=("sequential" if getattr(cfg, "keep_order", False) else
+                                 "group_by_length" if getattr(cfg, "group_by_length", False) else "random"),
         bf16=dtype == torch.bfloat16,
         use_cpu=device.type == "cpu",
         dataloader_pin_memory=device.type == "cuda",
