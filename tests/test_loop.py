@@ -174,7 +174,7 @@ def test_cpu_demo_recipe_is_the_demos_loop():
     recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "cpu-demo.yaml").read_text())
     demo = DemoConfig()
     shared = ("dict_epochs", "mcq_epochs", "option_rotations", "dict_rehearsal", "dict_learning_rate",
-              "mcq_learning_rate", "dict_batch_size", "mcq_batch_size", "answer_weight", "rationale_template",
+              "mcq_learning_rate", "dict_batch_size", "mcq_batch_size", "answer_weight", "rationale_template", "rotation_batches",
               "eval_mode", "eval_every", "dict_eval_limit", "eval_batch_size", "max_new_tokens", "seed")
     assert {k: recipe[k] for k in shared} == {k: getattr(demo, k) for k in shared}
     assert recipe["max_loops"] == recipe["patience"] == demo.loops

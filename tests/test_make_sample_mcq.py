@@ -38,3 +38,5 @@ def test_rephrase_asks_the_same_terms_another_way(tmp_path):
     # The same seeds give the same bytes.
     assert script.main(["--out-dir", str(tmp_path / "again"), "--rephrase", "1"]) == 0
     assert (tmp_path / "again" / "test.jsonl").read_bytes() == (tmp_path / "test.jsonl").read_bytes()
+    # The demo's shipped set of other phrasings is this output, not a hand-picked one.
+    assert (ROOT / "data/sample/mcq_rephrased/test.jsonl").read_bytes() == (tmp_path / "test.jsonl").read_bytes()
