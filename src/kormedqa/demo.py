@@ -16,8 +16,8 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 from .formats import RATIONALE_TEMPLATES
@@ -47,9 +47,10 @@ class DemoConfig(ResumableRunArgs, DeviceArgs):
     # (54 questions, p = 1), three epochs in one loop moved it (docs/decisions.md, "The demo's loop").
     loops: int = arg(1, "loops of (dictionary epochs, MCQ epochs, evaluate)")
     dict_epochs: float = arg(3.0, "epochs over all dictionary entries per loop")
-    # 0.55 of the MCQ rows (each training question in all 5 option orders, with rehearsal): the letter
-    # learned to follow the recalled option after ~450 MCQ rows when a question's orders share a
-    # batch, and not in 672 rows shuffled apart (docs/decisions.md, "Rotations in one batch").
+    # 0.55 of the MCQ rows (each training question in all 5 option orders, with rehearsal): with a
+    # question's orders in one batch the letter was right in 78% of training batches after ~400 MCQ
+    # rows and 100% after ~600; shuffled apart, at chance through 672 (docs/decisions.md,
+    # "Rotations in one batch").
     mcq_epochs: float = arg(0.55, "epochs over the MCQ training rows (option rotations and rehearsal included) per loop")
     dict_learning_rate: float = arg(5e-4, "far above the spec's 2e-5: CPU minutes, not GPU hours")
     mcq_learning_rate: float = arg(5e-4, "far above the spec's 1e-5, as above")
@@ -69,7 +70,7 @@ class DemoConfig(ResumableRunArgs, DeviceArgs):
     eval_mode: str = arg("generate,loglik,cloze", "scorers per evaluation (see kormedqa eval --help)")
     dict_eval_limit: int = arg(40, "dictionary entries scored for recall (chrF) before and after each loop")
     eval_batch_size: int = arg(32, "questions per scoring batch")
-    max_new_tokens: int = arg(64, "generation budget: the recall rationale + letter is ~20-40 tokens (linked: ~140, give 192)")
+    max_new_tokens: int = arg(64, "generation budget: the dictionary_line or recall rationale + letter is ~20-50 tokens (linked: ~140, give 192)")
 
     RANGES: ClassVar[dict] = {
         "cpt_steps": Range(low=1), "loops": Range(low=1), "dict_epochs": Range(low=0, low_open=True),
