@@ -2,7 +2,7 @@
 
 fetch -> prepare -> CPT (briefly) -> evaluate before -> loop (bounded) -> report, and the same
 terms asked another way scored before and with the best checkpoint. Bounded to ~26 minutes on 2
-CPU cores with native bf16 (~40 without; measured: README, "What the demo shows"); every stage
+CPU cores with native bf16 (33 in fp32; measured: README, "What the demo shows"); every stage
 writes atomically and is skipped on `--resume` when finished, so an interrupted demo continues
 where it stopped.
 
