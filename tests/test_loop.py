@@ -108,6 +108,9 @@ def test_stage_config_carries_the_loops_schedule(tmp_path, tiny_model_dir):
     stage = _stage_config(cfg, "mcq", str(tiny_model_dir), loop=1)
     assert (stage.lr_scheduler_type, stage.learning_rate) == ("constant", 2e-3)
     assert _stage_config(_cfg(tmp_path, tiny_model_dir), "dict", str(tiny_model_dir), 1).lr_scheduler_type == "linear"
+    grouped = _cfg(tmp_path, tiny_model_dir, option_rotations=2, mcq_batch_size=2, rotation_batches=True)
+    assert _stage_config(grouped, "mcq", str(tiny_model_dir), 1).keep_order
+    assert not _stage_config(grouped, "dict", str(tiny_model_dir), 1).keep_order
 
 
 def test_recipe_steps_one_at_a_time_match_run_loop(tmp_path, tiny_model_dir):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 from .errors import UsageError
@@ -44,6 +43,7 @@ def _stage_config(cfg: LoopConfig, track: str, base: str, loop: int) -> TrainCon
         lr_scheduler_type=cfg.lr_scheduler_type,
         answer_weight=cfg.answer_weight,
         group_by_length=cfg.group_by_length,
+        keep_order=track == "mcq" and cfg.rotation_batches,  # rotation_batches orders the rows
         lora_r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         device=cfg.device,
@@ -216,7 +216,6 @@ class LoopRecipe:
                     from .augment import rotation_batches
 
                     stage_rows = rotation_batches(stage_rows, extra, stage_cfg.resolved().batch_size, cfg.seed + loop)
-                    stage_cfg = replace(stage_cfg, keep_order=True)
                 else:
                     stage_rows = stage_rows + extra
                 summary = run_training(stage_cfg, stage_rows, stage_dir, tokenizer=self.tokenizer,
