@@ -48,6 +48,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import SAMPLE, machine, write_result  # noqa: E402
+from kormedqa.scorer_table import REPORT_METRICS, paired_keys, parse_eval_mode  # noqa: E402
 
 ARMS = {
     "recall": {"stages": "dict,mcq", "loops": 1, "dict_epochs": 1.0, "mcq_epochs": 2.0, "template": "recall"},
@@ -87,10 +88,10 @@ ARMS = {
 CONTROL = "rotate3_mcq_only"
 EVAL_MODE = "generate,loglik,cloze"
 DICT_RECALL_ENTRIES = 80
-KEYS = {"accuracy": "correct", "loglik_accuracy": "loglik_correct", "cloze_accuracy": "cloze_correct",
-        "cloze_accuracy_norm": "cloze_norm_correct", "format_parse_rate": "answer_after_reasoning"}
-SHOWN = ("accuracy", "parse_rate", "format_parse_rate", "accuracy_among_parsed", "loglik_accuracy", "cloze_accuracy",
-         "cloze_accuracy_norm", "dict_chrf")
+# McNemar per rate the scorers declare a per-question field for, and the metrics shown: both from
+# the scorer table (kormedqa.scorer_table), as the loop's history and the report read them.
+KEYS = paired_keys(parse_eval_mode(EVAL_MODE))
+SHOWN = tuple(m.name for m in REPORT_METRICS if m.column or m.name == "dict_chrf")
 
 
 def dictionary_paths() -> list[str]:

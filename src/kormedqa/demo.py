@@ -23,6 +23,7 @@ from typing import ClassVar
 from .formats import RATIONALE_TEMPLATES
 from .checks import Range, check_config, parse_answer_weight
 from .config import DEFAULT_MODEL_HELP, SAMPLE_DICTIONARIES, DeviceArgs, ResumableRunArgs, arg
+from .scorer_table import paired_keys, parse_eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -204,14 +205,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     after_dir = out / "loop" / f"loop_{last_loop}" / "eval"
     after = json.loads((after_dir / "metrics.json").read_text())
     after_preds = read_jsonl(after_dir / "predictions.jsonl")
-    tests = {
-        "accuracy": significance(before_preds, after_preds, "correct"),
-        "loglik_accuracy": significance(before_preds, after_preds, "loglik_correct"),
-        "parse_rate": _parse_test(before_preds, after_preds),
-        "format_parse_rate": significance(before_preds, after_preds, "answer_after_reasoning"),
-        "cloze_accuracy": significance(before_preds, after_preds, "cloze_correct"),
-        "cloze_accuracy_norm": significance(before_preds, after_preds, "cloze_norm_correct"),
-    }
+    # Every rate the scorers declare a per-question field for (parse rate: a letter was found).
+    tests = {metric: significance(before_preds, after_preds, key)
+             for metric, key in paired_keys(parse_eval_mode(cfg.eval_mode)).items()}
     tests = {k: v for k, v in tests.items() if v["only_a"] + v["only_b"] or k in before}
     rephrased_summary = None
     if rephrased:
@@ -253,14 +249,6 @@ def run_demo(cfg: DemoConfig) -> dict:
     print("\n".join(moved))
     print(f"\nreport: {out / 'REPORT.md'}  plot: {plot}  ({timings['total']:.0f} s)")
     return summary
-
-
-def _parse_test(before_preds, after_preds) -> dict:
-    from .metrics import mcnemar_exact
-
-    by_id = {p["id"]: bool(p.get("prediction")) for p in before_preds}
-    pairs = [(by_id[p["id"]], bool(p.get("prediction"))) for p in after_preds if p["id"] in by_id]
-    return mcnemar_exact([a for a, _ in pairs], [b for _, b in pairs])
 
 
 def _setup_text(cfg: DemoConfig, base: str, n_train: int, n_test: int, n_dict: int, history: dict) -> str:

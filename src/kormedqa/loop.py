@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .loop_config import SELECT_BY, SELECTABLE_BY_SCORER, LoopConfig, TrackArgs, check_select_by, track_args
+from .scorer_table import HISTORY_METRICS
 from .runs import atomic_dir, check_resumed_settings, claim_output, provenance, write_json_atomic
 from .sft import TrainConfig, run_training
 
@@ -308,14 +309,8 @@ def run_loop(cfg: LoopConfig) -> dict:
     return LoopRecipe(cfg).run()
 
 
-HISTORY_METRICS = ("accuracy", "loglik_accuracy", "cloze_accuracy", "cloze_accuracy_norm", "parse_rate",
-                   "format_parse_rate", "accuracy_among_parsed", "teacher_forced_answer_accuracy", "reasoning_score",
-                   "valid_format_rate", "reasoning_tag_rate", "reference_loss", "reference_answer_loss",
-                   "dict_exact_match", "dict_chrf")
-
-
 def _history_metrics(metrics: dict) -> dict:
-    """The metrics worth plotting per loop, in the shape metrics.json has them ({value, ci95, ...})."""
+    """The metrics the scorer table keeps per loop (`history=True`), in the shape metrics.json has them."""
     return {k: metrics[k] for k in HISTORY_METRICS if k in metrics}
 
 
