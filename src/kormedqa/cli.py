@@ -22,7 +22,7 @@ USAGE = """usage: kormedqa <command> [options]   (kormedqa <command> --help for 
 
 commands:
   model fetch [gemma3-270m] --out DIR   build the embedded default model as a plain HF folder
-  prepare dict|mcq                      write the spec's prompt/completion JSONL
+  prepare dict|mcq|hub                  write the spec's prompt/completion JSONL (hub: a copy in the hub's layout)
   train dict|mcq                        LoRA SFT with answer-only loss
   merge                                 merge a LoRA adapter into a full safetensors model
   eval                                  score a model on KorMedMCQA (generation, log-likelihood, loss)
@@ -134,11 +134,12 @@ def cmd_model(argv):
 
 
 def cmd_prepare(argv):
-    """`kormedqa prepare dict|mcq [flags]`: `prepare.run_prepare`; prints what was written as JSON."""
-    from .prepare import PrepareConfig, print_info, run_prepare
+    """`kormedqa prepare dict|mcq|hub [flags]`: `prepare.run_prepare` (hub: `run_prepare_hub`); prints what was written as JSON."""
+    from .prepare import PrepareConfig, print_info, run_prepare, run_prepare_hub
 
-    track, rest = _positional(argv, ("dict", "mcq"), "prepare")
-    print_info(run_prepare(parse(PrepareConfig, rest, f"kormedqa prepare {track}", track=track)))
+    track, rest = _positional(argv, ("dict", "mcq", "hub"), "prepare")
+    cfg = parse(PrepareConfig, rest, f"kormedqa prepare {track}", track=track)
+    print_info(run_prepare_hub(cfg) if track == "hub" else run_prepare(cfg))
 
 
 def cmd_train(argv):

@@ -17,14 +17,16 @@ from typing import ClassVar, Sequence
 import torch
 
 from .checks import Range, check_config
-from .config import DEFAULT_MODEL_HELP, DeviceArgs, RunArgs, arg
+from .config import DEFAULT_MODEL_HELP, DeviceArgs, LmEvalArgs, RunArgs, arg
 from .errors import UsageError
 from .formats import DEFAULT_RATIONALE_TEMPLATE, GENERATION_PREFIX, Glossary
 from .metrics import proportion
 from .numerics import check_finite_tree
 from .records import EXAM_TYPES, MCQ
+from .lm_eval_protocol import LmEvalSettings, data_configs
+from .modeling import pick_device, pick_dtype
 from .scorer_table import (  # noqa: F401  (records and metrics builders, re-exported for callers of kormedqa.evaluate)
-    MODE_HELP, ScoringInputs, cloze_records, generation_records, join_records, letter_records, loss_records,
+    BY_NAME, MODE_HELP, ScoringInputs, cloze_records, generation_records, join_records, letter_records, loss_records,
     mcq_metrics, parse_eval_mode, run_scorers,
 )
 from .scorers import generate
@@ -34,8 +36,11 @@ log = logging.getLogger(__name__)
 
 
 
+PROTOCOLS = ("spec", "lm-eval")
+
+
 @dataclass
-class EvalConfig(DeviceArgs, RunArgs):
+class EvalConfig(LmEvalArgs, DeviceArgs, RunArgs):
     """`kormedqa eval`: score a model on a KorMedMCQA split."""
 
     output: str = arg("", "folder for metrics.json and predictions.jsonl")
@@ -45,6 +50,9 @@ class EvalConfig(DeviceArgs, RunArgs):
     exam_type: str | None = arg(None, "doctor, nurse, pharm or dentist (default: all)", choices=EXAM_TYPES)
     task: str = arg("mcq", "mcq, or dict to score dictionary definitions (Track 1)", choices=["mcq", "dict"])
     dictionary: list[str] = arg(help="dictionary JSON(s) for --task dict", factory=list)
+    protocol: str = arg("spec", "spec (the spec's prompt, the scorers of --mode) or lm-eval (lm-evaluation-harness's "
+                                "own kormedmcqa task, the number papers print; --data a hub id or a folder in the "
+                                "hub's layout: see kormedqa prepare hub)", choices=PROTOCOLS)
     mode: str = arg("all", "scorers to run: all (every one of the spec's protocol), or a comma list of " + MODE_HELP)
     limit: int | None = arg(None, "score only the first N questions")
     batch_size: int = arg(8, "questions per scoring batch")
@@ -59,6 +67,19 @@ class EvalConfig(DeviceArgs, RunArgs):
         check_config(self)
         parse_eval_mode(self.mode, "--mode")
 
+    def scorers(self) -> tuple[str, ...]:
+        """The scorers this evaluation runs: --mode's, or the lm-eval protocol's alone."""
+        return ("lm_eval",) if self.protocol == "lm-eval" else parse_eval_mode(self.mode, "--mode")
+
+
+def lm_eval_settings(cfg, batch_size: int, backend: str = "hf") -> LmEvalSettings:
+    """The lm-eval protocol's settings from a config holding `LmEvalArgs` and `DeviceArgs`: device
+    and dtype resolved as kormedqa resolves them, so both protocols compute alike."""
+    device = pick_device(cfg.device)
+    dtype = str(pick_dtype(device, cfg.precision)).removeprefix("torch.")
+    return LmEvalSettings(num_fewshot=cfg.num_fewshot, apply_chat_template=cfg.apply_chat_template, model=backend,
+                          device=str(device), dtype=dtype, batch_size=batch_size, gen_kwargs=cfg.lm_eval_gen_kwargs)
+
 
 def evaluate_mcq(
     model,
@@ -70,6 +91,10 @@ def evaluate_mcq(
     glossary: Glossary | None = None,
     generator=None,
     rationale_template: str = DEFAULT_RATIONALE_TEMPLATE,
+    model_path: str | None = None,
+    data: str | None = None,
+    split: str = "test",
+    lm_eval: LmEvalSettings | None = None,
 ) -> tuple[dict, list[dict]]:
     """Run the scorers `mode` names (kormedqa.scorer_table), join their records by id, build the metrics.
 
@@ -77,14 +102,17 @@ def evaluate_mcq(
     scorers and seconds; one prediction dict per question in input order. `generator` (prompts,
     max_new_tokens, stop_strings) -> texts replaces HF generation (the vLLM backend, or a
     stand-in in tests); `model` may then be None when only "generate" runs. The reference
-    completions of the loss pass use `rationale_template` for questions without `cot`.
+    completions of the loss pass use `rationale_template` for questions without `cot`. The lm-eval
+    protocol (`lm_eval` in `mode`) loads `model_path` itself and reads `mcqs` from `data`/`split`
+    (a hub id or a folder in the hub's layout) with the `lm_eval` settings.
     Raises UsageError on an unknown mode, RuntimeError when a scorer's records do not join.
     """
     scorers = parse_eval_mode(mode, "--mode")
     if model is not None:
         model.eval()
     started = time.time()
-    inputs = ScoringInputs(mcqs, model, tokenizer, batch_size, max_new_tokens, glossary, generator, rationale_template)
+    inputs = ScoringInputs(mcqs, model, tokenizer, batch_size, max_new_tokens, glossary, generator, rationale_template,
+                           model_path, data, split, lm_eval)
     scored, preds = run_scorers(inputs, scorers)
     metrics = {"n": len(mcqs), "mode": mode, "scorers": list(scorers), **scored, "seconds": time.time() - started}
     return metrics, preds
@@ -128,13 +156,21 @@ def summary_line(metrics: dict) -> str:
         em = metrics["exact_match"]
         return f"n={metrics['n']}: exact match {em['value']:.1%} [{em['ci95'][0]:.1%}, {em['ci95'][1]:.1%}], chrF {metrics['chrf']:.1f}"
     labels = (("accuracy", "accuracy"), ("loglik_accuracy", "loglik"), ("cloze_accuracy", "cloze"),
-              ("cloze_accuracy_norm", "cloze norm"))
+              ("cloze_accuracy_norm", "cloze norm"), ("lm_eval_exact_match", "lm-eval exact_match"))
     parts = [f"{label} {_pct(metrics[key])}" for key, label in labels if key in metrics]
     if "parse_rate" in metrics:
         parts.insert(1, f"parsed {metrics['parse_rate']['value']:.0%}")
     if "reference_loss" in metrics:
         parts.append(f"reference loss {metrics['reference_loss']['value']:.3f}")
-    return f"n={metrics['n']}: " + ", ".join(parts)
+    line = f"n={metrics['n']}: " + ", ".join(parts)
+    if "lm_eval_exact_match" in metrics:  # the number a paper prints: with its settings and per exam type
+        run = metrics.get("lm_eval", {})
+        line += (f"\nlm-eval kormedmcqa, {run.get('num_fewshot', '?')}-shot"
+                 f"{', chat template' if run.get('apply_chat_template') else ''}: exact_match "
+                 f"{_pct(metrics['lm_eval_exact_match'])}; parsed {metrics['lm_eval_parse_rate']['value']:.0%}; "
+                 + ", ".join(f"{exam} {_pct(p)} (n={p['total']})"
+                             for exam, p in metrics["lm_eval_exact_match_by_exam_type"].items()))
+    return line
 
 
 def _pct(p: dict) -> str:
@@ -175,23 +211,30 @@ def run_eval(cfg: EvalConfig) -> dict:
         return _run_dict_eval(cfg)
     if not cfg.data or not cfg.output:
         raise UsageError("--data and --output are required")
-    scorers = parse_eval_mode(cfg.mode, "--mode")
+    scorers = cfg.scorers()
     mcqs = load_mcq(cfg.data, split=cfg.split, exam_type=cfg.exam_type)
     if cfg.limit:
         mcqs = mcqs[: cfg.limit]
     tokenizer = load_tokenizer(cfg.model)
-    backend = resolve_backend(cfg.backend, cfg.device) if "generate" in scorers else None  # None: no generation
+    generates = "generate" in scorers or "lm_eval" in scorers
+    backend = resolve_backend(cfg.backend, cfg.device) if generates else None  # None: no generation
     check_precision(cfg.model, cfg.device, cfg.precision)  # fp16 Gemma refused before the output is claimed
+    lm_eval = None
+    if "lm_eval" in scorers:
+        data_configs(cfg.data)  # UsageError for data lm-eval cannot read, before the output is claimed
+        lm_eval = lm_eval_settings(cfg, cfg.batch_size, backend)
     claim_output(cfg.output, overwrite=cfg.overwrite)
     generator = None
-    if backend == "vllm":
+    if backend == "vllm" and "generate" in scorers:
         from .vllm_backend import VllmGenerator
 
         generator = VllmGenerator(cfg.model, tokenizer, cfg.precision, cfg.seed)
-    needs_hf = backend != "vllm" or scorers != ("generate",)
-    model = load_model(cfg.model, device=cfg.device, precision=cfg.precision, merge_adapter=True) if needs_hf else None
-    metrics, preds = evaluate_mcq(model, tokenizer, mcqs, cfg.mode, cfg.batch_size, cfg.max_new_tokens,
-                                  generator=generator)
+    in_process = [s for s in scorers if BY_NAME[s].needs_model and not (s == "generate" and generator is not None)]
+    model = load_model(cfg.model, device=cfg.device, precision=cfg.precision, merge_adapter=True) if in_process else None
+    mode = cfg.mode if cfg.protocol == "spec" else "lm_eval"
+    metrics, preds = evaluate_mcq(model, tokenizer, mcqs, mode, cfg.batch_size, cfg.max_new_tokens,
+                                  generator=generator, model_path=cfg.model, data=cfg.data, split=cfg.split,
+                                  lm_eval=lm_eval)
     metrics["generation_backend"] = backend
     write_eval(cfg.output, metrics, preds, {"run": provenance(cfg, {"data": cfg.data})})
     print(summary_line(metrics))

@@ -23,7 +23,8 @@ from typing import Any, Callable, Sequence
 from .errors import UsageError
 from .extract import answer_after_reasoning, extract_answer, has_detailed_keywords, has_reasoning_tags, reasoning_score
 from .formats import DEFAULT_RATIONALE_TEMPLATE, Glossary, mcq_completion, mcq_prompt, template_simple_reasoning
-from .metrics import accuracy_by_group, mean_interval, proportion
+from . import lm_eval_protocol as lm_eval_scorer
+from .metrics import accuracy_with_groups, mean_interval, proportion, rate
 from .records import LETTERS, MCQ
 from .scorers import ANSWER_STOPS, HFGenerator, completion_losses, eval_prompt, letter_logprobs, option_logprobs
 
@@ -153,27 +154,16 @@ def loss_records(losses: dict[str, dict]) -> dict[str, dict]:
 # ---------------------------------------------------------------- records -> metrics
 
 
-def _rate(preds: Sequence[dict], key: str, where=None) -> dict:
-    rows = [p for p in preds if key in p and (where is None or where(p))]
-    return proportion(sum(bool(p[key]) for p in rows), len(rows))
-
-
-def accuracy_with_groups(preds: Sequence[dict], name: str, key: str) -> dict:
-    """`{name: rate of key, name_by_exam_type: the same per exam type}`, rates as `metrics.proportion`."""
-    return {name: _rate(preds, key),
-            f"{name}_by_exam_type": accuracy_by_group([p[key] for p in preds], [p["exam_type"] for p in preds])}
-
-
 def generation_metrics(preds: Sequence[dict]) -> dict:
     m = accuracy_with_groups(preds, "accuracy", "correct")
     m["parse_rate"] = proportion(sum(bool(p["prediction"]) for p in preds), len(preds))
     # Stricter: the letter sits where the spec's format puts it. A letter fished out of a
     # degenerate output by the fallback cascade counts in parse_rate but not here.
-    m["format_parse_rate"] = _rate(preds, "answer_after_reasoning")
-    m["accuracy_among_parsed"] = _rate(preds, "correct", where=lambda p: bool(p["prediction"]))
+    m["format_parse_rate"] = rate(preds, "answer_after_reasoning")
+    m["accuracy_among_parsed"] = rate(preds, "correct", where=lambda p: bool(p["prediction"]))
     m["reasoning_score"] = mean_interval([p["reasoning_score"] for p in preds], "the reasoning score")
-    m["reasoning_tag_rate"] = _rate(preds, "has_reasoning_tags")
-    m["valid_format_rate"] = _rate(preds, "good_format")
+    m["reasoning_tag_rate"] = rate(preds, "has_reasoning_tags")
+    m["valid_format_rate"] = rate(preds, "good_format")
     m["prediction_counts"] = {x: sum(p["prediction"] == x for p in preds) for x in (*LETTERS, "")}
     return m
 
@@ -197,7 +187,7 @@ def loss_metrics(preds: Sequence[dict]) -> dict:
                            "total": len(scored), "tokens": tokens},
         "reference_answer_loss": mean_interval([p["reference_answer_loss"] for p in scored
                                                 if p["reference_answer_loss"] is not None]),
-        "teacher_forced_answer_accuracy": _rate(scored, "answer_token_correct"),
+        "teacher_forced_answer_accuracy": rate(scored, "answer_token_correct"),
         "reference_loss_skipped": len(preds) - len(scored),
     }
 
@@ -255,6 +245,13 @@ SCORERS: tuple[Scorer, ...] = (
            loss_metrics,
            (Metric("teacher_forced_answer_accuracy"), Metric("reference_loss"), Metric("reference_answer_loss")),
            partial=True),
+    # Not part of `all`: another prompt, generation budget and filter, run by lm-eval itself.
+    Scorer("lm_eval", "lm-evaluation-harness's own kormedmcqa task: its prompt, few-shot, filter and exact_match",
+           lm_eval_scorer.run_lm_eval, lm_eval_scorer.RECORD_FIELDS, lm_eval_scorer.lm_eval_metrics,
+           (Metric("lm_eval_exact_match", "lm-eval exact_match", "lm-eval kormedmcqa exact_match", hit="lm_eval_correct",
+                   select=True, plot=True),
+            Metric("lm_eval_parse_rate", None, "lm-eval's filter found a letter", hit="lm_eval_prediction")),
+           in_all=False, needs_model=False),
 )
 BY_NAME = {s.name: s for s in SCORERS}
 
