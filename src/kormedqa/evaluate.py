@@ -23,8 +23,7 @@ from .formats import DEFAULT_RATIONALE_TEMPLATE, GENERATION_PREFIX, Glossary
 from .metrics import proportion
 from .numerics import check_finite_tree
 from .records import EXAM_TYPES, MCQ
-from .lm_eval_protocol import LmEvalSettings, data_configs
-from .modeling import pick_device, pick_dtype
+from .lm_eval_protocol import LmEvalSettings, data_configs, lm_eval_settings
 from .scorer_table import (  # noqa: F401  (records and metrics builders, re-exported for callers of kormedqa.evaluate)
     BY_NAME, MODE_HELP, ScoringInputs, cloze_records, generation_records, join_records, letter_records, loss_records,
     mcq_metrics, parse_eval_mode, run_scorers,
@@ -70,15 +69,6 @@ class EvalConfig(LmEvalArgs, DeviceArgs, RunArgs):
     def scorers(self) -> tuple[str, ...]:
         """The scorers this evaluation runs: --mode's, or the lm-eval protocol's alone."""
         return ("lm_eval",) if self.protocol == "lm-eval" else parse_eval_mode(self.mode, "--mode")
-
-
-def lm_eval_settings(cfg, batch_size: int, backend: str = "hf") -> LmEvalSettings:
-    """The lm-eval protocol's settings from a config holding `LmEvalArgs` and `DeviceArgs`: device
-    and dtype resolved as kormedqa resolves them, so both protocols compute alike."""
-    device = pick_device(cfg.device)
-    dtype = str(pick_dtype(device, cfg.precision)).removeprefix("torch.")
-    return LmEvalSettings(num_fewshot=cfg.num_fewshot, apply_chat_template=cfg.apply_chat_template, model=backend,
-                          device=str(device), dtype=dtype, batch_size=batch_size, gen_kwargs=cfg.lm_eval_gen_kwargs)
 
 
 def evaluate_mcq(
@@ -212,6 +202,8 @@ def run_eval(cfg: EvalConfig) -> dict:
     if not cfg.data or not cfg.output:
         raise UsageError("--data and --output are required")
     scorers = cfg.scorers()
+    if "lm_eval" in scorers:
+        data_configs(cfg.data)  # UsageError for data lm-eval cannot read, before anything is loaded
     mcqs = load_mcq(cfg.data, split=cfg.split, exam_type=cfg.exam_type)
     if cfg.limit:
         mcqs = mcqs[: cfg.limit]
@@ -221,7 +213,6 @@ def run_eval(cfg: EvalConfig) -> dict:
     check_precision(cfg.model, cfg.device, cfg.precision)  # fp16 Gemma refused before the output is claimed
     lm_eval = None
     if "lm_eval" in scorers:
-        data_configs(cfg.data)  # UsageError for data lm-eval cannot read, before the output is claimed
         lm_eval = lm_eval_settings(cfg, cfg.batch_size, backend)
     claim_output(cfg.output, overwrite=cfg.overwrite)
     generator = None

@@ -20,8 +20,9 @@ import shutil
 from pathlib import Path
 
 from .errors import UsageError
+from .lm_eval_protocol import data_configs, lm_eval_settings
 from .loop_config import SELECT_BY, SELECTABLE_BY_SCORER, LoopConfig, TrackArgs, check_select_by, track_args
-from .scorer_table import HISTORY_METRICS
+from .scorer_table import BY_NAME, HISTORY_METRICS, parse_eval_mode
 from .runs import atomic_dir, check_resumed_settings, claim_output, provenance, write_json_atomic
 from .sft import TrainConfig, run_training
 
@@ -85,7 +86,8 @@ def copy_checkpoint(src: Path, dest: Path) -> None:
 def evaluate_checkpoint(model_path: str, tokenizer, questions: list, folder: Path, *, eval_mode: str,
                         eval_batch_size: int, max_new_tokens: int, glossary=None, rationale_template: str | None = None,
                         entries: list | None = None, dict_eval_limit: int = 0, dict_folder: Path | None = None,
-                        device: str = "auto", precision: str = "auto", extra: dict | None = None) -> dict:
+                        device: str = "auto", precision: str = "auto", extra: dict | None = None,
+                        data: str | None = None, split: str = "test", lm_eval=None) -> dict:
     """Score one model on `questions` (and on the first `dict_eval_limit` dictionary `entries`), write
     `folder`/{metrics.json, predictions.jsonl} (and `dict_folder` likewise) and return the metrics.
 
@@ -93,15 +95,18 @@ def evaluate_checkpoint(model_path: str, tokenizer, questions: list, folder: Pat
     bench/learning.py's untrained base, so all three score alike. `model_path` is a full model or a
     LoRA adapter folder (merged for inference); `extra` entries are added to the metrics before they
     are written. Dictionary recall adds `dict_exact_match` and `dict_chrf` ({value, total}) to the
-    MCQ metrics. Raises ModelError for a model that cannot load, UsageError for a bad `eval_mode`.
+    MCQ metrics. The lm_eval scorer reads `questions` from `data`/`split` with the `lm_eval`
+    settings (`evaluate.lm_eval_settings`) and loads `model_path` itself (an adapter as peft=).
+    Raises ModelError for a model that cannot load, UsageError for a bad `eval_mode`.
     """
     from .evaluate import evaluate_dict, evaluate_mcq, write_eval
     from .modeling import load_model
 
     template = {} if rationale_template is None else {"rationale_template": rationale_template}
-    model = load_model(model_path, device=device, precision=precision, merge_adapter=True)
+    in_process = any(BY_NAME[s].needs_model for s in parse_eval_mode(eval_mode)) or (dict_eval_limit and entries)
+    model = load_model(model_path, device=device, precision=precision, merge_adapter=True) if in_process else None
     metrics, preds = evaluate_mcq(model, tokenizer, questions, eval_mode, eval_batch_size, max_new_tokens, glossary,
-                                  **template)
+                                  model_path=model_path, data=data, split=split, lm_eval=lm_eval, **template)
     metrics.update(extra or {})
     if dict_eval_limit and entries:
         dict_metrics, dict_preds = evaluate_dict(model, tokenizer, entries[:dict_eval_limit], eval_batch_size)
@@ -163,6 +168,10 @@ class LoopRecipe:
         base = resolve_model_path(cfg.base_model)
         self.base = str(Path(base).resolve()) if Path(base).exists() else base
         self.tokenizer = load_tokenizer(self.base)
+        self.lm_eval = None
+        if "lm_eval" in parse_eval_mode(cfg.eval_mode):
+            data_configs(cfg.eval_data)  # UsageError for data lm-eval cannot read, before the output is claimed
+            self.lm_eval = lm_eval_settings(cfg, cfg.eval_batch_size)
 
         self.out = claim_output(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
         if cfg.resume:
@@ -240,7 +249,7 @@ class LoopRecipe:
             eval_batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens, glossary=self.glossary,
             rationale_template=cfg.rationale_template, entries=self.entries, dict_eval_limit=cfg.dict_eval_limit,
             dict_folder=loop_dir / "eval_dict", device=cfg.device, precision=cfg.precision,
-            extra={"overlap": self.overlap})
+            extra={"overlap": self.overlap}, data=cfg.eval_data, split=cfg.eval_split, lm_eval=self.lm_eval)
         from .evaluate import summary_line
 
         record = {
@@ -270,7 +279,8 @@ class LoopRecipe:
             copy_checkpoint(self.out / best_src, self.out / "best_checkpoint")
             self.history["best_checkpoint_from"] = best_src
         write_json_atomic(self.history_path, self.history)
-        reached = record["metrics"].get("accuracy", record["metrics"].get("loglik_accuracy"))
+        m = record["metrics"]
+        reached = m.get("accuracy", m.get("loglik_accuracy", m.get("lm_eval_exact_match")))
         if reached is not None and _metric({"m": reached}, "m") * 100 >= cfg.target_accuracy:
             self.stop_reason = "target_reached"
             return True

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .checks import Range, check_config, parse_answer_weight
-from .config import DEFAULT_MODEL_HELP, LR_SCHEDULES, SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, ResumableRunArgs, arg
+from .config import (DEFAULT_MODEL_HELP, LR_SCHEDULES, SAMPLE_DICTIONARIES, LmEvalArgs, LoraArgs, ModelArgs,
+                     ResumableRunArgs, arg)
 from .errors import UsageError
 from .formats import DEFAULT_RATIONALE_TEMPLATE, RATIONALE_TEMPLATES
 # The --select-by metrics each evaluation scorer computes: declared with the scorers.
@@ -36,7 +37,7 @@ def check_select_by(select_by: str, eval_mode: str) -> None:
 
 
 @dataclass
-class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
+class LoopConfig(ModelArgs, LoraArgs, LmEvalArgs, ResumableRunArgs):
     """`kormedqa loop`: alternate dictionary and MCQ training until the target accuracy."""
 
     output: str = arg("runs/loop", "run folder: loop_N/ checkpoints and evaluations, best_checkpoint/, final/, "
@@ -46,7 +47,8 @@ class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
                                 factory=lambda: list(SAMPLE_DICTIONARIES))
     train_data: str = arg("data/sample/mcq", "KorMedMCQA training file/folder/hub id")
     train_split: str = arg("train", "split of --train-data to train on (a folder or hub id)")
-    eval_data: str = arg("data/sample/mcq", "KorMedMCQA evaluation file/folder/hub id")
+    eval_data: str = arg("data/sample/mcq", "KorMedMCQA evaluation file/folder/hub id (with the lm_eval scorer: a hub "
+                                            "id or a folder in the hub's layout, see kormedqa prepare hub)")
     eval_split: str = arg("test", "split of --eval-data to evaluate on (a folder or hub id)")
     max_loops: int = arg(10, "loops at most")
     target_accuracy: float = arg(90.0, "percent; stop when reached")
