@@ -199,14 +199,15 @@ class LoopRecipe:
                 summary_file = stage_dir / "training_summary.json"
                 summary = _read_json(summary_file) if summary_file.exists() else None
             elif track == "grpo":
-                from .grpo import grpo_rows_from_mcqs, run_grpo
+                from .grpo import GRPOStageConfig, grpo_rows_from_mcqs, run_grpo
 
-                summary = run_grpo(
-                    self.previous or self.base, grpo_rows_from_mcqs(self.train_questions), stage_dir,
-                    max_steps=cfg.grpo_max_steps, num_generations=cfg.num_generations,
+                grpo_cfg = GRPOStageConfig(
+                    base_model=self.previous or self.base, device=cfg.device, precision=cfg.precision,
+                    seed=cfg.seed + loop, max_steps=cfg.grpo_max_steps, num_generations=cfg.num_generations,
                     max_completion_length=cfg.max_completion_length, batch_size=cfg.num_generations * 2,
-                    learning_rate=cfg.grpo_learning_rate, device=cfg.device, precision=cfg.precision,
-                    seed=cfg.seed + loop, logs_dir=self.out, stage=f"loop_{loop}_grpo")
+                    learning_rate=cfg.grpo_learning_rate)
+                summary = run_grpo(grpo_cfg, grpo_rows_from_mcqs(self.train_questions), stage_dir,
+                                   logs_dir=self.out, stage=f"loop_{loop}_grpo")
             else:
                 stage_cfg = _stage_config(cfg, track, self.previous or self.base, loop)
                 stage_rows = self.rows[track]

@@ -3,7 +3,7 @@
 A stage is, in this order:
 
     stage = Stage(name, output, device=..., precision=..., seed=...)   # device, dtype, seed, .work folder
-    args = training_arguments(cfg, stage.work, stage.device, stage.dtype)  # (GRPO: its GRPOConfig)
+    args = training_arguments(cfg.trainer_settings(), stage.work, stage.device, stage.dtype)  # (GRPO: its GRPOConfig)
     model, tokenizer = stage.load(base_model, tokenizer=..., model=...)
     trainer = SomeTrainer(model=model, args=args, ..., callbacks=stage.callbacks())
     result = stage.train(trainer)                                          # timed; TensorBoard closed
@@ -120,3 +120,44 @@ class Stage:
     def drop_work(self) -> None:
         """Remove the work folder (Trainer checkpoints) once the stage's output is published."""
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+def read_prepared_rows(path: str) -> list[dict]:
+    """`kormedqa prepare`'s JSONL rows at `path`, each checked to hold string "prompt" and "completion".
+
+    Raises DataError naming the file, line and field of the first bad row (FileNotFoundError,
+    DataError for an unreadable or empty file, from `data.read_jsonl`).
+    """
+    from .data import read_jsonl
+    from .errors import DataError
+
+    rows = read_jsonl(path)
+    for line, row in enumerate(rows, start=1):
+        if not isinstance(row.get("prompt"), str) or not isinstance(row.get("completion"), str):
+            raise DataError(path, line, "prompt/completion", "a prepared row needs string 'prompt' and 'completion'")
+    return rows
+
+
+def check_train_inputs(cfg):
+    """The train command's checks that need no output: --data/--output given, the model's tokenizer and
+    precision. `cfg` is an `sft.TrainConfig`; returns the tokenizer. UsageError, ModelError."""
+    from .errors import UsageError
+    from .modeling import check_precision, load_tokenizer
+
+    if not cfg.data or not cfg.output:
+        raise UsageError("--data (a prepared JSONL) and --output are required")
+    tokenizer = load_tokenizer(cfg.base_model)  # ModelError for a missing model or an adapter without its base
+    check_precision(cfg.base_model, cfg.device, cfg.precision)  # fp16 Gemma refused before the output is claimed
+    return tokenizer
+
+
+def claim_train_output(cfg) -> Path:
+    """Claim `cfg.output` for the train command and write its run.json (the resolved config, the data's
+    SHA-256); returns the folder. OutputExistsError for an existing output without --resume/--overwrite."""
+    from .launch import is_main_process
+    from .runs import claim_output, provenance, write_json_atomic
+
+    out = claim_output(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
+    if is_main_process():
+        write_json_atomic(out / "run.json", provenance(cfg.resolved(), {"data": cfg.data}))
+    return out

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -179,34 +180,59 @@ class JsonlLogCallback(TrainerCallback):
         fault_point("train_step_logged")
 
 
-def training_arguments(cfg, output_dir: Path, device: torch.device, dtype: torch.dtype) -> TrainingArguments:
-    """`TrainingArguments` for one stage from any config with the shared schedule fields.
+@dataclass(frozen=True)
+class TrainerSettings:
+    """The schedule every gradient stage hands the Trainer (`training_arguments`), one typed field each.
 
-    `cfg` needs epochs, max_steps, batch_size, grad_accum, learning_rate, seed, and optionally
-    logging_steps (1), save_steps (0: no Trainer checkpoints), group_by_length (False), keep_order
-    (False: rows in the given order, which wins over group_by_length) and
-    lr_scheduler_type ("linear": the learning rate falls linearly to 0 over the stage).
+    Each stage's config builds it (`sft.TrainConfig.trainer_settings`, `cpt.CPTConfig.trainer_settings`),
+    so a field a stage forgets is a TypeError at construction, never a silent default. Units:
+    `epochs` passes over the data, `max_steps` optimizer steps (-1: `epochs` decides), `batch_size`
+    examples per device and micro-batch, `grad_accum` micro-batches per optimizer step,
+    `learning_rate` the peak (no warm-up), `logging_steps` / `save_steps` optimizer steps (save 0:
+    no Trainer checkpoints), `lr_scheduler_type` transformers' name. `keep_order` trains on the rows
+    in the order given and wins over `group_by_length`. `report_to` names transformers' integrations
+    (e.g. ("tensorboard", "wandb")); the JSONL log and, where a stage asks, TensorBoard are attached
+    by `stage.Stage` whatever it holds.
     """
-    save_steps = getattr(cfg, "save_steps", 0)
+
+    epochs: float
+    max_steps: int
+    batch_size: int
+    grad_accum: int
+    learning_rate: float
+    seed: int
+    lr_scheduler_type: str
+    logging_steps: int
+    save_steps: int
+    group_by_length: bool
+    keep_order: bool
+    report_to: tuple[str, ...] = ()
+
+
+def training_arguments(settings: TrainerSettings, output_dir: Path, device: torch.device,
+                       dtype: torch.dtype) -> TrainingArguments:
+    """`TrainingArguments` for one stage from its `TrainerSettings` (TypeError for anything else)."""
+    if not isinstance(settings, TrainerSettings):
+        raise TypeError(f"training_arguments takes a TrainerSettings, got {type(settings).__name__}")
     return TrainingArguments(
         output_dir=str(output_dir),
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=getattr(cfg, "lr_scheduler_type", "linear"),
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.lr_scheduler_type,
         warmup_steps=0,
         weight_decay=0.0,
-        logging_steps=getattr(cfg, "logging_steps", 1),
-        save_strategy="steps" if save_steps else "no",
-        save_steps=save_steps or 500,
+        logging_steps=settings.logging_steps,
+        save_strategy="steps" if settings.save_steps else "no",
+        save_steps=settings.save_steps or 500,
         save_total_limit=2,
-        report_to="none",  # TensorBoard is attached explicitly, so its folder outlives the work dir
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        train_sampling_strategy=("sequential" if getattr(cfg, "keep_order", False) else
-                                 "group_by_length" if getattr(cfg, "group_by_length", False) else "random"),
+        report_to=list(settings.report_to) or "none",
+        seed=settings.seed,
+        data_seed=settings.seed,
+        train_sampling_strategy=("sequential" if settings.keep_order else
+                                 "group_by_length" if settings.group_by_length else "random"),
         bf16=dtype == torch.bfloat16,
         use_cpu=device.type == "cpu",
         dataloader_pin_memory=device.type == "cuda",
