@@ -60,9 +60,22 @@ def parse(config_cls, argv: list[str], prog: str, **fixed):
     ValueError for unknown flags: both become one UsageError line here, with the nearest known
     flag when the unknown one looks like a typo.
     """
+    cfg = _parse_once(config_cls, argv, prog, fixed)
+    recorded = _recorded_settings(cfg)
+    if recorded:
+        # --resume continues a run with the settings its run.json records: they become the defaults,
+        # under --config and the flags, so `--resume --output DIR` alone is enough; a flag that
+        # differs from the record is then refused by the command's own check (runs.check_resume).
+        cfg = _parse_once(config_cls, argv, prog, fixed, defaults=recorded)
+    return cfg
+
+
+def _parse_once(config_cls, argv: list[str], prog: str, fixed: dict, defaults: dict | None = None):
     import yaml
 
     parser = _one_line_parser()([config_cls], prog=prog, description=config_cls.__doc__)
+    if defaults:
+        parser.set_defaults_with_config(**defaults)
     try:
         cfg, unknown = parser.parse_args_and_config(argv, return_remaining_strings=True)
     except UserError:
@@ -74,6 +87,24 @@ def parse(config_cls, argv: list[str], prog: str, **fixed):
     if unknown:
         raise UsageError(_unknown_flags(parser, unknown, prog))
     return replace(cfg, **fixed) if fixed else cfg
+
+
+# What --resume never takes from run.json: where to write and the flags that say how to claim it.
+_NOT_RECORDED = frozenset({"output", "resume", "overwrite"})
+
+
+def _recorded_settings(cfg) -> dict:
+    """With `cfg.resume`, the settings run.json in `cfg.output` records for fields `cfg` has; else {}."""
+    from dataclasses import fields
+    from pathlib import Path
+
+    from .runs import recorded_config
+
+    if not getattr(cfg, "resume", False) or not cfg.output or not Path(cfg.output).is_dir():
+        return {}
+    recorded = recorded_config(cfg.output) or {}
+    names = {f.name for f in fields(cfg)} - _NOT_RECORDED
+    return {k: v for k, v in recorded.items() if k in names}
 
 
 def _one_line_parser():

@@ -181,10 +181,13 @@ def run_train(cfg) -> dict:
     claimed (UsageError, DataError, ModelError, OutputExistsError); writes run.json,
     train_log.jsonl and adapter/; returns the training summary (`run_grpo`).
     """
-    from .stage import check_train_inputs, claim_train_output, read_prepared_rows
+    from .stage import check_train_inputs, claim_train_output, read_prepared_rows, train_resume_point, work_folder
 
     if cfg.method != "grpo":
         raise UsageError(f"grpo.run_train trains --method grpo; --method {cfg.method} is kormedqa.sft.run_train")
+    if cfg.resume:  # GRPO keeps no Trainer checkpoints: only a finished run can be "resumed"
+        finished, _ = train_resume_point(cfg, work_folder(Path(cfg.output) / "adapter"))
+        return finished
     rows = read_prepared_rows(cfg.data)
     check_train_inputs(cfg)
     grpo_rows = grpo_rows_from_prepared(rows, source=cfg.data)

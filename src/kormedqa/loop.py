@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .loop_config import SELECT_BY, SELECTABLE_BY_SCORER, LoopConfig, TrackArgs, check_select_by, track_args
-from .runs import atomic_dir, check_resumed_settings, claim_output, provenance, write_json_atomic
+from .runs import atomic_dir, claim_run, write_json_atomic
 from .sft import TrainConfig, run_training
 
 __all__ = ["SELECT_BY", "SELECTABLE_BY_SCORER", "LoopConfig", "LoopRecipe", "TrackArgs", "check_select_by",
@@ -163,13 +163,10 @@ class LoopRecipe:
         self.base = str(Path(base).resolve()) if Path(base).exists() else base
         self.tokenizer = load_tokenizer(self.base)
 
-        self.out = claim_output(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
-        if cfg.resume:
-            check_resumed_settings(self.out, cfg)
+        # Refuses another command's folder and changed settings or data on --resume (nothing written).
+        self.out = claim_run(cfg, "loop", {"train": cfg.train_data, "eval": cfg.eval_data})
         self.history_path = self.out / "history.json"
         history = _read_json(self.history_path) if cfg.resume and self.history_path.exists() else {}
-        if not (self.out / "run.json").exists():
-            write_json_atomic(self.out / "run.json", provenance(cfg, {"train": cfg.train_data, "eval": cfg.eval_data}))
         history.setdefault("select_by", cfg.select_by)
         history.setdefault("loops", [])
         history["overlap"] = self.overlap

@@ -103,6 +103,7 @@ def run_training(
     stage: str = "",
     logs_dir: Path | None = None,
     features: list[dict] | None = None,
+    resume_from: str | None = None,
 ) -> dict:
     """Train on prompt/completion rows and write the adapter + tokenizer to `output` atomically.
 
@@ -111,6 +112,8 @@ def run_training(
     claiming the output). `model`/`tokenizer` may be passed in by the loop to avoid reloading;
     otherwise `cfg.base_model` is loaded. `stage` names the run in the logs; `logs_dir` receives
     `train_log.jsonl` and `tensorboard/<stage>` (default: the folder holding `output`).
+    `resume_from` is a Trainer checkpoint folder to continue from; with `cfg.resume` and none
+    given, the newest complete one in the stage's work folder (`stage.work_folder`), if any.
     Under several processes only the main one writes anything.
 
     Returns the training summary: {"stage", "steps", "train_loss", "seconds" (wall), "examples",
@@ -138,7 +141,9 @@ def run_training(
         answer_weight=weight,
         callbacks=run.callbacks(tensorboard=True),
     )
-    result = run.train(trainer, resume_from=last_trainer_checkpoint(run.work) if cfg.resume else None)
+    if resume_from is None and cfg.resume:
+        resume_from = last_trainer_checkpoint(run.work)
+    result = run.train(trainer, resume_from=resume_from)
     summary = run.summary(trainer, result, examples=len(features), answer_weight=weight)
     save_checkpoint(trainer, tokenizer, run.output, summary, run.work)
     return summary
@@ -152,14 +157,23 @@ def run_train(cfg: TrainConfig) -> dict:
     Writes run.json, train_log.jsonl, tensorboard/ and adapter/ (with training_summary.json) in
     `cfg.output`; returns the training summary (`run_training`). `--method grpo` is
     `grpo.run_train` (the CLI picks by --method; a stage never calls another): UsageError here.
+    With `cfg.resume` the run continues from its newest complete checkpoint, after the checks of
+    `stage.train_resume_point` (same command, settings and data; UsageError when nothing was
+    kept); a finished run is returned as it was.
     """
-    from .stage import check_train_inputs, claim_train_output, read_prepared_rows
+    from .stage import check_train_inputs, claim_train_output, read_prepared_rows, train_resume_point, work_folder
 
     if cfg.method != "sft":
         raise UsageError(f"sft.run_train trains --method sft; --method {cfg.method} is kormedqa.grpo.run_train")
+    checkpoint = None
+    if cfg.resume:  # first: a resume that cannot be done is refused before any input is read
+        finished, checkpoint = train_resume_point(cfg, work_folder(Path(cfg.output) / "adapter"))
+        if finished is not None:
+            log.warning("%s: the run finished earlier; nothing to resume", cfg.output)
+            return finished
     rows = read_prepared_rows(cfg.data)
     tokenizer = check_train_inputs(cfg)
     features = tokenize_rows(tokenizer, rows, cfg.resolved().max_length, source=cfg.data)
     out = claim_train_output(cfg)
     return run_training(cfg, rows, out / "adapter", tokenizer=tokenizer, stage=cfg.track, logs_dir=out,
-                        features=features)
+                        features=features, resume_from=checkpoint)

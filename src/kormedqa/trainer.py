@@ -44,6 +44,12 @@ class AnswerWeightedTrainer(Trainer):
         self._window_counts = (1.0, 1.0)
         self._parts = _LossParts()
 
+    def _save_optimizer_and_scheduler(self, output_dir):
+        super()._save_optimizer_and_scheduler(output_dir)
+        # A checkpoint with weights and optimizer but no trainer_state.json yet: where the crash tests
+        # kill a save (last_trainer_checkpoint must then skip it).
+        fault_point("trainer_checkpoint_saving")
+
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Trainer's micro-batches of one accumulation window, and the window's answer / other supervised
         token counts (summed over processes) that `compute_loss` divides by.
@@ -291,8 +297,28 @@ def save_checkpoint(trainer, tokenizer, output: Path, summary: dict, work: Path)
 
 
 def last_trainer_checkpoint(folder: Path) -> str | None:
-    """The newest `checkpoint-N` folder in `folder` (a path string), or None when there is none."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest COMPLETE `checkpoint-N` folder in `folder` (a path string), or None when there is none.
 
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    Trainer writes a checkpoint's trainer_state.json last (after the weights, optimizer, scheduler
+    and RNG state), so a checkpoint without a readable one was cut short by a kill during the save:
+    it is skipped with a warning, and the one before it (`save_total_limit` 2 keeps it until the
+    new one is complete) is used. transformers' `get_last_checkpoint` would pick it and fail.
+    """
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = []
+    for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = path.name.rsplit("-", 1)[1]
+        if path.is_dir() and step.isdigit():
+            found.append((int(step), path))
+    for _, path in sorted(found, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("%s is incomplete (no readable trainer_state.json: the save was cut short); skipping it", path)
+            continue
+        return str(path)
+    return None
