@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .loop_config import SELECT_BY, SELECTABLE_BY_SCORER, LoopConfig, TrackArgs, check_select_by, track_args
-from .runs import atomic_dir, check_resumed_settings, claim_output, provenance, write_json_atomic
+from .runs import atomic_dir, claim_run, write_json_atomic
 from .sft import TrainConfig, run_training
 
 __all__ = ["SELECT_BY", "SELECTABLE_BY_SCORER", "LoopConfig", "LoopRecipe", "TrackArgs", "check_select_by",
@@ -163,13 +163,10 @@ class LoopRecipe:
         self.base = str(Path(base).resolve()) if Path(base).exists() else base
         self.tokenizer = load_tokenizer(self.base)
 
-        self.out = claim_output(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
-        if cfg.resume:
-            check_resumed_settings(self.out, cfg)
+        # Refuses another command's folder and changed settings or data on --resume (nothing written).
+        self.out = claim_run(cfg, "loop", {"train": cfg.train_data, "eval": cfg.eval_data})
         self.history_path = self.out / "history.json"
         history = _read_json(self.history_path) if cfg.resume and self.history_path.exists() else {}
-        if not (self.out / "run.json").exists():
-            write_json_atomic(self.out / "run.json", provenance(cfg, {"train": cfg.train_data, "eval": cfg.eval_data}))
         history.setdefault("select_by", cfg.select_by)
         history.setdefault("loops", [])
         history["overlap"] = self.overlap
@@ -199,14 +196,15 @@ class LoopRecipe:
                 summary_file = stage_dir / "training_summary.json"
                 summary = _read_json(summary_file) if summary_file.exists() else None
             elif track == "grpo":
-                from .grpo import grpo_rows_from_mcqs, run_grpo
+                from .grpo import GRPOStageConfig, grpo_rows_from_mcqs, run_grpo
 
-                summary = run_grpo(
-                    self.previous or self.base, grpo_rows_from_mcqs(self.train_questions), stage_dir,
-                    max_steps=cfg.grpo_max_steps, num_generations=cfg.num_generations,
+                grpo_cfg = GRPOStageConfig(
+                    base_model=self.previous or self.base, device=cfg.device, precision=cfg.precision,
+                    seed=cfg.seed + loop, max_steps=cfg.grpo_max_steps, num_generations=cfg.num_generations,
                     max_completion_length=cfg.max_completion_length, batch_size=cfg.num_generations * 2,
-                    learning_rate=cfg.grpo_learning_rate, device=cfg.device, precision=cfg.precision,
-                    seed=cfg.seed + loop, logs_dir=self.out, stage=f"loop_{loop}_grpo")
+                    learning_rate=cfg.grpo_learning_rate)
+                summary = run_grpo(grpo_cfg, grpo_rows_from_mcqs(self.train_questions), stage_dir,
+                                   logs_dir=self.out, stage=f"loop_{loop}_grpo")
             else:
                 stage_cfg = _stage_config(cfg, track, self.previous or self.base, loop)
                 stage_rows = self.rows[track]

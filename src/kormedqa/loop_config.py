@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .checks import Range, check_config, parse_answer_weight, parse_eval_mode
-from .config import DEFAULT_MODEL_HELP, LR_SCHEDULES, SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, ResumableRunArgs, arg
+from .config import DEFAULT_MODEL_HELP, GRPO_MAX_STEPS, LR_SCHEDULES, SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, ResumableRunArgs, arg
 from .errors import UsageError
 from .formats import DEFAULT_RATIONALE_TEMPLATE, RATIONALE_TEMPLATES
 
@@ -66,7 +66,7 @@ class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
     mcq_epochs: float | None = arg(None, "epochs of each MCQ stage (default: --epochs-per-stage)")
     dict_max_steps: int = arg(-1, "bound each dictionary stage (-1: its epochs)")
     mcq_max_steps: int = arg(-1, "bound each MCQ stage (-1: its epochs)")
-    grpo_max_steps: int = arg(20, "optimizer steps of each grpo stage")
+    grpo_max_steps: int = arg(GRPO_MAX_STEPS, "optimizer steps of each grpo stage")
     grpo_learning_rate: float = arg(1e-5, "learning rate of each grpo stage")
     num_generations: int = arg(4, "grpo: completions per prompt (a grpo step samples 2 prompts)")
     max_completion_length: int = arg(128, "grpo: generated tokens at most")
