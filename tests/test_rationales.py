@@ -225,3 +225,20 @@ def test_flag_combinations_refused_at_parse_time(tmp_path, capsys):
     assert "--samples > 1 needs --temperature > 0" in capsys.readouterr().err
     assert main(["rationales", "--data", "x", "--output", str(tmp_path / "o"), "--teacher-url", "http://h/v1"]) == 2
     assert "--teacher-model" in capsys.readouterr().err
+
+
+def test_the_loop_trains_on_a_rationale_file_as_written_and_unrotated(tmp_path, tiny_model_dir):
+    from kormedqa.loop import LoopConfig, LoopRecipe
+
+    data = write_sample(tmp_path / "d", n_train=3)
+    given = tmp_path / "r.jsonl"
+    given.write_text(json.dumps({"id": "train-1", "rationale": "교사가 쓴 풀이", "kind": "teacher"}, ensure_ascii=False) + "\n")
+    recipe = LoopRecipe(LoopConfig(base_model=str(tiny_model_dir), dictionary=[data["dictionary"]], train_data=data["mcq"],
+                                   eval_data=data["mcq"], output=str(tmp_path / "loop"), rationales=str(given),
+                                   option_rotations=2, device="cpu"))
+    recipe.setup()
+    rows = recipe.rows["mcq"]
+    assert [r["id"] for r in rows] == ["train-0", "train-0~rot" + rows[1]["id"].split("~rot")[1], "train-1", "train-2",
+                                       rows[4]["id"]]
+    assert rows[2]["completion"] == "<start_of_turn>model\n<reasoning>\n교사가 쓴 풀이\n</reasoning>A<end_of_turn>"
+    assert all("교사가 쓴 풀이" not in r["completion"] for r in rows if r["id"] != "train-1")
