@@ -17,6 +17,7 @@ import torch
 
 from .checks import Range, check_config
 from .config import SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, RunArgs, arg
+from .trainer import AnswerWeightedTrainer, TrainerSettings, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,13 @@ class CPTConfig(ModelArgs, LoraArgs, RunArgs):
     def __post_init__(self):
         """Choices and ranges (UsageError) at parse time, before any input is read."""
         check_config(self)
+
+    def trainer_settings(self) -> TrainerSettings:
+        """The Trainer's schedule (`trainer.TrainerSettings`): linear decay, a log line per step, no checkpoints."""
+        return TrainerSettings(epochs=self.epochs, max_steps=self.max_steps, batch_size=self.batch_size,
+                               grad_accum=self.grad_accum, learning_rate=self.learning_rate, seed=self.seed,
+                               lr_scheduler_type="linear", logging_steps=1, save_steps=0, group_by_length=False,
+                               keep_order=False)
 
 
 def vocab_lines(entries) -> list[str]:
@@ -127,7 +135,6 @@ def run_cpt(cfg: CPTConfig) -> dict:
     from .modeling import load_tokenizer, lora_config
     from .runs import atomic_dir, claim_output, provenance, write_json_atomic
     from .stage import Stage
-    from .trainer import AnswerWeightedTrainer, training_arguments
 
     paragraphs = read_text_corpus(cfg.corpus)
     heldout = read_text_corpus(cfg.heldout) if cfg.heldout else []
@@ -144,7 +151,7 @@ def run_cpt(cfg: CPTConfig) -> dict:
     model = get_peft_model(model, lora_config(cfg.lora_r, cfg.lora_alpha))
     trainer = AnswerWeightedTrainer(
         model=model,
-        args=training_arguments(cfg, run.work, run.device, run.dtype),
+        args=training_arguments(cfg.trainer_settings(), run.work, run.device, run.dtype),
         train_dataset=Dataset.from_list(features),
         data_collator=CompletionCollator(tokenizer.pad_token_id),
         answer_weight=None,

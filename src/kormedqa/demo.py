@@ -110,7 +110,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from .modeling import DEFAULT_MODEL_NAME, load_tokenizer, resolve_model_path
     from .prepare import dict_rows, mcq_rows
     from .report import markdown_report, plot_loops, results_table, significance, what_moved
-    from .runs import check_resumed_settings, claim_output, provenance, write_json_atomic
+    from .runs import claim_run, write_json_atomic
 
     started = time.time()
     timings: dict[str, float] = {}
@@ -129,11 +129,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     rephrased = load_mcq(cfg.rephrased, split="test")[:: max(cfg.eval_every, 1)][: cfg.eval_limit or None] if cfg.rephrased else []
     if cfg.model != DEFAULT_MODEL_NAME:
         resolve_model_path(cfg.model)  # ModelError before the output is claimed (the default is fetched below)
-    out = claim_output(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
-    if cfg.resume:
-        check_resumed_settings(out, cfg)  # before anything is skipped as finished
-    if not any(out.iterdir()):  # a folder from before run.json existed is checked by its loop's run.json
-        write_json_atomic(out / "run.json", provenance(cfg, {"mcq": cfg.mcq}))
+    # Before anything is skipped as finished: another command's folder, changed settings or data are refused.
+    out = claim_run(cfg, "demo", {"mcq": cfg.mcq})
 
     t = time.time()
     base = resolve_model_path(cfg.model)

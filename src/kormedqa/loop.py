@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from .errors import UsageError
 from .lm_eval_protocol import data_configs, lm_eval_settings
 from .loop_config import SELECT_BY, SELECTABLE_BY_SCORER, LoopConfig, TrackArgs, check_select_by, track_args
+from .runs import atomic_dir, claim_run, write_json_atomic
 from .scorer_table import BY_NAME, HISTORY_METRICS, parse_eval_mode
-from .runs import atomic_dir, check_resumed_settings, claim_output, provenance, write_json_atomic
 from .sft import TrainConfig, run_training
 
 __all__ = ["SELECT_BY", "SELECTABLE_BY_SCORER", "LoopConfig", "LoopRecipe", "TrackArgs", "check_select_by",
@@ -151,7 +152,7 @@ class LoopRecipe:
         from .data import load_dictionary, load_mcq
         from .formats import Glossary
         from .modeling import load_tokenizer, resolve_model_path
-        from .prepare import check_overlap, dict_rows, mcq_rows
+        from .prepare import check_overlap, dict_rows, load_rationales, mcq_rows
 
         cfg = self.cfg
         check_select_by(cfg.select_by, cfg.eval_mode)  # also checked at parse time; code callers get it here
@@ -172,21 +173,23 @@ class LoopRecipe:
         if "lm_eval" in parse_eval_mode(cfg.eval_mode):
             data_configs(cfg.eval_data)  # UsageError for data lm-eval cannot read, before the output is claimed
             self.lm_eval = lm_eval_settings(cfg, cfg.eval_batch_size)
+        given = load_rationales(cfg.rationales) if cfg.rationales else {}  # DataError before the output is claimed
 
-        self.out = claim_output(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
-        if cfg.resume:
-            check_resumed_settings(self.out, cfg)
+        # Refuses another command's folder and changed settings or data on --resume (nothing written).
+        self.out = claim_run(cfg, "loop", {"train": cfg.train_data, "eval": cfg.eval_data})
         self.history_path = self.out / "history.json"
         history = _read_json(self.history_path) if cfg.resume and self.history_path.exists() else {}
-        if not (self.out / "run.json").exists():
-            write_json_atomic(self.out / "run.json", provenance(cfg, {"train": cfg.train_data, "eval": cfg.eval_data}))
         history.setdefault("select_by", cfg.select_by)
         history.setdefault("loops", [])
         history["overlap"] = self.overlap
         self.history = history
 
         self.glossary = Glossary(self.entries)
-        mcq_train = option_rotations(self.train_questions, cfg.option_rotations, cfg.seed)
+        mcq_train = self.train_questions
+        if given:
+            # As a record's cot: used as written, and option_rotations keeps such a question unrotated.
+            mcq_train = [replace(q, cot=given[q.id]) if q.id in given and not q.cot.strip() else q for q in mcq_train]
+        mcq_train = option_rotations(mcq_train, cfg.option_rotations, cfg.seed)
         self.rows = {"dict": dict_rows(self.entries),
                      "mcq": mcq_rows(mcq_train, cfg.seed, self.glossary, template=cfg.rationale_template)}
 
@@ -209,14 +212,15 @@ class LoopRecipe:
                 summary_file = stage_dir / "training_summary.json"
                 summary = _read_json(summary_file) if summary_file.exists() else None
             elif track == "grpo":
-                from .grpo import grpo_rows_from_mcqs, run_grpo
+                from .grpo import GRPOStageConfig, grpo_rows_from_mcqs, run_grpo
 
-                summary = run_grpo(
-                    self.previous or self.base, grpo_rows_from_mcqs(self.train_questions), stage_dir,
-                    max_steps=cfg.grpo_max_steps, num_generations=cfg.num_generations,
+                grpo_cfg = GRPOStageConfig(
+                    base_model=self.previous or self.base, device=cfg.device, precision=cfg.precision,
+                    seed=cfg.seed + loop, max_steps=cfg.grpo_max_steps, num_generations=cfg.num_generations,
                     max_completion_length=cfg.max_completion_length, batch_size=cfg.num_generations * 2,
-                    learning_rate=cfg.grpo_learning_rate, device=cfg.device, precision=cfg.precision,
-                    seed=cfg.seed + loop, logs_dir=self.out, stage=f"loop_{loop}_grpo")
+                    learning_rate=cfg.grpo_learning_rate)
+                summary = run_grpo(grpo_cfg, grpo_rows_from_mcqs(self.train_questions), stage_dir,
+                                   logs_dir=self.out, stage=f"loop_{loop}_grpo")
             else:
                 stage_cfg = _stage_config(cfg, track, self.previous or self.base, loop)
                 stage_rows = self.rows[track]
