@@ -14,9 +14,25 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
-from .errors import UsageError, UserError, one_line
+from .batching import tokenize_rows
+from .cpt import CPTConfig, run_cpt
+from .data import read_jsonl
+from .default_model import fetch_default
+from .demo import DemoConfig, run_demo
+from .errors import DataError, OutputExistsError, UsageError, UserError, one_line
+from .evaluate import EvalConfig, run_eval
+from .fsio import atomic_dir, claim_output, write_json_atomic
+from .grpo import grpo_rows_from_prepared, run_grpo
+from .hardware import choose
+from .launch import check_launch, is_main_process
+from .loop import LoopConfig, run_loop
+from .modeling import DEFAULT_MODEL_NAME, adapter_base, check_precision, load_model, load_tokenizer, resolve_model_path
 from .numerics import NonFiniteError
+from .prepare import PrepareConfig, print_info, run_prepare
+from .provenance import provenance
+from .sft import TrainConfig, run_training
 
 USAGE = """usage: kormedqa <command> [options]   (kormedqa <command> --help for each)
 
@@ -116,15 +132,8 @@ def cmd_model(argv):
     if rest and not rest[0].startswith("-"):
         rest = ["--name", rest[0], *rest[1:]]
     cfg = parse(FetchConfig, rest, "kormedqa model fetch")
-    from .default_model import fetch_default
-    from .modeling import DEFAULT_MODEL_NAME
-
     if cfg.name != DEFAULT_MODEL_NAME:
         raise UsageError(f"only {DEFAULT_MODEL_NAME} is embedded; any other model is used by its folder or hub id")
-    from pathlib import Path
-
-    from .errors import OutputExistsError
-
     out = Path(cfg.out)
     # fetch_default replaces the folder it builds; one that holds something other than a model is
     # the user's, not a half-fetched model, and is refused rather than deleted.
@@ -135,8 +144,6 @@ def cmd_model(argv):
 
 def cmd_prepare(argv):
     """`kormedqa prepare dict|mcq [flags]`: `prepare.run_prepare`; prints what was written as JSON."""
-    from .prepare import PrepareConfig, print_info, run_prepare
-
     track, rest = _positional(argv, ("dict", "mcq"), "prepare")
     print_info(run_prepare(parse(PrepareConfig, rest, f"kormedqa prepare {track}", track=track)))
 
@@ -148,17 +155,6 @@ def cmd_train(argv):
     DataError, ModelError). Writes run.json, train_log.jsonl and adapter/ (SFT also tensorboard/);
     the main process prints the training summary.
     """
-    from pathlib import Path
-
-    from .batching import tokenize_rows
-    from .data import read_jsonl
-    from .errors import DataError
-    from .launch import is_main_process
-    from .modeling import load_tokenizer
-    from .modeling import check_precision
-    from .runs import claim_output, provenance, write_json_atomic
-    from .sft import TrainConfig, run_training
-
     track, rest = _positional(argv, ("dict", "mcq"), "train")
     cfg = parse(TrainConfig, rest, f"kormedqa train {track}", track=track)
     if not cfg.data or not cfg.output:
@@ -170,25 +166,23 @@ def cmd_train(argv):
             raise DataError(cfg.data, line, "prompt/completion", "a prepared row needs string 'prompt' and 'completion'")
     r = cfg.resolved()
     tokenizer = load_tokenizer(cfg.base_model)  # ModelError for a missing model or an adapter without its base
-    check_precision(cfg.base_model, cfg.device, cfg.precision)  # fp16 Gemma refused before the output is claimed
+    choice = choose(cfg.device, cfg.precision)  # the run's precision, decided once and passed down
+    check_precision(cfg.base_model, choice)  # fp16 Gemma refused before the output is claimed
     if cfg.method == "grpo":
-        from .grpo import grpo_rows_from_prepared, run_grpo
-
         grpo_rows = grpo_rows_from_prepared(rows, source=cfg.data)
     else:
         features = tokenize_rows(tokenizer, rows, r.max_length)
     out = claim_output(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
     if is_main_process():
-        write_json_atomic(out / "run.json", provenance(r, {"data": cfg.data}))
+        write_json_atomic(out / "run.json", provenance(r, {"data": cfg.data}, choice))
     if cfg.method == "grpo":
         summary = run_grpo(cfg.base_model, grpo_rows, Path(out) / "adapter",
                            max_steps=cfg.max_steps if cfg.max_steps > 0 else 20, num_generations=cfg.num_generations,
                            max_completion_length=cfg.max_completion_length, batch_size=r.batch_size * r.grad_accum,
-                           learning_rate=r.learning_rate, device=cfg.device, precision=cfg.precision, seed=cfg.seed,
-                           logs_dir=out)
+                           learning_rate=r.learning_rate, seed=cfg.seed, logs_dir=out, choice=choice)
     else:
         summary = run_training(cfg, rows, Path(out) / "adapter", tokenizer=tokenizer, stage=track, logs_dir=out,
-                               features=features)
+                               features=features, choice=choice)
     if is_main_process():
         print(json.dumps({k: v for k, v in summary.items() if k != "log"}, indent=2))
         print(f"adapter written to {Path(out) / 'adapter'}")
@@ -203,14 +197,12 @@ def cmd_merge(argv):
     cfg = parse(MergeConfig, argv, "kormedqa merge")
     if not cfg.adapter or not cfg.output:
         raise UsageError("--adapter and --output are required")
-    from .modeling import adapter_base, load_model, load_tokenizer, resolve_model_path
-    from .runs import atomic_dir, claim_output
 
     if adapter_base(resolve_model_path(cfg.adapter)) is None:
         raise UsageError(f"{cfg.adapter} is not a LoRA adapter folder (no adapter_config.json): nothing to merge")
     tokenizer = load_tokenizer(cfg.adapter)
     claim_output(cfg.output, overwrite=cfg.overwrite, is_dir=False)
-    merged = load_model(cfg.adapter, device="cpu", precision="fp32", merge_adapter=True)
+    merged = load_model(cfg.adapter, choose("cpu", "fp32"), merge_adapter=True)
     with atomic_dir(cfg.output) as scratch:
         merged.save_pretrained(scratch, safe_serialization=True)
         tokenizer.save_pretrained(scratch)
@@ -219,30 +211,22 @@ def cmd_merge(argv):
 
 def cmd_eval(argv):
     """`kormedqa eval [flags]`: `evaluate.run_eval` (metrics.json and predictions.jsonl in --output)."""
-    from .evaluate import EvalConfig, run_eval
-
     run_eval(parse(EvalConfig, argv, "kormedqa eval"))
 
 
 def cmd_loop(argv):
     """`kormedqa loop [flags | --config recipe.yaml]`: `loop.run_loop`; prints why it stopped and the best loop."""
-    from .loop import LoopConfig, run_loop
-
     history = run_loop(parse(LoopConfig, argv, "kormedqa loop"))
     print(f"stopped: {history['stop_reason']}; best loop {history['best']['loop']}; see history.json")
 
 
 def cmd_cpt(argv):
     """`kormedqa cpt [flags]`: `cpt.run_cpt` (merged model, perplexity before/after)."""
-    from .cpt import CPTConfig, run_cpt
-
     run_cpt(parse(CPTConfig, argv, "kormedqa cpt"))
 
 
 def cmd_demo(argv):
     """`kormedqa demo [flags]`: `demo.run_demo` (the whole pipeline and REPORT.md)."""
-    from .demo import DemoConfig, run_demo
-
     run_demo(parse(DemoConfig, argv, "kormedqa demo"))
 
 
@@ -275,7 +259,6 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_USER_ERROR
     logging.basicConfig(level=os.environ.get("KORMEDQA_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
-    from .launch import check_launch, is_main_process
 
     try:
         check_launch(argv[0])

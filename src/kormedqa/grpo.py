@@ -12,11 +12,17 @@ from typing import Sequence
 
 import torch
 
-from .errors import UsageError
-from .extract import AFTER_REASONING, reasoning_score
+from .batching import strip_leading_bos
+from .chat import stop_token_ids
+from .errors import DataError, UsageError
+from .extract import AFTER_REASONING, extract_answer, reasoning_score
 from .formats import GENERATION_PREFIX, REASONING_CLOSE, mcq_prompt
+from .hardware import PrecisionChoice, choose
+from .modeling import cpu_vocab_projection, lora_config
 from .records import MCQ
+from .stage import Stage
 from .text import normalize_text
+from .trainer import save_checkpoint
 
 
 def seed_reward(completions: Sequence, gold: Sequence[str], **_) -> list[float]:
@@ -57,9 +63,6 @@ def grpo_rows_from_prepared(rows: Sequence[dict], source: str = "prepared rows")
     A completion without a letter A-E is a DataError naming `source` and its line (a dictionary
     row given to `train mcq --method grpo`, say), raised before anything is written.
     """
-    from .errors import DataError
-    from .extract import extract_answer
-
     out = []
     for line, r in enumerate(rows, start=1):
         gold = extract_answer(r["completion"])
@@ -84,6 +87,7 @@ def run_grpo(
     seed: int = 42,
     logs_dir: str | Path | None = None,
     stage: str = "grpo",
+    choice: PrecisionChoice | None = None,
 ) -> dict:
     """Reward-train `base_model` on GRPO rows and write the adapter + tokenizer to `output` atomically.
 
@@ -91,7 +95,8 @@ def run_grpo(
     `grpo_rows_from_prepared`). `batch_size` completions per optimizer step, rounded down to a
     multiple of `num_generations` (at least one prompt); `max_completion_length` in tokens.
     From an adapter folder the adapter keeps training; from a plain model a fresh LoRA is added.
-    `logs_dir` receives `train_log.jsonl` (default: the folder holding `output`).
+    `logs_dir` receives `train_log.jsonl` (default: the folder holding `output`). `choice` is the
+    run's precision (`hardware.choose`), decided here from `device`/`precision` when the caller has none.
 
     Returns {"stage", "steps", "train_loss", "seconds" (wall), "eos_token_ids", "log": [log dicts
     with "loss" or "reward"]}, also written to `output/training_summary.json`. Raises UsageError
@@ -101,14 +106,9 @@ def run_grpo(
     from peft import PeftModel
     from trl import GRPOConfig, GRPOTrainer
 
-    from .batching import strip_leading_bos
-    from .modeling import cpu_vocab_projection, lora_config, stop_token_ids
-    from .stage import Stage
-    from .trainer import save_checkpoint
-
     if any(r["gold"] not in "ABCDE" or not r["gold"] for r in rows):
         raise UsageError("every GRPO row needs a gold letter A-E")
-    run = Stage(stage, output, device=device, precision=precision, seed=seed, logs_dir=logs_dir)
+    run = Stage(stage, output, choice or choose(device, precision), seed=seed, logs_dir=logs_dir)
     # Each optimizer step sees batch_size completions = batch_size / num_generations prompts.
     per_device = max(num_generations, batch_size - batch_size % num_generations)
     args = GRPOConfig(

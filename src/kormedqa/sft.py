@@ -16,6 +16,8 @@ from .batching import CompletionCollator, tokenize_rows
 from .checks import Range, check_config, parse_answer_weight
 from .config import LR_SCHEDULES, LoraArgs, ModelArgs, ResumableRunArgs, arg
 from .errors import UsageError
+from .hardware import PrecisionChoice, choose
+from .stage import Stage
 from .trainer import (AnswerWeightedTrainer, last_trainer_checkpoint, prepare_trainable, save_checkpoint,
                       training_arguments)
 
@@ -94,6 +96,7 @@ def run_training(
     stage: str = "",
     logs_dir: Path | None = None,
     features: list[dict] | None = None,
+    choice: PrecisionChoice | None = None,
 ) -> dict:
     """Train on prompt/completion rows and write the adapter + tokenizer to `output` atomically.
 
@@ -101,7 +104,8 @@ def run_training(
     `features` the same rows already tokenised (`batching.tokenize_rows`, as the CLI does before
     claiming the output). `model`/`tokenizer` may be passed in by the loop to avoid reloading;
     otherwise `cfg.base_model` is loaded. `stage` names the run in the logs; `logs_dir` receives
-    `train_log.jsonl` and `tensorboard/<stage>` (default: the folder holding `output`).
+    `train_log.jsonl` and `tensorboard/<stage>` (default: the folder holding `output`). `choice` is
+    the run's precision (`hardware.choose`), decided here from `cfg` when the caller has none.
     Under several processes only the main one writes anything.
 
     Returns the training summary: {"stage", "steps", "train_loss", "seconds" (wall), "examples",
@@ -111,11 +115,9 @@ def run_training(
     """
     from datasets import Dataset
 
-    from .stage import Stage
-
     cfg = cfg.resolved()
     weight = parse_answer_weight(cfg.answer_weight)
-    run = Stage(stage, output, device=cfg.device, precision=cfg.precision, seed=cfg.seed, logs_dir=logs_dir)
+    run = Stage(stage, output, choice or choose(cfg.device, cfg.precision), seed=cfg.seed, logs_dir=logs_dir)
     args = training_arguments(cfg, run.work, run.device, run.dtype)  # before loading: see kormedqa.stage
     model, tokenizer = run.load(cfg.base_model, tokenizer=tokenizer, model=model)
     model = prepare_trainable(model, cfg)

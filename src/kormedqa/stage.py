@@ -2,7 +2,7 @@
 
 A stage is, in this order:
 
-    stage = Stage(name, output, device=..., precision=..., seed=...)   # device, dtype, seed, .work folder
+    stage = Stage(name, output, choice, seed=...)   # device and dtype of the run's choice, seed, .work folder
     args = training_arguments(cfg, stage.work, stage.device, stage.dtype)  # (GRPO: its GRPOConfig)
     model, tokenizer = stage.load(base_model, tokenizer=..., model=...)
     trainer = SomeTrainer(model=model, args=args, ..., callbacks=stage.callbacks())
@@ -24,6 +24,11 @@ from typing import Callable
 
 import torch
 
+from .hardware import PrecisionChoice
+from .launch import is_main_process
+from .modeling import load_model, load_tokenizer
+from .trainer import JsonlLogCallback
+
 
 class Stage:
     """Device, dtype, seed, folders, logging, timing and saving of one training stage.
@@ -32,24 +37,20 @@ class Stage:
     output's folder name). `output` is the folder the stage publishes (atomically, at the end);
     `work` holds the Trainer's resumable checkpoints and is removed once the output is written
     (default: `.<output name>.work` beside the output). `logs_dir` receives `train_log.jsonl` and
-    `tensorboard/<name>` (default: the folder holding `output`). `device` is a torch device string
-    or "auto"; `precision` one of `checks.PRECISIONS`. Raises ModelError for a precision the
-    device cannot compute in.
+    `tensorboard/<name>` (default: the folder holding `output`). `choice` is the run's device and precision
+    (`hardware.choose`, decided once by the run's entry point).
     """
 
-    def __init__(self, name: str, output: str | Path, device: str = "auto", precision: str = "auto", seed: int = 42,
+    def __init__(self, name: str, output: str | Path, choice: PrecisionChoice, seed: int = 42,
                  logs_dir: str | Path | None = None, work: str | Path | None = None):
-        from .modeling import pick_device, pick_dtype
-
         self.output = Path(output)
         self.stage = name  # as given, for the summary
         self.name = name or self.output.name
         self.work = Path(work) if work is not None else self.output.parent / f".{self.output.name}.work"
         self.logs_dir = Path(logs_dir or self.output.parent)
-        self.device_name = device
-        self.precision = precision
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(self.device, precision)
+        self.choice = choice
+        self.device = choice.torch_device
+        self.dtype = choice.dtype
         self.seed = seed
         self.seconds = 0.0
         self._tb_writer = None
@@ -62,21 +63,15 @@ class Stage:
         whose LoRA stays trainable when `trainable_adapter`. Raises ModelError for a model or
         tokenizer that cannot load.
         """
-        from .modeling import load_model, load_tokenizer
-
         if tokenizer is None:
             tokenizer = load_tokenizer(base_model)
         if model is None:
-            model = load_model(base_model, device=self.device_name, precision=self.precision,
-                               trainable_adapter=trainable_adapter)
+            model = load_model(base_model, self.choice, trainable_adapter=trainable_adapter)
         return model, tokenizer
 
     def callbacks(self, tensorboard: bool = False) -> list:
         """Trainer callbacks: the JSONL log (every process checks losses are finite; the main one writes),
         and with `tensorboard` a TensorBoard writer on the main process (closed by `train`)."""
-        from .launch import is_main_process
-        from .trainer import JsonlLogCallback
-
         callbacks = [JsonlLogCallback(self.logs_dir / "train_log.jsonl", self.name)]
         if tensorboard and is_main_process():
             from torch.utils.tensorboard import SummaryWriter

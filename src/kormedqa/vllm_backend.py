@@ -16,7 +16,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from .chat import stop_token_ids
 from .errors import UsageError
+from .hardware import TORCH_NAMES, PrecisionChoice
+from .modeling import adapter_base, resolve_model_path
 
 BACKENDS = ("auto", "hf", "vllm")
 
@@ -52,21 +55,21 @@ def _lora_rank(adapter: Path) -> int:
 
 
 class VllmGenerator:
-    """Callable `(prompts, max_new_tokens, stop_strings) -> outputs`, like `evaluate.generate`."""
+    """Callable `(prompts, max_new_tokens, stop_strings) -> outputs`, like `evaluate.generate`.
 
-    def __init__(self, model: str, tokenizer, precision: str = "auto", seed: int = 0,
+    `choice` is the run's precision (`hardware.choose`); vLLM computes in its dtype.
+    """
+
+    def __init__(self, model: str, tokenizer, choice: PrecisionChoice, seed: int = 0,
                  gpu_memory_utilization: float = 0.5, max_model_len: int | None = 4096):
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 
-        from .modeling import adapter_base, resolve_model_path
-
         path = Path(resolve_model_path(model))
         base = adapter_base(path)
-        dtype = {"auto": "auto", "bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}[precision]
         lora = {"enable_lora": True, "max_lora_rank": _lora_rank(path)} if base else {}
         # Half the GPU by default: `--mode` with loglik, cloze or loss keeps the HF model on the same GPU for scoring.
-        self.llm = LLM(model=str(base or path), tokenizer=str(path), dtype=dtype, seed=seed,
+        self.llm = LLM(model=str(base or path), tokenizer=str(path), dtype=TORCH_NAMES[choice.precision], seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, **lora)
         self.lora_request = LoRARequest("kormedqa-adapter", 1, str(path)) if base else None
         self.tokenizer = tokenizer
@@ -76,8 +79,6 @@ class VllmGenerator:
         (kept in the output) or a stop token (<eos>, <end_of_turn>).
         """
         from vllm import SamplingParams
-
-        from .modeling import stop_token_ids
 
         return SamplingParams(
             temperature=0.0, max_tokens=max_new_tokens, stop=list(stop_strings), include_stop_str_in_output=True,
