@@ -60,7 +60,7 @@ def main() -> int:
 
     from kormedqa.data import load_mcq
     from kormedqa.evaluate import cloze_records
-    from kormedqa.formats import END_OF_TURN
+    from kormedqa.chat import END_OF_TURN
     from kormedqa.hardware import choose
     from kormedqa.modeling import load_model, load_tokenizer, resolve_model_path
     from kormedqa.scorers import cloze_prompt, option_logprobs

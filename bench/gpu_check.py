@@ -214,19 +214,17 @@ class TokenCount:
 
 def train_kormedqa(model, tokenizer, rows, args, device, dtype, work: Path) -> dict:
     """kormedqa's training step (AnswerWeightedTrainer, padding-free collator, token-mean loss)."""
-    from types import SimpleNamespace
-
     from kormedqa.batching import CompletionCollator, tokenize_rows
+    from kormedqa.sft import TrainConfig
     from kormedqa.trainer import AnswerWeightedTrainer, prepare_trainable, training_arguments
 
-    cfg = SimpleNamespace(epochs=1.0, max_steps=args.steps, batch_size=args.batch_size, grad_accum=1,
-                          learning_rate=1e-4, seed=args.seed, lora_r=64, lora_alpha=128, lora_dropout=0.0,
-                          logging_steps=1)
+    cfg = TrainConfig(track="mcq", epochs=1.0, max_steps=args.steps, batch_size=args.batch_size, grad_accum=1,
+                      learning_rate=1e-4, seed=args.seed, lora_r=64, lora_alpha=128, lora_dropout=0.0, logging_steps=1)
     model = prepare_trainable(model, cfg)
     feats = tokenize_rows(tokenizer, rows, args.max_length)
     clock, count = StepClock(device), TokenCount(CompletionCollator(tokenizer.pad_token_id, padding_free=True))
     # A plain list is a map-style dataset to the Trainer: `datasets` is not needed on the GPU machine.
-    trainer = AnswerWeightedTrainer(model=model, args=training_arguments(cfg, work, device, dtype), train_dataset=feats,
+    trainer = AnswerWeightedTrainer(model=model, args=training_arguments(cfg.trainer_settings(), work, device, dtype), train_dataset=feats,
                                     data_collator=count, answer_weight=None, callbacks=[clock.callback])
     trainer.args.disable_tqdm = True
     trainer.train()

@@ -25,7 +25,7 @@ from .modeling import load_tokenizer, lora_config
 from .provenance import provenance
 from .records import DataError
 from .stage import Stage
-from .trainer import AnswerWeightedTrainer, training_arguments
+from .trainer import AnswerWeightedTrainer, TrainerSettings, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,13 @@ class CPTConfig(ModelArgs, LoraArgs, RunArgs):
     def __post_init__(self):
         """Choices and ranges (UsageError) at parse time, before any input is read."""
         check_config(self)
+
+    def trainer_settings(self) -> TrainerSettings:
+        """The Trainer's schedule (`trainer.TrainerSettings`): linear decay, a log line per step, no checkpoints."""
+        return TrainerSettings(epochs=self.epochs, max_steps=self.max_steps, batch_size=self.batch_size,
+                               grad_accum=self.grad_accum, learning_rate=self.learning_rate, seed=self.seed,
+                               lr_scheduler_type="linear", logging_steps=1, save_steps=0, group_by_length=False,
+                               keep_order=False)
 
 
 def vocab_lines(entries) -> list[str]:
@@ -143,7 +150,7 @@ def run_cpt(cfg: CPTConfig, choice: PrecisionChoice | None = None) -> dict:
     model = get_peft_model(model, lora_config(cfg.lora_r, cfg.lora_alpha))
     trainer = AnswerWeightedTrainer(
         model=model,
-        args=training_arguments(cfg, run.work, run.device, run.dtype),
+        args=training_arguments(cfg.trainer_settings(), run.work, run.device, run.dtype),
         train_dataset=Dataset.from_list(features),
         data_collator=CompletionCollator(tokenizer.pad_token_id),
         answer_weight=None,
@@ -169,7 +176,7 @@ def run_cpt(cfg: CPTConfig, choice: PrecisionChoice | None = None) -> dict:
         merged.save_pretrained(scratch)
         tokenizer.save_pretrained(scratch)
     write_json_atomic(out / "metrics.json", metrics)
-    write_json_atomic(out / "run.json", provenance(cfg, {"corpus": cfg.corpus, "heldout": cfg.heldout or ""}, choice))
+    write_json_atomic(out / "run.json", provenance(cfg, {"corpus": cfg.corpus, "heldout": cfg.heldout or ""}, choice=choice))
     run.drop_work()
     print(json.dumps(metrics, indent=2))
     return metrics

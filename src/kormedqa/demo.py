@@ -26,14 +26,14 @@ from .config import DEFAULT_MODEL_HELP, SAMPLE_DICTIONARIES, DeviceArgs, Resumab
 from .cpt import CPTConfig, run_cpt
 from .data import load_dictionary, load_mcq, read_jsonl
 from .evaluate import summary_line
-from .fsio import claim_output, write_json_atomic, write_jsonl_atomic
+from .fsio import write_json_atomic, write_jsonl_atomic
 from .hardware import choose, cpu_name
 from .loop import LoopConfig, evaluate_checkpoint, run_loop
 from .loop_config import check_rotation_batches, check_select_by
 from .metrics import mcnemar_exact
 from .modeling import DEFAULT_MODEL_NAME, load_tokenizer, resolve_model_path
 from .prepare import dict_rows, mcq_rows
-from .provenance import check_resumed_settings, provenance
+from .provenance import claim_run
 from .report import markdown_report, plot_loops, results_table, significance, what_moved
 
 log = logging.getLogger(__name__)
@@ -129,11 +129,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     choice = choose(cfg.device, cfg.precision)  # once for the whole demo; every step gets it
     if cfg.model != DEFAULT_MODEL_NAME:
         resolve_model_path(cfg.model)  # ModelError before the output is claimed (the default is fetched below)
-    out = claim_output(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
-    if cfg.resume:
-        check_resumed_settings(out, cfg)  # before anything is skipped as finished
-    if not any(out.iterdir()):  # a folder from before run.json existed is checked by its loop's run.json
-        write_json_atomic(out / "run.json", provenance(cfg, {"mcq": cfg.mcq}, choice))
+    # Before anything is skipped as finished: another command's folder, changed settings or data are refused.
+    out = claim_run(cfg, "demo", {"mcq": cfg.mcq}, choice=choice)
 
     t = time.time()
     base = resolve_model_path(cfg.model)

@@ -332,7 +332,7 @@ def run_eval(cfg: EvalConfig, choice: PrecisionChoice | None = None) -> dict:
     metrics, preds = evaluate_mcq(model, tokenizer, mcqs, cfg.mode, cfg.batch_size, cfg.max_new_tokens,
                                   generator=generator)
     metrics["generation_backend"] = backend
-    write_eval(cfg.output, metrics, preds, {"run": provenance(cfg, {"data": cfg.data}, choice)})
+    write_eval(cfg.output, metrics, preds, {"run": provenance(cfg, {"data": cfg.data}, choice=choice)})
     print(summary_line(metrics))
     return metrics
 

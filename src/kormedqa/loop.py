@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from .augment import option_rotations, rotation_batches
@@ -26,12 +27,12 @@ from .errors import UsageError
 from .evaluate import evaluate_dict, evaluate_mcq, summary_line, write_eval
 from .formats import Glossary
 from .hardware import PrecisionChoice, choose
-from .fsio import atomic_dir, claim_output, write_json_atomic
-from .grpo import grpo_rows_from_mcqs, run_grpo
+from .fsio import atomic_dir, write_json_atomic
+from .grpo import GRPOStageConfig, grpo_rows_from_mcqs, run_grpo
 from .loop_config import SELECT_BY, SELECTABLE_BY_SCORER, LoopConfig, TrackArgs, check_select_by, track_args
 from .modeling import load_model, load_tokenizer, resolve_model_path
-from .prepare import check_overlap, dict_rows, mcq_rows
-from .provenance import check_resumed_settings, provenance
+from .prepare import check_overlap, dict_rows, load_rationales, mcq_rows
+from .provenance import claim_run
 from .sft import TrainConfig, run_training
 
 __all__ = ["SELECT_BY", "SELECTABLE_BY_SCORER", "LoopConfig", "LoopRecipe", "TrackArgs", "check_select_by",
@@ -98,7 +99,7 @@ def evaluate_checkpoint(model_path: str, tokenizer, questions: list, folder: Pat
 
     The one evaluation step behind each loop's `loop_N/eval`, the demo's `eval_before` and
     bench/learning.py's untrained base, so all three score alike. `model_path` is a full model or a
-    LoRA adapter folder (merged for inference), loaded in the run's `choice` of precision; `extra` entries are added to the metrics before they
+    LoRA adapter folder (merged for inference), loaded in the run's precision `choice`; `extra` entries are added to the metrics before they
     are written. Dictionary recall adds `dict_exact_match` and `dict_chrf` ({value, total}) to the
     MCQ metrics. Raises ModelError for a model that cannot load, UsageError for a bad `eval_mode`.
     """
@@ -163,21 +164,23 @@ class LoopRecipe:
         base = resolve_model_path(cfg.base_model)
         self.base = str(Path(base).resolve()) if Path(base).exists() else base
         self.tokenizer = load_tokenizer(self.base)
+        given = load_rationales(cfg.rationales) if cfg.rationales else {}  # DataError before the output is claimed
 
-        self.out = claim_output(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
-        if cfg.resume:
-            check_resumed_settings(self.out, cfg)
+        # Refuses another command's folder and changed settings or data on --resume (nothing written).
+        self.out = claim_run(cfg, "loop", {"train": cfg.train_data, "eval": cfg.eval_data}, choice=self.choice)
         self.history_path = self.out / "history.json"
         history = _read_json(self.history_path) if cfg.resume and self.history_path.exists() else {}
-        if not (self.out / "run.json").exists():
-            write_json_atomic(self.out / "run.json", provenance(cfg, {"train": cfg.train_data, "eval": cfg.eval_data}, self.choice))
         history.setdefault("select_by", cfg.select_by)
         history.setdefault("loops", [])
         history["overlap"] = self.overlap
         self.history = history
 
         self.glossary = Glossary(self.entries)
-        mcq_train = option_rotations(self.train_questions, cfg.option_rotations, cfg.seed)
+        mcq_train = self.train_questions
+        if given:
+            # As a record's cot: used as written, and option_rotations keeps such a question unrotated.
+            mcq_train = [replace(q, cot=given[q.id]) if q.id in given and not q.cot.strip() else q for q in mcq_train]
+        mcq_train = option_rotations(mcq_train, cfg.option_rotations, cfg.seed)
         self.rows = {"dict": dict_rows(self.entries),
                      "mcq": mcq_rows(mcq_train, cfg.seed, self.glossary, template=cfg.rationale_template)}
 
@@ -200,12 +203,13 @@ class LoopRecipe:
                 summary_file = stage_dir / "training_summary.json"
                 summary = _read_json(summary_file) if summary_file.exists() else None
             elif track == "grpo":
-                summary = run_grpo(
-                    self.previous or self.base, grpo_rows_from_mcqs(self.train_questions), stage_dir,
-                    max_steps=cfg.grpo_max_steps, num_generations=cfg.num_generations,
+                grpo_cfg = GRPOStageConfig(
+                    base_model=self.previous or self.base, device=cfg.device, precision=cfg.precision,
+                    seed=cfg.seed + loop, max_steps=cfg.grpo_max_steps, num_generations=cfg.num_generations,
                     max_completion_length=cfg.max_completion_length, batch_size=cfg.num_generations * 2,
-                    learning_rate=cfg.grpo_learning_rate, seed=cfg.seed + loop, logs_dir=self.out,
-                    stage=f"loop_{loop}_grpo", choice=self.choice)
+                    learning_rate=cfg.grpo_learning_rate)
+                summary = run_grpo(grpo_cfg, grpo_rows_from_mcqs(self.train_questions), stage_dir,
+                                   logs_dir=self.out, stage=f"loop_{loop}_grpo", choice=self.choice)
             else:
                 stage_cfg = _stage_config(cfg, track, self.previous or self.base, loop)
                 stage_rows = self.rows[track]

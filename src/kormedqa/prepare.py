@@ -9,7 +9,7 @@ from typing import ClassVar
 from .formats import DEFAULT_RATIONALE_TEMPLATE, DETAILED_FRACTION, RATIONALE_TEMPLATES, Glossary, dict_example, mcq_examples
 from .checks import Range, check_config
 from .config import RunArgs, arg
-from .data import load_dictionary, load_mcq, read_jsonl
+from .data import load_dictionary, load_mcq, load_mcq_sources, read_jsonl
 from .errors import DataError, LeakageError, OutputExistsError, UsageError
 from .fsio import claim_output, write_jsonl_atomic
 from .leakage import find_overlap
@@ -113,7 +113,7 @@ def run_prepare(cfg: PrepareConfig) -> dict:
     if cfg.track == "dict":
         rows = dict_rows(load_dictionary(*cfg.data))
     elif cfg.track == "mcq":
-        mcqs = [q for source in cfg.data for q in load_mcq(source, split=cfg.split)]
+        mcqs = load_mcq_sources(cfg.data, cfg.split)
         if cfg.eval_data:
             info["overlap"] = check_overlap(mcqs, load_mcq(cfg.eval_data, split=cfg.eval_split), cfg.allow_overlap)
         glossary = Glossary(load_dictionary(*cfg.dictionary)) if cfg.dictionary else Glossary()
