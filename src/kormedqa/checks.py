@@ -24,7 +24,6 @@ from typing import Literal
 
 from .errors import UsageError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICE_HINT = "auto, cpu, cuda, cuda:N or mps"
 
 

@@ -39,7 +39,8 @@ from typing import Any, Sequence
 from .errors import UsageError
 from .hub import card_configs, load_card, load_hub
 from .metrics import accuracy_with_groups, proportion
-from .modeling import adapter_base, pick_device, pick_dtype, resolve_model_path
+from .hardware import PrecisionChoice
+from .modeling import adapter_base, resolve_model_path
 from .records import EXAM_TYPES, MCQ, DataError
 
 HUB_ID = "sean0042/KorMedMCQA"
@@ -67,15 +68,14 @@ class LmEvalSettings:
     gen_kwargs: str = ""
 
 
-def lm_eval_settings(cfg, batch_size: int, backend: str | None = "hf") -> LmEvalSettings:
-    """The settings from a config holding `config.LmEvalArgs` and `config.DeviceArgs`: device and
-    dtype resolved as kormedqa resolves them, so both protocols compute alike. `backend` "vllm"
+def lm_eval_settings(cfg, choice: PrecisionChoice, batch_size: int, backend: str | None = "hf") -> LmEvalSettings:
+    """The settings from a config holding `config.LmEvalArgs`, computing where and in the precision
+    the run's `choice` says (decided once per run, as for the spec's protocol). `backend` "vllm"
     runs lm-eval's vllm model, anything else its hf model."""
-    device = pick_device(cfg.device)
-    dtype = str(pick_dtype(device, cfg.precision)).removeprefix("torch.")
     return LmEvalSettings(num_fewshot=cfg.num_fewshot, apply_chat_template=cfg.apply_chat_template,
-                          model="vllm" if backend == "vllm" else "hf", device=str(device), dtype=dtype,
-                          batch_size=batch_size, gen_kwargs=cfg.lm_eval_gen_kwargs)
+                          model="vllm" if backend == "vllm" else "hf", device=choice.device,
+                          dtype=str(choice.dtype).removeprefix("torch."), batch_size=batch_size,
+                          gen_kwargs=cfg.lm_eval_gen_kwargs)
 
 
 def lm_eval_installed() -> bool:

@@ -15,6 +15,7 @@ from .errors import UsageError
 from .formats import DEFAULT_RATIONALE_TEMPLATE, RATIONALE_TEMPLATES
 # The --select-by metrics each evaluation scorer computes: declared with the scorers.
 from .scorer_table import MODE_HELP, SELECT_BY, SELECTABLE_BY_SCORER, parse_eval_mode, scorer_of
+from .sft import TRACK_DEFAULTS
 
 
 def check_select_by(select_by: str, eval_mode: str) -> None:
@@ -124,8 +125,6 @@ class LoopConfig(ModelArgs, LoraArgs, LmEvalArgs, ResumableRunArgs):
 
 def check_rotation_batches(enabled: bool, rotations: int, mcq_batch_size: int | None) -> None:
     """UsageError unless --rotation-batches (when on) has batches that hold whole questions."""
-    from .sft import TRACK_DEFAULTS
-
     batch = mcq_batch_size or TRACK_DEFAULTS["mcq"]["batch_size"]
     if enabled and (rotations < 2 or batch % rotations):
         raise UsageError(f"--rotation-batches needs --option-rotations >= 2 and --mcq-batch-size a multiple of it; "
