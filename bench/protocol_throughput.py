@@ -10,6 +10,7 @@ reported. The parse rates cross the extractors: each protocol's raw outputs read
 `extract_answer` and by lm-eval's filter (`harness_extract`, byte-exact to it).
 
     python bench/protocol_throughput.py [--model gemma3-270m] [--per-exam 4] [--max-new-tokens 256]
+                                        [--lm-eval-max-gen-toks 256]
 
 On a machine shared with other jobs the absolute speeds move; the ratio is the figure.
 """
@@ -43,10 +44,15 @@ def main() -> int:
     p.add_argument("--max-new-tokens", type=int, default=256, help="the spec protocol's generation budget")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--precision", default="fp32")
+    p.add_argument("--lm-eval-max-gen-toks", type=int, default=256,
+                   help="the lm-eval protocol's generation budget here (the task's own is 1024; 0 keeps it): a "
+                        "base model that never writes '.' or a blank line runs to the budget, so the default gives "
+                        "both protocols the same 256")
     args = p.parse_args()
 
     from kormedqa.data import load_mcq
     from kormedqa.evaluate import evaluate_mcq
+    from kormedqa.hardware import choose
     from kormedqa.hub import fewshot_split, write_hub_copy
     from kormedqa.lm_eval_protocol import LmEvalSettings
     from kormedqa.modeling import load_model, load_tokenizer, resolve_model_path
@@ -62,7 +68,7 @@ def main() -> int:
     tokenizer = load_tokenizer(model_dir)
 
     started = time.time()
-    model = load_model(model_dir, device="cpu", precision=args.precision)
+    model = load_model(model_dir, choose("cpu", args.precision))
     load_s = time.time() - started
     started = time.time()
     spec_m, spec_p = evaluate_mcq(model, tokenizer, questions, "generate", args.batch_size, args.max_new_tokens)
@@ -71,10 +77,14 @@ def main() -> int:
     spec_out = [p["raw_output"] for p in spec_p]
     runs = {"spec": {"seconds": spec_s, "questions_per_s": len(questions) / spec_s,
                      "accuracy": spec_m["accuracy"]["value"], "parse_rate": spec_m["parse_rate"]["value"],
-                     "max_new_tokens": args.max_new_tokens, "parse_rates_of_its_outputs": parse_rates(spec_out)}}
+                     "max_new_tokens": args.max_new_tokens, "parse_rates_of_its_outputs": parse_rates(spec_out),
+                     "outputs": spec_out}}
+    partial = {"machine": machine(), "model": model_dir, "questions": len(questions), "model_load_seconds": load_s}
+    write_result("protocol_throughput", {**partial, "runs": runs})  # kept if the lm-eval runs are stopped
     dtype = {"fp32": "float32", "bf16": "bfloat16"}[args.precision]
     for shots in (0, 5):
-        settings = LmEvalSettings(num_fewshot=shots, dtype=dtype, batch_size=args.batch_size)
+        settings = LmEvalSettings(num_fewshot=shots, dtype=dtype, batch_size=args.batch_size,
+                                  gen_kwargs=f"max_gen_toks={args.lm_eval_max_gen_toks}" if args.lm_eval_max_gen_toks else "")
         started = time.time()
         m, preds = evaluate_mcq(None, tokenizer, questions, "lm_eval", model_path=model_dir, data=str(hub),
                                 lm_eval=settings)
@@ -85,15 +95,15 @@ def main() -> int:
             "questions_per_s_without_model_load": len(questions) / max(seconds - load_s, 1e-9),
             "exact_match": m["lm_eval_exact_match"]["value"], "parse_rate": m["lm_eval_parse_rate"]["value"],
             "parse_rates_of_its_outputs": parse_rates(outs),
-            "mean_output_chars": sum(map(len, outs)) / max(len(outs), 1)}
+            "mean_output_chars": sum(map(len, outs)) / max(len(outs), 1), "outputs": outs,
+            "max_gen_toks": args.lm_eval_max_gen_toks or 1024}
+        write_result("protocol_throughput", {**partial, "runs": runs})
     spec_qps = runs["spec"]["questions_per_s"]
     ratios = {k: v["questions_per_s_without_model_load"] / spec_qps for k, v in runs.items() if k != "spec"}
     summary = (f"{len(questions)} questions, {Path(model_dir).name}, {args.precision}: spec protocol "
-               f"{spec_qps:.3f} q/s (max_new_tokens {args.max_new_tokens}); lm-eval protocol / spec (model load "
-               f"excluded): " + ", ".join(f"{k} {r:.2f}x" for k, r in ratios.items()))
-    write_result("protocol_throughput", {"machine": machine(), "model": model_dir, "questions": len(questions),
-                                         "model_load_seconds": load_s, "runs": runs, "ratios": ratios,
-                                         "summary": summary})
+               f"{spec_qps:.3f} q/s (max_new_tokens {args.max_new_tokens}); lm-eval protocol (max_gen_toks "
+               f"{args.lm_eval_max_gen_toks or 1024}) / spec, its model load excluded: " + ", ".join(f"{k} {r:.2f}x" for k, r in ratios.items()))
+    write_result("protocol_throughput", {**partial, "runs": runs, "ratios": ratios, "summary": summary})
     print(summary)
     return 0
 

@@ -153,12 +153,13 @@ def test_lm_eval_scorer_joins_by_id_on_a_subset_and_beside_generation(hub_copy, 
     """A subset of the questions (as a loop's --eval-every picks) is scored by lm-eval's `samples`,
     joined by id with the spec's generation scorer; McNemar can pair the two protocols."""
     from kormedqa.evaluate import evaluate_mcq
+    from kormedqa.hardware import choose
     from kormedqa.lm_eval_protocol import LmEvalSettings
     from kormedqa.modeling import load_model, load_tokenizer
     from kormedqa.report import significance
 
     questions = load_mcq(hub_copy, split="test")[::3]
-    model = load_model(str(letter_model), device="cpu", precision="fp32")
+    model = load_model(str(letter_model), choose("cpu", "fp32"))
     metrics, preds = evaluate_mcq(model, load_tokenizer(str(letter_model)), questions, "generate,lm_eval", 4, 4,
                                   model_path=str(letter_model), data=str(hub_copy),
                                   lm_eval=LmEvalSettings(batch_size=4, gen_kwargs=GEN))
