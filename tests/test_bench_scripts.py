@@ -15,6 +15,7 @@ def _script(name):
     return module
 
 
+@pytest.mark.slow  # every part of bench/gpu_check.py end to end
 def test_gpu_check_smoke_runs_every_part_on_cpu(tokenizer_dir, tmp_path):
     """The same code the H200 runs (training both arms, letter/cloze scoring, generation), tiny and on CPU."""
     out = tmp_path / "gpu.json"
@@ -67,6 +68,7 @@ def test_precision_agreement_skips_where_bf16_is_emulated(plain_cpu, tmp_path):
         "precision agreement: skipped")
 
 
+@pytest.mark.slow  # scores the sample in fp32 and bf16
 def test_precision_agreement_compares_picks_when_forced(tiny_model_dir, tmp_path):
     out = tmp_path / "pa.json"
     args = ["--model", str(tiny_model_dir), "--limit", "3", "--gen-limit", "1", "--max-new-tokens", "2",
@@ -116,6 +118,7 @@ def test_learning_reuses_stored_arms_only_from_the_same_settings(tmp_path, monke
     assert learning.stored_arms(args) == {}
 
 
+@pytest.mark.slow  # a learning arm end to end
 def test_learning_star_arm_runs_at_tiny_scale(tmp_path, monkeypatch, tiny_model_dir):
     """The STaR arm end to end on a tiny model: dictionary stage, its checkpoint writes the rationales,
     the MCQ stage continues that adapter on them, the test split is scored."""
