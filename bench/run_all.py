@@ -123,7 +123,7 @@ def render() -> str:
                 f"{gpu['measured_matmul_flops'] / 1e12:.0f}).", "", f"**{gpu['summary']}**", ""]
     else:
         out += ["`bench/gpu_check.py` has not run on a GPU yet (no GPU was available); how to run it: its docstring "
-                "and the README's Performance section. Its `--smoke` mode runs on CPU in `make test`.", ""]
+                "and docs/results.md, section Performance. Its `--smoke` mode runs on CPU in `make test`.", ""]
     for path in sorted(RESULTS.glob("learning*.json")):
         ln = json.loads(path.read_text())
         m = ln["machine"]
@@ -133,7 +133,7 @@ def render() -> str:
                 f"{json.dumps({k: v for k, v in ln['settings'].items() if k not in ('model', 'fresh', 'arms')})}. "
                 f"The {len(ln['results'])} arms took {ln['arm_seconds_total'] / 60:.1f} minutes in all (each arm timed as it ran).", "", ln["table"], "",
                 f"**{ln['summary']}**", "",
-                "How to read it: the README, section \"Which training settings to start from\".", ""]
+                "How to read it: docs/results.md, section \"Which training settings to start from\".", ""]
     runs = _load("run_all")
     if runs:
         parts = ", ".join(f"{k} {v / 60:.1f} min" for k, v in runs["seconds"].items())
