@@ -49,7 +49,11 @@ class MergeConfig:
     """`kormedqa merge`: write adapter + base as one plain model folder."""
 
     adapter: str = field(default="", metadata={"help": "LoRA adapter folder (e.g. runs/loop/best_checkpoint)"})
-    output: str = field(default="", metadata={"help": "folder for the merged model (safetensors + tokenizer)"})
+    output: str = field(default="", metadata={"help": "folder for the merged model (the base's architecture and "
+                                                        "files: safetensors, tokenizer, processor, chat template)"})
+    dtype: str = field(default="auto", metadata={"help": "dtype of the merged weights: auto (the base's own, e.g. bf16 "
+                                                         "for MedGemma), bf16, fp32 or fp16",
+                                                 "choices": ["auto", "bf16", "fp32", "fp16"]})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing --output"})
 
 
@@ -195,25 +199,27 @@ def cmd_train(argv):
 
 
 def cmd_merge(argv):
-    """`kormedqa merge --adapter DIR --output DIR`: adapter + its base as one plain fp32 model folder.
+    """`kormedqa merge --adapter DIR --output DIR [--dtype auto]`: `modeling.merge_into_base`.
 
-    Raises UsageError for missing flags or a folder that is not an adapter, ModelError for an
-    adapter whose base is gone, OutputExistsError for an existing output without --overwrite.
+    The merged folder is the base's kind (architecture, tensor names, dtype unless --dtype, every
+    non-weight file). Raises UsageError for missing flags or a folder that is not an adapter,
+    ModelError for an adapter whose base is gone or an fp16 Gemma, OutputExistsError for an
+    existing output without --overwrite.
     """
     cfg = parse(MergeConfig, argv, "kormedqa merge")
     if not cfg.adapter or not cfg.output:
         raise UsageError("--adapter and --output are required")
-    from .modeling import adapter_base, load_model, load_tokenizer, resolve_model_path
-    from .runs import atomic_dir, claim_output
+    from .modeling import adapter_base, merge_into_base, resolve_model_path
+    from .runs import claim_output
 
     if adapter_base(resolve_model_path(cfg.adapter)) is None:
         raise UsageError(f"{cfg.adapter} is not a LoRA adapter folder (no adapter_config.json): nothing to merge")
-    tokenizer = load_tokenizer(cfg.adapter)
+    if cfg.dtype == "fp16":
+        from .modeling import check_precision
+
+        check_precision(cfg.adapter, "cpu", "fp16")  # ModelError for Gemma, before the output is claimed
     claim_output(cfg.output, overwrite=cfg.overwrite, is_dir=False)
-    merged = load_model(cfg.adapter, device="cpu", precision="fp32", merge_adapter=True)
-    with atomic_dir(cfg.output) as scratch:
-        merged.save_pretrained(scratch, safe_serialization=True)
-        tokenizer.save_pretrained(scratch)
+    merge_into_base(resolve_model_path(cfg.adapter), cfg.output, dtype=cfg.dtype)
     print(f"merged model written to {cfg.output}")
 
 

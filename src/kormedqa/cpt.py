@@ -112,8 +112,9 @@ def perplexity(model, tokenizer, texts: Sequence[str], max_length: int = 256, ba
 def run_cpt(cfg: CPTConfig) -> dict:
     """Continued pretraining: LoRA on `cfg.corpus` + repeated vocabulary, merged into `output/model`.
 
-    Reads and validates every input before claiming `cfg.output`. Writes `output/model` (a plain
-    merged model folder + tokenizer), `metrics.json`, `run.json` and `train_log.jsonl`. Returns
+    Reads and validates every input before claiming `cfg.output`. Writes `output/model` (the
+    merged model, of the base's architecture and dtype with all its non-weight files:
+    `modeling.merge_into_base`), `metrics.json`, `run.json` and `train_log.jsonl`. Returns
     the metrics: perplexity_before/after (None without held-out text), perplexity_target (3.0),
     target_reached, train_loss, train_texts, vocab_lines, vocab_repeat, heldout_paragraphs,
     steps, seconds (wall). Raises DataError for bad inputs, ModelError for a model that cannot
@@ -124,8 +125,8 @@ def run_cpt(cfg: CPTConfig) -> dict:
 
     from .batching import CompletionCollator
     from .data import load_dictionary, read_text_corpus
-    from .modeling import load_tokenizer, lora_config
-    from .runs import atomic_dir, claim_output, provenance, write_json_atomic
+    from .modeling import load_model, load_tokenizer, lora_config, merge_into_base
+    from .runs import claim_output, provenance, write_json_atomic
     from .stage import Stage
     from .trainer import AnswerWeightedTrainer, training_arguments
 
@@ -151,7 +152,14 @@ def run_cpt(cfg: CPTConfig) -> dict:
         callbacks=run.callbacks(),
     )
     result = run.train(trainer)
-    merged = trainer.model.merge_and_unload()
+    steps = trainer.state.global_step
+    # The merged model is the base's kind (a multimodal MedGemma stays one, in its own dtype): the
+    # adapter is merged into the base read from disk, and perplexity after is measured on that folder.
+    adapter_dir = run.work / "adapter"
+    trainer.model.save_pretrained(adapter_dir)
+    del trainer, model
+    merge_into_base(adapter_dir, run.output)
+    merged = load_model(str(run.output), device=cfg.device, precision=cfg.precision)
     after = perplexity(merged, tokenizer, heldout, cfg.max_length) if heldout else None
     metrics = {
         "perplexity_before": before,
@@ -163,12 +171,9 @@ def run_cpt(cfg: CPTConfig) -> dict:
         "vocab_lines": len(entries),
         "vocab_repeat": cfg.vocab_repeat,
         "heldout_paragraphs": len(heldout),
-        "steps": trainer.state.global_step,
+        "steps": steps,
         "seconds": run.seconds,
     }
-    with atomic_dir(run.output) as scratch:
-        merged.save_pretrained(scratch)
-        tokenizer.save_pretrained(scratch)
     write_json_atomic(out / "metrics.json", metrics)
     write_json_atomic(out / "run.json", provenance(cfg, {"corpus": cfg.corpus, "heldout": cfg.heldout or ""}))
     run.drop_work()
