@@ -232,10 +232,12 @@ def cmd_eval(argv):
 
 def cmd_loop(argv):
     """`kormedqa loop [flags | --config recipe.yaml]`: `loop.run_loop`; prints why it stopped and the best loop."""
+    from .launch import is_main_process
     from .loop import LoopConfig, run_loop
 
     history = run_loop(parse(LoopConfig, argv, "kormedqa loop"))
-    print(f"stopped: {history['stop_reason']}; best loop {history['best']['loop']}; see history.json")
+    if is_main_process():
+        print(f"stopped: {history['stop_reason']}; best loop {history['best']['loop']}; see history.json")
 
 
 def cmd_cpt(argv):

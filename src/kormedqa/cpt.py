@@ -142,7 +142,7 @@ def run_cpt(cfg: CPTConfig) -> dict:
 
     texts = training_texts(paragraphs, vocab_lines(entries), cfg.vocab_repeat, cfg.seed)
     features = text_features(tokenizer, texts, cfg.max_length)
-    model = get_peft_model(model, lora_config(cfg.lora_r, cfg.lora_alpha))
+    model = get_peft_model(model, lora_config(cfg.lora_r, cfg.lora_alpha, model=model))
     trainer = AnswerWeightedTrainer(
         model=model,
         args=training_arguments(cfg, run.work, run.device, run.dtype),

@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 
 from .errors import UsageError
+from .launch import is_main_process, start_processes, wait_for_everyone
 from .loop_config import SELECT_BY, SELECTABLE_BY_SCORER, LoopConfig, TrackArgs, check_select_by, track_args
 from .runs import atomic_dir, check_resumed_settings, claim_output, provenance, write_json_atomic
 from .sft import TrainConfig, run_training
@@ -46,6 +47,7 @@ def _stage_config(cfg: LoopConfig, track: str, base: str, loop: int) -> TrainCon
         keep_order=track == "mcq" and cfg.rotation_batches,  # rotation_batches orders the rows
         lora_r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
         device=cfg.device,
         precision=cfg.precision,
         seed=cfg.seed + loop,  # a different data order each loop, the same on every rerun
@@ -104,12 +106,15 @@ def evaluate_checkpoint(model_path: str, tokenizer, questions: list, folder: Pat
     metrics.update(extra or {})
     if dict_eval_limit and entries:
         dict_metrics, dict_preds = evaluate_dict(model, tokenizer, entries[:dict_eval_limit], eval_batch_size)
-        write_eval(dict_folder if dict_folder is not None else folder.with_name(folder.name + "_dict"),
-                   dict_metrics, dict_preds)
+        if is_main_process():
+            write_eval(dict_folder if dict_folder is not None else folder.with_name(folder.name + "_dict"),
+                       dict_metrics, dict_preds)
         metrics["dict_exact_match"] = dict_metrics["exact_match"]
         metrics["dict_chrf"] = {"value": dict_metrics["chrf"], "total": dict_metrics["n"]}
     del model
-    write_eval(folder, metrics, preds)
+    if is_main_process():  # several processes: each has all records (gathered); one writes them
+        write_eval(folder, metrics, preds)
+    wait_for_everyone()
     return metrics
 
 
@@ -144,7 +149,7 @@ class LoopRecipe:
         from .augment import option_rotations
         from .data import load_dictionary, load_mcq
         from .formats import Glossary
-        from .modeling import load_tokenizer, resolve_model_path
+        from .modeling import load_tokenizer, pick_device, resolve_model_path
         from .prepare import check_overlap, dict_rows, mcq_rows
 
         cfg = self.cfg
@@ -163,13 +168,17 @@ class LoopRecipe:
         self.base = str(Path(base).resolve()) if Path(base).exists() else base
         self.tokenizer = load_tokenizer(self.base)
 
+        # Several processes (accelerate launch): all join now, the main one claims the output and
+        # writes, the others read what it wrote after the barrier.
+        start_processes(cpu=pick_device(cfg.device).type == "cpu")
         self.out = claim_output(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
         if cfg.resume:
             check_resumed_settings(self.out, cfg)
         self.history_path = self.out / "history.json"
         history = _read_json(self.history_path) if cfg.resume and self.history_path.exists() else {}
-        if not (self.out / "run.json").exists():
+        if is_main_process() and not (self.out / "run.json").exists():
             write_json_atomic(self.out / "run.json", provenance(cfg, {"train": cfg.train_data, "eval": cfg.eval_data}))
+        wait_for_everyone()
         history.setdefault("select_by", cfg.select_by)
         history.setdefault("loops", [])
         history["overlap"] = self.overlap
@@ -266,9 +275,12 @@ class LoopRecipe:
             self._stale += 1
         best_src = self.history["best"]["checkpoint"]
         if self.history.get("best_checkpoint_from") != best_src or not (self.out / "best_checkpoint").exists():
-            copy_checkpoint(self.out / best_src, self.out / "best_checkpoint")
+            if is_main_process():
+                copy_checkpoint(self.out / best_src, self.out / "best_checkpoint")
             self.history["best_checkpoint_from"] = best_src
-        write_json_atomic(self.history_path, self.history)
+        if is_main_process():
+            write_json_atomic(self.history_path, self.history)
+        wait_for_everyone()
         reached = record["metrics"].get("accuracy", record["metrics"].get("loglik_accuracy"))
         if reached is not None and _metric({"m": reached}, "m") * 100 >= cfg.target_accuracy:
             self.stop_reason = "target_reached"
@@ -280,10 +292,12 @@ class LoopRecipe:
 
     def cleanup(self) -> dict:
         """Copy the last trained checkpoint to final/, record the stop reason, write and return the history."""
-        copy_checkpoint(Path(self.previous), self.out / "final")
         self.history["stop_reason"] = self.stop_reason
         self.history["final"] = str(Path(self.previous).relative_to(self.out.resolve()))
-        write_json_atomic(self.history_path, self.history)
+        if is_main_process():
+            copy_checkpoint(Path(self.previous), self.out / "final")
+            write_json_atomic(self.history_path, self.history)
+        wait_for_everyone()
         return self.history
 
     def run(self) -> dict:

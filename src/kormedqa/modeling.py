@@ -432,23 +432,29 @@ def load_text_only(model_path: str, dtype):
     return model
 
 
-def lora_config(r: int = 64, alpha: int = 128, dropout: float = 0.05):
+def lora_config(r: int = 64, alpha: int = 128, dropout: float = 0.05, model=None):
     """A peft `LoraConfig` on every attention and MLP projection of the language model (`LORA_TARGET_MODULES`).
 
     `r` is the rank, `alpha` the scale numerator (updates are scaled by alpha / r), `dropout`
-    the dropout on the LoRA input. Modules below `VISION_MODULES` are excluded (`exclude_modules`,
-    a regex peft matches against full module names): text-only data never reaches a multimodal
-    model's vision tower, whose LoRA weights would stay zero and which vLLM refuses to serve.
+    the dropout on the LoRA input. For a multimodal `model` (its config has a vision_config) the
+    targets are a regex on the projections below `language_model` (`language_model_targets`): text
+    never reaches the vision tower, whose LoRA weights would stay zero, and vLLM refuses to serve
+    them. The saved adapter_config.json carries the regex, so plain peft onto the full model
+    wraps the same modules.
     """
     from peft import LoraConfig
 
+    multimodal = model is not None and is_multimodal(getattr(model, "config", None))
     return LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGET_MODULES, task_type="CAUSAL_LM",
-        exclude_modules=EXCLUDED_MODULES_REGEX,
+        r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
+        target_modules=language_model_targets() if multimodal else LORA_TARGET_MODULES,
     )
 
 
-EXCLUDED_MODULES_REGEX = r".*\b(" + "|".join(VISION_MODULES) + r")\b.*"
+def language_model_targets(names=LORA_TARGET_MODULES) -> str:
+    """A peft target regex: the module `names` inside the language model of a multimodal model
+    (`model.language_model.layers.N.self_attn.q_proj`, never `model.vision_tower...q_proj`)."""
+    return r".*\blanguage_model\..*\.(" + "|".join(names) + r")"
 
 
 # The embedded default and the tiny test models live in default_model.py; importable from here too.

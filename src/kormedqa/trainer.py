@@ -224,7 +224,7 @@ def prepare_trainable(model, cfg):
     from .precision import keep_trainable_fp32
 
     if not isinstance(model, PeftModel):
-        model = get_peft_model(model, lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
+        model = get_peft_model(model, lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, model))
     keep_trainable_fp32(model)  # a bf16 base still trains fp32 LoRA weights (and fp32 Adam state)
     return model
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import UsageError
+from .launch import world_size
 
 BACKENDS = ("auto", "hf", "vllm")
 
@@ -29,6 +30,8 @@ def vllm_installed() -> bool:
 def resolve_backend(backend: str, device: str = "auto") -> str:
     """The backend `kormedqa eval` generates with: "hf" or "vllm" ("auto": vllm when installed and on a CUDA GPU).
 
+    Under several launched processes "auto" is hf (each process scores its share of the batches);
+    vLLM is one engine that parallelises over GPUs itself, so "vllm" there is refused.
     Raises UsageError for an unknown backend, or vllm asked for without vLLM or without a CUDA GPU.
     """
     import torch
@@ -37,6 +40,13 @@ def resolve_backend(backend: str, device: str = "auto") -> str:
         raise UsageError(f"--backend is one of {BACKENDS}, not {backend!r}")
     on_gpu = torch.cuda.is_available() and (device == "auto" or device.startswith("cuda"))
     if backend == "hf":
+        return "hf"
+    if world_size() > 1:
+        # One vLLM engine serves all GPUs itself (tensor / data parallel); N launched processes would
+        # each start one, N copies of the model competing for the same GPUs.
+        if backend == "vllm":
+            raise UsageError("--backend vllm runs one engine over the GPUs itself: run kormedqa eval as one process "
+                             "(not under accelerate launch), or use --backend hf with several processes")
         return "hf"
     if backend == "vllm":
         if not vllm_installed():
