@@ -161,3 +161,32 @@ def test_grpo_and_cpt_train_the_language_model_only(medgemma_standin, tmp_path):
     assert _weight_names(model_dir).keys() == _weight_names(medgemma_standin).keys()
     assert set(_weight_names(model_dir).values()) == {"BF16"}
     assert (model_dir / "preprocessor_config.json").exists() and (model_dir / "chat_template.json").exists()
+
+
+def test_training_records_its_peak_memory(trained):
+    standin, adapter = trained
+    run = json.loads((adapter.parent / "run.json").read_text())
+    peak = run["peak_memory"]
+    assert peak["processes"] == 1 and 0.1 < peak["cpu_peak_rss_gib"] < 64  # measured (getrusage), in GiB
+    assert json.loads((adapter / "training_summary.json").read_text())["peak_memory"] == peak
+
+
+def test_gradient_checkpointing_trains_the_same_model(medgemma_standin, tmp_path):
+    """--gradient-checkpointing recomputes activations: same loss and LoRA update, less memory (on a GPU)."""
+    from safetensors.torch import load_file
+
+    from kormedqa.sft import TrainConfig, run_training
+
+    rows = [{"prompt": "<start_of_turn>user\n고혈압이란?<end_of_turn>\n",
+             "completion": "<start_of_turn>model\n<reasoning>혈압이 높다</reasoning>A<end_of_turn>"}] * 2
+    losses, weights = [], []
+    for ckpt in (False, True):
+        cfg = TrainConfig(base_model=str(medgemma_standin), data="rows", max_steps=1, batch_size=2, grad_accum=1,
+                          learning_rate=0.01, lora_r=4, lora_alpha=8, lora_dropout=0.0, device="cpu", precision="fp32",
+                          gradient_checkpointing=ckpt)
+        out = tmp_path / f"ckpt-{ckpt}"
+        losses.append(run_training(cfg, rows, out, stage="ckpt")["train_loss"])
+        weights.append(load_file(out / "adapter_model.safetensors"))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
+    for key in weights[0]:
+        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=1e-5, atol=1e-6)

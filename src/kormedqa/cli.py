@@ -193,8 +193,12 @@ def cmd_train(argv):
     else:
         summary = run_training(cfg, rows, Path(out) / "adapter", tokenizer=tokenizer, stage=track, logs_dir=out,
                                features=features)
+    from .stage import memory_line, record_peak_memory
+
+    record_peak_memory(Path(out) / "run.json", summary.get("peak_memory"))
     if is_main_process():
         print(json.dumps({k: v for k, v in summary.items() if k != "log"}, indent=2))
+        print(memory_line(summary.get("peak_memory") or {}))
         print(f"adapter written to {Path(out) / 'adapter'}")
 
 

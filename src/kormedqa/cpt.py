@@ -173,9 +173,11 @@ def run_cpt(cfg: CPTConfig) -> dict:
         "heldout_paragraphs": len(heldout),
         "steps": steps,
         "seconds": run.seconds,
+        "peak_memory": run.peak_memory,
     }
     write_json_atomic(out / "metrics.json", metrics)
-    write_json_atomic(out / "run.json", provenance(cfg, {"corpus": cfg.corpus, "heldout": cfg.heldout or ""}))
+    write_json_atomic(out / "run.json", {**provenance(cfg, {"corpus": cfg.corpus, "heldout": cfg.heldout or ""}),
+                                         "peak_memory": run.peak_memory})
     run.drop_work()
     print(json.dumps(metrics, indent=2))
     return metrics

@@ -24,6 +24,7 @@ from .launch import is_main_process, start_processes, wait_for_everyone
 from .loop_config import SELECT_BY, SELECTABLE_BY_SCORER, LoopConfig, TrackArgs, check_select_by, track_args
 from .runs import atomic_dir, check_resumed_settings, claim_output, provenance, write_json_atomic
 from .sft import TrainConfig, run_training
+from .stage import record_peak_memory
 
 __all__ = ["SELECT_BY", "SELECTABLE_BY_SCORER", "LoopConfig", "LoopRecipe", "TrackArgs", "check_select_by",
            "copy_checkpoint", "evaluate_checkpoint", "rehearsal_rows", "run_loop", "track_args"]
@@ -48,6 +49,7 @@ def _stage_config(cfg: LoopConfig, track: str, base: str, loop: int) -> TrainCon
         lora_r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
+        gradient_checkpointing=cfg.gradient_checkpointing,
         device=cfg.device,
         precision=cfg.precision,
         seed=cfg.seed + loop,  # a different data order each loop, the same on every rerun
@@ -231,6 +233,7 @@ class LoopRecipe:
                                        stage=f"loop_{loop}_{track}", logs_dir=self.out)
             if summary is not None:
                 self._summaries[track] = _training_part(summary)
+                record_peak_memory(self.out / "run.json", summary.get("peak_memory"))
             self.previous = str(stage_dir.resolve())
         return self.previous
 
@@ -340,6 +343,7 @@ def _training_part(summary: dict) -> dict:
         "train_loss": summary.get("train_loss"),
         "steps": summary.get("steps"),
         "seconds": summary.get("seconds"),
+        "peak_memory": summary.get("peak_memory"),
         **{k: last[k] for k in ("answer_loss", "reasoning_loss", "answer_token_accuracy") if k in last},
     }
 

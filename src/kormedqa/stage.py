@@ -16,13 +16,26 @@ FSDP's sharded loading). Stage modules import this module and `trainer`, never e
 """
 from __future__ import annotations
 
+import json
+import logging
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+from .launch import all_gather, is_main_process
+from .runs import write_json_atomic
+
+try:
+    import resource
+except ImportError:  # not a POSIX system: peak RSS is reported as None
+    resource = None
+
+log = logging.getLogger(__name__)
 
 
 class Stage:
@@ -52,6 +65,7 @@ class Stage:
         self.dtype = pick_dtype(self.device, precision)
         self.seed = seed
         self.seconds = 0.0
+        self.peak_memory: dict = {}
         self._tb_writer = None
         torch.manual_seed(seed)
 
@@ -95,6 +109,8 @@ class Stage:
         (NonFiniteError for a NaN/inf loss), after the TensorBoard writer is closed.
         """
         started = time.time()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         try:
             with around(trainer.model) if around is not None else nullcontext():
                 result = trainer.train(resume_from_checkpoint=resume_from)
@@ -103,6 +119,9 @@ class Stage:
             if self._tb_writer is not None:
                 self._tb_writer.close()
                 self._tb_writer = None
+        self.peak_memory = peak_memory(self.device)
+        if is_main_process():
+            log.info("%s: %s", self.name, memory_line(self.peak_memory))
         return result
 
     def summary(self, trainer, result, log_keys: tuple[str, ...] = ("loss",), **extra) -> dict:
@@ -113,6 +132,7 @@ class Stage:
             "steps": trainer.state.global_step,
             "train_loss": result.training_loss,
             "seconds": self.seconds,
+            "peak_memory": self.peak_memory,
             **extra,
             "log": [h for h in trainer.state.log_history if any(k in h for k in log_keys)],
         }
@@ -120,3 +140,51 @@ class Stage:
     def drop_work(self) -> None:
         """Remove the work folder (Trainer checkpoints) once the stage's output is published."""
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+GIB = 2**30
+
+
+def peak_memory(device: torch.device) -> dict:
+    """The peak memory of this training, measured, the highest over all processes (several: DDP, FSDP).
+
+    {"processes": N, "cpu_peak_rss_gib": the process's peak resident set size since it started
+    (getrusage ru_maxrss; a process that loaded something larger before training reports that),
+    and on a CUDA device "gpu_max_memory_allocated_gib": torch.cuda.max_memory_allocated since
+    `Stage.train` reset it (tensors only; the caching allocator reserves somewhat more)}, in GiB
+    rounded to 3 places. Values are None where the platform cannot say (getrusage is POSIX).
+    """
+    rss_bytes = None
+    if resource is not None:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rss_bytes = rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB, macOS bytes
+    gpu = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    every = all_gather((rss_bytes, gpu))
+    rss_bytes = max((r for r, _ in every if r is not None), default=None)
+    gpu = max((g for _, g in every if g is not None), default=None)
+    out = {"processes": len(every), "cpu_peak_rss_gib": None if rss_bytes is None else round(rss_bytes / GIB, 3)}
+    if device.type == "cuda":
+        out["gpu_max_memory_allocated_gib"] = round(gpu / GIB, 3)
+    return out
+
+
+def memory_line(peak: dict) -> str:
+    """One line for the log: 'peak memory: GPU 12.3 GiB (max_memory_allocated), CPU RSS 5.1 GiB'."""
+    parts = []
+    if peak.get("gpu_max_memory_allocated_gib") is not None:
+        parts.append(f"GPU {peak['gpu_max_memory_allocated_gib']:.2f} GiB (max_memory_allocated)")
+    if peak.get("cpu_peak_rss_gib") is not None:
+        parts.append(f"CPU RSS {peak['cpu_peak_rss_gib']:.2f} GiB")
+    return "peak memory: " + (", ".join(parts) or "not measurable here")
+
+
+def record_peak_memory(run_json: str | Path, peak: dict | None) -> None:
+    """Add `peak` (a `peak_memory` dict) to run.json's "peak_memory", keeping the larger of each value
+    already there (a loop records the peak over its stages). Main process only; nothing without run.json."""
+    path = Path(run_json)
+    if not peak or not is_main_process() or not path.exists():
+        return
+    record = json.loads(path.read_text(encoding="utf-8"))
+    old = record.get("peak_memory") or {}
+    record["peak_memory"] = {k: max((x for x in (v, old.get(k)) if x is not None), default=None) for k, v in peak.items()}
+    write_json_atomic(path, record)

@@ -184,8 +184,9 @@ def training_arguments(cfg, output_dir: Path, device: torch.device, dtype: torch
 
     `cfg` needs epochs, max_steps, batch_size, grad_accum, learning_rate, seed, and optionally
     logging_steps (1), save_steps (0: no Trainer checkpoints), group_by_length (False), keep_order
-    (False: rows in the given order, which wins over group_by_length) and
-    lr_scheduler_type ("linear": the learning rate falls linearly to 0 over the stage).
+    (False: rows in the given order, which wins over group_by_length),
+    lr_scheduler_type ("linear": the learning rate falls linearly to 0 over the stage) and
+    gradient_checkpointing (False: activations are kept, not recomputed).
     """
     save_steps = getattr(cfg, "save_steps", 0)
     return TrainingArguments(
@@ -211,7 +212,9 @@ def training_arguments(cfg, output_dir: Path, device: torch.device, dtype: torch
         use_cpu=device.type == "cpu",
         dataloader_pin_memory=device.type == "cuda",
         remove_unused_columns=False,
-        activation_checkpointing=False,
+        activation_checkpointing=getattr(cfg, "gradient_checkpointing", False),
+        # Non-reentrant: gradients reach the LoRA weights although the frozen embeddings' output needs none.
+        activation_checkpointing_kwargs={"use_reentrant": False},
         disable_tqdm=False,
     )
 
