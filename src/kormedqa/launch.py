@@ -85,12 +85,14 @@ def shard_batches(order: Sequence[int], batch_size: int) -> list[int]:
     """The items this process scores: whole batches of `order` (item indices in the order a scorer
     batches them), batch k to process k mod N. Each item goes to exactly one process, and each batch
     is the batch one process would form (same items, padding, shapes), so results do not depend on
-    the number of processes. Returns indices in `order`'s order; all of `order` in one process.
+    the number of processes. Returned in increasing index order (input order): the scorers sort
+    what they get by the same key again, which restores the batches. All items in one process.
 
     >>> shard_batches([4, 3, 2, 1, 0], 2)  # one process
-    [4, 3, 2, 1, 0]
+    [0, 1, 2, 3, 4]
     """
     world, rank = world_size(), process_index()
     if world == 1:
-        return list(order)
-    return [i for k in range(rank, -(-len(order) // batch_size), world) for i in order[k * batch_size:(k + 1) * batch_size]]
+        return sorted(order)
+    n_batches = -(-len(order) // batch_size)
+    return sorted(i for k in range(rank, n_batches, world) for i in order[k * batch_size:(k + 1) * batch_size])
