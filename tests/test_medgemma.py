@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from helpers import write_sample
+from kormedqa.hardware import choose
 
+FP32 = choose("cpu", "fp32")  # the run's precision choice, as an entry point makes it
 IDS = torch.tensor([[2, 105, 2364, 107, 1000, 2000, 3000, 106, 107, 105, 4368, 107]])
 
 
@@ -60,7 +62,7 @@ def trained(standin, tmp_path_factory):
 def test_a_multimodal_model_loads_for_text_without_its_vision_parts(medgemma_standin):
     from kormedqa.modeling import load_model
 
-    model = load_model(str(medgemma_standin), device="cpu", precision="fp32")
+    model = load_model(str(medgemma_standin), FP32)
     full = _full_model(medgemma_standin)
     assert type(model) is type(full)  # the hub's class and module names: adapters fit both
     assert not any(n.startswith(("model.vision_tower", "model.multi_modal_projector")) for n, _ in model.named_parameters())
@@ -81,7 +83,7 @@ def test_the_adapter_holds_the_language_model_only_and_loads_with_plain_peft(tra
     assert keys and all(k.startswith(prefix) for k in keys), sorted(k for k in keys if not k.startswith(prefix))[:3]
     plain = PeftModel.from_pretrained(_full_model(standin), str(adapter))
     assert not [n for n, _ in plain.named_modules() if "lora_A" in n and ("vision" in n or "projector" in n)]
-    ours = load_model(str(adapter), device="cpu", precision="fp32")
+    ours = load_model(str(adapter), FP32)
     torch.testing.assert_close(_logits(plain), _logits(ours), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(_logits(ours), _logits(_full_model(standin)), atol=1e-3)  # the adapter does something
 
@@ -106,7 +108,7 @@ def test_merge_keeps_the_base_architecture_names_dtype_and_files(trained, tmp_pa
     # The merged weights are the adapter's model (to bf16 rounding of the weights).
     from kormedqa.modeling import load_model
 
-    ours = _logits(load_model(str(adapter), device="cpu", precision="fp32"))
+    ours = _logits(load_model(str(adapter), FP32))
     torch.testing.assert_close(_logits(model.float()), ours, rtol=0.05, atol=0.05)
 
     assert main(["merge", "--adapter", str(adapter), "--output", str(tmp_path / "fp32"), "--dtype", "fp32"]) == 0
@@ -144,11 +146,11 @@ def test_grpo_and_cpt_train_the_language_model_only(medgemma_standin, tmp_path):
 
     from kormedqa.cpt import CPTConfig, run_cpt
     from kormedqa.data import load_mcq
-    from kormedqa.grpo import grpo_rows_from_mcqs, run_grpo
+    from kormedqa.grpo import GRPOStageConfig, grpo_rows_from_mcqs, run_grpo
 
     qs = load_mcq(write_sample(tmp_path / "d")["mcq"], split="train")
-    run_grpo(str(medgemma_standin), grpo_rows_from_mcqs(qs[:2]), tmp_path / "grpo", max_steps=1, num_generations=2,
-             max_completion_length=4, batch_size=2, device="cpu", precision="fp32")
+    run_grpo(GRPOStageConfig(base_model=str(medgemma_standin), max_steps=1, num_generations=2, max_completion_length=4,
+                             batch_size=2, device="cpu", precision="fp32"), grpo_rows_from_mcqs(qs[:2]), tmp_path / "grpo")
     keys = load_file(tmp_path / "grpo" / "adapter_model.safetensors").keys()
     assert keys and all(".language_model." in k for k in keys)
 
