@@ -225,6 +225,7 @@ def test_rehearsal_rows_train_as_reasoning_not_as_the_weighted_answer(tokenizer)
     assert plain["labels"] == rehearsed["labels"]
 
 
+@pytest.mark.slow  # a whole loop end to end, then its resume
 def test_resume_with_other_settings_is_refused_before_anything_is_written(tmp_path, tiny_model_dir):
     from kormedqa.errors import UsageError
 
