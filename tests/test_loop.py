@@ -149,17 +149,23 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 def test_every_shipped_recipe_parses_into_its_config_class():
-    """recipes/**/*.yaml: accelerate's configs into accelerate's ClusterConfig, every other recipe into
-    LoopConfig (every key a field, every value valid: choices, ranges, select-by)."""
+    """recipes/**/*.yaml: accelerate's configs into accelerate's ClusterConfig, a learning arm's rationale
+    settings into RationalesConfig, every other recipe (the learning arms too) into LoopConfig (every key
+    a field, every value valid: choices, ranges, select-by)."""
     import yaml
     from accelerate.commands.config.config_args import ClusterConfig
+
+    from kormedqa.rationales import RationalesConfig
 
     recipes = sorted(RECIPES.rglob("*.yaml"))
     names = {str(r.relative_to(RECIPES)) for r in recipes}
     assert names >= {"medgemma-4b-seed.yaml", "cpu-demo.yaml", "accelerate/fsdp.yaml", "accelerate/multi_gpu.yaml"}
+    assert {r.stem for r in RECIPES.glob("experiments/*.yaml")} >= {"dictline_rehearse_long", "star_dictline.rationales"}
     for recipe in recipes:
         if recipe.parent.name == "accelerate":
             assert ClusterConfig.from_yaml_file(recipe).num_processes >= 1, recipe
+        elif recipe.name.endswith(".rationales.yaml"):  # a learning arm's `kormedqa rationales` settings
+            assert RationalesConfig(**yaml.safe_load(recipe.read_text())).samples >= 1, recipe
         else:
             assert LoopConfig(**yaml.safe_load(recipe.read_text())).max_loops >= 1, recipe
     seed = LoopConfig(**yaml.safe_load((RECIPES / "medgemma-4b-seed.yaml").read_text()))
@@ -219,6 +225,7 @@ def test_rehearsal_rows_train_as_reasoning_not_as_the_weighted_answer(tokenizer)
     assert plain["labels"] == rehearsed["labels"]
 
 
+@pytest.mark.slow  # a whole loop end to end, then its resume
 def test_resume_with_other_settings_is_refused_before_anything_is_written(tmp_path, tiny_model_dir):
     from kormedqa.errors import UsageError
 

@@ -102,7 +102,7 @@ def evaluate_checkpoint(model_path: str, tokenizer, questions: list, folder: Pat
     `folder`/{metrics.json, predictions.jsonl} (and `dict_folder` likewise) and return the metrics.
 
     The one evaluation step behind each loop's `loop_N/eval`, the demo's `eval_before` and
-    bench/learning.py's untrained base, so all three score alike. `model_path` is a full model or a
+    experiments/learning.py's untrained base, so all three score alike. `model_path` is a full model or a
     LoRA adapter folder (merged for inference), loaded in the run's precision `choice`; `extra` entries are added to the metrics before they
     are written. Dictionary recall adds `dict_exact_match` and `dict_chrf` ({value, total}) to the
     MCQ metrics. Raises ModelError for a model that cannot load, UsageError for a bad `eval_mode`.
