@@ -33,7 +33,8 @@ from .scorer_table import (  # noqa: F401  (records and metrics builders, re-exp
     BY_NAME, MODE_HELP, ScoringInputs, cloze_records, generation_records, join_records, letter_records, loss_records,
     mcq_metrics, parse_eval_mode, run_scorers,
 )
-from .scorers import generate
+from .launch import all_gather, is_main_process, shard_batches, start_processes
+from .scorers import generate, length_order
 from .vllm_backend import BACKENDS, VllmGenerator, resolve_backend
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,9 @@ def evaluate_mcq(
     completions of the loss pass use `rationale_template` for questions without `cot`. The lm-eval
     protocol (`lm_eval` in `mode`) loads `model_path` itself and reads `mcqs` from `data`/`split`
     (a hub id or a folder in the hub's layout) with the `lm_eval` settings.
+    Under several processes (`accelerate launch`) each scores whole batches of its own
+    (`launch.shard_batches`): every question once, in the batch one process would form; the records
+    are gathered so every process returns the same metrics and predictions.
     Raises UsageError on an unknown mode, RuntimeError when a scorer's records do not join.
     """
     scorers = parse_eval_mode(mode, "--mode")
@@ -120,8 +124,12 @@ def evaluate_dict(model, tokenizer, entries, batch_size: int = 8, max_new_tokens
 
     model.eval()
     started = time.time()
-    outputs = generate(model, tokenizer, [dict_prompt(e.term) + GENERATION_PREFIX for e in entries], batch_size,
-                       max_new_tokens, desc="dict", stop_strings=())
+    prompts = [dict_prompt(e.term) + GENERATION_PREFIX for e in entries]
+    mine = shard_batches(length_order(prompts), batch_size)  # several processes: see evaluate_mcq
+    texts = generate(model, tokenizer, [prompts[i] for i in mine], batch_size, max_new_tokens, desc="dict",
+                     stop_strings=())
+    by_index = {i: t for each in all_gather(dict(zip(mine, texts))) for i, t in each.items()}
+    outputs = [by_index[i] for i in range(len(entries))]
     chrf = CHRF()
     preds = []
     for entry, out in zip(entries, outputs):
@@ -210,6 +218,7 @@ def run_eval(cfg: EvalConfig, choice: PrecisionChoice | None = None) -> dict:
     check_precision(cfg.model, choice)  # fp16 Gemma refused before the output is claimed
     lm_eval = lm_eval_settings(cfg, choice, cfg.batch_size, backend) if "lm_eval" in scorers else None
     claim_output(cfg.output, overwrite=cfg.overwrite)
+    start_processes(cpu=choice.torch_device.type == "cpu")
     generator = None
     if backend == "vllm" and "generate" in scorers:
         generator = VllmGenerator(cfg.model, tokenizer, choice, cfg.seed)
@@ -220,8 +229,9 @@ def run_eval(cfg: EvalConfig, choice: PrecisionChoice | None = None) -> dict:
                                   generator=generator, model_path=cfg.model, data=cfg.data, split=cfg.split,
                                   lm_eval=lm_eval)
     metrics["generation_backend"] = backend
-    write_eval(cfg.output, metrics, preds, {"run": provenance(cfg, {"data": cfg.data}, choice=choice)})
-    print(summary_line(metrics))
+    if is_main_process():
+        write_eval(cfg.output, metrics, preds, {"run": provenance(cfg, {"data": cfg.data}, choice=choice)})
+        print(summary_line(metrics))
     return metrics
 
 
@@ -232,8 +242,10 @@ def _run_dict_eval(cfg: EvalConfig, choice: PrecisionChoice) -> dict:
     entries = load_dictionary(*paths)[: cfg.limit or None]
     tokenizer = load_tokenizer(cfg.model)
     claim_output(cfg.output, overwrite=cfg.overwrite)
+    start_processes(cpu=choice.torch_device.type == "cpu")
     model = load_model(cfg.model, choice, merge_adapter=True)
     metrics, preds = evaluate_dict(model, tokenizer, entries, cfg.batch_size, min(cfg.max_new_tokens, 96))
-    write_eval(cfg.output, metrics, preds, {"run": provenance(cfg, choice=choice)})
-    print(summary_line(metrics))
+    if is_main_process():
+        write_eval(cfg.output, metrics, preds, {"run": provenance(cfg, choice=choice)})
+        print(summary_line(metrics))
     return metrics

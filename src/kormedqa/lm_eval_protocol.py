@@ -228,6 +228,8 @@ def run_lm_eval(inp) -> dict[str, dict]:
             batch_size=settings.batch_size, device=settings.device, samples=samples, log_samples=True,
             apply_chat_template=settings.apply_chat_template, fewshot_as_multiturn=settings.apply_chat_template,
             gen_kwargs=settings.gen_kwargs or None, task_manager=TaskManager(include_path=include))
+    if results is None:  # lm-eval under several processes returns its results on the main one only
+        return {}
     by_id = {q.id: q for q in inp.mcqs}
     records: dict[str, dict] = {}
     for exam, task in tasks.items():

@@ -23,10 +23,12 @@ from typing import Any, Callable, Sequence
 from .errors import UsageError
 from .extract import answer_after_reasoning, extract_answer, has_detailed_keywords, has_reasoning_tags, reasoning_score
 from .formats import DEFAULT_RATIONALE_TEMPLATE, Glossary, mcq_completion, mcq_prompt, template_simple_reasoning
+from .launch import all_gather, shard_batches
 from . import lm_eval_protocol as lm_eval_scorer
 from .metrics import accuracy_with_groups, mean_interval, proportion, rate
 from .records import LETTERS, MCQ
-from .scorers import ANSWER_STOPS, HFGenerator, completion_losses, eval_prompt, letter_logprobs, option_logprobs
+from .scorers import (ANSWER_STOPS, HFGenerator, completion_losses, eval_prompt, length_order, letter_logprobs,
+                      option_logprobs)
 
 
 @dataclass(frozen=True)
@@ -195,25 +197,43 @@ def loss_metrics(preds: Sequence[dict]) -> dict:
 # ---------------------------------------------------------------- what each scorer runs
 
 
+# Under several processes (`accelerate launch`) each in-process scorer scores whole batches of its
+# own (`launch.shard_batches`): every question once, in the batch one process would form;
+# `run_scorers` gathers the records so every process returns the same metrics and predictions.
+
+
+def _by_length(inp: ScoringInputs) -> tuple[list[str], list[int]]:
+    prompts = [eval_prompt(q) for q in inp.mcqs]
+    return prompts, shard_batches(length_order(prompts), inp.batch_size)  # how generation and letter scoring batch
+
+
+def _in_order(inp: ScoringInputs) -> list[MCQ]:
+    return [inp.mcqs[i] for i in shard_batches(range(len(inp.mcqs)), inp.batch_size)]  # how cloze and loss batch
+
+
 def _run_generate(inp: ScoringInputs) -> dict[str, dict]:
     generator = inp.generator or HFGenerator(inp.model, inp.tokenizer, inp.batch_size)
-    return generation_records(inp.mcqs, generator([eval_prompt(q) for q in inp.mcqs], inp.max_new_tokens, ANSWER_STOPS))
+    prompts, mine = _by_length(inp)
+    outputs = generator([prompts[i] for i in mine], inp.max_new_tokens, ANSWER_STOPS)
+    return generation_records([inp.mcqs[i] for i in mine], outputs)
 
 
 def _run_loglik(inp: ScoringInputs) -> dict[str, dict]:
-    prompts = [eval_prompt(q) for q in inp.mcqs]
-    return letter_records(inp.mcqs, letter_logprobs(inp.model, inp.tokenizer, prompts, inp.batch_size))
+    prompts, mine = _by_length(inp)
+    scores = letter_logprobs(inp.model, inp.tokenizer, [prompts[i] for i in mine], inp.batch_size)
+    return letter_records([inp.mcqs[i] for i in mine], scores)
 
 
 def _run_cloze(inp: ScoringInputs) -> dict[str, dict]:
-    return cloze_records(inp.mcqs, option_logprobs(inp.model, inp.tokenizer, inp.mcqs, inp.batch_size))
+    mine = _in_order(inp)
+    return cloze_records(mine, option_logprobs(inp.model, inp.tokenizer, mine, inp.batch_size))
 
 
 def _run_loss(inp: ScoringInputs) -> dict[str, dict]:
     glossary = inp.glossary or Glossary()
     rows = [{"id": q.id, "prompt": mcq_prompt(q),
              "completion": mcq_completion(q.cot or template_simple_reasoning(q, glossary, inp.rationale_template), q.answer)}
-            for q in inp.mcqs]
+            for q in _in_order(inp)]
     return loss_records(completion_losses(inp.model, inp.tokenizer, rows, inp.batch_size))
 
 
@@ -345,5 +365,10 @@ def run_scorers(inputs: ScoringInputs, scorers: Sequence[str]) -> tuple[dict, li
     one joined record per question in `inputs.mcqs` order).
     """
     parts = {s.name: s.run(inputs) for s in SCORERS if s.name in scorers}
+    # Under several processes each holds the records of its batches (lm-eval: the main process
+    # holds them all); every process gets all of them, so each computes the same metrics, and the
+    # caller lets the main one write.
+    gathered = all_gather(parts)
+    parts = {name: {qid: rec for each in gathered for qid, rec in each[name].items()} for name in parts}
     preds = join_records(inputs.mcqs, parts)
     return {**mcq_metrics(preds, scorers), **inputs.extra}, preds
