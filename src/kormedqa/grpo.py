@@ -166,7 +166,8 @@ def run_grpo(cfg: GRPOStageConfig, rows: Sequence[dict], output: str | Path, log
         callbacks=run.callbacks(),
     )
     # Sampling is most of a CPU step; cpu_vocab_projection speeds up its lm_head (docs/decisions.md).
-    result = run.train(trainer, around=cpu_vocab_projection)
+    # GRPO keeps no checkpoints to resume from (grpo.run_train), so Ctrl-C keeps none either.
+    result = run.train(trainer, around=cpu_vocab_projection, checkpoint_on_interrupt=False)
     summary = run.summary(trainer, result, log_keys=("loss", "reward"), eos_token_ids=list(trainer.eos_token_ids))
     save_checkpoint(trainer, tokenizer, run.output, summary, run.work)
     return summary

@@ -49,6 +49,7 @@ def _stage_config(cfg: LoopConfig, track: str, base: str, loop: int) -> TrainCon
         device=cfg.device,
         precision=cfg.precision,
         seed=cfg.seed + loop,  # a different data order each loop, the same on every rerun
+        resume=cfg.resume,  # a stage stopped by Ctrl-C continues from the checkpoint it kept
     )
 
 

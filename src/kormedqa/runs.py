@@ -26,7 +26,8 @@ _FAULT_COUNTS: dict[str, int] = {}
 
 
 def fault_point(name: str) -> None:
-    """Crash-test hook: `KORMEDQA_KILL_AT=name:N` SIGKILLs this process the N-th time `name` is reached.
+    """Crash-test hook: `KORMEDQA_KILL_AT=name:N` SIGKILLs this process the N-th time `name` is reached;
+    `name:N:SIGINT` sends it SIGINT instead (a Ctrl-C at an exact place).
 
     The reliability tests use it to kill a real run at exact places (mid-training, mid-evaluation,
     mid-checkpoint) and check that `--resume` loses nothing. Unset, it costs a dict lookup.
@@ -34,14 +35,15 @@ def fault_point(name: str) -> None:
     spec = os.environ.get("KORMEDQA_KILL_AT")
     if not spec:
         return
-    target, _, nth = spec.partition(":")
+    target, _, rest = spec.partition(":")
     if target != name:
         return
+    nth, _, signame = rest.partition(":")
     _FAULT_COUNTS[name] = _FAULT_COUNTS.get(name, 0) + 1
     if _FAULT_COUNTS[name] == int(nth or 1):
         import signal
 
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, signame or "SIGKILL"))
 
 
 def fsync_tree(path: Path) -> None:

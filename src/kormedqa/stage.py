@@ -19,13 +19,48 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable
 
 import torch
+from transformers import TrainerCallback
 
 from .runs import RESUMABLE_CHANGES, check_resume, claim_run
+
+
+class _StopOnInterrupt(TrainerCallback):
+    """A Trainer callback that ends training at the next step end once `requested` (set by SIGINT)."""
+
+    def __init__(self, save: bool):
+        self.save = save
+        self.requested = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_save = self.save
+            control.should_training_stop = True
+        return control
+
+    @contextmanager
+    def catching_sigint(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self.requested:  # the second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self.requested = True
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def work_folder(output: str | Path) -> Path:
@@ -97,28 +132,42 @@ class Stage:
             callbacks.append(TensorBoardCallback(self._tb_writer))
         return callbacks
 
-    def train(self, trainer, resume_from: str | None = None, around: Callable | None = None):
+    def train(self, trainer, resume_from: str | None = None, around: Callable | None = None,
+              checkpoint_on_interrupt: bool = True):
         """`trainer.train(resume_from_checkpoint=resume_from)`, timed into `self.seconds` (wall seconds).
 
         `around(model)` is an optional context manager wrapped around the training (GRPO's
         `cpu_vocab_projection`). Returns the Trainer's `TrainOutput`; whatever it raises propagates
         (NonFiniteError for a NaN/inf loss), after the TensorBoard writer is closed.
+
+        Ctrl-C (SIGINT) in a single process lets the current optimizer step finish, then (with
+        `checkpoint_on_interrupt`) keeps a Trainer checkpoint in `self.work` that a resume continues
+        from, and raises KeyboardInterrupt; a second Ctrl-C stops at once. An empty work folder is
+        removed whatever happens, so an interrupted stage leaves no empty scratch behind.
         """
-        from .launch import is_main_process
+        from .launch import is_main_process, world_size
 
         self.resumed_step = _checkpoint_step(resume_from) if resume_from else 0
         if is_main_process():
             # Lines a killed attempt logged after the step training continues from are logged again.
             drop_logged_steps(self.logs_dir / "train_log.jsonl", self.name, after=self.resumed_step)
+        stop = _StopOnInterrupt(checkpoint_on_interrupt)
+        trainer.add_callback(stop)
         started = time.time()
         try:
-            with around(trainer.model) if around is not None else nullcontext():
-                result = trainer.train(resume_from_checkpoint=resume_from)
+            # Several processes would see the signal at different steps and wait for each other.
+            with stop.catching_sigint() if world_size() == 1 else nullcontext():
+                with around(trainer.model) if around is not None else nullcontext():
+                    result = trainer.train(resume_from_checkpoint=resume_from)
+            if stop.requested:
+                raise KeyboardInterrupt
         finally:
             self.seconds = time.time() - started
             if self._tb_writer is not None:
                 self._tb_writer.close()
                 self._tb_writer = None
+            if self.work.is_dir() and not any(self.work.iterdir()):
+                self.work.rmdir()
         return result
 
     def summary(self, trainer, result, log_keys: tuple[str, ...] = ("loss",), **extra) -> dict:
