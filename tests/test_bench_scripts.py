@@ -114,3 +114,34 @@ def test_learning_reuses_stored_arms_only_from_the_same_settings(tmp_path, monke
     assert set(learning.stored_arms(args)) == {"base", "recall"}  # "gone" changed its definition
     args.precision = "fp32"
     assert learning.stored_arms(args) == {}
+
+
+def test_learning_star_arm_runs_at_tiny_scale(tmp_path, monkeypatch, tiny_model_dir):
+    """The STaR arm end to end on a tiny model: dictionary stage, its checkpoint writes the rationales,
+    the MCQ stage continues that adapter on them, the test split is scored."""
+    import sys
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from helpers import write_sample
+
+    learning = _script("learning")
+    sample = tmp_path / "sample"
+    write_sample(sample, n_train=4, n_test=2)
+    (sample / "dictionary.json").write_text((sample / "dict.json").read_text())
+    (sample / "characters.json").write_text(json.dumps([{"term": "↑", "definition": "증가", "category": "symbol"}]))
+    monkeypatch.setattr(learning, "SAMPLE", sample)
+    spec = {**learning.ARMS["star_dictline"], "dict_epochs": 1.0, "mcq_epochs": 1.0,
+            "star": {"samples": 1, "temperature": 1.0, "top_p": 0.95, "max_new_tokens": 4, "shots": 1}}
+    args = SimpleNamespace(model=str(tiny_model_dir), eval_batch_size=4, max_new_tokens=4, precision="fp32", seed=1)
+    work = tmp_path / "work"
+    result = learning.run_star("star", spec, args, work)
+    made = result["rationales"]
+    assert made["n"] == 4 and made["teacher"] + made["rationalised"] + made["template"] == 4
+    assert result["rationale_questions"] == 4 and result["train_seconds"] > 0 and len(result["preds"]) == 2
+    teacher = str((work / "star" / "dict" / "loop_1" / "after_type1").resolve())
+    written = json.loads((work / "star" / "rationales" / "run.json").read_text())
+    assert written["teacher"]["model"] == teacher and written["sampling"]["samples"] == 1
+    loop = json.loads((work / "star" / "loop" / "run.json").read_text())["config"]
+    assert loop["base_model"] == teacher and loop["stages"] == "mcq"
+    assert loop["rationales"] == str(work / "star" / "rationales" / "rationales.jsonl")

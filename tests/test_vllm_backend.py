@@ -119,3 +119,13 @@ def test_evaluate_mcq_scores_what_the_generator_returns(tmp_path, tokenizer):
     assert seen["stops"] == ANSWER_STOPS
     assert [p["prediction"] for p in preds[:2]] == [q.answer for q in mcqs[:2]] and preds[2]["prediction"] == ""
     assert metrics["parse_rate"]["value"] == pytest.approx(0.75)
+
+
+def test_sampled_requests_carry_one_seed_each(fake_vllm, tiny_model_dir, tokenizer):
+    from kormedqa.scorers import Sampling
+
+    gen = VllmGenerator(str(tiny_model_dir), tokenizer)
+    gen(["a", "b"], 5, ANSWER_STOPS, sampling=Sampling(temperature=0.7, top_p=0.9, seeds=(11, 12)))
+    params = [p.kwargs for p in fake_vllm["generate"]["params"]]
+    assert [(p["temperature"], p["top_p"], p["seed"]) for p in params] == [(0.7, 0.9, 11), (0.7, 0.9, 12)]
+    assert all(p["max_tokens"] == 5 and p["stop"] == list(ANSWER_STOPS) for p in params)

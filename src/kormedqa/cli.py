@@ -23,6 +23,7 @@ USAGE = """usage: kormedqa <command> [options]   (kormedqa <command> --help for 
 commands:
   model fetch [gemma3-270m] --out DIR   build the embedded default model as a plain HF folder
   prepare dict|mcq                      write the spec's prompt/completion JSONL
+  rationales                            a teacher writes the spec's rationales, kept only when right (STaR)
   train dict|mcq                        LoRA SFT with answer-only loss
   merge                                 merge a LoRA adapter into a full safetensors model
   eval                                  score a model on KorMedMCQA (generation, log-likelihood, loss)
@@ -200,6 +201,13 @@ def cmd_prepare(argv):
     print_info(run_prepare(parse(PrepareConfig, rest, f"kormedqa prepare {track}", track=track)))
 
 
+def cmd_rationales(argv):
+    """`kormedqa rationales [flags]`: `rationales.run_rationales` (rationales.jsonl for prepare mcq --rationales)."""
+    from .rationales import RationalesConfig, run_rationales
+
+    run_rationales(parse(RationalesConfig, argv, "kormedqa rationales"))
+
+
 def cmd_train(argv):
     """`kormedqa train dict|mcq [flags]`: `sft.run_train` (or `grpo.run_train` for --method grpo);
     the main process prints the training summary."""
@@ -275,6 +283,7 @@ def cmd_demo(argv):
 COMMANDS = {
     "model": cmd_model,
     "prepare": cmd_prepare,
+    "rationales": cmd_rationales,
     "train": cmd_train,
     "merge": cmd_merge,
     "eval": cmd_eval,

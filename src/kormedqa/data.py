@@ -266,6 +266,15 @@ def load_mcq(source: str | Path, split: str | None = None, exam_type: str | None
     return records
 
 
+def load_mcq_sources(sources, split: str | None) -> list[MCQ]:
+    """The questions of every source in `sources` (files, folders, hub ids; `load_mcq` each), in order.
+
+    What `prepare mcq` trains on and `rationales` writes for: the same list, so both choose the
+    same questions for the detailed format. Raises what `load_mcq` raises.
+    """
+    return [q for source in sources for q in load_mcq(source, split=split)]
+
+
 # ----------------------------------------------------------------------------- other inputs
 
 

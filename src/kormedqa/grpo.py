@@ -182,10 +182,11 @@ def run_train(cfg) -> dict:
     claimed (UsageError, DataError, ModelError, OutputExistsError); writes run.json,
     train_log.jsonl and adapter/; returns the training summary (`run_grpo`).
     """
-    from .stage import check_train_inputs, claim_train_output, read_prepared_rows, train_resume_point, work_folder
+    from .stage import check_train_inputs, check_train_paths, claim_train_output, read_prepared_rows, train_resume_point, work_folder
 
     if cfg.method != "grpo":
         raise UsageError(f"grpo.run_train trains --method grpo; --method {cfg.method} is kormedqa.sft.run_train")
+    check_train_paths(cfg)
     if cfg.resume:  # GRPO keeps no Trainer checkpoints: only a finished run can be "resumed"
         finished, _ = train_resume_point(cfg, work_folder(Path(cfg.output) / "adapter"))
         return finished

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from .errors import UsageError
@@ -146,7 +147,7 @@ class LoopRecipe:
         from .data import load_dictionary, load_mcq
         from .formats import Glossary
         from .modeling import load_tokenizer, resolve_model_path
-        from .prepare import check_overlap, dict_rows, mcq_rows
+        from .prepare import check_overlap, dict_rows, load_rationales, mcq_rows
 
         cfg = self.cfg
         check_select_by(cfg.select_by, cfg.eval_mode)  # also checked at parse time; code callers get it here
@@ -163,6 +164,7 @@ class LoopRecipe:
         base = resolve_model_path(cfg.base_model)
         self.base = str(Path(base).resolve()) if Path(base).exists() else base
         self.tokenizer = load_tokenizer(self.base)
+        given = load_rationales(cfg.rationales) if cfg.rationales else {}  # DataError before the output is claimed
 
         # Refuses another command's folder and changed settings or data on --resume (nothing written).
         self.out = claim_run(cfg, "loop", {"train": cfg.train_data, "eval": cfg.eval_data})
@@ -174,7 +176,11 @@ class LoopRecipe:
         self.history = history
 
         self.glossary = Glossary(self.entries)
-        mcq_train = option_rotations(self.train_questions, cfg.option_rotations, cfg.seed)
+        mcq_train = self.train_questions
+        if given:
+            # As a record's cot: used as written, and option_rotations keeps such a question unrotated.
+            mcq_train = [replace(q, cot=given[q.id]) if q.id in given and not q.cot.strip() else q for q in mcq_train]
+        mcq_train = option_rotations(mcq_train, cfg.option_rotations, cfg.seed)
         self.rows = {"dict": dict_rows(self.entries),
                      "mcq": mcq_rows(mcq_train, cfg.seed, self.glossary, template=cfg.rationale_template)}
 

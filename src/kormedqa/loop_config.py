@@ -90,6 +90,9 @@ class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
                                      "weighted answer; 0: off)")
     rationale_template: str = arg(DEFAULT_RATIONALE_TEMPLATE, "template rationale for MCQs without cot: linked, "
                                   "recall, dictionary_line or verdict (see kormedqa prepare mcq --help)", choices=RATIONALE_TEMPLATES)
+    rationales: str | None = arg(None, "JSONL of {id, rationale} for the MCQ track (kormedqa rationales' "
+                                       "rationales.jsonl, as prepare mcq --rationales): those questions train on it, "
+                                       "as written and unrotated (its letters name the options in their order)")
     group_by_length: bool = arg(False, "batch similar lengths together (less padding; changes the data order)")
     eval_mode: str = arg("all", "scorers per loop: all, or a comma list of generate, loglik, cloze, loss")
     eval_limit: int | None = arg(None, "score only the first N evaluation questions (after --eval-every)")

@@ -101,7 +101,7 @@ def run_prepare(cfg: PrepareConfig) -> dict:
     an existing output without --overwrite (before any input is read), DataError for bad inputs,
     LeakageError for training questions found in --eval-data without --allow-overlap.
     """
-    from .data import load_dictionary, load_mcq
+    from .data import load_dictionary, load_mcq, load_mcq_sources
     from .runs import claim_output, write_jsonl_atomic
 
     out = Path(cfg.output)
@@ -117,7 +117,7 @@ def run_prepare(cfg: PrepareConfig) -> dict:
     if cfg.track == "dict":
         rows = dict_rows(load_dictionary(*cfg.data))
     elif cfg.track == "mcq":
-        mcqs = [q for source in cfg.data for q in load_mcq(source, split=cfg.split)]
+        mcqs = load_mcq_sources(cfg.data, cfg.split)
         if cfg.eval_data:
             info["overlap"] = check_overlap(mcqs, load_mcq(cfg.eval_data, split=cfg.eval_split), cfg.allow_overlap)
         glossary = Glossary(load_dictionary(*cfg.dictionary)) if cfg.dictionary else Glossary()

@@ -161,10 +161,11 @@ def run_train(cfg: TrainConfig) -> dict:
     `stage.train_resume_point` (same command, settings and data; UsageError when nothing was
     kept); a finished run is returned as it was.
     """
-    from .stage import check_train_inputs, claim_train_output, read_prepared_rows, train_resume_point, work_folder
+    from .stage import check_train_inputs, check_train_paths, claim_train_output, read_prepared_rows, train_resume_point, work_folder
 
     if cfg.method != "sft":
         raise UsageError(f"sft.run_train trains --method sft; --method {cfg.method} is kormedqa.grpo.run_train")
+    check_train_paths(cfg)
     checkpoint = None
     if cfg.resume:  # first: a resume that cannot be done is refused before any input is read
         finished, checkpoint = train_resume_point(cfg, work_folder(Path(cfg.output) / "adapter"))

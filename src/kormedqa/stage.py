@@ -243,14 +243,20 @@ def read_prepared_rows(path: str) -> list[dict]:
     return rows
 
 
-def check_train_inputs(cfg):
-    """The train command's checks that need no output: --data/--output given, the model's tokenizer and
-    precision. `cfg` is an `sft.TrainConfig`; returns the tokenizer. UsageError, ModelError."""
+def check_train_paths(cfg) -> None:
+    """--data and --output given: the first check of a train command, before a resume point or a row
+    is read. `cfg` is an `sft.TrainConfig`. UsageError."""
     from .errors import UsageError
-    from .modeling import check_precision, load_tokenizer
 
     if not cfg.data or not cfg.output:
         raise UsageError("--data (a prepared JSONL) and --output are required")
+
+
+def check_train_inputs(cfg):
+    """The train command's checks that need no output: the model's tokenizer and precision (after
+    `check_train_paths`). `cfg` is an `sft.TrainConfig`; returns the tokenizer. UsageError, ModelError."""
+    from .modeling import check_precision, load_tokenizer
+
     tokenizer = load_tokenizer(cfg.base_model)  # ModelError for a missing model or an adapter without its base
     check_precision(cfg.base_model, cfg.device, cfg.precision)  # fp16 Gemma refused before the output is claimed
     return tokenizer

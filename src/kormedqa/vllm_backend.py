@@ -71,21 +71,32 @@ class VllmGenerator:
         self.lora_request = LoRARequest("kormedqa-adapter", 1, str(path)) if base else None
         self.tokenizer = tokenizer
 
-    def sampling_params(self, max_new_tokens: int, stop_strings: Sequence[str]):
-        """Greedy vLLM `SamplingParams`: at most `max_new_tokens` tokens, stopping at `stop_strings`
-        (kept in the output) or a stop token (<eos>, <end_of_turn>).
+    def sampling_params(self, max_new_tokens: int, stop_strings: Sequence[str], temperature: float = 0.0,
+                        top_p: float = 1.0, seed: int | None = None):
+        """vLLM `SamplingParams`, greedy by default: at most `max_new_tokens` tokens, stopping at
+        `stop_strings` (kept in the output) or a stop token (<eos>, <end_of_turn>); with a
+        `temperature` > 0, nucleus sampling at `top_p` from the request's own `seed`.
         """
         from vllm import SamplingParams
 
         from .modeling import stop_token_ids
 
+        sampled = {"top_p": top_p, "seed": seed} if temperature > 0 else {}
         return SamplingParams(
-            temperature=0.0, max_tokens=max_new_tokens, stop=list(stop_strings), include_stop_str_in_output=True,
-            stop_token_ids=stop_token_ids(self.tokenizer), skip_special_tokens=True,
+            temperature=temperature, max_tokens=max_new_tokens, stop=list(stop_strings), include_stop_str_in_output=True,
+            stop_token_ids=stop_token_ids(self.tokenizer), skip_special_tokens=True, **sampled,
         )
 
-    def __call__(self, prompts: Sequence[str], max_new_tokens: int, stop_strings: Sequence[str] = ()) -> list[str]:
+    def __call__(self, prompts: Sequence[str], max_new_tokens: int, stop_strings: Sequence[str] = (),
+                 sampling=None) -> list[str]:
+        """One continuation per prompt; `sampling` (a `scorers.Sampling`) gives temperature, top_p and
+        one seed per prompt, each request drawing from its own seed as the HF path does.
+        """
         inputs = [{"prompt_token_ids": self.tokenizer(p)["input_ids"]} for p in prompts]
-        outs = self.llm.generate(inputs, self.sampling_params(max_new_tokens, stop_strings),
-                                 lora_request=self.lora_request, use_tqdm=False)
+        if sampling is None or sampling.temperature <= 0:
+            params = self.sampling_params(max_new_tokens, stop_strings)
+        else:
+            params = [self.sampling_params(max_new_tokens, stop_strings, sampling.temperature, sampling.top_p, seed)
+                      for seed in sampling.seeds]
+        outs = self.llm.generate(inputs, params, lora_request=self.lora_request, use_tqdm=False)
         return [o.outputs[0].text for o in outs]
