@@ -170,7 +170,7 @@ def cmd_model(argv):
     """`kormedqa model fetch [gemma3-270m] --out DIR`: build the embedded default; prints the folder.
 
     Raises UsageError for another model name, OutputExistsError when --out holds something other
-    than a model (without --overwrite).
+    than a model (with or without --overwrite: those files are the user's).
     """
     sub, rest = _positional(argv, ("fetch",), "model")
     if rest and not rest[0].startswith("-"):
@@ -187,9 +187,11 @@ def cmd_model(argv):
 
     out = Path(cfg.out)
     # fetch_default replaces the folder it builds; one that holds something other than a model is
-    # the user's, not a half-fetched model, and is refused rather than deleted.
-    if out.exists() and not (out / "config.json").exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise OutputExistsError(f"{out} exists and is not a model folder: pass --overwrite to replace it")
+    # the user's (data/sample, say), not a half-fetched model: refused, --overwrite or not, and
+    # --overwrite is not offered, since it would delete the user's files.
+    if out.is_file() or (out.is_dir() and not (out / "config.json").exists() and any(out.iterdir())):
+        raise OutputExistsError(f"{out} exists and is not a model folder (it holds other files): choose another "
+                                "--out, an empty or new folder")
     print(fetch_default(cfg.out, overwrite=cfg.overwrite))
 
 
@@ -318,7 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_launch(argv[0])
         command(argv[1:])
-    except (UserError, FileNotFoundError, NonFiniteError) as err:  # NaN/inf: the settings, not a bug; one line
+    # An input path that is missing, a folder or unreadable is the user's to fix, whichever reader
+    # met it (data files, --config, a model folder); NaN/inf: the settings, not a bug. One line each.
+    except (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+            NonFiniteError) as err:
         if is_main_process():  # under `accelerate launch` every process fails the same way; one line is enough
             print(f"kormedqa {argv[0]}: error: {one_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -133,14 +133,14 @@ def run_cpt(cfg: CPTConfig) -> dict:
     from .batching import CompletionCollator
     from .data import load_dictionary, read_text_corpus
     from .modeling import load_tokenizer, lora_config
-    from .runs import atomic_dir, claim_output, provenance, write_json_atomic
+    from .runs import atomic_dir, claim_run, write_json_atomic
     from .stage import Stage
 
     paragraphs = read_text_corpus(cfg.corpus)
     heldout = read_text_corpus(cfg.heldout) if cfg.heldout else []
     entries = load_dictionary(*cfg.vocab) if cfg.vocab else []
     tokenizer = load_tokenizer(cfg.base_model)
-    out = claim_output(cfg.output, overwrite=cfg.overwrite)
+    out = claim_run(cfg, "cpt", {"corpus": cfg.corpus, "heldout": cfg.heldout or ""})
     run = Stage("cpt", out / "model", device=cfg.device, precision=cfg.precision, seed=cfg.seed, logs_dir=out,
                 work=out / ".work")
     model, _ = run.load(cfg.base_model, tokenizer=tokenizer, trainable_adapter=False)
@@ -177,7 +177,6 @@ def run_cpt(cfg: CPTConfig) -> dict:
         merged.save_pretrained(scratch)
         tokenizer.save_pretrained(scratch)
     write_json_atomic(out / "metrics.json", metrics)
-    write_json_atomic(out / "run.json", provenance(cfg, {"corpus": cfg.corpus, "heldout": cfg.heldout or ""}))
     run.drop_work()
     print(json.dumps(metrics, indent=2))
     return metrics

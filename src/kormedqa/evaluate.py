@@ -264,8 +264,8 @@ def evaluate_dict(model, tokenizer, entries, batch_size: int = 8, max_new_tokens
 
 
 def summary_line(metrics: dict) -> str:
-    """One log line for a metrics dict: n, accuracies with 95% intervals, parse rate, reference loss
-    (dictionary metrics: exact match and chrF).
+    """One log line for a metrics dict: n, accuracies with 95% intervals, both parse rates (the letter
+    after </reasoning>, and any letter found), reference loss (dictionary metrics: exact match and chrF).
     """
     if metrics.get("task") == "dict":
         em = metrics["exact_match"]
@@ -274,7 +274,11 @@ def summary_line(metrics: dict) -> str:
               ("cloze_accuracy_norm", "cloze norm"))
     parts = [f"{label} {_pct(metrics[key])}" for key, label in labels if key in metrics]
     if "parse_rate" in metrics:
-        parts.insert(1, f"parsed {metrics['parse_rate']['value']:.0%}")
+        # Both rates: the letter after </reasoning> (the spec's format) and any letter the fallback
+        # cascade found (echoed options included); one "parsed" figure hid a format never followed.
+        after = (f"letter after </reasoning> {metrics['format_parse_rate']['value']:.0%}, "
+                 if "format_parse_rate" in metrics else "")
+        parts.insert(1, f"{after}any letter {metrics['parse_rate']['value']:.0%}")
     if "reference_loss" in metrics:
         parts.append(f"reference loss {metrics['reference_loss']['value']:.3f}")
     return f"n={metrics['n']}: " + ", ".join(parts)
@@ -309,7 +313,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     """
     from .data import load_mcq
     from .modeling import check_precision, load_model, load_tokenizer
-    from .runs import claim_output, provenance
+    from .runs import claim_run, provenance
     from .vllm_backend import resolve_backend
 
     if cfg.task not in ("mcq", "dict"):
@@ -325,7 +329,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model)
     backend = resolve_backend(cfg.backend, cfg.device) if "generate" in scorers else None  # None: no generation
     check_precision(cfg.model, cfg.device, cfg.precision)  # fp16 Gemma refused before the output is claimed
-    claim_output(cfg.output, overwrite=cfg.overwrite)
+    claim_run(cfg, "eval", {"data": cfg.data})  # run.json, as every run folder has
     generator = None
     if backend == "vllm":
         from .vllm_backend import VllmGenerator
@@ -344,14 +348,14 @@ def run_eval(cfg: EvalConfig) -> dict:
 def _run_dict_eval(cfg: EvalConfig) -> dict:
     from .data import load_dictionary
     from .modeling import load_model, load_tokenizer
-    from .runs import claim_output, provenance
+    from .runs import claim_run, provenance
 
     paths = cfg.dictionary or ([cfg.data] if cfg.data else [])
     if not paths or not cfg.output:
         raise UsageError("--dictionary (or --data) and --output are required for --task dict")
     entries = load_dictionary(*paths)[: cfg.limit or None]
     tokenizer = load_tokenizer(cfg.model)
-    claim_output(cfg.output, overwrite=cfg.overwrite)
+    claim_run(cfg, "eval", {"dictionary": paths[0]})
     model = load_model(cfg.model, device=cfg.device, precision=cfg.precision, merge_adapter=True)
     metrics, preds = evaluate_dict(model, tokenizer, entries, cfg.batch_size, min(cfg.max_new_tokens, 96))
     write_eval(cfg.output, metrics, preds, {"run": provenance(cfg)})

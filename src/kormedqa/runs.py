@@ -158,12 +158,14 @@ def clean_stale_scratch(folder: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def claim_output(path: str | Path, resume: bool = False, overwrite: bool = False, is_dir: bool = True) -> Path:
+def claim_output(path: str | Path, resume: bool = False, overwrite: bool = False, is_dir: bool = True,
+                 can_resume: bool = False) -> Path:
     """Refuse to write into an existing output unless the user asked to resume or overwrite; returns it as a Path.
 
     An existing output is a file, or a folder with anything in it. With `overwrite` (and not
     `resume`) it is deleted first. With `is_dir` the folder is created and scratch folders of a
-    killed run are removed from it. Raises OutputExistsError when it exists and neither was given.
+    killed run are removed from it. Raises OutputExistsError when it exists and neither was given;
+    its message offers --resume only when `can_resume` (the command has the flag).
     Under several processes only the main one claims (and, with --overwrite, clears) the output;
     the others would race it, and they write nothing there themselves.
     """
@@ -174,7 +176,8 @@ def claim_output(path: str | Path, resume: bool = False, overwrite: bool = False
         return path
     exists = path.exists() and (not path.is_dir() or any(path.iterdir()))
     if exists and not (resume or overwrite):
-        raise OutputExistsError(f"{path} already exists: pass --resume to continue it or --overwrite to replace it")
+        how = "--resume to continue it or --overwrite to replace it" if can_resume else "--overwrite to replace it"
+        raise OutputExistsError(f"{path} already exists: pass {how}")
     if exists and overwrite and not resume:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     if is_dir:
@@ -296,7 +299,7 @@ def claim_run(config, command: str, data_files: dict[str, str] | None = None,
     resume = bool(getattr(config, "resume", False))
     if resume and not check_resume(config, command, data_files, may_change):
         logging.getLogger(__name__).info("%s holds no earlier run to resume: starting a new one", config.output)
-    out = claim_output(config.output, resume=resume, overwrite=config.overwrite)
+    out = claim_output(config.output, resume=resume, overwrite=config.overwrite, can_resume=hasattr(config, "resume"))
     if is_main_process() and not (resume and (out / "run.json").exists()):
         write_json_atomic(out / "run.json", provenance(config, data_files, command=command))
     return out
