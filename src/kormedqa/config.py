@@ -11,6 +11,7 @@ TRL's `TrlParser`, so every flag can also come from `--config file.yaml` (flags 
     DeviceArgs         --device --precision                  every command that computes
     ModelArgs          DeviceArgs + --base-model             train, cpt, loop
     LoraArgs           --lora-r --lora-alpha                 train, cpt, loop
+    ReportArgs         --report-to                           train, cpt, loop
 
 A command that needs another default redeclares the field with `arg` (it keeps its place). Field
 metadata holds only argparse keywords (`help`, `choices`), because HfArgumentParser passes it to
@@ -22,7 +23,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
-from .checks import PRECISIONS, Range
+from .checks import PRECISIONS, Range, parse_report_to
 
 # The shipped sample dictionaries: the default of every command that reads a dictionary.
 SAMPLE_DICTIONARIES = ("data/sample/dictionary.json", "data/sample/characters.json")
@@ -85,3 +86,17 @@ class LoraArgs:
     lora_alpha: int = arg(128, "LoRA alpha (the update is scaled by alpha / r)")
 
     RANGES: ClassVar[dict] = {"lora_r": Range(low=1), "lora_alpha": Range(low=0, low_open=True)}
+
+
+@dataclass
+class ReportArgs:
+    """Where a training command reports its logs besides train_log.jsonl (always written)."""
+
+    report_to: str = arg("tensorboard", "experiment trackers, a comma list of transformers' integration names "
+                                        "(tensorboard, wandb, mlflow, trackio, comet_ml, ...), or none; "
+                                        "TensorBoard files go to <output>/tensorboard, offline wandb / mlflow runs "
+                                        "under <output> unless WANDB_DIR / MLFLOW_TRACKING_URI say otherwise")
+
+    def report_targets(self) -> tuple[str, ...]:
+        """--report-to as a tuple of integration names (() for none); UsageError for an unknown or missing one."""
+        return parse_report_to(self.report_to)

@@ -16,13 +16,13 @@ from typing import ClassVar, Sequence
 import torch
 
 from .checks import Range, check_config
-from .config import SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, RunArgs, arg
+from .config import SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, ReportArgs, RunArgs, arg
 from .trainer import AnswerWeightedTrainer, TrainerSettings, training_arguments
 
 log = logging.getLogger(__name__)
 
 @dataclass
-class CPTConfig(ModelArgs, LoraArgs, RunArgs):
+class CPTConfig(ModelArgs, LoraArgs, ReportArgs, RunArgs):
     """`kormedqa cpt`: continued pretraining on plain text + repeated vocabulary."""
 
     output: str = arg("runs/cpt", "folder for model/ (the merged model), metrics.json, run.json and train_log.jsonl")
@@ -53,7 +53,7 @@ class CPTConfig(ModelArgs, LoraArgs, RunArgs):
         return TrainerSettings(epochs=self.epochs, max_steps=self.max_steps, batch_size=self.batch_size,
                                grad_accum=self.grad_accum, learning_rate=self.learning_rate, seed=self.seed,
                                lr_scheduler_type="linear", logging_steps=1, save_steps=0, group_by_length=False,
-                               keep_order=False)
+                               keep_order=False, report_to=self.report_targets())
 
 
 def vocab_lines(entries) -> list[str]:
@@ -155,7 +155,7 @@ def run_cpt(cfg: CPTConfig) -> dict:
         train_dataset=Dataset.from_list(features),
         data_collator=CompletionCollator(tokenizer.pad_token_id),
         answer_weight=None,
-        callbacks=run.callbacks(),
+        callbacks=run.callbacks(report_to=cfg.report_targets()),
     )
     result = run.train(trainer)
     merged = trainer.model.merge_and_unload()

@@ -51,6 +51,7 @@ def _stage_config(cfg: LoopConfig, track: str, base: str, loop: int) -> TrainCon
         precision=cfg.precision,
         seed=cfg.seed + loop,  # a different data order each loop, the same on every rerun
         resume=cfg.resume,  # a stage stopped by Ctrl-C continues from the checkpoint it kept
+        report_to=cfg.report_to,
     )
 
 
@@ -77,10 +78,14 @@ def _metric(metrics: dict, name: str) -> float:
     return float(value)
 
 
-def copy_checkpoint(src: Path, dest: Path) -> None:
-    """Copy the checkpoint folder `src` to `dest` atomically (`runs.atomic_dir`), replacing `dest`."""
+def copy_checkpoint(src: Path, dest: Path, card_note: str = "") -> None:
+    """Copy the checkpoint folder `src` to `dest` atomically (`runs.atomic_dir`), replacing `dest`;
+    `card_note` (Markdown) is appended to the copy's model card (README.md)."""
     with atomic_dir(dest) as scratch:
         shutil.copytree(src, scratch, dirs_exist_ok=True)
+        card = scratch / "README.md"
+        if card_note and card.exists():
+            card.write_text(card.read_text(encoding="utf-8") + "\n" + card_note + "\n", encoding="utf-8")
 
 
 def evaluate_checkpoint(model_path: str, tokenizer, questions: list, folder: Path, *, eval_mode: str,
@@ -209,7 +214,7 @@ class LoopRecipe:
                     base_model=self.previous or self.base, device=cfg.device, precision=cfg.precision,
                     seed=cfg.seed + loop, max_steps=cfg.grpo_max_steps, num_generations=cfg.num_generations,
                     max_completion_length=cfg.max_completion_length, batch_size=cfg.num_generations * 2,
-                    learning_rate=cfg.grpo_learning_rate)
+                    learning_rate=cfg.grpo_learning_rate, report_to=cfg.report_to)
                 summary = run_grpo(grpo_cfg, grpo_rows_from_mcqs(self.train_questions), stage_dir,
                                    logs_dir=self.out, stage=f"loop_{loop}_grpo")
             else:
@@ -271,7 +276,11 @@ class LoopRecipe:
             self._stale += 1
         best_src = self.history["best"]["checkpoint"]
         if self.history.get("best_checkpoint_from") != best_src or not (self.out / "best_checkpoint").exists():
-            copy_checkpoint(self.out / best_src, self.out / "best_checkpoint")
+            best = self.history["best"]
+            note = (f"## How it was chosen\n\nkormedqa loop's best_checkpoint: loop {best['loop']} ({best_src}), "
+                    f"{cfg.select_by} {best[cfg.select_by]:.4f} on {cfg.eval_data} (split {cfg.eval_split}, "
+                    f"{len(self.evaluation)} questions); the other loops' scores are in history.json.")
+            copy_checkpoint(self.out / best_src, self.out / "best_checkpoint", card_note=note)
             self.history["best_checkpoint_from"] = best_src
         write_json_atomic(self.history_path, self.history)
         reached = record["metrics"].get("accuracy", record["metrics"].get("loglik_accuracy"))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .checks import Range, check_config, parse_answer_weight, parse_eval_mode
-from .config import DEFAULT_MODEL_HELP, GRPO_MAX_STEPS, LR_SCHEDULES, SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, ResumableRunArgs, arg
+from .config import DEFAULT_MODEL_HELP, GRPO_MAX_STEPS, LR_SCHEDULES, SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, ReportArgs, ResumableRunArgs, arg
 from .errors import UsageError
 from .formats import DEFAULT_RATIONALE_TEMPLATE, RATIONALE_TEMPLATES
 
@@ -44,7 +44,7 @@ def check_select_by(select_by: str, eval_mode: str) -> None:
 
 
 @dataclass
-class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
+class LoopConfig(ModelArgs, LoraArgs, ReportArgs, ResumableRunArgs):
     """`kormedqa loop`: alternate dictionary and MCQ training until the target accuracy."""
 
     output: str = arg("runs/loop", "run folder: loop_N/ checkpoints and evaluations, best_checkpoint/, final/, "

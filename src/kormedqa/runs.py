@@ -193,7 +193,7 @@ LOCATION_FIELDS = frozenset({"output", "base_model", "model", "dictionary", "tra
 # Settings a resumed run may change without mixing results: the flags themselves, how many loops,
 # when to stop, batch size of scoring and where it computes.
 RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "max_loops", "loops", "patience", "target_accuracy",
-                               "eval_batch_size", "device"})
+                               "eval_batch_size", "device", "report_to"})
 
 
 def check_resumed_settings(out: str | Path, config, may_change: Iterable[str] = RESUMABLE_CHANGES,

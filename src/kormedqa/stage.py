@@ -116,14 +116,23 @@ class Stage:
                                trainable_adapter=trainable_adapter)
         return model, tokenizer
 
-    def callbacks(self, tensorboard: bool = False) -> list:
+    def callbacks(self, report_to: tuple[str, ...] = ()) -> list:
         """Trainer callbacks: the JSONL log (every process checks losses are finite; the main one writes),
-        and with `tensorboard` a TensorBoard writer on the main process (closed by `train`)."""
+        and with "tensorboard" in `report_to` a TensorBoard writer on the main process in
+        `logs_dir/tensorboard/<name>` (closed by `train`). The other trackers of `report_to` are
+        transformers' own (the stage's training arguments name them); offline wandb and MLflow runs
+        land in `logs_dir` unless WANDB_DIR / MLFLOW_TRACKING_URI are set."""
+        import os
+
         from .launch import is_main_process
         from .trainer import JsonlLogCallback
 
+        if "wandb" in report_to:
+            os.environ.setdefault("WANDB_DIR", str(self.logs_dir.resolve()))
+        if "mlflow" in report_to:
+            os.environ.setdefault("MLFLOW_TRACKING_URI", (self.logs_dir.resolve() / "mlruns").as_uri())
         callbacks = [JsonlLogCallback(self.logs_dir / "train_log.jsonl", self.name)]
-        if tensorboard and is_main_process():
+        if "tensorboard" in report_to and is_main_process():
             from torch.utils.tensorboard import SummaryWriter
             from transformers.integrations import TensorBoardCallback
 
