@@ -29,3 +29,18 @@ def test_demo_scores_before_after_and_the_other_phrasings(tmp_path, tiny_model_d
     assert json.loads((out / "loop" / "run.json").read_text())["config"]["precision"] == "fp32"
     assert json.loads((out / "loop" / "run.json").read_text())["config"]["rotation_batches"] is True
     assert "Same terms asked another way" in (out / "REPORT.md").read_text(encoding="utf-8")
+    # Rerun on the finished demo: nothing is recomputed, and the report keeps the times the steps took.
+    import dataclasses
+    import time
+
+    started = time.time()
+    again = run_demo(dataclasses.replace(cfg, resume=True))
+    rerun_wall = time.time() - started
+    first, second = summary["timings"], again["timings"]
+    for step in ("cpt", "eval_before", "eval_before_rephrased", "eval_rephrased"):
+        assert second[step] == first[step], step
+    assert second["loop"] >= first["loop"]
+    kept = sum(first[s] for s in ("cpt", "eval_before", "eval_before_rephrased", "eval_rephrased", "loop"))
+    assert second["total"] >= kept + 0.9 * rerun_wall - 1.0
+    assert json.loads((out / "summary.json").read_text())["timings"] == second
+    assert f"- total: {second['total']}" in (out / "REPORT.md").read_text(encoding="utf-8")

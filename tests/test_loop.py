@@ -41,6 +41,22 @@ def test_one_loop_writes_seed_layout_and_history(tmp_path, tiny_model_dir):
     assert set(provenance["data_sha256"]) == {"train", "eval"} and "git_commit" in provenance
     assert (run / "train_log.jsonl").exists()
     assert not [p for p in run.rglob(".*tmp-*")], "no scratch folders left behind"
+    # Chosen on dev, reported on test: every loop scored on the dev split, best_checkpoint once on test.
+    assert saved["select_split"] == "dev"
+    assert json.loads((run / "loop_1/eval/metrics.json").read_text())["n"] == 2  # write_sample's dev split
+    assert json.loads((run / "test/metrics.json").read_text())["n"] == 4  # its test split
+    assert {k: saved["test"][k] for k in ("split", "chosen_on", "loop", "checkpoint", "n")} == \
+        {"split": "test", "chosen_on": "dev", "loop": 1, "checkpoint": "loop_1/after_type2", "n": 4}
+    assert "accuracy" in saved["test"]["metrics"]
+    assert "split dev" in (run / "best_checkpoint" / "README.md").read_text()
+
+
+def test_choosing_on_the_reported_split_is_refused():
+    from kormedqa.errors import UsageError
+
+    with pytest.raises(UsageError, match="chosen on the questions it is reported on"):
+        LoopConfig(eval_split="test")
+    assert LoopConfig(eval_split="test", test_split="").eval_split == "test"  # no separate report: allowed
 
 
 def test_existing_output_is_refused_without_resume(tmp_path, tiny_model_dir):
@@ -161,6 +177,7 @@ def test_shipped_recipes_parse_as_loop_configs():
         cfg = LoopConfig(**yaml.safe_load(recipe.read_text()))
         assert cfg.stages == "dict,mcq", recipe.name
     seed = LoopConfig(**yaml.safe_load((recipes[0].parent / "medgemma-4b-seed.yaml").read_text()))
+    assert (seed.eval_split, seed.test_split) == ("dev", "test")  # chosen on dev, reported on test
     assert (seed.dict_batch_size, seed.dict_grad_accum, seed.dict_learning_rate) == (4, 4, 2e-5)
     assert (seed.mcq_batch_size, seed.mcq_grad_accum, seed.mcq_learning_rate) == (2, 8, 1e-5)
     assert (seed.max_loops, seed.target_accuracy, seed.patience) == (10, 90.0, 3)
@@ -180,6 +197,7 @@ def test_cpu_demo_recipe_is_the_demos_loop():
               "mcq_learning_rate", "dict_batch_size", "mcq_batch_size", "answer_weight", "rationale_template", "rotation_batches",
               "eval_mode", "eval_every", "dict_eval_limit", "eval_batch_size", "max_new_tokens", "seed")
     assert {k: recipe[k] for k in shared} == {k: getattr(demo, k) for k in shared}
+    assert (recipe["eval_split"], recipe["test_split"]) == ("test", "")  # as run_demo runs its loop
     assert recipe["max_loops"] == recipe["patience"] == demo.loops
 
 

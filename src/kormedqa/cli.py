@@ -265,7 +265,12 @@ def cmd_loop(argv):
     from .loop import LoopConfig, run_loop
 
     history = run_loop(parse(LoopConfig, argv, "kormedqa loop"))
-    print(f"stopped: {history['stop_reason']}; best loop {history['best']['loop']}; see history.json")
+    test = history.get("test")
+    tested = (f"; on {test['split']}: " + ", ".join(f"{k} {v['value']:.1%}" for k, v in test["metrics"].items()
+                                                   if k in ("accuracy", "loglik_accuracy", "cloze_accuracy"))
+              if test else "")
+    print(f"stopped: {history['stop_reason']}; best loop {history['best']['loop']} (chosen on "
+          f"{history.get('select_split', 'the eval split')}){tested}; see history.json")
 
 
 def cmd_cpt(argv):

@@ -157,7 +157,7 @@ def run_cpt(cfg: CPTConfig) -> dict:
         answer_weight=None,
         callbacks=run.callbacks(report_to=cfg.report_targets()),
     )
-    result = run.train(trainer)
+    result = run.train(trainer, checkpoint_on_interrupt=False)  # cpt has no --resume to continue one
     merged = trainer.model.merge_and_unload()
     after = perplexity(merged, tokenizer, heldout, cfg.max_length) if heldout else None
     metrics = {

@@ -163,9 +163,16 @@ class LoopRecipe:
 
         self.entries = load_dictionary(*cfg.dictionary)
         self.train_questions = load_mcq(cfg.train_data, split=cfg.train_split)
-        evaluation = load_mcq(cfg.eval_data, split=cfg.eval_split)[:: max(cfg.eval_every, 1)]
-        self.evaluation = evaluation[: cfg.eval_limit] if cfg.eval_limit else evaluation
+        self.evaluation = self._subset(load_mcq(cfg.eval_data, split=cfg.eval_split))
         self.overlap = check_overlap(self.train_questions, self.evaluation, cfg.allow_overlap)
+        # The reported split: scored once, with best_checkpoint, in cleanup().
+        self.test_questions = self._subset(load_mcq(cfg.eval_data, split=cfg.test_split)) if cfg.test_split else []
+        if self.test_questions:
+            check_overlap(self.train_questions, self.test_questions, cfg.allow_overlap)
+            if {q.id for q in self.test_questions} == {q.id for q in self.evaluation}:
+                log.warning("--eval-data %s gives the same questions for --eval-split %s and --test-split %s (a file "
+                            "has no splits): best_checkpoint is chosen on the questions it is reported on",
+                            cfg.eval_data, cfg.eval_split, cfg.test_split)
         base = resolve_model_path(cfg.base_model)
         self.base = str(Path(base).resolve()) if Path(base).exists() else base
         self.tokenizer = load_tokenizer(self.base)
@@ -176,6 +183,7 @@ class LoopRecipe:
         self.history_path = self.out / "history.json"
         history = _read_json(self.history_path) if cfg.resume and self.history_path.exists() else {}
         history.setdefault("select_by", cfg.select_by)
+        history.setdefault("select_split", cfg.eval_split)
         history.setdefault("loops", [])
         history["overlap"] = self.overlap
         self.history = history
@@ -188,6 +196,11 @@ class LoopRecipe:
         mcq_train = option_rotations(mcq_train, cfg.option_rotations, cfg.seed)
         self.rows = {"dict": dict_rows(self.entries),
                      "mcq": mcq_rows(mcq_train, cfg.seed, self.glossary, template=cfg.rationale_template)}
+
+    def _subset(self, questions: list) -> list:
+        """Every --eval-every-th question, the first --eval-limit of them (both splits alike)."""
+        picked = questions[:: max(self.cfg.eval_every, 1)]
+        return picked[: self.cfg.eval_limit] if self.cfg.eval_limit else picked
 
     def loops(self) -> range:
         """Loop numbers 1..max_loops."""
@@ -293,12 +306,38 @@ class LoopRecipe:
         return False
 
     def cleanup(self) -> dict:
-        """Copy the last trained checkpoint to final/, record the stop reason, write and return the history."""
+        """Copy the last trained checkpoint to final/, record the stop reason, score best_checkpoint once on
+        --test-split (test/, history's "test"), write and return the history."""
         copy_checkpoint(Path(self.previous), self.out / "final")
         self.history["stop_reason"] = self.stop_reason
         self.history["final"] = str(Path(self.previous).relative_to(self.out.resolve()))
         write_json_atomic(self.history_path, self.history)
+        if self.test_questions:
+            self.test()
         return self.history
+
+    def test(self) -> dict:
+        """Score best_checkpoint on --test-split into test/ (once: a resumed run that already did keeps it)
+        and record it in history.json as "test": {split, loop, checkpoint, n, metrics}."""
+        cfg = self.cfg
+        best = self.history["best"]
+        done = self.history.get("test")
+        if done and done.get("checkpoint") == best["checkpoint"] and (self.out / "test" / "metrics.json").exists():
+            return done
+        metrics = evaluate_checkpoint(
+            str((self.out / "best_checkpoint").resolve()), self.tokenizer, self.test_questions, self.out / "test",
+            eval_mode=cfg.eval_mode, eval_batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens,
+            glossary=self.glossary, rationale_template=cfg.rationale_template, device=cfg.device,
+            precision=cfg.precision, extra={"overlap": self.overlap, "split": cfg.test_split})
+        from .evaluate import summary_line
+
+        self.history["test"] = {"split": cfg.test_split, "loop": best["loop"], "checkpoint": best["checkpoint"],
+                                "chosen_on": cfg.eval_split, "n": len(self.test_questions),
+                                "metrics": _history_metrics(metrics)}
+        write_json_atomic(self.history_path, self.history)
+        log.info("best_checkpoint (loop %d, chosen on %s) on %s: %s", best["loop"], cfg.eval_split, cfg.test_split,
+                 summary_line(metrics))
+        return self.history["test"]
 
     def run(self) -> dict:
         """setup, then train / evaluate / save_checkpoint per loop until a stop, then cleanup."""
@@ -315,7 +354,10 @@ def run_loop(cfg: LoopConfig) -> dict:
 
     Returns the history also written to history.json: {"loops": [{loop, checkpoint,
     selected_metric, metrics, training}], "best", "select_by", "overlap", "stop_reason"
-    (target_reached, patience or max_loops), "final"}. Raises DataError, LeakageError, ModelError
+    (target_reached, patience or max_loops), "final", "test" (best_checkpoint scored once on
+    --test-split, when set: {split, loop, checkpoint, chosen_on, n, metrics})}. Every loop is
+    scored on --eval-split (dev by default) and best_checkpoint chosen there, so the reported test
+    figure is not a selection effect. Raises DataError, LeakageError, ModelError
     or UsageError before the output is claimed; OutputExistsError for an existing output without
     --resume or --overwrite. The steps: `LoopRecipe`.
     """
