@@ -81,7 +81,7 @@ def build_model(size: str, tokenizer, device, dtype, seed: int):
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from kormedqa.modeling import stop_token_ids
+    from kormedqa.chat import stop_token_ids
 
     shape = dict(SIZES[size])
     shape["vocab_size"] = max(shape["vocab_size"], len(tokenizer))
@@ -358,7 +358,7 @@ def prepare() -> int:
     import shutil
     from importlib import metadata
 
-    from kormedqa.modeling import fetch_tokenizer
+    from kormedqa.default_model import fetch_tokenizer
 
     tok = ASSETS / "tokenizer"
     if not (tok / "tokenizer.json").exists():
@@ -420,9 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from kormedqa.data import load_mcq
-    from kormedqa.modeling import load_tokenizer, pick_device
-    from kormedqa.precision import choose
-    from kormedqa.runs import write_json_atomic
+    from kormedqa.hardware import choose, pick_device
+    from kormedqa.modeling import load_tokenizer
+    from kormedqa.fsio import write_json_atomic
     from common import prepared_mcq_rows
 
     device = pick_device(args.device)

@@ -109,6 +109,7 @@ def dictionary_paths() -> list[str]:
 def run_base(args, work: Path) -> dict:
     """The untrained model through the loop's own evaluation step (no training, so no loop)."""
     from kormedqa.data import load_dictionary, load_mcq, read_jsonl
+    from kormedqa.hardware import choose
     from kormedqa.loop import evaluate_checkpoint
     from kormedqa.modeling import load_tokenizer
 
@@ -118,7 +119,7 @@ def run_base(args, work: Path) -> dict:
         args.model, load_tokenizer(args.model), test, work / "base" / "eval", eval_mode=EVAL_MODE,
         eval_batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens,
         entries=load_dictionary(*dictionary_paths()), dict_eval_limit=DICT_RECALL_ENTRIES,
-        dict_folder=work / "base" / "eval_dict", device="cpu", precision=args.precision)
+        dict_folder=work / "base" / "eval_dict", choice=choose("cpu", args.precision))
     preds = read_jsonl(work / "base" / "eval" / "predictions.jsonl")
     return {"metrics": {k: metrics[k] for k in SHOWN if k in metrics}, "preds": _slim(preds),
             "train_seconds": 0.0, "eval_seconds": time.time() - started, "loops": []}
@@ -185,6 +186,7 @@ def run_arm(name: str, spec: dict, args, work: Path, config=None) -> dict:
     checkpoint is scored by cloze too (loop_N/eval_after_dict), so the table shows how much of the
     knowledge the later stages keep."""
     from kormedqa.data import read_jsonl
+    from kormedqa.hardware import choose
     from kormedqa.loop import LoopRecipe, evaluate_checkpoint
 
     started = time.time()
@@ -198,8 +200,7 @@ def run_arm(name: str, spec: dict, args, work: Path, config=None) -> dict:
         if stages[0] == "dict" and len(stages) > 1 and not (after_dict / "metrics.json").exists():
             evaluate_checkpoint(
                 str(loop_dir / "after_type1"), recipe.tokenizer, recipe.evaluation, after_dict, eval_mode="cloze",
-                eval_batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, device="cpu",
-                precision=args.precision)
+                eval_batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, choice=choose("cpu", args.precision))
         if recipe.save_checkpoint(loop, recipe.evaluate(loop, checkpoint)):
             break
     history = recipe.cleanup()
@@ -256,6 +257,7 @@ def score_rephrased(name: str, result: dict, args, work: Path) -> None:
     """Generation accuracy of the arm's best checkpoint on other phrasings of the same test terms
     (`accuracy_rephrased_<seed>` in its metrics, `loop/eval_rephrased_<seed>`): knowledge of the terms, not
     of the questions' surface, holds up there."""
+    from kormedqa.hardware import choose
     from kormedqa.loop import evaluate_checkpoint
     from kormedqa.modeling import load_tokenizer
 
@@ -267,8 +269,7 @@ def score_rephrased(name: str, result: dict, args, work: Path) -> None:
     metrics = evaluate_checkpoint(
         str(checkpoint), load_tokenizer(args.model), rephrased_questions(args.rephrase, work),
         work / name / "loop" / f"eval_rephrased_{args.rephrase}", eval_mode="generate",
-        eval_batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, device="cpu",
-        precision=args.precision)
+        eval_batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, choice=choose("cpu", args.precision))
     result["metrics"][key] = metrics["accuracy"]
     result["eval_seconds"] += time.time() - started
 

@@ -53,7 +53,7 @@ def test_gpu_check_sizes_are_gemma3_270m_and_4b():
 
 @pytest.fixture()
 def plain_cpu(monkeypatch):
-    from kormedqa import precision as P
+    from kormedqa import hardware as P
 
     choice = P.decide_cpu(set(), lambda: pytest.fail("no probe without a flag"), machine="x86_64", cpu="simulated")
     monkeypatch.setattr(P, "_this_cpu", lambda: choice)

@@ -44,7 +44,7 @@ CASES = {
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
 @pytest.mark.parametrize("case", list(CASES))
 def test_template_renders_what_gemma3s_own_does(tokenizer, case, add_generation_prompt):
-    from kormedqa.modeling import GEMMA_CHAT_TEMPLATE
+    from kormedqa.chat import GEMMA_CHAT_TEMPLATE
 
     messages = CASES[case]
     assert _render(tokenizer, GEMMA_CHAT_TEMPLATE, messages, add_generation_prompt) == \
@@ -59,7 +59,7 @@ content = st.one_of(text, st.lists(text, min_size=1, max_size=3).map(lambda ts: 
 @given(system=st.one_of(st.none(), content), turns=st.lists(content, min_size=1, max_size=5),
        add_generation_prompt=st.booleans())
 def test_template_matches_on_any_conversation(tokenizer, system, turns, add_generation_prompt):
-    from kormedqa.modeling import GEMMA_CHAT_TEMPLATE
+    from kormedqa.chat import GEMMA_CHAT_TEMPLATE
 
     messages = ([{"role": "system", "content": system}] if system is not None else []) + [
         {"role": "user" if i % 2 == 0 else "assistant", "content": c} for i, c in enumerate(turns)]
@@ -69,7 +69,7 @@ def test_template_matches_on_any_conversation(tokenizer, system, turns, add_gene
 
 def test_spec_prompt_is_rendered_as_kormedqa_trains_on_it(tokenizer):
     from kormedqa.formats import GENERATION_PREFIX, USER_TURN, END_OF_TURN
-    from kormedqa.modeling import GEMMA_CHAT_TEMPLATE
+    from kormedqa.chat import GEMMA_CHAT_TEMPLATE
 
     rendered = _render(tokenizer, GEMMA_CHAT_TEMPLATE, [{"role": "user", "content": "질문"}], True)
     assert rendered == f"{tokenizer.bos_token}{USER_TURN}질문{END_OF_TURN}{GENERATION_PREFIX}"
@@ -81,7 +81,8 @@ def test_written_folders_carry_it_and_earlier_ones_are_upgraded(tokenizer_dir, t
 
     from transformers import AutoTokenizer
 
-    from kormedqa.modeling import _EARLIER_KORMEDQA_TEMPLATE, GEMMA_CHAT_TEMPLATE, load_tokenizer
+    from kormedqa.chat import _EARLIER_KORMEDQA_TEMPLATE, GEMMA_CHAT_TEMPLATE
+    from kormedqa.modeling import load_tokenizer
 
     folder = tmp_path / "tok"
     shutil.copytree(tokenizer_dir, folder)

@@ -191,7 +191,7 @@ def test_resume_refuses_a_folder_another_command_wrote(runs, tmp_path, tiny_mode
 def test_loop_resume_takes_the_recorded_settings(tmp_path):
     from kormedqa.cli import parse
     from kormedqa.loop import LoopConfig
-    from kormedqa.runs import provenance
+    from kormedqa.provenance import provenance
 
     started = LoopConfig(output=str(tmp_path), mcq_learning_rate=3e-4, max_loops=4, dictionary=["a.json", "b.json"],
                          eval_mode="generate,loglik", select_by="loglik_accuracy")

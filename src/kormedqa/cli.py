@@ -9,14 +9,30 @@ is claimed, so nothing is written.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 
-from .errors import UsageError, UserError, one_line
+from . import grpo, sft
+from .cpt import CPTConfig, run_cpt
+from .default_model import fetch_default
+from .demo import DemoConfig, run_demo
+from .errors import OutputExistsError, UsageError, UserError, one_line
+from .evaluate import EvalConfig, run_eval
+from .hardware import choose
+from .fsio import atomic_dir, claim_output
+from .launch import check_launch, is_main_process
+from .loop import LoopConfig, run_loop
+from .modeling import DEFAULT_MODEL_NAME, adapter_base, load_model, load_tokenizer, resolve_model_path
 from .numerics import NonFiniteError
+from .prepare import PrepareConfig, print_info, run_prepare
+from .provenance import recorded_config
+from .rationales import RationalesConfig, run_rationales
+from .sft import TrainConfig
 
 USAGE = """usage: kormedqa <command> [options]   (kormedqa <command> --help for each)
 
@@ -67,7 +83,7 @@ def parse(config_cls, argv: list[str], prog: str, **fixed):
     if recorded:
         # --resume continues a run with the settings its run.json records: they become the defaults,
         # under --config and the flags, so `--resume --output DIR` alone is enough; a flag that
-        # differs from the record is then refused by the command's own check (runs.check_resume).
+        # differs from the record is then refused by the command's own check (provenance.check_resume).
         cfg = _parse_once(config_cls, argv, prog, fixed, defaults=recorded)
     global _parsed
     _parsed = cfg
@@ -124,11 +140,6 @@ _NOT_RECORDED = frozenset({"output", "resume", "overwrite"})
 
 def _recorded_settings(cfg) -> dict:
     """With `cfg.resume`, the settings run.json in `cfg.output` records for fields `cfg` has; else {}."""
-    from dataclasses import fields
-    from pathlib import Path
-
-    from .runs import recorded_config
-
     if not getattr(cfg, "resume", False) or not cfg.output or not Path(cfg.output).is_dir():
         return {}
     recorded = recorded_config(cfg.output) or {}
@@ -147,8 +158,6 @@ def _one_line_parser():
 
 
 def _unknown_flags(parser, unknown: list[str], prog: str) -> str:
-    import difflib
-
     # Each field has --snake_case and --kebab-case spellings; suggest the kebab one the docs use.
     known = [opt.replace("_", "-") for action in parser._actions for opt in action.option_strings]
     flags = [u for u in unknown if u.startswith("-")] or unknown
@@ -176,15 +185,8 @@ def cmd_model(argv):
     if rest and not rest[0].startswith("-"):
         rest = ["--name", rest[0], *rest[1:]]
     cfg = parse(FetchConfig, rest, "kormedqa model fetch")
-    from .default_model import fetch_default
-    from .modeling import DEFAULT_MODEL_NAME
-
     if cfg.name != DEFAULT_MODEL_NAME:
         raise UsageError(f"only {DEFAULT_MODEL_NAME} is embedded; any other model is used by its folder or hub id")
-    from pathlib import Path
-
-    from .errors import OutputExistsError
-
     out = Path(cfg.out)
     # fetch_default replaces the folder it builds; one that holds something other than a model is
     # the user's (data/sample, say), not a half-fetched model: refused, --overwrite or not, and
@@ -197,34 +199,21 @@ def cmd_model(argv):
 
 def cmd_prepare(argv):
     """`kormedqa prepare dict|mcq [flags]`: `prepare.run_prepare`; prints what was written as JSON."""
-    from .prepare import PrepareConfig, print_info, run_prepare
-
     track, rest = _positional(argv, ("dict", "mcq"), "prepare")
     print_info(run_prepare(parse(PrepareConfig, rest, f"kormedqa prepare {track}", track=track)))
 
 
 def cmd_rationales(argv):
     """`kormedqa rationales [flags]`: `rationales.run_rationales` (rationales.jsonl for prepare mcq --rationales)."""
-    from .rationales import RationalesConfig, run_rationales
-
     run_rationales(parse(RationalesConfig, argv, "kormedqa rationales"))
 
 
 def cmd_train(argv):
     """`kormedqa train dict|mcq [flags]`: `sft.run_train` (or `grpo.run_train` for --method grpo);
     the main process prints the training summary."""
-    from pathlib import Path
-
-    from .launch import is_main_process
-    from .sft import TrainConfig
-
     track, rest = _positional(argv, ("dict", "mcq"), "train")
     cfg = parse(TrainConfig, rest, f"kormedqa train {track}", track=track)
-    if cfg.method == "grpo":
-        from .grpo import run_train
-    else:
-        from .sft import run_train
-    summary = run_train(cfg)
+    summary = (grpo.run_train if cfg.method == "grpo" else sft.run_train)(cfg)
     if is_main_process():
         print(json.dumps({k: v for k, v in summary.items() if k != "log"}, indent=2))
         print(f"adapter written to {Path(cfg.output) / 'adapter'}")
@@ -239,14 +228,12 @@ def cmd_merge(argv):
     cfg = parse(MergeConfig, argv, "kormedqa merge")
     if not cfg.adapter or not cfg.output:
         raise UsageError("--adapter and --output are required")
-    from .modeling import adapter_base, load_model, load_tokenizer, resolve_model_path
-    from .runs import atomic_dir, claim_output
 
     if adapter_base(resolve_model_path(cfg.adapter)) is None:
         raise UsageError(f"{cfg.adapter} is not a LoRA adapter folder (no adapter_config.json): nothing to merge")
     tokenizer = load_tokenizer(cfg.adapter)
     claim_output(cfg.output, overwrite=cfg.overwrite, is_dir=False)
-    merged = load_model(cfg.adapter, device="cpu", precision="fp32", merge_adapter=True)
+    merged = load_model(cfg.adapter, choose("cpu", "fp32"), merge_adapter=True)
     with atomic_dir(cfg.output) as scratch:
         merged.save_pretrained(scratch, safe_serialization=True)
         tokenizer.save_pretrained(scratch)
@@ -255,15 +242,11 @@ def cmd_merge(argv):
 
 def cmd_eval(argv):
     """`kormedqa eval [flags]`: `evaluate.run_eval` (metrics.json and predictions.jsonl in --output)."""
-    from .evaluate import EvalConfig, run_eval
-
     run_eval(parse(EvalConfig, argv, "kormedqa eval"))
 
 
 def cmd_loop(argv):
     """`kormedqa loop [flags | --config recipe.yaml]`: `loop.run_loop`; prints why it stopped and the best loop."""
-    from .loop import LoopConfig, run_loop
-
     history = run_loop(parse(LoopConfig, argv, "kormedqa loop"))
     test = history.get("test")
     tested = (f"; on {test['split']}: " + ", ".join(f"{k} {v['value']:.1%}" for k, v in test["metrics"].items()
@@ -275,15 +258,11 @@ def cmd_loop(argv):
 
 def cmd_cpt(argv):
     """`kormedqa cpt [flags]`: `cpt.run_cpt` (merged model, perplexity before/after)."""
-    from .cpt import CPTConfig, run_cpt
-
     run_cpt(parse(CPTConfig, argv, "kormedqa cpt"))
 
 
 def cmd_demo(argv):
     """`kormedqa demo [flags]`: `demo.run_demo` (the whole pipeline and REPORT.md)."""
-    from .demo import DemoConfig, run_demo
-
     run_demo(parse(DemoConfig, argv, "kormedqa demo"))
 
 
@@ -320,7 +299,6 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_USER_ERROR
     logging.basicConfig(level=os.environ.get("KORMEDQA_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
-    from .launch import check_launch, is_main_process
 
     try:
         check_launch(argv[0])

@@ -23,7 +23,8 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
-from .checks import PRECISIONS, Range, parse_report_to
+from .checks import Range, parse_report_to
+from .hardware import PRECISIONS
 
 # The shipped sample dictionaries: the default of every command that reads a dictionary.
 SAMPLE_DICTIONARIES = ("data/sample/dictionary.json", "data/sample/characters.json")

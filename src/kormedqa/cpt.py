@@ -15,8 +15,16 @@ from typing import ClassVar, Sequence
 
 import torch
 
+from .batching import CompletionCollator, SpecialTokenError, encode_text, strip_leading_bos, supervised_ce
 from .checks import Range, check_config
 from .config import SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, ReportArgs, RunArgs, arg
+from .data import load_dictionary, read_text_corpus
+from .fsio import atomic_dir, write_json_atomic
+from .hardware import PrecisionChoice, choose
+from .modeling import load_tokenizer, lora_config
+from .provenance import claim_run
+from .records import DataError
+from .stage import Stage
 from .trainer import AnswerWeightedTrainer, TrainerSettings, training_arguments
 
 log = logging.getLogger(__name__)
@@ -77,9 +85,6 @@ def text_features(tokenizer, texts: Sequence[str], max_length: int) -> list[dict
     A literal `<bos>` at the start of a text is stripped (the tokenizer adds its own) and the
     count is logged; a `<bos>` inside a text raises DataError quoting the text's start.
     """
-    from .batching import SpecialTokenError, encode_text, strip_leading_bos
-    from .records import DataError
-
     eos = tokenizer.eos_token_id
     out, stripped = [], 0
     for text in texts:
@@ -102,8 +107,6 @@ def perplexity(model, tokenizer, texts: Sequence[str], max_length: int = 256, ba
     `model` is put in eval mode. The mean is capped at 50 before exp so that a random model gives
     a large finite number. Raises DataError for a text with <bos> after its start.
     """
-    from .batching import CompletionCollator, supervised_ce
-
     model.eval()
     device = next(model.parameters()).device
     feats = text_features(tokenizer, texts, max_length)
@@ -117,31 +120,27 @@ def perplexity(model, tokenizer, texts: Sequence[str], max_length: int = 256, ba
     return math.exp(min(total / max(count, 1), 50.0))
 
 
-def run_cpt(cfg: CPTConfig) -> dict:
+def run_cpt(cfg: CPTConfig, choice: PrecisionChoice | None = None) -> dict:
     """Continued pretraining: LoRA on `cfg.corpus` + repeated vocabulary, merged into `output/model`.
 
     Reads and validates every input before claiming `cfg.output`. Writes `output/model` (a plain
     merged model folder + tokenizer), `metrics.json`, `run.json` and `train_log.jsonl`. Returns
     the metrics: perplexity_before/after (None without held-out text), perplexity_target (3.0),
     target_reached, train_loss, train_texts, vocab_lines, vocab_repeat, heldout_paragraphs,
-    steps, seconds (wall). Raises DataError for bad inputs, ModelError for a model that cannot
+    steps, seconds (wall). `choice` is the run's precision (`hardware.choose`), decided here from
+    `cfg` when the caller has none. Raises DataError for bad inputs, ModelError for a model that cannot
     load, OutputExistsError for an existing output without --overwrite.
     """
     from datasets import Dataset
     from peft import get_peft_model
 
-    from .batching import CompletionCollator
-    from .data import load_dictionary, read_text_corpus
-    from .modeling import load_tokenizer, lora_config
-    from .runs import atomic_dir, claim_run, write_json_atomic
-    from .stage import Stage
-
     paragraphs = read_text_corpus(cfg.corpus)
     heldout = read_text_corpus(cfg.heldout) if cfg.heldout else []
     entries = load_dictionary(*cfg.vocab) if cfg.vocab else []
     tokenizer = load_tokenizer(cfg.base_model)
-    out = claim_run(cfg, "cpt", {"corpus": cfg.corpus, "heldout": cfg.heldout or ""})
-    run = Stage("cpt", out / "model", device=cfg.device, precision=cfg.precision, seed=cfg.seed, logs_dir=out,
+    choice = choice or choose(cfg.device, cfg.precision)
+    out = claim_run(cfg, "cpt", {"corpus": cfg.corpus, "heldout": cfg.heldout or ""}, choice=choice)
+    run = Stage("cpt", out / "model", choice, seed=cfg.seed, logs_dir=out,
                 work=out / ".work")
     model, _ = run.load(cfg.base_model, tokenizer=tokenizer, trainable_adapter=False)
     before = perplexity(model, tokenizer, heldout, cfg.max_length) if heldout else None

@@ -13,13 +13,20 @@ from typing import ClassVar, Sequence
 
 import torch
 
+from .batching import strip_leading_bos
+from .chat import stop_token_ids
 from .checks import Range, check_config
 from .config import GRPO_MAX_STEPS, ModelArgs, ReportArgs, arg
-from .errors import UsageError
-from .extract import AFTER_REASONING, reasoning_score
+from .errors import DataError, UsageError
+from .extract import AFTER_REASONING, extract_answer, reasoning_score
 from .formats import GENERATION_PREFIX, REASONING_CLOSE, mcq_prompt
+from .hardware import PrecisionChoice, choose
+from .modeling import cpu_vocab_projection, lora_config
 from .records import MCQ
+from .stage import (Stage, check_train_inputs, check_train_paths, claim_train_output, read_prepared_rows,
+    train_resume_point, work_folder)
 from .text import normalize_text
+from .trainer import adapter_card, save_checkpoint
 
 
 def seed_reward(completions: Sequence, gold: Sequence[str], **_) -> list[float]:
@@ -60,9 +67,6 @@ def grpo_rows_from_prepared(rows: Sequence[dict], source: str = "prepared rows")
     A completion without a letter A-E is a DataError naming `source` and its line (a dictionary
     row given to `train mcq --method grpo`, say), raised before anything is written.
     """
-    from .errors import DataError
-    from .extract import extract_answer
-
     out = []
     for line, r in enumerate(rows, start=1):
         gold = extract_answer(r["completion"])
@@ -101,14 +105,15 @@ class GRPOStageConfig(ModelArgs, ReportArgs):
 
 
 def run_grpo(cfg: GRPOStageConfig, rows: Sequence[dict], output: str | Path, logs_dir: str | Path | None = None,
-             stage: str = "grpo") -> dict:
+             stage: str = "grpo", choice: PrecisionChoice | None = None) -> dict:
     """Reward-train `cfg.base_model` on GRPO rows and write the adapter + tokenizer to `output` atomically.
 
     `rows` are {"prompt": rendered chat prompt, "gold": letter A-E} (`grpo_rows_from_mcqs`,
     `grpo_rows_from_prepared`). Each optimizer step sees `cfg.batch_size` completions, rounded down
     to a multiple of `num_generations` (at least one prompt); `max_completion_length` in tokens.
     From an adapter folder the adapter keeps training; from a plain model a fresh LoRA is added.
-    `logs_dir` receives `train_log.jsonl` (default: the folder holding `output`).
+    `logs_dir` receives `train_log.jsonl` (default: the folder holding `output`). `choice` is the run's
+    precision (`hardware.choose`), decided here from `cfg` when the caller has none.
 
     Returns {"stage", "steps", "train_loss", "seconds" (wall), "eos_token_ids", "log": [log dicts
     with "loss" or "reward"]}, also written to `output/training_summary.json`. Raises UsageError
@@ -118,14 +123,9 @@ def run_grpo(cfg: GRPOStageConfig, rows: Sequence[dict], output: str | Path, log
     from peft import PeftModel
     from trl import GRPOConfig, GRPOTrainer
 
-    from .batching import strip_leading_bos
-    from .modeling import cpu_vocab_projection, lora_config, stop_token_ids
-    from .stage import Stage
-    from .trainer import adapter_card, save_checkpoint
-
     if any(r["gold"] not in "ABCDE" or not r["gold"] for r in rows):
         raise UsageError("every GRPO row needs a gold letter A-E")
-    run = Stage(stage, output, device=cfg.device, precision=cfg.precision, seed=cfg.seed, logs_dir=logs_dir)
+    run = Stage(stage, output, choice or choose(cfg.device, cfg.precision), seed=cfg.seed, logs_dir=logs_dir)
     # Each optimizer step sees batch_size completions = batch_size / num_generations prompts.
     per_device = max(cfg.num_generations, cfg.batch_size - cfg.batch_size % cfg.num_generations)
     args = GRPOConfig(
@@ -187,8 +187,6 @@ def run_train(cfg) -> dict:
     claimed (UsageError, DataError, ModelError, OutputExistsError); writes run.json,
     train_log.jsonl and adapter/; returns the training summary (`run_grpo`).
     """
-    from .stage import check_train_inputs, check_train_paths, claim_train_output, read_prepared_rows, train_resume_point, work_folder
-
     if cfg.method != "grpo":
         raise UsageError(f"grpo.run_train trains --method grpo; --method {cfg.method} is kormedqa.sft.run_train")
     check_train_paths(cfg)
@@ -196,12 +194,13 @@ def run_train(cfg) -> dict:
         finished, _ = train_resume_point(cfg, work_folder(Path(cfg.output) / "adapter"))
         return finished
     rows = read_prepared_rows(cfg.data)
-    check_train_inputs(cfg)
+    choice = choose(cfg.device, cfg.precision)  # the run's precision, decided once and passed down
+    check_train_inputs(cfg, choice)
     grpo_rows = grpo_rows_from_prepared(rows, source=cfg.data)
     r = cfg.resolved()
     stage_cfg = GRPOStageConfig(base_model=r.base_model, device=r.device, precision=r.precision, seed=r.seed,
                                 max_steps=r.max_steps, num_generations=r.num_generations,
                                 max_completion_length=r.max_completion_length, batch_size=r.batch_size * r.grad_accum,
                                 learning_rate=r.learning_rate, report_to=r.report_to)
-    out = claim_train_output(cfg)
-    return run_grpo(stage_cfg, grpo_rows, out / "adapter", logs_dir=out)
+    out = claim_train_output(cfg, choice)
+    return run_grpo(stage_cfg, grpo_rows, out / "adapter", logs_dir=out, choice=choice)

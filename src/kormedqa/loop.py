@@ -20,9 +20,19 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+from .augment import option_rotations, rotation_batches
+from .batching import REHEARSAL_FORMAT
+from .data import load_dictionary, load_mcq
 from .errors import UsageError
+from .evaluate import evaluate_dict, evaluate_mcq, summary_line, write_eval
+from .formats import Glossary
+from .hardware import PrecisionChoice, choose
+from .fsio import atomic_dir, write_json_atomic
+from .grpo import GRPOStageConfig, grpo_rows_from_mcqs, run_grpo
 from .loop_config import SELECT_BY, SELECTABLE_BY_SCORER, LoopConfig, TrackArgs, check_select_by, track_args
-from .runs import atomic_dir, claim_run, write_json_atomic
+from .modeling import load_model, load_tokenizer, resolve_model_path
+from .prepare import check_overlap, dict_rows, load_rationales, mcq_rows
+from .provenance import claim_run
 from .sft import TrainConfig, run_training
 
 __all__ = ["SELECT_BY", "SELECTABLE_BY_SCORER", "LoopConfig", "LoopRecipe", "TrackArgs", "check_select_by",
@@ -61,8 +71,6 @@ def rehearsal_rows(dict_rows: list[dict], count: float, seed: int) -> list[dict]
     different rows, so several loops go over the whole dictionary."""
     import random
 
-    from .batching import REHEARSAL_FORMAT
-
     order = list(range(len(dict_rows)))
     random.Random(seed).shuffle(order)
     n = round(count)
@@ -79,7 +87,7 @@ def _metric(metrics: dict, name: str) -> float:
 
 
 def copy_checkpoint(src: Path, dest: Path, card_note: str = "") -> None:
-    """Copy the checkpoint folder `src` to `dest` atomically (`runs.atomic_dir`), replacing `dest`;
+    """Copy the checkpoint folder `src` to `dest` atomically (`fsio.atomic_dir`), replacing `dest`;
     `card_note` (Markdown) is appended to the copy's model card (README.md)."""
     with atomic_dir(dest) as scratch:
         shutil.copytree(src, scratch, dirs_exist_ok=True)
@@ -91,21 +99,18 @@ def copy_checkpoint(src: Path, dest: Path, card_note: str = "") -> None:
 def evaluate_checkpoint(model_path: str, tokenizer, questions: list, folder: Path, *, eval_mode: str,
                         eval_batch_size: int, max_new_tokens: int, glossary=None, rationale_template: str | None = None,
                         entries: list | None = None, dict_eval_limit: int = 0, dict_folder: Path | None = None,
-                        device: str = "auto", precision: str = "auto", extra: dict | None = None) -> dict:
+                        choice: PrecisionChoice, extra: dict | None = None) -> dict:
     """Score one model on `questions` (and on the first `dict_eval_limit` dictionary `entries`), write
     `folder`/{metrics.json, predictions.jsonl} (and `dict_folder` likewise) and return the metrics.
 
     The one evaluation step behind each loop's `loop_N/eval`, the demo's `eval_before` and
     bench/learning.py's untrained base, so all three score alike. `model_path` is a full model or a
-    LoRA adapter folder (merged for inference); `extra` entries are added to the metrics before they
+    LoRA adapter folder (merged for inference), loaded in the run's precision `choice`; `extra` entries are added to the metrics before they
     are written. Dictionary recall adds `dict_exact_match` and `dict_chrf` ({value, total}) to the
     MCQ metrics. Raises ModelError for a model that cannot load, UsageError for a bad `eval_mode`.
     """
-    from .evaluate import evaluate_dict, evaluate_mcq, write_eval
-    from .modeling import load_model
-
     template = {} if rationale_template is None else {"rationale_template": rationale_template}
-    model = load_model(model_path, device=device, precision=precision, merge_adapter=True)
+    model = load_model(model_path, choice, merge_adapter=True)
     metrics, preds = evaluate_mcq(model, tokenizer, questions, eval_mode, eval_batch_size, max_new_tokens, glossary,
                                   **template)
     metrics.update(extra or {})
@@ -136,8 +141,9 @@ class LoopRecipe:
     `--resume` repeats only what had not finished.
     """
 
-    def __init__(self, cfg: LoopConfig):
+    def __init__(self, cfg: LoopConfig, choice: PrecisionChoice | None = None):
         self.cfg = cfg
+        self.choice = choice  # the run's precision; decided in setup() when not given
         self.stop_reason = "max_loops"
         self.previous: str | None = None  # adapter folder the next stage continues from
         self._best_value: float | None = None  # replayed from history on --resume, so patience counts the same
@@ -148,12 +154,6 @@ class LoopRecipe:
         """Load and check every input (DataError, LeakageError, ModelError, UsageError before anything
         is written), then claim the output (OutputExistsError without --resume/--overwrite), write
         run.json and read history.json when resuming; build the training rows of both tracks."""
-        from .augment import option_rotations
-        from .data import load_dictionary, load_mcq
-        from .formats import Glossary
-        from .modeling import load_tokenizer, resolve_model_path
-        from .prepare import check_overlap, dict_rows, load_rationales, mcq_rows
-
         cfg = self.cfg
         check_select_by(cfg.select_by, cfg.eval_mode)  # also checked at parse time; code callers get it here
         self.stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
@@ -173,13 +173,14 @@ class LoopRecipe:
                 log.warning("--eval-data %s gives the same questions for --eval-split %s and --test-split %s (a file "
                             "has no splits): best_checkpoint is chosen on the questions it is reported on",
                             cfg.eval_data, cfg.eval_split, cfg.test_split)
+        self.choice = self.choice or choose(cfg.device, cfg.precision)
         base = resolve_model_path(cfg.base_model)
         self.base = str(Path(base).resolve()) if Path(base).exists() else base
         self.tokenizer = load_tokenizer(self.base)
         given = load_rationales(cfg.rationales) if cfg.rationales else {}  # DataError before the output is claimed
 
         # Refuses another command's folder and changed settings or data on --resume (nothing written).
-        self.out = claim_run(cfg, "loop", {"train": cfg.train_data, "eval": cfg.eval_data})
+        self.out = claim_run(cfg, "loop", {"train": cfg.train_data, "eval": cfg.eval_data}, choice=self.choice)
         self.history_path = self.out / "history.json"
         history = _read_json(self.history_path) if cfg.resume and self.history_path.exists() else {}
         history.setdefault("select_by", cfg.select_by)
@@ -221,28 +222,24 @@ class LoopRecipe:
                 summary_file = stage_dir / "training_summary.json"
                 summary = _read_json(summary_file) if summary_file.exists() else None
             elif track == "grpo":
-                from .grpo import GRPOStageConfig, grpo_rows_from_mcqs, run_grpo
-
                 grpo_cfg = GRPOStageConfig(
                     base_model=self.previous or self.base, device=cfg.device, precision=cfg.precision,
                     seed=cfg.seed + loop, max_steps=cfg.grpo_max_steps, num_generations=cfg.num_generations,
                     max_completion_length=cfg.max_completion_length, batch_size=cfg.num_generations * 2,
                     learning_rate=cfg.grpo_learning_rate, report_to=cfg.report_to)
                 summary = run_grpo(grpo_cfg, grpo_rows_from_mcqs(self.train_questions), stage_dir,
-                                   logs_dir=self.out, stage=f"loop_{loop}_grpo")
+                                   logs_dir=self.out, stage=f"loop_{loop}_grpo", choice=self.choice)
             else:
                 stage_cfg = _stage_config(cfg, track, self.previous or self.base, loop)
                 stage_rows = self.rows[track]
                 extra = (rehearsal_rows(self.rows["dict"], cfg.dict_rehearsal * len(stage_rows), cfg.seed + loop)
                          if track == "mcq" and cfg.dict_rehearsal else [])
                 if track == "mcq" and cfg.rotation_batches:
-                    from .augment import rotation_batches
-
                     stage_rows = rotation_batches(stage_rows, extra, stage_cfg.resolved().batch_size, cfg.seed + loop)
                 else:
                     stage_rows = stage_rows + extra
                 summary = run_training(stage_cfg, stage_rows, stage_dir, tokenizer=self.tokenizer,
-                                       stage=f"loop_{loop}_{track}", logs_dir=self.out)
+                                       stage=f"loop_{loop}_{track}", logs_dir=self.out, choice=self.choice)
             if summary is not None:
                 self._summaries[track] = _training_part(summary)
             self.previous = str(stage_dir.resolve())
@@ -261,9 +258,8 @@ class LoopRecipe:
             checkpoint, self.tokenizer, self.evaluation, loop_dir / "eval", eval_mode=cfg.eval_mode,
             eval_batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens, glossary=self.glossary,
             rationale_template=cfg.rationale_template, entries=self.entries, dict_eval_limit=cfg.dict_eval_limit,
-            dict_folder=loop_dir / "eval_dict", device=cfg.device, precision=cfg.precision,
+            dict_folder=loop_dir / "eval_dict", choice=self.choice,
             extra={"overlap": self.overlap})
-        from .evaluate import summary_line
 
         record = {
             "loop": loop,
@@ -327,10 +323,8 @@ class LoopRecipe:
         metrics = evaluate_checkpoint(
             str((self.out / "best_checkpoint").resolve()), self.tokenizer, self.test_questions, self.out / "test",
             eval_mode=cfg.eval_mode, eval_batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens,
-            glossary=self.glossary, rationale_template=cfg.rationale_template, device=cfg.device,
-            precision=cfg.precision, extra={"overlap": self.overlap, "split": cfg.test_split})
-        from .evaluate import summary_line
-
+            glossary=self.glossary, rationale_template=cfg.rationale_template, choice=self.choice,
+            extra={"overlap": self.overlap, "split": cfg.test_split})
         self.history["test"] = {"split": cfg.test_split, "loop": best["loop"], "checkpoint": best["checkpoint"],
                                 "chosen_on": cfg.eval_split, "n": len(self.test_questions),
                                 "metrics": _history_metrics(metrics)}
@@ -349,7 +343,7 @@ class LoopRecipe:
         return self.cleanup()
 
 
-def run_loop(cfg: LoopConfig) -> dict:
+def run_loop(cfg: LoopConfig, choice: PrecisionChoice | None = None) -> dict:
     """`kormedqa loop`: train the stages of `cfg.stages` and evaluate, loop after loop, in `cfg.output`.
 
     Returns the history also written to history.json: {"loops": [{loop, checkpoint,
@@ -359,9 +353,10 @@ def run_loop(cfg: LoopConfig) -> dict:
     scored on --eval-split (dev by default) and best_checkpoint chosen there, so the reported test
     figure is not a selection effect. Raises DataError, LeakageError, ModelError
     or UsageError before the output is claimed; OutputExistsError for an existing output without
-    --resume or --overwrite. The steps: `LoopRecipe`.
+    --resume or --overwrite. `choice` is the run's precision (`hardware.choose`), decided from `cfg`
+    when the caller has none. The steps: `LoopRecipe`.
     """
-    return LoopRecipe(cfg).run()
+    return LoopRecipe(cfg, choice).run()
 
 
 HISTORY_METRICS = ("accuracy", "loglik_accuracy", "cloze_accuracy", "cloze_accuracy_norm", "parse_rate",

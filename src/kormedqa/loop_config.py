@@ -12,6 +12,7 @@ from .checks import Range, check_config, parse_answer_weight, parse_eval_mode
 from .config import DEFAULT_MODEL_HELP, GRPO_MAX_STEPS, LR_SCHEDULES, SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, ReportArgs, ResumableRunArgs, arg
 from .errors import UsageError
 from .formats import DEFAULT_RATIONALE_TEMPLATE, RATIONALE_TEMPLATES
+from .sft import TRACK_DEFAULTS
 
 # The --select-by metrics each evaluation scorer computes (`loss` computes none worth selecting by).
 SELECTABLE_BY_SCORER = {
@@ -136,8 +137,6 @@ class LoopConfig(ModelArgs, LoraArgs, ReportArgs, ResumableRunArgs):
 
 def check_rotation_batches(enabled: bool, rotations: int, mcq_batch_size: int | None) -> None:
     """UsageError unless --rotation-batches (when on) has batches that hold whole questions."""
-    from .sft import TRACK_DEFAULTS
-
     batch = mcq_batch_size or TRACK_DEFAULTS["mcq"]["batch_size"]
     if enabled and (rotations < 2 or batch % rotations):
         raise UsageError(f"--rotation-batches needs --option-rotations >= 2 and --mcq-batch-size a multiple of it; "

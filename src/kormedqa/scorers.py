@@ -17,11 +17,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .batching import CompletionCollator, supervised_ce, tokenize_pair
-from .formats import END_OF_TURN, GENERATION_PREFIX, REASONING_CLOSE, USER_TURN, mcq_prompt
-from .modeling import cpu_vocab_projection, stop_token_ids
+from .chat import END_OF_TURN, stop_token_ids
+from .formats import GENERATION_PREFIX, REASONING_CLOSE, USER_TURN, mcq_prompt
+from .fsio import fault_point
+from .modeling import cpu_vocab_projection
 from .numerics import check_finite
 from .records import LETTERS, MCQ
-from .runs import fault_point
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,9 @@ from .batching import CompletionCollator, tokenize_rows
 from .checks import Range, check_config, parse_answer_weight
 from .config import GRPO_MAX_STEPS, LR_SCHEDULES, LoraArgs, ModelArgs, ReportArgs, ResumableRunArgs, arg
 from .errors import UsageError
+from .hardware import PrecisionChoice, choose
+from .stage import (Stage, check_train_inputs, check_train_paths, claim_train_output, read_prepared_rows,
+    train_resume_point, work_folder)
 from .trainer import (AnswerWeightedTrainer, TrainerSettings, adapter_card, last_trainer_checkpoint, prepare_trainable,
                       save_checkpoint, training_arguments)
 
@@ -105,6 +108,7 @@ def run_training(
     logs_dir: Path | None = None,
     features: list[dict] | None = None,
     resume_from: str | None = None,
+    choice: PrecisionChoice | None = None,
 ) -> dict:
     """Train on prompt/completion rows and write the adapter + tokenizer to `output` atomically.
 
@@ -115,6 +119,7 @@ def run_training(
     `train_log.jsonl` and `tensorboard/<stage>` (default: the folder holding `output`).
     `resume_from` is a Trainer checkpoint folder to continue from; with `cfg.resume` and none
     given, the newest complete one in the stage's work folder (`stage.work_folder`), if any.
+    `choice` is the run's precision (`hardware.choose`), decided here from `cfg` when the caller has none.
     Under several processes only the main one writes anything.
 
     Returns the training summary: {"stage", "steps", "train_loss", "seconds" (wall), "examples",
@@ -124,11 +129,9 @@ def run_training(
     """
     from datasets import Dataset
 
-    from .stage import Stage
-
     cfg = cfg.resolved()
     weight = parse_answer_weight(cfg.answer_weight)
-    run = Stage(stage, output, device=cfg.device, precision=cfg.precision, seed=cfg.seed, logs_dir=logs_dir)
+    run = Stage(stage, output, choice or choose(cfg.device, cfg.precision), seed=cfg.seed, logs_dir=logs_dir)
     args = training_arguments(cfg.trainer_settings(), run.work, run.device, run.dtype)  # before loading: see kormedqa.stage
     model, tokenizer = run.load(cfg.base_model, tokenizer=tokenizer, model=model)
     model = prepare_trainable(model, cfg)
@@ -172,8 +175,6 @@ def run_train(cfg: TrainConfig) -> dict:
     `stage.train_resume_point` (same command, settings and data; UsageError when nothing was
     kept); a finished run is returned as it was.
     """
-    from .stage import check_train_inputs, check_train_paths, claim_train_output, read_prepared_rows, train_resume_point, work_folder
-
     if cfg.method != "sft":
         raise UsageError(f"sft.run_train trains --method sft; --method {cfg.method} is kormedqa.grpo.run_train")
     check_train_paths(cfg)
@@ -184,8 +185,9 @@ def run_train(cfg: TrainConfig) -> dict:
             log.warning("%s: the run finished earlier; nothing to resume", cfg.output)
             return finished
     rows = read_prepared_rows(cfg.data)
-    tokenizer = check_train_inputs(cfg)
+    choice = choose(cfg.device, cfg.precision)  # the run's precision, decided once and passed down
+    tokenizer = check_train_inputs(cfg, choice)
     features = tokenize_rows(tokenizer, rows, cfg.resolved().max_length, source=cfg.data)
-    out = claim_train_output(cfg)
+    out = claim_train_output(cfg, choice)
     return run_training(cfg, rows, out / "adapter", tokenizer=tokenizer, stage=cfg.track, logs_dir=out,
-                        features=features, resume_from=checkpoint)
+                        features=features, resume_from=checkpoint, choice=choice)

@@ -2,7 +2,7 @@
 
 A stage is, in this order:
 
-    stage = Stage(name, output, device=..., precision=..., seed=...)   # device, dtype, seed, .work folder
+    stage = Stage(name, output, choice, seed=...)   # device and dtype of the run's choice, seed, .work folder
     args = training_arguments(cfg.trainer_settings(), stage.work, stage.device, stage.dtype)  # (GRPO: its GRPOConfig)
     model, tokenizer = stage.load(base_model, tokenizer=..., model=...)
     trainer = SomeTrainer(model=model, args=args, ..., callbacks=stage.callbacks())
@@ -17,6 +17,7 @@ FSDP's sharded loading). Stage modules import this module and `trainer`, never e
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from contextlib import contextmanager, nullcontext
@@ -26,7 +27,14 @@ from typing import Callable
 import torch
 from transformers import TrainerCallback
 
-from .runs import RESUMABLE_CHANGES, check_resume, claim_run
+from .data import read_jsonl
+from .errors import DataError, UsageError
+from .fsio import write_text_atomic
+from .hardware import PrecisionChoice
+from .launch import is_main_process, world_size
+from .modeling import check_precision, load_model, load_tokenizer
+from .provenance import RESUMABLE_CHANGES, check_resume, claim_run
+from .trainer import JsonlLogCallback, last_trainer_checkpoint
 
 
 class _StopOnInterrupt(TrainerCallback):
@@ -76,24 +84,20 @@ class Stage:
     output's folder name). `output` is the folder the stage publishes (atomically, at the end);
     `work` holds the Trainer's resumable checkpoints and is removed once the output is written
     (default: `.<output name>.work` beside the output). `logs_dir` receives `train_log.jsonl` and
-    `tensorboard/<name>` (default: the folder holding `output`). `device` is a torch device string
-    or "auto"; `precision` one of `checks.PRECISIONS`. Raises ModelError for a precision the
-    device cannot compute in.
+    `tensorboard/<name>` (default: the folder holding `output`). `choice` is the run's device and
+    precision (`hardware.choose`, decided once by the run's entry point).
     """
 
-    def __init__(self, name: str, output: str | Path, device: str = "auto", precision: str = "auto", seed: int = 42,
+    def __init__(self, name: str, output: str | Path, choice: PrecisionChoice, seed: int = 42,
                  logs_dir: str | Path | None = None, work: str | Path | None = None):
-        from .modeling import pick_device, pick_dtype
-
         self.output = Path(output)
         self.stage = name  # as given, for the summary
         self.name = name or self.output.name
         self.work = Path(work) if work is not None else work_folder(self.output)
         self.logs_dir = Path(logs_dir or self.output.parent)
-        self.device_name = device
-        self.precision = precision
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(self.device, precision)
+        self.choice = choice
+        self.device = choice.torch_device
+        self.dtype = choice.dtype
         self.seed = seed
         self.seconds = 0.0
         self.resumed_step = 0  # the optimizer step `train` continued from (0: from the start)
@@ -107,13 +111,10 @@ class Stage:
         whose LoRA stays trainable when `trainable_adapter`. Raises ModelError for a model or
         tokenizer that cannot load.
         """
-        from .modeling import load_model, load_tokenizer
-
         if tokenizer is None:
             tokenizer = load_tokenizer(base_model)
         if model is None:
-            model = load_model(base_model, device=self.device_name, precision=self.precision,
-                               trainable_adapter=trainable_adapter)
+            model = load_model(base_model, self.choice, trainable_adapter=trainable_adapter)
         return model, tokenizer
 
     def callbacks(self, report_to: tuple[str, ...] = ()) -> list:
@@ -122,11 +123,6 @@ class Stage:
         `logs_dir/tensorboard/<name>` (closed by `train`). The other trackers of `report_to` are
         transformers' own (the stage's training arguments name them); offline wandb and MLflow runs
         land in `logs_dir` unless WANDB_DIR / MLFLOW_TRACKING_URI are set."""
-        import os
-
-        from .launch import is_main_process
-        from .trainer import JsonlLogCallback
-
         if "wandb" in report_to:
             os.environ.setdefault("WANDB_DIR", str(self.logs_dir.resolve()))
         if "mlflow" in report_to:
@@ -154,8 +150,6 @@ class Stage:
         from, and raises KeyboardInterrupt; a second Ctrl-C stops at once. An empty work folder is
         removed whatever happens, so an interrupted stage leaves no empty scratch behind.
         """
-        from .launch import is_main_process, world_size
-
         self.resumed_step = _checkpoint_step(resume_from) if resume_from else 0
         if is_main_process():
             # Lines a killed attempt logged after the step training continues from are logged again.
@@ -218,8 +212,6 @@ def _checkpoint_step(checkpoint: str | Path) -> int:
 def drop_logged_steps(log_file: Path, stage: str, after: int) -> None:
     """Remove `stage`'s lines with a step above `after` from the JSONL log `log_file` (atomically), so a
     stage that restarts from step `after` logs each step once. Other stages' lines stay as they are."""
-    from .runs import write_text_atomic
-
     if not log_file.exists():
         return
     lines = log_file.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -242,9 +234,6 @@ def read_prepared_rows(path: str) -> list[dict]:
     Raises DataError naming the file, line and field of the first bad row (FileNotFoundError,
     DataError for an unreadable or empty file, from `data.read_jsonl`).
     """
-    from .data import read_jsonl
-    from .errors import DataError
-
     rows = read_jsonl(path)
     for line, row in enumerate(rows, start=1):
         if not isinstance(row.get("prompt"), str) or not isinstance(row.get("completion"), str):
@@ -255,23 +244,20 @@ def read_prepared_rows(path: str) -> list[dict]:
 def check_train_paths(cfg) -> None:
     """--data and --output given: the first check of a train command, before a resume point or a row
     is read. `cfg` is an `sft.TrainConfig`. UsageError."""
-    from .errors import UsageError
-
     if not cfg.data or not cfg.output:
         raise UsageError("--data (a prepared JSONL) and --output are required")
 
 
-def check_train_inputs(cfg):
-    """The train command's checks that need no output: the model's tokenizer and precision (after
-    `check_train_paths`). `cfg` is an `sft.TrainConfig`; returns the tokenizer. UsageError, ModelError."""
-    from .modeling import check_precision, load_tokenizer
-
+def check_train_inputs(cfg, choice: PrecisionChoice):
+    """The train command's checks that need no output: the model's tokenizer and the run's precision
+    `choice` for it (after `check_train_paths`). `cfg` is an `sft.TrainConfig`; returns the tokenizer.
+    UsageError, ModelError."""
     tokenizer = load_tokenizer(cfg.base_model)  # ModelError for a missing model or an adapter without its base
-    check_precision(cfg.base_model, cfg.device, cfg.precision)  # fp16 Gemma refused before the output is claimed
+    check_precision(cfg.base_model, choice)  # fp16 Gemma refused before the output is claimed
     return tokenizer
 
 
-# Settings a resumed train run may change besides runs.RESUMABLE_CHANGES: how often it keeps checkpoints
+# Settings a resumed train run may change besides provenance.RESUMABLE_CHANGES: how often it keeps checkpoints
 # and where it reports to change nothing that is computed.
 TRAIN_RESUMABLE_CHANGES = RESUMABLE_CHANGES | {"save_steps", "report_to"}
 
@@ -280,13 +266,10 @@ def train_resume_point(cfg, work: Path) -> tuple[dict | None, str | None]:
     """For `kormedqa train --resume`: (the finished run's training summary, None) when `cfg.output`'s
     adapter is already written, else (None, the newest complete Trainer checkpoint in `work`).
 
-    Checks first that the folder is a train run with the same settings and data (`runs.check_resume`).
+    Checks first that the folder is a train run with the same settings and data (`provenance.check_resume`).
     Raises UsageError when there is nothing to resume from (no folder, or no complete checkpoint
     kept: --save-steps 0, the default, keeps none), so a resume never silently starts again.
     """
-    from .errors import UsageError
-    from .trainer import last_trainer_checkpoint
-
     if not cfg.output:
         raise UsageError("--output (the run folder to resume) is required")
     out = Path(cfg.output)
@@ -303,8 +286,8 @@ def train_resume_point(cfg, work: Path) -> tuple[dict | None, str | None]:
     return None, checkpoint
 
 
-def claim_train_output(cfg) -> Path:
+def claim_train_output(cfg, choice: PrecisionChoice) -> Path:
     """Claim `cfg.output` for the train command and write its run.json (the resolved config, the data's
-    SHA-256); returns the folder. OutputExistsError for an existing output without --resume/--overwrite;
-    UsageError for a --resume into another command's folder or with other settings (`runs.claim_run`)."""
-    return claim_run(cfg.resolved(), "train", {"data": cfg.data}, TRAIN_RESUMABLE_CHANGES)
+    SHA-256, the precision `choice`); returns the folder. OutputExistsError for an existing output without --resume/--overwrite;
+    UsageError for a --resume into another command's folder or with other settings (`provenance.claim_run`)."""
+    return claim_run(cfg.resolved(), "train", {"data": cfg.data}, TRAIN_RESUMABLE_CHANGES, choice)

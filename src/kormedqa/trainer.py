@@ -28,8 +28,10 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .batching import completion_loss, supervised_positions
+from .fsio import atomic_dir, fault_point
+from .hardware import keep_trainable_fp32
+from .modeling import lora_config, record_base
 from .numerics import NonFiniteError, check_finite_number
-from .runs import atomic_dir, fault_point
 
 log = logging.getLogger(__name__)
 
@@ -253,9 +255,6 @@ def prepare_trainable(model, cfg):
     """Add a fresh LoRA adapter, or keep training the one an adapter folder loaded."""
     from peft import PeftModel, get_peft_model
 
-    from .modeling import lora_config
-    from .precision import keep_trainable_fp32
-
     if not isinstance(model, PeftModel):
         model = get_peft_model(model, lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
     keep_trainable_fp32(model)  # a bf16 base still trains fp32 LoRA weights (and fp32 Adam state)
@@ -308,8 +307,6 @@ def save_checkpoint(trainer, tokenizer, output: Path, summary: dict, work: Path,
     so it loads from any working directory, and after its run folder moved together with its base.
     """
     import shutil
-
-    from .modeling import record_base
 
     state_dict = None
     if getattr(trainer, "is_fsdp_enabled", False):
