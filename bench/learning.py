@@ -144,6 +144,9 @@ def loop_config(name: str, spec: dict, args, work: Path, **changes):
         group_by_length=True, eval_mode=EVAL_MODE, eval_batch_size=args.eval_batch_size,
         max_new_tokens=args.max_new_tokens, dict_eval_limit=DICT_RECALL_ENTRIES, device="cpu",
         precision=args.precision, seed=args.seed, resume=True,
+        # The arms are compared by their last loop on the sample's test split, as they always were;
+        # nothing is chosen among loops here, so no separate test pass.
+        eval_split="test", test_split="",
     ), **changes)
 
 
