@@ -17,7 +17,7 @@ SPEED_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "
 
 
 def cpu_speed_flags() -> list[str]:
-    from kormedqa.precision import cpu_flags
+    from kormedqa.hardware import cpu_flags
 
     flags = cpu_flags()
     return [f for f in SPEED_FLAGS if f in flags]
@@ -27,8 +27,8 @@ def machine() -> dict:
     """Date, CPU (model, speed-relevant flags, what `--precision auto` picks there and why), threads, versions."""
     import torch
 
-    from kormedqa.precision import choose
-    from kormedqa.runs import cpu_name
+    from kormedqa.hardware import choose
+    from kormedqa.hardware import cpu_name
 
     auto = choose("cpu", "auto")
     return {
@@ -48,7 +48,7 @@ def machine() -> dict:
 def prepared_mcq_rows(seed: int = 42, template: str = "verdict") -> list[dict]:
     """The sample's training MCQs in the spec's format. The speed benchmarks keep the rationale
     template their earlier figures were measured on (`verdict`, ~200 tokens an example), so
-    ratios stay comparable across runs; `bench/learning.py` compares the templates themselves."""
+    ratios stay comparable across runs; `experiments/learning.py` compares the templates themselves."""
     from kormedqa.data import load_dictionary, load_mcq
     from kormedqa.formats import Glossary
     from kormedqa.prepare import mcq_rows
@@ -58,7 +58,7 @@ def prepared_mcq_rows(seed: int = 42, template: str = "verdict") -> list[dict]:
 
 
 def write_result(name: str, payload: dict) -> Path:
-    from kormedqa.runs import write_json_atomic
+    from kormedqa.fsio import write_json_atomic
 
     path = RESULTS / f"{name}.json"
     write_json_atomic(path, payload)

@@ -81,7 +81,7 @@ def build_model(size: str, tokenizer, device, dtype, seed: int):
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from kormedqa.modeling import stop_token_ids
+    from kormedqa.chat import stop_token_ids
 
     shape = dict(SIZES[size])
     shape["vocab_size"] = max(shape["vocab_size"], len(tokenizer))
@@ -214,19 +214,17 @@ class TokenCount:
 
 def train_kormedqa(model, tokenizer, rows, args, device, dtype, work: Path) -> dict:
     """kormedqa's training step (AnswerWeightedTrainer, padding-free collator, token-mean loss)."""
-    from types import SimpleNamespace
-
     from kormedqa.batching import CompletionCollator, tokenize_rows
+    from kormedqa.sft import TrainConfig
     from kormedqa.trainer import AnswerWeightedTrainer, prepare_trainable, training_arguments
 
-    cfg = SimpleNamespace(epochs=1.0, max_steps=args.steps, batch_size=args.batch_size, grad_accum=1,
-                          learning_rate=1e-4, seed=args.seed, lora_r=64, lora_alpha=128, lora_dropout=0.0,
-                          logging_steps=1)
+    cfg = TrainConfig(track="mcq", epochs=1.0, max_steps=args.steps, batch_size=args.batch_size, grad_accum=1,
+                      learning_rate=1e-4, seed=args.seed, lora_r=64, lora_alpha=128, lora_dropout=0.0, logging_steps=1)
     model = prepare_trainable(model, cfg)
     feats = tokenize_rows(tokenizer, rows, args.max_length)
     clock, count = StepClock(device), TokenCount(CompletionCollator(tokenizer.pad_token_id, padding_free=True))
     # A plain list is a map-style dataset to the Trainer: `datasets` is not needed on the GPU machine.
-    trainer = AnswerWeightedTrainer(model=model, args=training_arguments(cfg, work, device, dtype), train_dataset=feats,
+    trainer = AnswerWeightedTrainer(model=model, args=training_arguments(cfg.trainer_settings(), work, device, dtype), train_dataset=feats,
                                     data_collator=count, answer_weight=None, callbacks=[clock.callback])
     trainer.args.disable_tqdm = True
     trainer.train()
@@ -360,7 +358,7 @@ def prepare() -> int:
     import shutil
     from importlib import metadata
 
-    from kormedqa.modeling import fetch_tokenizer
+    from kormedqa.default_model import fetch_tokenizer
 
     tok = ASSETS / "tokenizer"
     if not (tok / "tokenizer.json").exists():
@@ -422,9 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from kormedqa.data import load_mcq
-    from kormedqa.modeling import load_tokenizer, pick_device
-    from kormedqa.precision import choose
-    from kormedqa.runs import write_json_atomic
+    from kormedqa.hardware import choose, pick_device
+    from kormedqa.modeling import load_tokenizer
+    from kormedqa.fsio import write_json_atomic
     from common import prepared_mcq_rows
 
     device = pick_device(args.device)

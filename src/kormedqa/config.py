@@ -11,6 +11,7 @@ TRL's `TrlParser`, so every flag can also come from `--config file.yaml` (flags 
     DeviceArgs         --device --precision                  every command that computes
     ModelArgs          DeviceArgs + --base-model             train, cpt, loop
     LoraArgs           --lora-r --lora-alpha                 train, cpt, loop
+                       --gradient-checkpointing
 
 A command that needs another default redeclares the field with `arg` (it keeps its place). Field
 metadata holds only argparse keywords (`help`, `choices`), because HfArgumentParser passes it to
@@ -22,12 +23,16 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
-from .checks import PRECISIONS, Range
+from .checks import Range
+from .hardware import PRECISIONS
 
 # The shipped sample dictionaries: the default of every command that reads a dictionary.
 SAMPLE_DICTIONARIES = ("data/sample/dictionary.json", "data/sample/characters.json")
 # transformers' `lr_scheduler_type` names offered by the training commands (no warm-up in any).
 LR_SCHEDULES = ("linear", "constant", "cosine")
+# Optimizer steps of a GRPO stage unless told otherwise (`train --method grpo` with --max-steps -1,
+# `grpo.GRPOStageConfig`, `loop --grpo-max-steps`): GRPO has no epochs to bound it.
+GRPO_MAX_STEPS = 20
 DEFAULT_MODEL_HELP = "HF model folder, hub id (owner/name), LoRA adapter folder, or 'gemma3-270m' (the embedded default)"
 
 
@@ -80,5 +85,8 @@ class LoraArgs:
 
     lora_r: int = arg(64, "LoRA rank")
     lora_alpha: int = arg(128, "LoRA alpha (the update is scaled by alpha / r)")
+    gradient_checkpointing: bool = arg(False, "recompute each layer's activations in the backward pass (activation "
+                                              "checkpointing): far less activation memory for about a third more "
+                                              "compute; off by default, where memory allows (docs/medgemma.md)")
 
     RANGES: ClassVar[dict] = {"lora_r": Range(low=1), "lora_alpha": Range(low=0, low_open=True)}

@@ -18,14 +18,22 @@ import torch
 
 from .checks import Range, check_config, parse_eval_mode
 from .config import DEFAULT_MODEL_HELP, DeviceArgs, RunArgs, arg
+from .data import load_dictionary, load_mcq
 from .errors import UsageError
 from .extract import answer_after_reasoning, extract_answer, has_detailed_keywords, has_reasoning_tags, reasoning_score
-from .formats import DEFAULT_RATIONALE_TEMPLATE, GENERATION_PREFIX, Glossary, mcq_completion, mcq_prompt, template_simple_reasoning
+from .formats import (DEFAULT_RATIONALE_TEMPLATE, GENERATION_PREFIX, Glossary, dict_prompt, mcq_completion, mcq_prompt,
+                      template_simple_reasoning)
+from .fsio import claim_output, write_json_atomic, write_jsonl_atomic
+from .hardware import PrecisionChoice, choose
 from .metrics import accuracy_by_group, mean_interval, proportion
+from .modeling import check_precision, load_model, load_tokenizer
 from .numerics import check_finite_tree
+from .provenance import provenance
 from .records import EXAM_TYPES, LETTERS, MCQ
-from .vllm_backend import BACKENDS
-from .scorers import ANSWER_STOPS, HFGenerator, completion_losses, eval_prompt, generate, letter_logprobs, option_logprobs
+from .launch import all_gather, is_main_process, shard_batches, start_processes
+from .scorers import (ANSWER_STOPS, HFGenerator, completion_losses, eval_prompt, generate, length_order, letter_logprobs,
+                      option_logprobs)
+from .vllm_backend import BACKENDS, VllmGenerator, resolve_backend
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +214,9 @@ def evaluate_mcq(
     max_new_tokens, stop_strings) -> texts replaces HF generation (the vLLM backend, or a
     stand-in in tests); `model` may then be None when only "generate" runs. The reference
     completions of the loss pass use `rationale_template` for questions without `cot`.
+    Under several processes (`accelerate launch`) each scores whole batches of its own
+    (`launch.shard_batches`): every question once, in the batch one process would form; the records
+    are gathered so every process returns the same metrics and predictions.
     Raises UsageError on an unknown mode, RuntimeError when a scorer's records do not join.
     """
     scorers = parse_eval_mode(mode, "--mode")
@@ -213,20 +224,31 @@ def evaluate_mcq(
         model.eval()
     started = time.time()
     parts: dict[str, dict[str, dict]] = {}
+    prompts = [eval_prompt(q) for q in mcqs]
+    by_length = length_order(prompts)  # how generation and letter scoring batch the prompts
+    in_order = range(len(mcqs))        # how cloze and loss batch the questions
     if "generate" in scorers:
         generator = generator or HFGenerator(model, tokenizer, batch_size)
-        outputs = generator([eval_prompt(q) for q in mcqs], max_new_tokens, ANSWER_STOPS)
-        parts["generate"] = generation_records(mcqs, outputs)
+        mine = shard_batches(by_length, batch_size)
+        outputs = generator([prompts[i] for i in mine], max_new_tokens, ANSWER_STOPS)
+        parts["generate"] = generation_records([mcqs[i] for i in mine], outputs)
     if "loglik" in scorers:
-        parts["loglik"] = letter_records(mcqs, letter_logprobs(model, tokenizer, [eval_prompt(q) for q in mcqs], batch_size))
+        mine = shard_batches(by_length, batch_size)
+        scores = letter_logprobs(model, tokenizer, [prompts[i] for i in mine], batch_size)
+        parts["loglik"] = letter_records([mcqs[i] for i in mine], scores)
     if "cloze" in scorers:
-        parts["cloze"] = cloze_records(mcqs, option_logprobs(model, tokenizer, mcqs, batch_size))
+        mine = [mcqs[i] for i in shard_batches(in_order, batch_size)]
+        parts["cloze"] = cloze_records(mine, option_logprobs(model, tokenizer, mine, batch_size))
     if "loss" in scorers:
         glossary = glossary or Glossary()
         rows = [{"id": q.id, "prompt": mcq_prompt(q),
                  "completion": mcq_completion(q.cot or template_simple_reasoning(q, glossary, rationale_template), q.answer)}
-                for q in mcqs]
+                for q in (mcqs[i] for i in shard_batches(in_order, batch_size))]
         parts["loss"] = loss_records(completion_losses(model, tokenizer, rows, batch_size))
+    # Under several processes each holds the records of its batches; every process gets all of them
+    # (so each computes the same metrics), and the caller lets the main one write.
+    gathered = all_gather(parts)
+    parts = {name: {qid: rec for each in gathered for qid, rec in each[name].items()} for name in parts}
     preds = join_records(mcqs, parts)
     metrics = {"n": len(mcqs), "mode": mode, "scorers": list(scorers), **mcq_metrics(preds, scorers),
                "seconds": time.time() - started}
@@ -238,12 +260,14 @@ def evaluate_dict(model, tokenizer, entries, batch_size: int = 8, max_new_tokens
     """Track 1: generate after `Meaning of word {term}:` and compare with the definition (exact match, chrF)."""
     from sacrebleu.metrics import CHRF
 
-    from .formats import dict_prompt
-
     model.eval()
     started = time.time()
-    outputs = generate(model, tokenizer, [dict_prompt(e.term) + GENERATION_PREFIX for e in entries], batch_size,
-                       max_new_tokens, desc="dict", stop_strings=())
+    prompts = [dict_prompt(e.term) + GENERATION_PREFIX for e in entries]
+    mine = shard_batches(length_order(prompts), batch_size)  # several processes: see evaluate_mcq
+    texts = generate(model, tokenizer, [prompts[i] for i in mine], batch_size, max_new_tokens, desc="dict",
+                     stop_strings=())
+    by_index = {i: t for each in all_gather(dict(zip(mine, texts))) for i, t in each.items()}
+    outputs = [by_index[i] for i in range(len(entries))]
     chrf = CHRF()
     preds = []
     for entry, out in zip(entries, outputs):
@@ -289,9 +313,6 @@ def write_eval(output: str | Path, metrics: dict, predictions: list[dict], extra
 
     Raises NonFiniteError, before anything is written, if any metric is NaN or inf.
     """
-    from .data import write_jsonl_atomic
-    from .runs import write_json_atomic
-
     check_finite_tree(metrics, "metrics")  # before anything is written: a NaN is never a result
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -299,23 +320,20 @@ def write_eval(output: str | Path, metrics: dict, predictions: list[dict], extra
     write_json_atomic(output / "metrics.json", {**metrics, **(extra or {})})
 
 
-def run_eval(cfg: EvalConfig) -> dict:
+def run_eval(cfg: EvalConfig, choice: PrecisionChoice | None = None) -> dict:
     """`kormedqa eval`: load, score and write metrics.json + predictions.jsonl to `cfg.output`.
 
     Returns the metrics dict (each rate as {value, correct, total, ci95}, plus n, mode, seconds,
     generation_backend). Raises UsageError for a bad --task/--mode or missing --data/--output,
     DataError for bad questions, ModelError for a model that cannot load or run in --precision,
     OutputExistsError for an existing output without --overwrite; all before anything is written.
+    `choice` is the run's precision (`hardware.choose`), decided here from `cfg` when the caller has none.
     """
-    from .data import load_mcq
-    from .modeling import check_precision, load_model, load_tokenizer
-    from .runs import claim_output, provenance
-    from .vllm_backend import resolve_backend
-
+    choice = choice or choose(cfg.device, cfg.precision)  # PrecisionError (one line) before anything else
     if cfg.task not in ("mcq", "dict"):
         raise UsageError(f"--task is mcq or dict, not {cfg.task!r}")
     if cfg.task == "dict":
-        return _run_dict_eval(cfg)
+        return _run_dict_eval(cfg, choice)
     if not cfg.data or not cfg.output:
         raise UsageError("--data and --output are required")
     scorers = parse_eval_mode(cfg.mode, "--mode")
@@ -324,36 +342,34 @@ def run_eval(cfg: EvalConfig) -> dict:
         mcqs = mcqs[: cfg.limit]
     tokenizer = load_tokenizer(cfg.model)
     backend = resolve_backend(cfg.backend, cfg.device) if "generate" in scorers else None  # None: no generation
-    check_precision(cfg.model, cfg.device, cfg.precision)  # fp16 Gemma refused before the output is claimed
+    check_precision(cfg.model, choice)  # fp16 Gemma refused before the output is claimed
     claim_output(cfg.output, overwrite=cfg.overwrite)
+    start_processes(cpu=choice.torch_device.type == "cpu")
     generator = None
     if backend == "vllm":
-        from .vllm_backend import VllmGenerator
-
-        generator = VllmGenerator(cfg.model, tokenizer, cfg.precision, cfg.seed)
+        generator = VllmGenerator(cfg.model, tokenizer, choice, cfg.seed)
     needs_hf = backend != "vllm" or scorers != ("generate",)
-    model = load_model(cfg.model, device=cfg.device, precision=cfg.precision, merge_adapter=True) if needs_hf else None
+    model = load_model(cfg.model, choice, merge_adapter=True) if needs_hf else None
     metrics, preds = evaluate_mcq(model, tokenizer, mcqs, cfg.mode, cfg.batch_size, cfg.max_new_tokens,
                                   generator=generator)
     metrics["generation_backend"] = backend
-    write_eval(cfg.output, metrics, preds, {"run": provenance(cfg, {"data": cfg.data})})
-    print(summary_line(metrics))
+    if is_main_process():
+        write_eval(cfg.output, metrics, preds, {"run": provenance(cfg, {"data": cfg.data}, choice=choice)})
+        print(summary_line(metrics))
     return metrics
 
 
-def _run_dict_eval(cfg: EvalConfig) -> dict:
-    from .data import load_dictionary
-    from .modeling import load_model, load_tokenizer
-    from .runs import claim_output, provenance
-
+def _run_dict_eval(cfg: EvalConfig, choice: PrecisionChoice) -> dict:
     paths = cfg.dictionary or ([cfg.data] if cfg.data else [])
     if not paths or not cfg.output:
         raise UsageError("--dictionary (or --data) and --output are required for --task dict")
     entries = load_dictionary(*paths)[: cfg.limit or None]
     tokenizer = load_tokenizer(cfg.model)
     claim_output(cfg.output, overwrite=cfg.overwrite)
-    model = load_model(cfg.model, device=cfg.device, precision=cfg.precision, merge_adapter=True)
+    start_processes(cpu=choice.torch_device.type == "cpu")
+    model = load_model(cfg.model, choice, merge_adapter=True)
     metrics, preds = evaluate_dict(model, tokenizer, entries, cfg.batch_size, min(cfg.max_new_tokens, 96))
-    write_eval(cfg.output, metrics, preds, {"run": provenance(cfg)})
-    print(summary_line(metrics))
+    if is_main_process():
+        write_eval(cfg.output, metrics, preds, {"run": provenance(cfg, choice=choice)})
+        print(summary_line(metrics))
     return metrics

@@ -12,11 +12,11 @@ import random
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from .chat import END_OF_TURN
 from .records import LETTERS, MCQ, DictEntry
 
 USER_TURN = "<start_of_turn>user\n"
 MODEL_TURN = "<start_of_turn>model\n"
-END_OF_TURN = "<end_of_turn>"
 TURN_SEPARATOR = "\n"
 GENERATION_PREFIX = TURN_SEPARATOR + MODEL_TURN  # appended to a prompt to ask the model to answer
 

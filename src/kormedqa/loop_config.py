@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .checks import Range, check_config, parse_answer_weight, parse_eval_mode
-from .config import DEFAULT_MODEL_HELP, LR_SCHEDULES, SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, ResumableRunArgs, arg
+from .config import DEFAULT_MODEL_HELP, GRPO_MAX_STEPS, LR_SCHEDULES, SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, ResumableRunArgs, arg
 from .errors import UsageError
 from .formats import DEFAULT_RATIONALE_TEMPLATE, RATIONALE_TEMPLATES
+from .sft import TRACK_DEFAULTS
 
 # The --select-by metrics each evaluation scorer computes (`loss` computes none worth selecting by).
 SELECTABLE_BY_SCORER = {
@@ -66,7 +67,7 @@ class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
     mcq_epochs: float | None = arg(None, "epochs of each MCQ stage (default: --epochs-per-stage)")
     dict_max_steps: int = arg(-1, "bound each dictionary stage (-1: its epochs)")
     mcq_max_steps: int = arg(-1, "bound each MCQ stage (-1: its epochs)")
-    grpo_max_steps: int = arg(20, "optimizer steps of each grpo stage")
+    grpo_max_steps: int = arg(GRPO_MAX_STEPS, "optimizer steps of each grpo stage")
     grpo_learning_rate: float = arg(1e-5, "learning rate of each grpo stage")
     num_generations: int = arg(4, "grpo: completions per prompt (a grpo step samples 2 prompts)")
     max_completion_length: int = arg(128, "grpo: generated tokens at most")
@@ -94,6 +95,8 @@ class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
                                        "rationales.jsonl, as prepare mcq --rationales): those questions train on it, "
                                        "as written and unrotated (its letters name the options in their order)")
     group_by_length: bool = arg(False, "batch similar lengths together (less padding; changes the data order)")
+    lora_dropout: float = arg(0.05, "dropout on the LoRA input, in [0, 1) (0: several processes train exactly the "
+                                    "one-process model; dropout draws differ per process)")
     eval_mode: str = arg("all", "scorers per loop: all, or a comma list of generate, loglik, cloze, loss")
     eval_limit: int | None = arg(None, "score only the first N evaluation questions (after --eval-every)")
     eval_every: int = arg(1, "score every k-th evaluation question (a quicker, stratified subset)")
@@ -113,7 +116,7 @@ class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
         "mcq_batch_size": Range(low=1), "dict_grad_accum": Range(low=1), "mcq_grad_accum": Range(low=1),
         "eval_limit": Range(low=1), "eval_every": Range(low=1), "dict_eval_limit": Range(low=0),
         "eval_batch_size": Range(low=1), "max_new_tokens": Range(low=1), "dict_rehearsal": Range(low=0),
-        "option_rotations": Range(low=1, high=5),
+        "option_rotations": Range(low=1, high=5), "lora_dropout": Range(low=0, high=1, high_open=True),
     }
 
     def __post_init__(self):
@@ -130,8 +133,6 @@ class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
 
 def check_rotation_batches(enabled: bool, rotations: int, mcq_batch_size: int | None) -> None:
     """UsageError unless --rotation-batches (when on) has batches that hold whole questions."""
-    from .sft import TRACK_DEFAULTS
-
     batch = mcq_batch_size or TRACK_DEFAULTS["mcq"]["batch_size"]
     if enabled and (rotations < 2 or batch % rotations):
         raise UsageError(f"--rotation-batches needs --option-rotations >= 2 and --mcq-batch-size a multiple of it; "

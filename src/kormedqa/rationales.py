@@ -35,21 +35,25 @@ from importlib.resources import files
 from pathlib import Path
 from typing import ClassVar, Sequence
 
+from .chat import END_OF_TURN
 from .checks import Range, check_config
 from .config import DEFAULT_MODEL_HELP, DeviceArgs, ResumableRunArgs, arg
 from .data import load_dictionary, load_mcq, load_mcq_sources, read_jsonl
 from .endpoint import DEFAULT_KEY_ENV, EndpointGenerator
 from .errors import DataError, OutputExistsError, UsageError
 from .extract import AFTER_REASONING, reasoning_score
-from .formats import (DEFAULT_RATIONALE_TEMPLATE, DETAILED_FRACTION, DETAILED_KEYWORDS, END_OF_TURN,
-                      RATIONALE_TEMPLATES, REASONING_CLOSE, REASONING_OPEN, USER_TURN, Glossary, choose_detailed,
-                      mcq_prompt, template_detailed_reasoning, template_simple_reasoning)
+from .formats import (DEFAULT_RATIONALE_TEMPLATE, DETAILED_FRACTION, DETAILED_KEYWORDS, Glossary,
+    RATIONALE_TEMPLATES, REASONING_CLOSE, REASONING_OPEN, USER_TURN, choose_detailed, mcq_prompt,
+    template_detailed_reasoning, template_simple_reasoning)
+from .fsio import claim_output, fault_point, write_json_atomic, write_jsonl_atomic
+from .hardware import PrecisionChoice, choose
 from .metrics import proportion
+from .modeling import check_precision, load_model, load_tokenizer
+from .provenance import RESUMABLE_CHANGES, check_resumed_settings, provenance
 from .records import EXAM_TYPES, LETTERS, MCQ
-from .runs import fault_point
-from .scorers import ANSWER_STOPS, Sampling
+from .scorers import ANSWER_STOPS, HFGenerator, Sampling
 from .text import normalize_text
-from .vllm_backend import BACKENDS
+from .vllm_backend import BACKENDS, VllmGenerator, resolve_backend
 
 log = logging.getLogger(__name__)
 
@@ -352,8 +356,9 @@ class LocalTeacher:
         return self.generator([self.render(c) for c in conversations], max_new_tokens, ANSWER_STOPS, sampling=sampling)
 
 
-def make_teacher(cfg: RationalesConfig) -> tuple[object, dict]:
+def make_teacher(cfg: RationalesConfig, choice: PrecisionChoice) -> tuple[object, dict]:
     """The teacher callable and its description for run.json; checked before any output is claimed.
+    A local teacher runs in the run's precision `choice` (`hardware.choose`).
 
     Raises TeacherError for an endpoint that cannot be reached or refuses the key, ModelError for
     a model that does not load, UsageError for a backend that cannot run here.
@@ -364,19 +369,14 @@ def make_teacher(cfg: RationalesConfig) -> tuple[object, dict]:
         teacher.check()
         return teacher, {"kind": "endpoint", "url": cfg.teacher_url, "model": cfg.teacher_model,
                          "key_env": cfg.teacher_key_env}
-    from .modeling import check_precision, load_model, load_tokenizer
-    from .scorers import HFGenerator
-    from .vllm_backend import resolve_backend
 
     tokenizer = load_tokenizer(cfg.teacher)
     backend = resolve_backend(cfg.backend, cfg.device)
-    check_precision(cfg.teacher, cfg.device, cfg.precision)
+    check_precision(cfg.teacher, choice)
     if backend == "vllm":
-        from .vllm_backend import VllmGenerator
-
-        generator = VllmGenerator(cfg.teacher, tokenizer, cfg.precision, cfg.seed)
+        generator = VllmGenerator(cfg.teacher, tokenizer, choice, cfg.seed)
     else:
-        model = load_model(cfg.teacher, device=cfg.device, precision=cfg.precision, merge_adapter=True)
+        model = load_model(cfg.teacher, choice, merge_adapter=True)
         model.eval()
         generator = HFGenerator(model, tokenizer, cfg.batch_size)
     return LocalTeacher(generator, tokenizer), {"kind": "model", "model": cfg.teacher, "backend": backend}
@@ -520,9 +520,6 @@ def run_rationales(cfg: RationalesConfig) -> dict:
     """
     from tqdm.auto import tqdm
 
-    from .runs import (RESUMABLE_CHANGES, check_resumed_settings, claim_output, provenance, write_json_atomic,
-                       write_jsonl_atomic)
-
     if not cfg.data or not cfg.output:
         raise UsageError("--data and --output are required")
     existing = Path(cfg.output)
@@ -536,9 +533,10 @@ def run_rationales(cfg: RationalesConfig) -> dict:
     glossary = Glossary(load_dictionary(*cfg.dictionary)) if cfg.dictionary else Glossary()
     if cfg.resume:  # a server on another port or a new key is the same teacher
         check_resumed_settings(cfg.output, cfg, RESUMABLE_CHANGES | {"teacher_url", "teacher_key_env", "max_retries"})
-    teacher, teacher_info = make_teacher(cfg)
+    choice = choose(cfg.device, cfg.precision)  # the run's precision, decided once and passed down
+    teacher, teacher_info = make_teacher(cfg, choice)
     out = claim_output(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
-    run = provenance(cfg, {f"data{i}": d for i, d in enumerate(cfg.data)})
+    run = provenance(cfg, {f"data{i}": d for i, d in enumerate(cfg.data)}, choice=choice)
     run.update(teacher=teacher_info, prompt_sha256=prompt_sha256(exemplars), exemplars=exemplar_source,
                sampling={"samples": cfg.samples, "temperature": cfg.temperature, "top_p": cfg.top_p,
                          "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "rationalise": cfg.rationalise})

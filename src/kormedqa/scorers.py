@@ -17,11 +17,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .batching import CompletionCollator, supervised_ce, tokenize_pair
-from .formats import END_OF_TURN, GENERATION_PREFIX, REASONING_CLOSE, USER_TURN, mcq_prompt
-from .modeling import cpu_vocab_projection, stop_token_ids
+from .chat import END_OF_TURN, stop_token_ids
+from .formats import GENERATION_PREFIX, REASONING_CLOSE, USER_TURN, mcq_prompt
+from .fsio import fault_point
+from .modeling import cpu_vocab_projection
 from .numerics import check_finite
 from .records import LETTERS, MCQ
-from .runs import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,11 @@ def _encode_left_padded(tokenizer, texts: Sequence[str], device) -> dict:
     return {k: v.to(device) for k, v in enc.items()}
 
 
-def _by_length(texts: Sequence[str]) -> list[int]:
-    """Batch similar lengths together (less padding); results are put back in input order."""
+def length_order(texts: Sequence[str]) -> list[int]:
+    """Indices of `texts` shortest first (ties in input order): the order generation and letter
+    scoring batch in (less padding); results are put back in input order."""
     return sorted(range(len(texts)), key=lambda i: len(texts[i]))
+
 
 
 ANSWER_STOPS = tuple(f"{REASONING_CLOSE}{letter}" for letter in LETTERS)
@@ -97,7 +100,7 @@ def generate(model, tokenizer, prompts: Sequence[str], batch_size: int = 8, max_
     """
     if sampling.temperature > 0 and len(sampling.seeds) != len(prompts):
         raise ValueError(f"sampling needs one seed per prompt: {len(sampling.seeds)} seeds, {len(prompts)} prompts")
-    order = _by_length(prompts)
+    order = length_order(prompts)
     outputs: list[str] = [""] * len(prompts)
     eos = stop_token_ids(tokenizer)
     device = next(model.parameters()).device
@@ -214,7 +217,7 @@ def letter_logprobs(model, tokenizer, prompts: Sequence[str], batch_size: int = 
     log-probabilities, ValueError for a tokenizer without single-token letters.
     """
     letters = torch.tensor(letter_token_ids(tokenizer))
-    order = _by_length(prompts)
+    order = length_order(prompts)
     scores: list[list[float]] = [[] for _ in prompts]
     device = next(model.parameters()).device
     with cpu_vocab_projection(model):

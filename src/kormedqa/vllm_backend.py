@@ -16,7 +16,11 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from .chat import stop_token_ids
 from .errors import UsageError
+from .hardware import TORCH_NAMES, PrecisionChoice
+from .launch import world_size
+from .modeling import adapter_base, resolve_model_path
 
 BACKENDS = ("auto", "hf", "vllm")
 
@@ -29,6 +33,8 @@ def vllm_installed() -> bool:
 def resolve_backend(backend: str, device: str = "auto") -> str:
     """The backend `kormedqa eval` generates with: "hf" or "vllm" ("auto": vllm when installed and on a CUDA GPU).
 
+    Under several launched processes "auto" is hf (each process scores its share of the batches);
+    vLLM is one engine that parallelises over GPUs itself, so "vllm" there is refused.
     Raises UsageError for an unknown backend, or vllm asked for without vLLM or without a CUDA GPU.
     """
     import torch
@@ -37,6 +43,13 @@ def resolve_backend(backend: str, device: str = "auto") -> str:
         raise UsageError(f"--backend is one of {BACKENDS}, not {backend!r}")
     on_gpu = torch.cuda.is_available() and (device == "auto" or device.startswith("cuda"))
     if backend == "hf":
+        return "hf"
+    if world_size() > 1:
+        # One vLLM engine serves all GPUs itself (tensor / data parallel); N launched processes would
+        # each start one, N copies of the model competing for the same GPUs.
+        if backend == "vllm":
+            raise UsageError("--backend vllm runs one engine over the GPUs itself: run kormedqa eval as one process "
+                             "(not under accelerate launch), or use --backend hf with several processes")
         return "hf"
     if backend == "vllm":
         if not vllm_installed():
@@ -54,19 +67,16 @@ def _lora_rank(adapter: Path) -> int:
 class VllmGenerator:
     """Callable `(prompts, max_new_tokens, stop_strings) -> outputs`, like `evaluate.generate`."""
 
-    def __init__(self, model: str, tokenizer, precision: str = "auto", seed: int = 0,
+    def __init__(self, model: str, tokenizer, choice: PrecisionChoice, seed: int = 0,
                  gpu_memory_utilization: float = 0.5, max_model_len: int | None = 4096):
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 
-        from .modeling import adapter_base, resolve_model_path
-
         path = Path(resolve_model_path(model))
         base = adapter_base(path)
-        dtype = {"auto": "auto", "bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}[precision]
         lora = {"enable_lora": True, "max_lora_rank": _lora_rank(path)} if base else {}
         # Half the GPU by default: `--mode` with loglik, cloze or loss keeps the HF model on the same GPU for scoring.
-        self.llm = LLM(model=str(base or path), tokenizer=str(path), dtype=dtype, seed=seed,
+        self.llm = LLM(model=str(base or path), tokenizer=str(path), dtype=TORCH_NAMES[choice.precision], seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, **lora)
         self.lora_request = LoRARequest("kormedqa-adapter", 1, str(path)) if base else None
         self.tokenizer = tokenizer
@@ -78,8 +88,6 @@ class VllmGenerator:
         `temperature` > 0, nucleus sampling at `top_p` from the request's own `seed`.
         """
         from vllm import SamplingParams
-
-        from .modeling import stop_token_ids
 
         sampled = {"top_p": top_p, "seed": seed} if temperature > 0 else {}
         return SamplingParams(
