@@ -14,7 +14,7 @@ from kormedqa.cli import main
 from kormedqa.data import load_mcq
 from kormedqa.formats import Glossary, choose_detailed
 from kormedqa.prepare import PrepareConfig, run_prepare
-from kormedqa.modeling import GEMMA_CHAT_TEMPLATE
+from kormedqa.chat import GEMMA_CHAT_TEMPLATE
 from kormedqa.rationales import (HINT, Item, LocalTeacher, RationalesConfig, conversation, exemplar_from_cot, judge, run_rationales,
                                  shipped_exemplars, solve_batch, summarise, summary_table)
 from kormedqa.scorers import Sampling, generate
@@ -252,3 +252,18 @@ def test_the_loop_trains_on_a_rationale_file_as_written_and_unrotated(tmp_path, 
                                        rows[4]["id"]]
     assert rows[2]["completion"] == "<start_of_turn>model\n<reasoning>\n교사가 쓴 풀이\n</reasoning>A<end_of_turn>"
     assert all("교사가 쓴 풀이" not in r["completion"] for r in rows if r["id"] != "train-1")
+
+
+def test_nucleus_keeps_the_tokens_transformers_keeps():
+    """The top-p cut (from the 1,024 most likely tokens, or a full sort) against transformers' own warper."""
+    import torch
+    from transformers import TopPLogitsWarper
+
+    from kormedqa.scorers import nucleus
+
+    torch.manual_seed(0)
+    for scale in (0.1, 8.0):  # flat (the candidates hold too little: the full sort) and peaked (the candidates)
+        logits = torch.randn(3, 5000) * scale
+        kept = nucleus(torch.softmax(logits, -1), 0.9)
+        assert torch.equal(kept > 0, TopPLogitsWarper(0.9)(None, logits.clone()) > float("-inf"))
+        assert torch.allclose(kept[kept > 0], torch.softmax(logits, -1)[kept > 0])
