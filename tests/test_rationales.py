@@ -54,6 +54,15 @@ def test_judge_keeps_only_right_answers_in_the_asked_form(output, detailed, hint
         assert verdict.rationale == (EX[0].detailed if detailed else EX[0].simple) and verdict.letter == "B"
 
 
+def test_a_reply_that_runs_on_is_judged_up_to_its_answer():
+    from kormedqa.rationales import cut_after_answer
+
+    run_on = GOOD_SIMPLE + "<end_of_turn>\n<start_of_turn>user\n다음 문제</reasoning>C"
+    assert cut_after_answer(run_on) == GOOD_SIMPLE and judge(cut_after_answer(run_on), EX[0].mcq, False).ok
+    assert not judge(run_on, EX[0].mcq, False).ok
+    assert cut_after_answer("<reasoning>\n끝나지 않은") == "<reasoning>\n끝나지 않은"
+
+
 def test_exemplar_from_a_written_cot_is_in_both_forms_and_keeps_no_answer_statement():
     q = replace(EX[2].mcq, id="fewshot-1", cot="와파린은 비타민 K 의존 인자를 억제한다. 따라서 정답은 C이다.")
     ex = exemplar_from_cot(q)
