@@ -25,6 +25,11 @@ each (recipes/experiments/<arm>.yaml); the default list is the one docs/results.
 - dictline_rehearse_long: as rotate3_rehearse_long with `--rationale-template dictionary_line`
   (the recall line is the dictionary track's own `Meaning of word X: <English>. <Korean>`);
   compared with its own control, dictline_mcq_only (the same MCQ track alone, about as long).
+- star_dictline: STaR (issue 22; docs/rationales.md): three dictionary epochs, then the dictionary
+  stage's own checkpoint writes rationales for the training questions (`kormedqa rationales`, settings
+  in star_dictline.rationales.yaml: 2 sampled tries, a hinted try, the dictionary_line template for
+  what fails), then five unrotated MCQ epochs on them with rehearsal 0.5; compared with
+  dictline_rehearse_long and their control dictline_mcq_only.
 - linked, verdict, mcq_only, recall_mcq_only: earlier arms, selectable with --arms (recipes/experiments/).
 Each arm must fit in 60 minutes with its evaluation on 2 cores without native bf16.
 

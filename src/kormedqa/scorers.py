@@ -135,6 +135,24 @@ def _stop_criteria(tokenizer, stop_strings: tuple[str, ...]):
     return cached[1]
 
 
+NUCLEUS_CANDIDATES = 1024
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """`probs` ([rows, vocab], each row summing to 1) with every token outside the top-p nucleus set to 0.
+
+    transformers' TopPLogitsWarper rule: keep the most likely tokens until their mass reaches
+    `top_p`. Looked for among the NUCLEUS_CANDIDATES most likely (topk over 262k entries took 0.18 s
+    for 32 rows where a full sort took 2.7 s, on 2 busy cores); when some row's candidates hold
+    less than `top_p`, the rows are sorted whole. Tokens outside the candidates are then beyond the cut.
+    """
+    top, index = probs.topk(min(NUCLEUS_CANDIDATES, probs.shape[-1]), dim=-1)
+    if not bool((top.sum(-1) >= top_p).all()):
+        top, index = probs.sort(dim=-1, descending=True)
+    keep = top.cumsum(-1) - top < top_p
+    return torch.zeros_like(probs).scatter(-1, index, top * keep)
+
+
 def _sampler(sampling: Sampling, seeds: Sequence[int]):
     """`pick(logits, rows) -> tokens`: temperature and nucleus (top-p) sampling, one generator per input row.
 
@@ -146,10 +164,7 @@ def _sampler(sampling: Sampling, seeds: Sequence[int]):
     def pick(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(logits.float() / sampling.temperature, dim=-1).cpu()
         if sampling.top_p < 1:
-            # transformers' TopPLogitsWarper rule: drop the lowest tokens whose mass is at most 1 - top_p.
-            sorted_p, order = probs.sort(dim=-1, descending=True)
-            tail = sorted_p.cumsum(-1) - sorted_p >= sampling.top_p
-            probs = probs.scatter(-1, order, sorted_p.masked_fill(tail, 0.0))
+            probs = nucleus(probs, sampling.top_p)
         tokens = [torch.multinomial(probs[i], 1, generator=generators[r]) for i, r in enumerate(rows.tolist())]
         return torch.cat(tokens).to(logits.device)
 
