@@ -56,6 +56,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "bench"))
 from common import SAMPLE, machine  # noqa: E402  (the benchmarks' sample paths and machine record)
+from kormedqa.scorer_table import REPORT_METRICS, paired_keys, parse_eval_mode  # noqa: E402
 
 # Each arm is a recipe file in `kormedqa loop`'s keys (recipes/experiments/<arm>.yaml, with why it
 # was tried); the STaR arm's rationale settings are <arm>.rationales.yaml in `kormedqa rationales`' keys.
@@ -69,10 +70,10 @@ CONTROLS = {"dictline_rehearse_long": "dictline_mcq_only", "star_dictline": "dic
 CONTROL = "rotate3_mcq_only"
 EVAL_MODE = "generate,loglik,cloze"
 DICT_RECALL_ENTRIES = 80
-KEYS = {"accuracy": "correct", "loglik_accuracy": "loglik_correct", "cloze_accuracy": "cloze_correct",
-        "cloze_accuracy_norm": "cloze_norm_correct", "format_parse_rate": "answer_after_reasoning"}
-SHOWN = ("accuracy", "parse_rate", "format_parse_rate", "accuracy_among_parsed", "loglik_accuracy", "cloze_accuracy",
-         "cloze_accuracy_norm", "dict_chrf")
+# McNemar per rate the scorers declare a per-question field for, and the metrics shown: both from
+# the scorer table (kormedqa.scorer_table), as the loop's history and the report read them.
+KEYS = paired_keys(parse_eval_mode(EVAL_MODE))
+SHOWN = tuple(m.name for m in REPORT_METRICS if m.column or m.name == "dict_chrf")
 
 
 def dictionary_paths() -> list[str]:

@@ -23,7 +23,7 @@ LAYERS = {
     1: ("fsio", "provenance", "launch", "checks", "config", "validate", "hub", "data"),  # I/O, configs
     2: ("default_model", "modeling"),                                       # model
     3: ("formats", "augment", "leakage", "extract", "metrics", "batching"),  # pure logic
-    4: ("trainer", "stage", "scorers", "vllm_backend", "endpoint", "rationales"),  # work
+    4: ("trainer", "stage", "scorers", "scorer_table", "lm_eval_protocol", "vllm_backend", "endpoint", "rationales"),  # work
     5: ("prepare", "sft", "grpo", "cpt", "evaluate"),                       # stages
     6: ("report", "loop_config", "loop", "demo"),                           # orchestrators
     7: ("cli", "__main__", "__init__"),                                     # entry

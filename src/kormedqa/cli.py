@@ -29,7 +29,7 @@ from .launch import check_launch, is_main_process
 from .loop import LoopConfig, run_loop
 from .modeling import DEFAULT_MODEL_NAME, adapter_base, check_precision, merge_into_base, resolve_model_path
 from .numerics import NonFiniteError
-from .prepare import PrepareConfig, print_info, run_prepare
+from .prepare import PrepareConfig, print_info, run_prepare, run_prepare_hub
 from .provenance import recorded_config
 from .rationales import RationalesConfig, run_rationales
 from .sft import TrainConfig
@@ -39,7 +39,7 @@ USAGE = """usage: kormedqa <command> [options]   (kormedqa <command> --help for 
 
 commands:
   model fetch [gemma3-270m] --out DIR   build the embedded default model as a plain HF folder
-  prepare dict|mcq                      write the spec's prompt/completion JSONL
+  prepare dict|mcq|hub                  write the spec's prompt/completion JSONL (hub: a copy in the hub's layout)
   rationales                            a teacher writes the spec's rationales, kept only when right (STaR)
   train dict|mcq                        LoRA SFT with answer-only loss
   merge                                 merge a LoRA adapter into a full safetensors model
@@ -173,9 +173,10 @@ def cmd_model(argv):
 
 
 def cmd_prepare(argv):
-    """`kormedqa prepare dict|mcq [flags]`: `prepare.run_prepare`; prints what was written as JSON."""
-    track, rest = _positional(argv, ("dict", "mcq"), "prepare")
-    print_info(run_prepare(parse(PrepareConfig, rest, f"kormedqa prepare {track}", track=track)))
+    """`kormedqa prepare dict|mcq|hub [flags]`: `prepare.run_prepare` (hub: `run_prepare_hub`); prints what was written as JSON."""
+    track, rest = _positional(argv, ("dict", "mcq", "hub"), "prepare")
+    cfg = parse(PrepareConfig, rest, f"kormedqa prepare {track}", track=track)
+    print_info(run_prepare_hub(cfg) if track == "hub" else run_prepare(cfg))
 
 
 def cmd_rationales(argv):

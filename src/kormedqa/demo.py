@@ -32,11 +32,13 @@ from .formats import Glossary
 from .fsio import write_json_atomic, write_jsonl_atomic
 from .hardware import PrecisionChoice, choose
 from .loop import LoopConfig, evaluate_checkpoint, run_loop
+from .metrics import proportion
 from .modeling import DEFAULT_MODEL_NAME, load_tokenizer, resolve_model_path
 from .prepare import dict_rows, mcq_rows
 from .provenance import claim_run
-from .report import (cpt_text, demo_setup_text, markdown_report, parse_test, plot_loops, reading, rephrased_line,
-                     results_table, significance, what_moved)
+from .report import (cpt_text, demo_setup_text, markdown_report, other_set_line, plot_loops, reading, results_table,
+                     significance, what_moved)
+from .scorer_table import paired_keys, parse_eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,9 @@ class DemoConfig(ResumableRunArgs, DeviceArgs):
     rephrased: str = arg("data/sample/mcq_rephrased", "a test split of the same terms asked another way, scored by "
                          "generation before training and with the best checkpoint ('' to skip; the sample's is "
                          "scripts/make_sample_mcq.py --rephrase 1)")
+    reverse: str = arg("data/sample/mcq_reverse", "a test split of the same terms asked the other way round "
+                       "(definition -> term), scored as --rephrased is ('' to skip; the sample's is "
+                       "scripts/make_sample_mcq.py --reverse 1)")
     corpus: str = arg("data/sample/corpus/train.txt", "CPT text (a .txt file or folder)")
     heldout: str = arg("data/sample/corpus/heldout.txt", "held-out text for CPT perplexity")
     cpt_steps: int = arg(8, "CPT optimizer steps (a short pass: the demo's point is the SFT loop)")
@@ -113,9 +118,9 @@ class DemoRecipe:
         demo.setup()             # inputs, the recipe's loop, the precision; claim the output (run.json)
         demo.prepare()           # fetch the model; prepared/{dict,mcq_train}.jsonl
         demo.cpt()               # cpt/: a short continued pretraining, merged
-        demo.evaluate_before()   # eval_before/ (and eval_before_rephrased/)
+        demo.evaluate_before()   # eval_before/ (and eval_before_{rephrased,reverse}/)
         demo.loop()              # loop/: the recipe's loop from the CPT model
-        demo.compare()           # last loop vs before (McNemar per metric); rephrased with the best checkpoint
+        demo.compare()           # last loop vs before (McNemar per metric); the other sets with the best checkpoint
         summary = demo.report()  # REPORT.md, accuracy_per_loop.png, summary.json
 
     `run()` does exactly that, timing each step into `timings` (seconds).
@@ -136,8 +141,10 @@ class DemoRecipe:
         every, limit = max(self.loop_cfg.eval_every, 1), self.loop_cfg.eval_limit
         test = load_mcq(cfg.mcq, split="test")[::every]
         self.test = test[:limit] if limit else test
-        # The same subset of the same terms, asked another way: knowledge of the terms, not of the questions' surface.
-        self.rephrased = load_mcq(cfg.rephrased, split="test")[::every][: limit or None] if cfg.rephrased else []
+        # The same subset of the same terms, asked another way and the other way round: knowledge of the
+        # terms, not of the questions' surface, and whether it is usable in reverse.
+        self.other_sets = {name: load_mcq(folder, split="test")[::every][: limit or None]
+                           for name, folder in (("rephrased", cfg.rephrased), ("reverse", cfg.reverse)) if folder}
         self.choice: PrecisionChoice = choose(cfg.device, cfg.precision)  # once for the whole demo; every step gets it
         if cfg.model != DEFAULT_MODEL_NAME:
             resolve_model_path(cfg.model)  # ModelError before the output is claimed (the default is fetched below)
@@ -180,9 +187,10 @@ class DemoRecipe:
         self.before_preds = read_jsonl(before_dir / "predictions.jsonl")
         log.info("before training: %s", summary_line(self.before))
 
-    def evaluate_before_rephrased(self) -> None:
-        """Generation on the same terms asked another way, before training (eval_before_rephrased/)."""
-        self.rephrased_before = self._score_rephrased(self.cpt_model, self.out / "eval_before_rephrased")
+    def evaluate_before_other(self, name: str) -> None:
+        """Generation on another set of the same terms (`name`: "rephrased" or "reverse") before
+        training, in eval_before_<name>/."""
+        self.other_before[name] = self._score_other(name, self.cpt_model, self.out / f"eval_before_{name}")
 
     def loop(self) -> None:
         """The recipe's loop from the CPT model, in loop/ (resumed when it was started before)."""
@@ -197,27 +205,21 @@ class DemoRecipe:
         self.after = json.loads((after_dir / "metrics.json").read_text())
         after_preds = read_jsonl(after_dir / "predictions.jsonl")
         before_preds = self.before_preds
-        tests = {
-            "accuracy": significance(before_preds, after_preds, "correct"),
-            "loglik_accuracy": significance(before_preds, after_preds, "loglik_correct"),
-            "parse_rate": parse_test(before_preds, after_preds),
-            "format_parse_rate": significance(before_preds, after_preds, "answer_after_reasoning"),
-            "cloze_accuracy": significance(before_preds, after_preds, "cloze_correct"),
-            "cloze_accuracy_norm": significance(before_preds, after_preds, "cloze_norm_correct"),
-        }
+        # Every rate the scorers declare a per-question field for (parse rate: a letter was found).
+        tests = {metric: significance(before_preds, after_preds, key)
+                 for metric, key in paired_keys(parse_eval_mode(self.loop_cfg.eval_mode)).items()}
         self.tests = {k: v for k, v in tests.items() if v["only_a"] + v["only_b"] or k in self.before}
-        self.rephrased_summary = None
+        self.other_summary = {}
 
-    def evaluate_rephrased(self) -> None:
-        """Generation on the other phrasings with the best checkpoint (eval_rephrased/), against before."""
-        after = self._score_rephrased(str((self.out / "loop" / "best_checkpoint").resolve()), self.out / "eval_rephrased")
-        before = self.rephrased_before
-        self.rephrased_summary = {
-            "n": len(after),
-            "before": sum(p["correct"] for p in before) / max(len(before), 1),
-            "after": sum(p["correct"] for p in after) / max(len(after), 1),
-            "test": significance(before, after, "correct"),
-        }
+    def evaluate_other(self, name: str) -> None:
+        """Generation on another set of the same terms with the best checkpoint (eval_<name>/), against
+        before: {"n", "before", "after" (shares), "before_ci95", "after_ci95" (Wilson), "test" (McNemar)}."""
+        after = self._score_other(name, str((self.out / "loop" / "best_checkpoint").resolve()), self.out / f"eval_{name}")
+        before = self.other_before[name]
+        b, a = (proportion(sum(p["correct"] for p in preds), len(preds)) for preds in (before, after))
+        self.other_summary[name] = {"n": len(after), "before": b["value"], "after": a["value"],
+                                    "before_ci95": b["ci95"], "after_ci95": a["ci95"],
+                                    "test": significance(before, after, "correct")}
 
     def report(self, started: float) -> dict:
         """REPORT.md (set-up, CPT, results table and plot, what moved, timings), summary.json; returns the summary."""
@@ -225,8 +227,8 @@ class DemoRecipe:
         plot = plot_loops(self.history, self.before, out / "accuracy_per_loop.png")
         self.timings["total"] = round(time.time() - started, 1)
         moved = what_moved(self.before, self.after, self.tests)
-        if self.rephrased_summary:
-            moved.append(rephrased_line(self.rephrased_summary, cfg.rephrased))
+        for name, summary in self.other_summary.items():
+            moved.append(other_set_line(name, summary, getattr(cfg, name)))
         table = results_table(self.before, self.history)
         text = markdown_report("kormedqa demo report", {
             "Set-up": demo_setup_text(self.loop_cfg, self.base, len(self.train), len(self.test), len(self.entries),
@@ -239,7 +241,8 @@ class DemoRecipe:
             "Timings (seconds)": "\n".join(f"- {k}: {v}" for k, v in self.timings.items()),
         })
         (out / "REPORT.md").write_text(text, encoding="utf-8")
-        summary = {"before": self.before, "after": self.after, "tests": self.tests, "rephrased": self.rephrased_summary,
+        summary = {"before": self.before, "after": self.after, "tests": self.tests,
+                   "rephrased": self.other_summary.get("rephrased"), "reverse": self.other_summary.get("reverse"),
                    "timings": self.timings, "last_loop": self.last_loop, "best_loop": self.history["best"]["loop"]}
         write_json_atomic(out / "summary.json", summary)
         print("\n" + table + "\n")
@@ -257,16 +260,17 @@ class DemoRecipe:
         for name, step in (("cpt", self.cpt), ("eval_before", self.evaluate_before)):
             step()
             self._mark(name)
-        if self.rephrased:
-            self.evaluate_before_rephrased()
-            self._mark("eval_before_rephrased")
+        self.other_before: dict[str, list[dict]] = {}
+        for name in self.other_sets:
+            self.evaluate_before_other(name)
+            self._mark(f"eval_before_{name}")
         self.loop()
         self._mark("loop")
         self.compare()
-        if self.rephrased:
-            self._since = time.time()
-            self.evaluate_rephrased()
-            self._mark("eval_rephrased")
+        self._since = time.time()
+        for name in self.other_sets:
+            self.evaluate_other(name)
+            self._mark(f"eval_{name}")
         return self.report(started)
 
     def _mark(self, step: str) -> None:
@@ -275,10 +279,10 @@ class DemoRecipe:
         log.info("demo: %s done in %.0f s", step, self.timings[step])
         self._since = now
 
-    def _score_rephrased(self, model: str, folder: Path) -> list[dict]:
+    def _score_other(self, name: str, model: str, folder: Path) -> list[dict]:
         c = self.loop_cfg
         if not (folder / "metrics.json").exists():
-            evaluate_checkpoint(model, load_tokenizer(model), self.rephrased, folder, eval_mode="generate",
+            evaluate_checkpoint(model, load_tokenizer(model), self.other_sets[name], folder, eval_mode="generate",
                                 eval_batch_size=c.eval_batch_size, max_new_tokens=c.max_new_tokens,
                                 glossary=self.glossary, rationale_template=c.rationale_template, choice=self.choice)
         return read_jsonl(folder / "predictions.jsonl")
@@ -289,7 +293,8 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     Returns the summary also written to summary.json: {"before", "after" (metrics dicts),
     "tests" (McNemar per metric), "rephrased" (generation accuracy before and with the best
-    checkpoint on `cfg.rephrased`, with McNemar; None when skipped), "timings" (seconds per step),
+    checkpoint on `cfg.rephrased`, with Wilson intervals and McNemar; None when skipped), "reverse"
+    (the same for `cfg.reverse`), "timings" (seconds per step),
     "last_loop", "best_loop"}. Raises DataError/ModelError/UsageError before the output is
     claimed, OutputExistsError for an existing output without --resume or --overwrite. The steps:
     `DemoRecipe`.

@@ -30,10 +30,12 @@ from .fsio import atomic_dir, write_json_atomic
 from .grpo import GRPOStageConfig, grpo_rows_from_mcqs, run_grpo
 from .hardware import PrecisionChoice, choose
 from .launch import is_main_process, start_processes, wait_for_everyone
+from .lm_eval_protocol import data_configs, lm_eval_settings
 from .loop_config import SELECT_BY, SELECTABLE_BY_SCORER, LoopConfig, TrackArgs, check_select_by, track_args
 from .modeling import load_model, load_tokenizer, resolve_model_path
 from .prepare import check_overlap, dict_rows, load_rationales, mcq_rows
 from .provenance import claim_run
+from .scorer_table import BY_NAME, HISTORY_METRICS, parse_eval_mode
 from .sft import TrainConfig, run_training
 from .stage import record_peak_memory
 
@@ -97,7 +99,8 @@ def copy_checkpoint(src: Path, dest: Path) -> None:
 def evaluate_checkpoint(model_path: str, tokenizer, questions: list, folder: Path, *, eval_mode: str,
                         eval_batch_size: int, max_new_tokens: int, glossary=None, rationale_template: str | None = None,
                         entries: list | None = None, dict_eval_limit: int = 0, dict_folder: Path | None = None,
-                        choice: PrecisionChoice, extra: dict | None = None) -> dict:
+                        choice: PrecisionChoice, extra: dict | None = None, data: str | None = None,
+                        split: str = "test", lm_eval=None) -> dict:
     """Score one model on `questions` (and on the first `dict_eval_limit` dictionary `entries`), write
     `folder`/{metrics.json, predictions.jsonl} (and `dict_folder` likewise) and return the metrics.
 
@@ -105,12 +108,15 @@ def evaluate_checkpoint(model_path: str, tokenizer, questions: list, folder: Pat
     experiments/learning.py's untrained base, so all three score alike. `model_path` is a full model or a
     LoRA adapter folder (merged for inference), loaded in the run's precision `choice`; `extra` entries are added to the metrics before they
     are written. Dictionary recall adds `dict_exact_match` and `dict_chrf` ({value, total}) to the
-    MCQ metrics. Raises ModelError for a model that cannot load, UsageError for a bad `eval_mode`.
+    MCQ metrics. The lm_eval scorer reads `questions` from `data`/`split` with the `lm_eval`
+    settings (`lm_eval_protocol.lm_eval_settings`) and loads `model_path` itself (an adapter as peft=).
+    Raises ModelError for a model that cannot load, UsageError for a bad `eval_mode`.
     """
     template = {} if rationale_template is None else {"rationale_template": rationale_template}
-    model = load_model(model_path, choice, merge_adapter=True)
+    in_process = any(BY_NAME[s].needs_model for s in parse_eval_mode(eval_mode)) or (dict_eval_limit and entries)
+    model = load_model(model_path, choice, merge_adapter=True) if in_process else None
     metrics, preds = evaluate_mcq(model, tokenizer, questions, eval_mode, eval_batch_size, max_new_tokens, glossary,
-                                  **template)
+                                  model_path=model_path, data=data, split=split, lm_eval=lm_eval, **template)
     metrics.update(extra or {})
     if dict_eval_limit and entries:
         dict_metrics, dict_preds = evaluate_dict(model, tokenizer, entries[:dict_eval_limit], eval_batch_size)
@@ -171,6 +177,10 @@ class LoopRecipe:
         base = resolve_model_path(cfg.base_model)
         self.base = str(Path(base).resolve()) if Path(base).exists() else base
         self.tokenizer = load_tokenizer(self.base)
+        self.lm_eval = None
+        if "lm_eval" in parse_eval_mode(cfg.eval_mode):
+            data_configs(cfg.eval_data)  # UsageError for data lm-eval cannot read, before the output is claimed
+            self.lm_eval = lm_eval_settings(cfg, self.choice, cfg.eval_batch_size)
         given = load_rationales(cfg.rationales) if cfg.rationales else {}  # DataError before the output is claimed
 
         # Several processes (accelerate launch): all join now, the main one claims the output and
@@ -252,7 +262,7 @@ class LoopRecipe:
             eval_batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens, glossary=self.glossary,
             rationale_template=cfg.rationale_template, entries=self.entries, dict_eval_limit=cfg.dict_eval_limit,
             dict_folder=loop_dir / "eval_dict", choice=self.choice,
-            extra={"overlap": self.overlap})
+            extra={"overlap": self.overlap}, data=cfg.eval_data, split=cfg.eval_split, lm_eval=self.lm_eval)
 
         record = {
             "loop": loop,
@@ -284,7 +294,8 @@ class LoopRecipe:
         if is_main_process():
             write_json_atomic(self.history_path, self.history)
         wait_for_everyone()
-        reached = record["metrics"].get("accuracy", record["metrics"].get("loglik_accuracy"))
+        m = record["metrics"]
+        reached = m.get("accuracy", m.get("loglik_accuracy", m.get("lm_eval_exact_match")))
         if reached is not None and _metric({"m": reached}, "m") * 100 >= cfg.target_accuracy:
             self.stop_reason = "target_reached"
             return True
@@ -326,14 +337,8 @@ def run_loop(cfg: LoopConfig, choice: PrecisionChoice | None = None) -> dict:
     return LoopRecipe(cfg, choice).run()
 
 
-HISTORY_METRICS = ("accuracy", "loglik_accuracy", "cloze_accuracy", "cloze_accuracy_norm", "parse_rate",
-                   "format_parse_rate", "accuracy_among_parsed", "teacher_forced_answer_accuracy", "reasoning_score",
-                   "valid_format_rate", "reasoning_tag_rate", "reference_loss", "reference_answer_loss",
-                   "dict_exact_match", "dict_chrf")
-
-
 def _history_metrics(metrics: dict) -> dict:
-    """The metrics worth plotting per loop, in the shape metrics.json has them ({value, ci95, ...})."""
+    """The metrics the scorer table keeps per loop (`history=True`), in the shape metrics.json has them."""
     return {k: metrics[k] for k in HISTORY_METRICS if k in metrics}
 
 

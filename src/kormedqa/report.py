@@ -9,6 +9,12 @@ import torch
 
 from .hardware import cpu_name
 from .metrics import mcnemar_exact
+from .scorer_table import REPORT_METRICS
+
+# The report's views of the metrics, from the scorer table (kormedqa.scorer_table).
+PLOTTED = tuple((m.name, m.phrase) for m in REPORT_METRICS if m.plot)
+PHRASES = tuple((m.name, m.phrase) for m in REPORT_METRICS if m.phrase)
+TABLE_COLUMNS = tuple((m.name, m.column) for m in REPORT_METRICS if m.column)
 
 
 def _pct(p: dict | float | None) -> str:
@@ -21,7 +27,7 @@ def _pct(p: dict | float | None) -> str:
 
 
 def plot_loops(history: dict, before: dict | None, path: str | Path) -> Path:
-    """Accuracy, log-likelihood accuracy and parse rate per loop (loop 0 = before training), with 95% CIs."""
+    """The scorer table's plotted metrics (accuracies, parse rates) per loop (loop 0 = before training), with 95% CIs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,9 +36,7 @@ def plot_loops(history: dict, before: dict | None, path: str | Path) -> Path:
     loops = history["loops"]
     xs = [0] + [l["loop"] for l in loops] if before else [l["loop"] for l in loops]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in (("accuracy", "generation accuracy"), ("loglik_accuracy", "letter log-likelihood accuracy"),
-                       ("cloze_accuracy", "cloze (option text) accuracy"),
-                       ("parse_rate", "parse rate (any letter)"), ("format_parse_rate", "letter right after </reasoning>")):
+    for key, label in PLOTTED:
         ys, errs = [], [[], []]
         series = ([before[key]] if before and key in before else []) + [l["metrics"][key] for l in loops if key in l["metrics"]]
         if len(series) != len(xs):
@@ -77,14 +81,10 @@ def significance(before_preds: Sequence[dict], after_preds: Sequence[dict], key:
 
 
 def what_moved(before: dict, after: dict, tests: dict) -> list[str]:
-    """Plain sentences on which of parse rate, accuracy and log-likelihood accuracy moved, and whether significantly."""
+    """Plain sentences on which of the scorer table's named metrics (accuracies, parse rates, recall) moved, and
+    whether significantly (`tests`: McNemar per metric name)."""
     lines = []
-    for key, label in (("parse_rate", "Parse rate (any letter found)"),
-                       ("format_parse_rate", "Letter right after </reasoning> (the spec's format)"),
-                       ("accuracy", "Generation accuracy"),
-                       ("accuracy_among_parsed", "Accuracy among parsed answers"),
-                       ("loglik_accuracy", "Letter log-likelihood accuracy"), ("cloze_accuracy", "Cloze accuracy (option text)"),
-                       ("cloze_accuracy_norm", "Cloze accuracy, length-normalised"), ("dict_chrf", "Dictionary recall (chrF)")):
+    for key, label in PHRASES:
         if key not in before or key not in after:
             continue
         b, a = before[key]["value"], after[key]["value"]
@@ -104,12 +104,6 @@ def what_moved(before: dict, after: dict, tests: dict) -> list[str]:
 def markdown_report(title: str, sections: dict[str, str]) -> str:
     """A Markdown document: `# title`, then one `## heading` section per item of `sections`."""
     return f"# {title}\n\n" + "\n\n".join(f"## {k}\n\n{v.strip()}" for k, v in sections.items()) + "\n"
-
-
-TABLE_COLUMNS = (("accuracy", "accuracy (gen)"), ("parse_rate", "parse rate"),
-                 ("format_parse_rate", "letter after `</reasoning>`"), ("accuracy_among_parsed", "accuracy among parsed"),
-                 ("loglik_accuracy", "letter loglik accuracy"), ("cloze_accuracy", "cloze accuracy"),
-                 ("cloze_accuracy_norm", "cloze accuracy (norm)"), ("reasoning_score", "reasoning score"))
 
 
 def results_table(before: dict, history: dict) -> str:
@@ -166,11 +160,18 @@ def cpt_text(cpt_metrics: dict) -> str:
             f"{'reached' if cpt_metrics['target_reached'] else 'not reached in this short run'}).")
 
 
-def rephrased_line(rephrased: dict, source: str) -> str:
-    """The what-moved line for the same terms asked another way (`rephrased`: n, before, after, test)."""
-    r = rephrased
-    return (f"- Same terms asked another way ({r['n']} questions of {source}, best checkpoint): generation "
-            f"accuracy {r['before']:.1%} -> {r['after']:.1%}; McNemar exact p = {r['test']['p_value']:.3g} "
+OTHER_SETS = {"rephrased": "Same terms asked another way",
+              "reverse": "Same terms asked the other way round (definition -> term)"}
+
+
+def other_set_line(name: str, summary: dict, source: str) -> str:
+    """The what-moved line for another set of the same terms (`name` a key of OTHER_SETS; `summary`:
+    n, before, after, before_ci95, after_ci95, test)."""
+    r = summary
+    interval = "[{:.1%}, {:.1%}]".format
+    return (f"- {OTHER_SETS[name]} ({r['n']} questions of {source}, best checkpoint): generation accuracy "
+            f"{r['before']:.1%} {interval(*r['before_ci95'])} -> {r['after']:.1%} {interval(*r['after_ci95'])}; "
+            f"McNemar exact p = {r['test']['p_value']:.3g} "
             f"({'significant' if r['test']['significant_at_0.05'] else 'not significant'} at 0.05)")
 
 
