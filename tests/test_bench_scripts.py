@@ -15,10 +15,16 @@ def _script(name):
     return module
 
 
-def test_gpu_check_smoke_runs_every_part_on_cpu(tokenizer_dir, tmp_path):
-    """The same code the H200 runs (training both arms, letter/cloze scoring, generation), tiny and on CPU."""
+def test_gpu_check_smoke_runs_every_part_on_cpu(tokenizer_dir, tmp_path, monkeypatch, capsys):
+    """The same code the H200 runs (training both arms, letter/cloze scoring, generation), tiny and on CPU,
+    as a fresh checkout runs it: no --tokenizer and no bench/gpu_assets (the docstring's command)."""
     out = tmp_path / "gpu.json"
-    assert _script("gpu_check").main(["--smoke", "--tokenizer", str(tokenizer_dir), "--out", str(out)]) == 0
+    gpu_check = _script("gpu_check")
+    monkeypatch.setattr(gpu_check, "ASSETS", tmp_path / "no_assets")
+    monkeypatch.setenv("KORMEDQA_TEST_CACHE", str(tokenizer_dir.parent))  # the tokenizer the tests built
+    assert gpu_check.main(["--out", str(tmp_path / "unused.json")]) == 2  # the full check says what to run first
+    assert "--prepare" in capsys.readouterr().err
+    assert gpu_check.main(["--smoke", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["smoke"] and result["device"] == "cpu" and result["precision"]["reason"]
     training = result["sizes"]["tiny"]["training"]
