@@ -120,3 +120,22 @@ def test_learning_reuses_stored_arms_only_from_the_same_settings(tmp_path, monke
     assert set(learning.stored_arms(args)) == {"base", "recall"}  # "gone" changed its definition
     args.precision = "fp32"
     assert learning.stored_arms(args) == {}
+
+
+def test_bench_results_hold_no_absolute_paths(tmp_path):
+    """Result files name paths inside the checkout relative to it, not where it was on the machine that ran."""
+    common = _script("common")
+    payload = {"model": str(common.REPO / "models" / "m"), "runs": [{"work": str(common.REPO / "bench" / "work")}],
+               "elsewhere": "/opt/x", "n": 3}
+    assert common.repo_relative(payload) == {"model": "models/m", "runs": [{"work": "bench/work"}], "elsewhere": "/opt/x", "n": 3}
+
+    def strings(value):
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        if isinstance(value, list):
+            return [s for v in value for s in strings(v)]
+        return [value] if isinstance(value, str) else []
+
+    for path in sorted((BENCH / "results").glob("*.json")):
+        absolute = [s for s in strings(json.loads(path.read_text())) if s.startswith("/")]
+        assert not absolute, f"{path.name}: {absolute[:3]}"
