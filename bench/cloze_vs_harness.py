@@ -60,13 +60,14 @@ def main() -> int:
 
     from kormedqa.data import load_mcq
     from kormedqa.evaluate import cloze_records
-    from kormedqa.formats import END_OF_TURN
+    from kormedqa.chat import END_OF_TURN
+    from kormedqa.hardware import choose
     from kormedqa.modeling import load_model, load_tokenizer, resolve_model_path
     from kormedqa.scorers import cloze_prompt, option_logprobs
 
     model_dir = resolve_model_path(args.model)
     tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, device="cpu", precision="fp32").eval()
+    model = load_model(model_dir, choose("cpu", "fp32")).eval()
     qs = load_mcq(SAMPLE / "mcq", split="test")[: args.limit]
 
     started = time.time()

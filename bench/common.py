@@ -17,7 +17,7 @@ SPEED_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "
 
 
 def cpu_speed_flags() -> list[str]:
-    from kormedqa.precision import cpu_flags
+    from kormedqa.hardware import cpu_flags
 
     flags = cpu_flags()
     return [f for f in SPEED_FLAGS if f in flags]
@@ -27,8 +27,8 @@ def machine() -> dict:
     """Date, CPU (model, speed-relevant flags, what `--precision auto` picks there and why), threads, versions."""
     import torch
 
-    from kormedqa.precision import choose
-    from kormedqa.runs import cpu_name
+    from kormedqa.hardware import choose
+    from kormedqa.hardware import cpu_name
 
     auto = choose("cpu", "auto")
     return {
@@ -72,7 +72,7 @@ def repo_relative(value, repo: Path = REPO):
 
 def write_result(name: str, payload: dict) -> Path:
     """bench/results/NAME.json, atomically, with paths inside the checkout made relative (`repo_relative`)."""
-    from kormedqa.runs import write_json_atomic
+    from kormedqa.fsio import write_json_atomic
 
     path = RESULTS / f"{name}.json"
     write_json_atomic(path, repo_relative(payload))

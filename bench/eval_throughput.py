@@ -44,7 +44,7 @@ def harness_run(model_dir: str, prompts: list[str], golds: list[int], batch_size
 
 def naive_generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
     from kormedqa.scorers import ANSWER_STOPS
-    from kormedqa.modeling import stop_token_ids
+    from kormedqa.chat import stop_token_ids
 
     outs = []
     for prompt in prompts:
@@ -68,11 +68,12 @@ def main() -> int:
 
     from kormedqa.data import load_mcq
     from kormedqa.scorers import eval_prompt, generate, letter_logprobs
+    from kormedqa.hardware import choose
     from kormedqa.modeling import load_model, load_tokenizer, resolve_model_path
 
     model_dir = resolve_model_path(args.model)
     tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, device="cpu", precision="fp32").eval()
+    model = load_model(model_dir, choose("cpu", "fp32")).eval()
     qs = load_mcq(SAMPLE / "mcq", split="test")[: args.limit]
     prompts = [eval_prompt(q) for q in qs]
     golds = [q.answer_index for q in qs]

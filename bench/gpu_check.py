@@ -82,7 +82,7 @@ def build_model(size: str, tokenizer, device, dtype, seed: int):
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from kormedqa.modeling import stop_token_ids
+    from kormedqa.chat import stop_token_ids
 
     shape = dict(SIZES[size])
     shape["vocab_size"] = max(shape["vocab_size"], len(tokenizer))
@@ -199,19 +199,17 @@ class TokenCount:
 
 def train_kormedqa(model, tokenizer, rows, args, device, dtype, work: Path) -> dict:
     """kormedqa's training step (AnswerWeightedTrainer, padding-free collator, token-mean loss)."""
-    from types import SimpleNamespace
-
     from kormedqa.batching import CompletionCollator, tokenize_rows
+    from kormedqa.sft import TrainConfig
     from kormedqa.trainer import AnswerWeightedTrainer, prepare_trainable, training_arguments
 
-    cfg = SimpleNamespace(epochs=1.0, max_steps=args.steps, batch_size=args.batch_size, grad_accum=1,
-                          learning_rate=1e-4, seed=args.seed, lora_r=64, lora_alpha=128, lora_dropout=0.0,
-                          logging_steps=1)
+    cfg = TrainConfig(track="mcq", epochs=1.0, max_steps=args.steps, batch_size=args.batch_size, grad_accum=1,
+                      learning_rate=1e-4, seed=args.seed, lora_r=64, lora_alpha=128, lora_dropout=0.0, logging_steps=1)
     model = prepare_trainable(model, cfg)
     feats = tokenize_rows(tokenizer, rows, args.max_length)
     clock, count = StepClock(device), TokenCount(CompletionCollator(tokenizer.pad_token_id, padding_free=True))
     # A plain list is a map-style dataset to the Trainer: `datasets` is not needed on the GPU machine.
-    trainer = AnswerWeightedTrainer(model=model, args=training_arguments(cfg, work, device, dtype), train_dataset=feats,
+    trainer = AnswerWeightedTrainer(model=model, args=training_arguments(cfg.trainer_settings(), work, device, dtype), train_dataset=feats,
                                     data_collator=count, answer_weight=None, callbacks=[clock.callback])
     trainer.args.disable_tqdm = True
     trainer.train()
@@ -345,7 +343,7 @@ def cached_tokenizer() -> Path:
     tests' cache folder (`KORMEDQA_TEST_CACHE`, default .cache/test) once."""
     import os
 
-    from kormedqa.modeling import fetch_tokenizer
+    from kormedqa.default_model import fetch_tokenizer
 
     cache = Path(os.environ.get("KORMEDQA_TEST_CACHE", REPO / ".cache" / "test"))
     return fetch_tokenizer(cache / "gemma3-tokenizer")
@@ -421,9 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from kormedqa.data import load_mcq
-    from kormedqa.modeling import load_tokenizer, pick_device
-    from kormedqa.precision import choose
-    from kormedqa.runs import write_json_atomic
+    from kormedqa.hardware import choose, pick_device
+    from kormedqa.modeling import load_tokenizer
+    from kormedqa.fsio import write_json_atomic
     from common import prepared_mcq_rows
 
     device = pick_device(args.device)
@@ -439,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:  # the shortest few: the 262k-row lm_head on every supervised token is a CPU step's cost
         rows = sorted(rows, key=lambda r: len(r["prompt"]) + len(r["completion"]))[:8]
     qs = load_mcq(SAMPLE / "mcq", split="test")[: args.questions]
-    from kormedqa.precision import matmul_flops
+    from kormedqa.hardware import matmul_flops
 
     # 8192^2 on a GPU; on a CPU (--smoke) the sub-second probe's size.
     measured_peak = matmul_flops(dtype, device, max_n=8192 if device.type == "cuda" else 512,

@@ -75,6 +75,15 @@ ARMS = {
     # Its control: the same MCQ track with no dictionary rows, for about its training time (the
     # fp32 runs above: 3 dictionary epochs + 1.67 rehearsed MCQ epochs 45.7 min, a rotated MCQ epoch 17.4 min).
     "dictline_mcq_only": {"stages": "mcq", "loops": 1, "mcq_epochs": 2.6, "rotations": 3, "template": "dictionary_line"},
+    # STaR (issue 22): the model after the dictionary stage writes its own rationales for the 224
+    # training questions (`kormedqa rationales`: K sampled tries, a hinted try, kept only when they
+    # reach the gold letter in the spec's form), the rest fall back to the dictionary_line template;
+    # then the MCQ stage trains on them. Its rationales name letters, so it cannot rotate options:
+    # 5 unrotated MCQ epochs are as many rows as the template arm's 1.67 epochs of 3 rotations.
+    # Compared with the template arm (dictline_rehearse_long) and their control (dictline_mcq_only).
+    "star_dictline": {"stages": "dict,mcq", "loops": 1, "dict_epochs": 3.0, "mcq_epochs": 5.0, "dict_rehearsal": 0.5,
+                      "template": "dictionary_line", "control": "dictline_mcq_only",
+                      "star": {"samples": 2, "temperature": 0.7, "top_p": 0.95, "max_new_tokens": 160, "shots": 2}},
     # The control of recall_dict3 (not run): the MCQ track alone for about its training time (a dictionary
     # epoch, ~4.3 min here, costs about as much as 0.65 MCQ epochs of recall rationales, ~6.6 min).
     "recall_mcq_only": {"stages": "mcq", "loops": 1, "mcq_epochs": 4.0, "template": "recall"},
@@ -100,6 +109,7 @@ def dictionary_paths() -> list[str]:
 def run_base(args, work: Path) -> dict:
     """The untrained model through the loop's own evaluation step (no training, so no loop)."""
     from kormedqa.data import load_dictionary, load_mcq, read_jsonl
+    from kormedqa.hardware import choose
     from kormedqa.loop import evaluate_checkpoint
     from kormedqa.modeling import load_tokenizer
 
@@ -109,17 +119,21 @@ def run_base(args, work: Path) -> dict:
         args.model, load_tokenizer(args.model), test, work / "base" / "eval", eval_mode=EVAL_MODE,
         eval_batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens,
         entries=load_dictionary(*dictionary_paths()), dict_eval_limit=DICT_RECALL_ENTRIES,
-        dict_folder=work / "base" / "eval_dict", device="cpu", precision=args.precision)
+        dict_folder=work / "base" / "eval_dict", choice=choose("cpu", args.precision))
     preds = read_jsonl(work / "base" / "eval" / "predictions.jsonl")
     return {"metrics": {k: metrics[k] for k in SHOWN if k in metrics}, "preds": _slim(preds),
             "train_seconds": 0.0, "eval_seconds": time.time() - started, "loops": []}
 
 
-def loop_config(name: str, spec: dict, args, work: Path):
-    """The arm as `kormedqa loop` settings (LoopConfig), resuming whatever an earlier run finished."""
+def loop_config(name: str, spec: dict, args, work: Path, **changes):
+    """The arm as `kormedqa loop` settings (LoopConfig), resuming whatever an earlier run finished.
+
+    `changes` replace fields (the STaR arm's stages, base model, rationales and output folders)."""
+    from dataclasses import replace
+
     from kormedqa.loop import LoopConfig
 
-    return LoopConfig(
+    return replace(LoopConfig(
         base_model=args.model, dictionary=dictionary_paths(), train_data=str(SAMPLE / "mcq"),
         eval_data=str(SAMPLE / "mcq"), output=str(work / name / "loop"), stages=spec["stages"],
         max_loops=spec["loops"], patience=spec["loops"], epochs_per_stage=spec.get("epochs", 1.0),
@@ -130,19 +144,53 @@ def loop_config(name: str, spec: dict, args, work: Path):
         group_by_length=True, eval_mode=EVAL_MODE, eval_batch_size=args.eval_batch_size,
         max_new_tokens=args.max_new_tokens, dict_eval_limit=DICT_RECALL_ENTRIES, device="cpu",
         precision=args.precision, seed=args.seed, resume=True,
-    )
+    ), **changes)
 
 
-def run_arm(name: str, spec: dict, args, work: Path) -> dict:
+def run_star(name: str, spec: dict, args, work: Path) -> dict:
+    """The STaR arm: the dictionary stage; its checkpoint writes rationales for the training split
+    (`kormedqa rationales`, settings in spec["star"]); the MCQ stage continues the same adapter on
+    them. Each part resumes from what an earlier run finished. The result is `run_arm`'s plus
+    "rationales" (kept / rationalised / fallback, the teacher's accuracy) and "rationale_seconds";
+    train_seconds counts both training stages, not the generation."""
+    from kormedqa.loop import LoopRecipe
+    from kormedqa.rationales import RationalesConfig, run_rationales
+
+    dict_recipe = LoopRecipe(loop_config(name, spec, args, work, stages="dict", output=str(work / name / "dict")))
+    dict_recipe.setup()
+    teacher = dict_recipe.train(1)
+    dict_seconds = dict_recipe._summaries.get("dict", {}).get("seconds") or 0.0
+    star = spec["star"]
+    folder = work / name / "rationales"
+    if not (folder / "rationales.jsonl").exists():
+        run_rationales(RationalesConfig(
+            data=[str(SAMPLE / "mcq")], split="train", output=str(folder), resume=True, teacher=teacher, backend="hf",
+            samples=star["samples"], temperature=star["temperature"], top_p=star["top_p"],
+            max_new_tokens=star["max_new_tokens"], shots=star["shots"], batch_size=args.eval_batch_size,
+            dictionary=dictionary_paths(), rationale_template=spec["template"], device="cpu",
+            precision=args.precision, seed=args.seed))
+    summary = json.loads((folder / "rationales_summary.json").read_text())
+    result = run_arm(name, spec, args, work, config=loop_config(
+        name, spec, args, work, stages="mcq", base_model=teacher, rationales=str(folder / "rationales.jsonl")))
+    result["train_seconds"] += dict_seconds
+    result["rationales"] = summary["all"]
+    # The summary's clock covers the run that wrote it: after a resumed generation, its part only.
+    result["rationale_seconds"] = summary["seconds_this_run"]
+    result["rationale_questions"] = summary["questions_this_run"]
+    return result
+
+
+def run_arm(name: str, spec: dict, args, work: Path, config=None) -> dict:
     """One arm through the loop's own steps (kormedqa.loop.LoopRecipe), with one step the product's
     loop does not take: when a dictionary stage is followed by another stage, the dictionary stage's
     checkpoint is scored by cloze too (loop_N/eval_after_dict), so the table shows how much of the
     knowledge the later stages keep."""
     from kormedqa.data import read_jsonl
+    from kormedqa.hardware import choose
     from kormedqa.loop import LoopRecipe, evaluate_checkpoint
 
     started = time.time()
-    recipe = LoopRecipe(loop_config(name, spec, args, work))
+    recipe = LoopRecipe(config or loop_config(name, spec, args, work))
     recipe.setup()
     stages = recipe.stages
     for loop in recipe.loops():
@@ -152,8 +200,7 @@ def run_arm(name: str, spec: dict, args, work: Path) -> dict:
         if stages[0] == "dict" and len(stages) > 1 and not (after_dict / "metrics.json").exists():
             evaluate_checkpoint(
                 str(loop_dir / "after_type1"), recipe.tokenizer, recipe.evaluation, after_dict, eval_mode="cloze",
-                eval_batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, device="cpu",
-                precision=args.precision)
+                eval_batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, choice=choose("cpu", args.precision))
         if recipe.save_checkpoint(loop, recipe.evaluate(loop, checkpoint)):
             break
     history = recipe.cleanup()
@@ -210,6 +257,7 @@ def score_rephrased(name: str, result: dict, args, work: Path) -> None:
     """Generation accuracy of the arm's best checkpoint on other phrasings of the same test terms
     (`accuracy_rephrased_<seed>` in its metrics, `loop/eval_rephrased_<seed>`): knowledge of the terms, not
     of the questions' surface, holds up there."""
+    from kormedqa.hardware import choose
     from kormedqa.loop import evaluate_checkpoint
     from kormedqa.modeling import load_tokenizer
 
@@ -221,8 +269,7 @@ def score_rephrased(name: str, result: dict, args, work: Path) -> None:
     metrics = evaluate_checkpoint(
         str(checkpoint), load_tokenizer(args.model), rephrased_questions(args.rephrase, work),
         work / name / "loop" / f"eval_rephrased_{args.rephrase}", eval_mode="generate",
-        eval_batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, device="cpu",
-        precision=args.precision)
+        eval_batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, choice=choose("cpu", args.precision))
     result["metrics"][key] = metrics["accuracy"]
     result["eval_seconds"] += time.time() - started
 
@@ -359,7 +406,8 @@ def main() -> int:
         if args.fresh:
             shutil.rmtree(work / name, ignore_errors=True)
         # Otherwise an unfinished arm resumes: run_loop continues after its last finished stage.
-        results[name] = run_base(args, work) if name == "base" else run_arm(name, ARMS[name], args, work)
+        run = run_base if name == "base" else run_star if "star" in ARMS[name] else run_arm
+        results[name] = run(args, work) if name == "base" else run(name, ARMS[name], args, work)
         results[name]["machine"] = machine()  # arms of one table may come from different runs
         done.parent.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps(results[name], ensure_ascii=False))
@@ -377,6 +425,12 @@ def main() -> int:
     text = table(results, vs_base, vs_control)
     text += "\n\nEach arm's control (\"p vs control\"): " + "; ".join(
         f"{n}: {control_of(n)}" for n in vs_control) + "."
+    star = [f"- {n}: kept {r['rationales']['teacher']}, rationalised {r['rationales']['rationalised']}, template "
+            f"fallback {r['rationales']['template']} of {r['rationales']['n']}; the teacher's first try "
+            f"{_pct(r['rationales']['teacher_accuracy'])} right; generation {r['rationale_seconds'] / 60:.1f} min for "
+            f"{r['rationale_questions']} questions" for n, r in results.items() if "rationales" in r]
+    if star:
+        text += "\n\nRationales the arm's own model wrote (kormedqa rationales):\n" + "\n".join(star)
     breakdown = {n: decision_breakdown(work / n) or results[n].get("breakdown") for n in results if n != "base"}
     for n, b in breakdown.items():
         results[n]["breakdown"] = b

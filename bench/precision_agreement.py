@@ -30,7 +30,7 @@ TARGET_AGREEMENT = 0.97
 
 def bf16_is_native(device) -> tuple[bool, str]:
     """Whether bf16 is what `auto` would run on `device`, and the recorded reason."""
-    from kormedqa.precision import choose
+    from kormedqa.hardware import choose
 
     choice = choose(device, "auto")
     return choice.precision == "bf16", choice.reason
@@ -91,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from kormedqa.data import load_mcq
-    from kormedqa.modeling import load_model, load_tokenizer, pick_device, resolve_model_path
-    from kormedqa.runs import write_json_atomic
+    from kormedqa.hardware import choose, pick_device
+    from kormedqa.modeling import load_model, load_tokenizer, resolve_model_path
+    from kormedqa.fsio import write_json_atomic
 
     device = pick_device(args.device)
     native, reason = bf16_is_native(device)
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     golds = [q.answer for q in qs]
     runs = {}
     for precision in ("fp32", "bf16"):
-        model = load_model(model_dir, device=str(device), precision=precision).eval()
+        model = load_model(model_dir, choose(device, precision)).eval()
         runs[precision] = score_all(model, tokenizer, qs, args)
         del model
     scorers = {name: compare(runs["fp32"][name][0], runs["bf16"][name][0], golds, runs["fp32"][name][1],

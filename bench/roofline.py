@@ -46,7 +46,7 @@ def main() -> int:
     from kormedqa.batching import tokenize_rows
     from kormedqa.data import load_mcq
     from kormedqa.modeling import load_model, load_tokenizer, resolve_model_path
-    from kormedqa.precision import DTYPES, choose, matmul_flops
+    from kormedqa.hardware import DTYPES, choose, matmul_flops
     from kormedqa.scorers import eval_prompt, letter_logprobs
     from kormedqa.sft import TrainConfig, run_training
 
@@ -56,7 +56,7 @@ def main() -> int:
     peak = peaks[used]["flops_per_s"]
     model_dir = resolve_model_path(args.model)
     tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, device="cpu", precision=used)
+    model = load_model(model_dir, choice)
     body, head = body_and_head_params(model)
 
     qs = load_mcq(SAMPLE / "mcq", split="test")[: args.questions]

@@ -56,11 +56,12 @@ def arm_trl(args, rows, out: Path) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from kormedqa.formats import TURN_SEPARATOR
+    from kormedqa.hardware import choose
     from kormedqa.modeling import load_model, load_tokenizer, lora_config
 
     wall_started = time.time()
     tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, device="cpu" if args.cpu else "auto", precision=args.precision)
+    model = load_model(args.model, choose("cpu" if args.cpu else "auto", args.precision))
     # TRL concatenates prompt and completion as they are; the separator kormedqa puts between them
     # goes at the end of the prompt so both arms see the same tokens.
     data = Dataset.from_list([{"prompt": r["prompt"] + TURN_SEPARATOR, "completion": r["completion"]} for r in rows])
@@ -82,8 +83,7 @@ def arm_trl(args, rows, out: Path) -> dict:
 
 def _precision(args) -> str:
     """What kormedqa's `--precision` resolves to here; both arms run in it."""
-    from kormedqa.modeling import pick_device
-    from kormedqa.precision import choose
+    from kormedqa.hardware import choose, pick_device
 
     return choose(pick_device("cpu" if args.cpu else "auto"), args.precision).precision
 

@@ -14,7 +14,12 @@ from one `random.Random(seed)`, so a seed always gives the same files byte for b
 The script refuses to write splits whose questions would trip kormedqa's train/eval
 leakage check.
 
-Usage: python3 scripts/make_sample_mcq.py [--seed 20261125] [--dictionary PATH] [--out-dir DIR] [--rephrase SEED]
+`--rephrase SEED` asks the same terms another way; `--reverse SEED` asks them the other way round
+(definition -> term: the question gives the Korean definition, the options are five terms of the
+term's category), the form licensing exams use for "which condition is described".
+
+Usage: python3 scripts/make_sample_mcq.py [--seed 20261125] [--dictionary PATH] [--out-dir DIR]
+                                          [--rephrase SEED | --reverse SEED]
 Standard library only.
 """
 from __future__ import annotations
@@ -65,6 +70,15 @@ TEMPLATES = (
     lambda t: f"{particle(t, '이란', '란')} 무엇인가?",
     lambda t: f"다음 중 {particle(t, '을', '를')} 올바르게 설명한 것은?",
     lambda t: f"다음 중 {t}에 해당하는 설명으로 가장 옳은 것은?",
+)
+
+# Definition -> term: the question quotes the definition and asks for the term it describes.
+REVERSE_TEMPLATES = (
+    lambda d: f"다음 설명에 해당하는 용어는?\n{d}",
+    lambda d: f"다음은 어떤 용어에 대한 설명인가?\n{d}",
+    lambda d: f"다음 내용이 뜻하는 것으로 옳은 것은?\n{d}",
+    lambda d: f"다음 설명에 가장 알맞은 용어는?\n{d}",
+    lambda d: f"'{d}' 이 설명에 해당하는 것은?",
 )
 
 
@@ -254,6 +268,35 @@ def rephrase(splits: dict[str, list[dict]], dictionary: Path, seed: int) -> dict
     return out
 
 
+def reverse(splits: dict[str, list[dict]], dictionary: Path, seed: int) -> dict[str, list[dict]]:
+    """The same terms in the same splits, asked the other way round: the question gives the term's
+    Korean definition in one of the REVERSE_TEMPLATES phrasings, the options are the term and four
+    other terms of its category (none related to it, see `related`), the answer position drawn
+    again, all from `random.Random(seed)`.
+
+    A model that learned only term -> definition (the dictionary track's direction) has nothing
+    to recall from here (the reversal curse, Berglund et al. 2023).
+    """
+    rng = random.Random(seed)
+    by_category = load_terms(dictionary)
+    out: dict[str, list[dict]] = {}
+    for name, records in splits.items():
+        out[name] = []
+        for record in records:
+            entries = by_category[record["exam_type"]]
+            term, correct = entries[record["q_number"] - 1]
+            candidates = sorted({other for other, _ in entries if other != term and not related(term, other)})
+            if len(candidates) < 4:
+                raise ValueError(f"fewer than 4 distinct distractor terms for {term!r}")
+            options = rng.sample(candidates, 4)
+            answer_index = rng.randrange(5)
+            options.insert(answer_index, term)
+            question = rng.choice(REVERSE_TEMPLATES)(correct)
+            out[name].append({**record, "question": question, **dict(zip(LETTERS, options)), "answer": answer_index + 1})
+    check_no_leakage(out)
+    return out
+
+
 def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -281,11 +324,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep --seed's splits and terms, and ask each question another way (another phrasing, "
                              "new distractors and answer position, drawn from SEED): a held-out set of other "
                              "phrasings of the same terms")
+    parser.add_argument("--reverse", type=int, metavar="SEED",
+                        help="keep --seed's splits and terms, and ask each question the other way round "
+                             "(the definition given, five terms of its category as options, drawn from SEED)")
     args = parser.parse_args(argv)
+    if args.rephrase is not None and args.reverse is not None:
+        parser.error("--rephrase and --reverse are two different sets: give one")
     out_dir = args.out_dir if args.out_dir.is_absolute() else ROOT / args.out_dir
     splits = generate(args.dictionary, args.seed)
     if args.rephrase is not None:
         splits = rephrase(splits, args.dictionary, args.rephrase)
+    if args.reverse is not None:
+        splits = reverse(splits, args.dictionary, args.reverse)
     for name, records in splits.items():
         write_jsonl_atomic(out_dir / f"{name}.jsonl", records)
     counts = ", ".join(f"{name} {len(records)}" for name, records in splits.items())

@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def tokenizer_dir() -> Path:
-    from kormedqa.modeling import fetch_tokenizer
+    from kormedqa.default_model import fetch_tokenizer
 
     return fetch_tokenizer(CACHE / "gemma3-tokenizer")
 
@@ -30,7 +30,7 @@ def tokenizer(tokenizer_dir):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tokenizer_dir) -> Path:
-    from kormedqa.modeling import build_tiny_model
+    from kormedqa.default_model import build_tiny_model
 
     out = CACHE / "tiny-gemma3"
     if not (out / "config.json").exists():
@@ -40,6 +40,7 @@ def tiny_model_dir(tokenizer_dir) -> Path:
 
 @pytest.fixture()
 def tiny_model(tiny_model_dir):
+    from kormedqa.hardware import choose
     from kormedqa.modeling import load_model
 
-    return load_model(str(tiny_model_dir), device="cpu", precision="fp32")
+    return load_model(str(tiny_model_dir), choose("cpu", "fp32"))

@@ -92,7 +92,7 @@ def test_keep_order_trains_rows_in_the_order_given():
     def strategy(**kw):
         cfg = TrainConfig(base_model="unused", track="mcq", batch_size=2, grad_accum=1, learning_rate=1e-3,
                           epochs=1.0, **kw)
-        return training_arguments(cfg, "/tmp/unused", torch.device("cpu"), torch.float32).train_sampling_strategy
+        return training_arguments(cfg.trainer_settings(), "/tmp/unused", torch.device("cpu"), torch.float32).train_sampling_strategy
 
     assert strategy() == "random"
     assert strategy(group_by_length=True) == "group_by_length"

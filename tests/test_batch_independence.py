@@ -26,9 +26,10 @@ def _questions(n: int = 16) -> list[MCQ]:
 
 @pytest.fixture(scope="module")
 def models(tiny_model_dir):
+    from kormedqa.hardware import choose
     from kormedqa.modeling import load_model
 
-    return {p: load_model(str(tiny_model_dir), device="cpu", precision=p) for p in PRECISIONS}
+    return {p: load_model(str(tiny_model_dir), choose("cpu", p)) for p in PRECISIONS}
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -76,7 +77,7 @@ def test_a_resumed_loop_keeps_its_scoring_batch(tmp_path):
 
     from kormedqa.errors import UsageError
     from kormedqa.loop_config import LoopConfig
-    from kormedqa.runs import check_resumed_settings
+    from kormedqa.provenance import check_resumed_settings
 
     (tmp_path / "run.json").write_text(json.dumps({"config": {"eval_batch_size": 8, "max_loops": 2}}))
     check_resumed_settings(tmp_path, LoopConfig(eval_batch_size=8, max_loops=3))  # how many loops may change

@@ -59,7 +59,7 @@ def test_gpu_check_sizes_are_gemma3_270m_and_4b():
 
 @pytest.fixture()
 def plain_cpu(monkeypatch):
-    from kormedqa import precision as P
+    from kormedqa import hardware as P
 
     choice = P.decide_cpu(set(), lambda: pytest.fail("no probe without a flag"), machine="x86_64", cpu="simulated")
     monkeypatch.setattr(P, "_this_cpu", lambda: choice)
@@ -139,3 +139,34 @@ def test_bench_results_hold_no_absolute_paths(tmp_path):
     for path in sorted((BENCH / "results").glob("*.json")):
         absolute = [s for s in strings(json.loads(path.read_text())) if s.startswith("/")]
         assert not absolute, f"{path.name}: {absolute[:3]}"
+
+
+def test_learning_star_arm_runs_at_tiny_scale(tmp_path, monkeypatch, tiny_model_dir):
+    """The STaR arm end to end on a tiny model: dictionary stage, its checkpoint writes the rationales,
+    the MCQ stage continues that adapter on them, the test split is scored."""
+    import sys
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from helpers import write_sample
+
+    learning = _script("learning")
+    sample = tmp_path / "sample"
+    write_sample(sample, n_train=4, n_test=2)
+    (sample / "dictionary.json").write_text((sample / "dict.json").read_text())
+    (sample / "characters.json").write_text(json.dumps([{"term": "↑", "definition": "증가", "category": "symbol"}]))
+    monkeypatch.setattr(learning, "SAMPLE", sample)
+    spec = {**learning.ARMS["star_dictline"], "dict_epochs": 1.0, "mcq_epochs": 1.0,
+            "star": {"samples": 1, "temperature": 1.0, "top_p": 0.95, "max_new_tokens": 4, "shots": 1}}
+    args = SimpleNamespace(model=str(tiny_model_dir), eval_batch_size=4, max_new_tokens=4, precision="fp32", seed=1)
+    work = tmp_path / "work"
+    result = learning.run_star("star", spec, args, work)
+    made = result["rationales"]
+    assert made["n"] == 4 and made["teacher"] + made["rationalised"] + made["template"] == 4
+    assert result["rationale_questions"] == 4 and result["train_seconds"] > 0 and len(result["preds"]) == 2
+    teacher = str((work / "star" / "dict" / "loop_1" / "after_type1").resolve())
+    written = json.loads((work / "star" / "rationales" / "run.json").read_text())
+    assert written["teacher"]["model"] == teacher and written["sampling"]["samples"] == 1
+    loop = json.loads((work / "star" / "loop" / "run.json").read_text())["config"]
+    assert loop["base_model"] == teacher and loop["stages"] == "mcq"
+    assert loop["rationales"] == str(work / "star" / "rationales" / "rationales.jsonl")

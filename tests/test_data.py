@@ -17,9 +17,8 @@ from kormedqa.data import (
     load_mcq,
     read_jsonl,
     read_text_corpus,
-    write_json_atomic,
-    write_jsonl_atomic,
 )
+from kormedqa.fsio import write_json_atomic, write_jsonl_atomic
 from kormedqa.records import LETTERS, DataError
 from kormedqa.text import normalize_text
 

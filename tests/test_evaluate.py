@@ -163,7 +163,7 @@ def test_join_records_refuses_results_that_do_not_match_the_questions(tmp_path):
 
 def test_cloze_scores_equal_each_option_scored_alone(tiny_model, tokenizer, tmp_path):
     """Packed option log-likelihoods equal a plain full-logits forward of each prompt + option."""
-    from kormedqa.formats import END_OF_TURN
+    from kormedqa.chat import END_OF_TURN
     from kormedqa.scorers import cloze_prompt, option_logprobs
 
     qs = load_mcq(write_sample(tmp_path)["mcq"], split="test")

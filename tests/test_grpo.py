@@ -4,7 +4,7 @@ import json
 import pytest
 
 from kormedqa.data import load_mcq
-from kormedqa.grpo import grpo_rows_from_mcqs, grpo_rows_from_prepared, run_grpo, seed_reward
+from kormedqa.grpo import GRPOStageConfig, grpo_rows_from_mcqs, grpo_rows_from_prepared, run_grpo, seed_reward
 
 from helpers import write_sample
 
@@ -43,8 +43,9 @@ def test_a_few_grpo_steps_write_an_adapter(tmp_path, tiny_model_dir):
     shutil.copytree(tiny_model_dir, model_dir)
     gen = json.loads((model_dir / "generation_config.json").read_text())
     (model_dir / "generation_config.json").write_text(json.dumps({**gen, "eos_token_id": 1}))
-    summary = run_grpo(str(model_dir), grpo_rows_from_mcqs(qs), tmp_path / "grpo", max_steps=2,
-                       num_generations=2, max_completion_length=6, batch_size=4, device="cpu")
+    cfg = GRPOStageConfig(base_model=str(model_dir), max_steps=2, num_generations=2, max_completion_length=6,
+                          batch_size=4, device="cpu")
+    summary = run_grpo(cfg, grpo_rows_from_mcqs(qs), tmp_path / "grpo")
     assert summary["steps"] == 2
     assert 106 in summary["eos_token_ids"]  # <end_of_turn> ends a completion and its loss mask
     assert (tmp_path / "grpo" / "adapter_model.safetensors").exists()

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from kormedqa.loop import LoopConfig, run_loop
-from kormedqa.runs import OutputExistsError
+from kormedqa.errors import OutputExistsError
 
 from helpers import write_sample
 
@@ -133,6 +133,7 @@ def test_recipe_steps_one_at_a_time_match_run_loop(tmp_path, tiny_model_dir):
 
 def test_evaluate_checkpoint_writes_both_evaluations(tmp_path, tiny_model_dir, tokenizer):
     from kormedqa.data import load_dictionary, load_mcq
+    from kormedqa.hardware import choose
     from kormedqa.loop import evaluate_checkpoint
 
     data = write_sample(tmp_path / "data")
@@ -140,7 +141,7 @@ def test_evaluate_checkpoint_writes_both_evaluations(tmp_path, tiny_model_dir, t
     entries = load_dictionary(data["dictionary"])
     metrics = evaluate_checkpoint(str(tiny_model_dir), tokenizer, questions, tmp_path / "ev", eval_mode="cloze",
                                   eval_batch_size=4, max_new_tokens=4, entries=entries, dict_eval_limit=2,
-                                  dict_folder=tmp_path / "ev_dict", device="cpu", extra={"note": "x"})
+                                  dict_folder=tmp_path / "ev_dict", choice=choose("cpu"), extra={"note": "x"})
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert saved["note"] == "x" and saved["cloze_accuracy"] == metrics["cloze_accuracy"]
     assert saved["dict_chrf"]["total"] == 2 == json.loads((tmp_path / "ev_dict" / "metrics.json").read_text())["n"]
@@ -223,7 +224,8 @@ def test_resume_may_change_where_things_are_and_when_to_stop(tmp_path):
     from dataclasses import dataclass
 
     from kormedqa.errors import UsageError
-    from kormedqa.runs import check_resumed_settings, provenance, write_json_atomic
+    from kormedqa.fsio import write_json_atomic
+    from kormedqa.provenance import check_resumed_settings, provenance
 
     @dataclass
     class Cfg:

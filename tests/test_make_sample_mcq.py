@@ -40,3 +40,27 @@ def test_rephrase_asks_the_same_terms_another_way(tmp_path):
     assert (tmp_path / "again" / "test.jsonl").read_bytes() == (tmp_path / "test.jsonl").read_bytes()
     # The demo's shipped set of other phrasings is this output, not a hand-picked one.
     assert (ROOT / "data/sample/mcq_rephrased/test.jsonl").read_bytes() == (tmp_path / "test.jsonl").read_bytes()
+
+
+def test_reverse_asks_for_the_term_from_its_definition(tmp_path):
+    script = _script()
+    assert script.main(["--out-dir", str(tmp_path), "--reverse", "1"]) == 0
+    shipped, reverse = _read(ROOT / "data/sample/mcq", "test"), _read(tmp_path, "test")
+    terms = {(e["category"], e["term"]): e["definition"].partition(". ")[2]
+             for e in json.loads((ROOT / "data/sample/dictionary.json").read_text(encoding="utf-8"))}
+    assert [q["id"] for q in reverse] == [q["id"] for q in shipped]  # same terms, same split
+    phrasings = set()
+    for old, new in zip(shipped, reverse):
+        term = new["ABCDE"[new["answer"] - 1]]
+        definition = terms[(new["exam_type"], term)]
+        # The definition the forward question had as its right option is now in the question.
+        assert definition == old["ABCDE"[old["answer"] - 1]]
+        assert definition in new["question"]
+        options = [new[letter] for letter in "ABCDE"]
+        assert len(set(options)) == 5 and all((new["exam_type"], o) in terms for o in options)
+        phrasings.add(new["question"].replace(definition, ""))
+    assert len(phrasings) >= 4  # several phrasings, not one
+    assert script.main(["--out-dir", str(tmp_path / "again"), "--reverse", "1"]) == 0
+    assert (tmp_path / "again" / "test.jsonl").read_bytes() == (tmp_path / "test.jsonl").read_bytes()
+    # The shipped reverse split is this output, byte for byte.
+    assert (ROOT / "data/sample/mcq_reverse/test.jsonl").read_bytes() == (tmp_path / "test.jsonl").read_bytes()

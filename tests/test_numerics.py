@@ -154,9 +154,10 @@ def test_case_fp16_train_is_refused_before_run_json(tiny_model_dir, tmp_path, ca
 @pytest.fixture(scope="module")
 def overflowing_model_dir(tiny_model_dir, tmp_path_factory):
     """A saved model whose final norm weights are inf: it overflows in fp32 too, as fp16 Gemma does."""
+    from kormedqa.hardware import choose
     from kormedqa.modeling import load_model
 
-    model = load_model(str(tiny_model_dir), device="cpu", precision="fp32")
+    model = load_model(str(tiny_model_dir), choose("cpu", "fp32"))
     with torch.no_grad():
         model.get_decoder().norm.weight.fill_(float("inf"))
     out = tmp_path_factory.mktemp("overflow") / "model"

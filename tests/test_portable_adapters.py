@@ -135,10 +135,11 @@ def test_adapter_trained_on_from_an_adapter_records_the_resolved_base(tmp_path, 
     """load_model puts the resolved base into the PeftModel, so the next stage's adapter records it absolutely."""
     from peft import get_peft_model
 
+    from kormedqa.hardware import choose
     from kormedqa.modeling import load_model, lora_config
 
     monkeypatch.chdir(tiny_model_dir.parent)
-    model = load_model(tiny_model_dir.name, device="cpu", precision="fp32")
+    model = load_model(tiny_model_dir.name, choose("cpu", "fp32"))
     assert model.config._name_or_path == str(tiny_model_dir.resolve())
     get_peft_model(model, lora_config(r=2, alpha=4)).save_pretrained(tmp_path / "first")
     cfg_path = tmp_path / "first" / "adapter_config.json"
@@ -146,5 +147,5 @@ def test_adapter_trained_on_from_an_adapter_records_the_resolved_base(tmp_path, 
     assert cfg["base_model_name_or_path"] == str(tiny_model_dir.resolve())
     cfg["base_model_name_or_path"] = tiny_model_dir.name  # as an older version wrote it
     cfg_path.write_text(json.dumps(cfg))
-    again = load_model(str(tmp_path / "first"), device="cpu", precision="fp32", trainable_adapter=True)
+    again = load_model(str(tmp_path / "first"), choose("cpu", "fp32"), trainable_adapter=True)
     assert again.peft_config["default"].base_model_name_or_path == str(tiny_model_dir.resolve())

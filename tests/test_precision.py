@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from kormedqa import precision as P
-from kormedqa.modeling import ModelError, check_precision, load_model, pick_dtype
+from kormedqa import hardware as P
+from kormedqa.modeling import ModelError, check_precision, load_model
 
 X86_NATIVE = "processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
 X86_PLAIN = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma f16c\n"
@@ -84,25 +84,26 @@ def cpu_kind(monkeypatch):
 @pytest.mark.parametrize("native,dtype", [(True, torch.bfloat16), (False, torch.float32)])
 def test_auto_on_cpu_follows_the_cpu_and_explicit_choices_win(cpu_kind, native, dtype):
     cpu_kind(native)
-    assert pick_dtype(torch.device("cpu"), "auto") == dtype
-    assert pick_dtype(torch.device("cpu"), "fp32") == torch.float32
-    assert pick_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
-    with pytest.raises(ModelError, match="--precision must be one of"):
-        pick_dtype(torch.device("cpu"), "float8")
+    assert P.choose(torch.device("cpu"), "auto").dtype == dtype
+    assert P.choose("cpu", "fp32").dtype == torch.float32
+    assert P.choose("cpu", "bf16").dtype == torch.bfloat16
+    with pytest.raises(ModelError, match="--precision must be one of"):  # a user error: one line, exit 2
+        P.choose("cpu", "float8")
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_run_json_records_the_choice_and_why(cpu_kind, native):
-    from kormedqa.runs import provenance
+    from kormedqa.provenance import provenance
     from kormedqa.sft import TrainConfig
 
     cpu_kind(native)
-    record = json.loads(json.dumps(provenance(TrainConfig(device="cpu"))))["precision"]
+    cfg = TrainConfig(device="cpu")
+    record = json.loads(json.dumps(provenance(cfg, choice=P.choose(cfg.device, cfg.precision))))["precision"]
     assert record["precision"] == ("bf16" if native else "fp32") and record["requested"] == "auto"
     assert ("avx512_bf16" in record["reason"]) and record["cpu"] == "simulated"
     assert record["kept_fp32"] == ["LoRA weights", "optimizer state", "loss", "log-softmax of scores"]
     assert (record["probe"] is not None) == native
-    requested = provenance(TrainConfig(device="cpu", precision="bf16"))["precision"]
+    requested = provenance(cfg, choice=P.choose("cpu", "bf16"))["precision"]
     assert requested["requested"] == "bf16" and ("no fast bf16" in requested["reason"]) == (not native)
 
 
@@ -111,9 +112,9 @@ def test_fp16_is_refused_for_gemma_before_anything_is_loaded(tiny_model_dir):
         P.check_model_precision("gemma3_text", torch.float16)
     P.check_model_precision("llama", torch.float16)  # other families may run in fp16; the NaN guards stay
     with pytest.raises(ModelError, match="use --precision bf16 or fp32"):
-        check_precision(str(tiny_model_dir), "cpu", "fp16")
+        check_precision(str(tiny_model_dir), P.choose("cpu", "fp16"))
     with pytest.raises(ModelError, match="overflow in fp16"):
-        load_model(str(tiny_model_dir), device="cpu", precision="fp16")
+        load_model(str(tiny_model_dir), P.choose("cpu", "fp16"))
 
 
 def _train(tiny_model_dir, tokenizer, tmp_path, precision, monkeypatch, steps=2):

@@ -80,7 +80,8 @@ def test_existing_prepared_file_is_not_overwritten(tmp_path, capsys):
 
 
 def test_tokenizer_without_end_of_turn_fails_early():
-    from kormedqa.modeling import ModelError, stop_token_ids
+    from kormedqa.chat import stop_token_ids
+    from kormedqa.errors import ModelError
 
     class NoTurns:
         unk_token_id = 3

@@ -160,10 +160,10 @@ def test_range_descriptions():
 
 
 def test_one_hierarchy_and_the_old_names_still_import():
-    from kormedqa import cli, modeling, prepare, records, runs
+    from kormedqa import cli, fsio, modeling, prepare, records
 
     assert records.DataError is DataError and modeling.ModelError is ModelError
-    assert prepare.LeakageError is LeakageError and runs.OutputExistsError is OutputExistsError
+    assert prepare.LeakageError is LeakageError and fsio.OutputExistsError is OutputExistsError
     assert cli.UsageError is UsageError
     for cls, builtin in ((UsageError, ValueError), (DataError, ValueError), (LeakageError, ValueError),
                          (ModelError, RuntimeError), (OutputExistsError, FileExistsError)):

@@ -13,6 +13,7 @@ import torch
 from kormedqa import vllm_backend
 from kormedqa.data import load_mcq
 from kormedqa.evaluate import evaluate_mcq
+from kormedqa.hardware import choose
 from kormedqa.scorers import ANSWER_STOPS, eval_prompt
 from kormedqa.vllm_backend import VllmGenerator, resolve_backend
 
@@ -78,7 +79,7 @@ def test_vllm_requested_but_not_installed(monkeypatch):
 
 
 def test_requests_match_the_hf_path(fake_vllm, tiny_model_dir, tokenizer):
-    gen = VllmGenerator(str(tiny_model_dir), tokenizer, precision="bf16", seed=3)
+    gen = VllmGenerator(str(tiny_model_dir), tokenizer, choose("cpu", "bf16"), seed=3)
     assert fake_vllm["init"]["model"] == str(tiny_model_dir) and fake_vllm["init"]["dtype"] == "bfloat16"
     assert "enable_lora" not in fake_vllm["init"]
     prompts = ["<start_of_turn>user\n질문<end_of_turn>\n<start_of_turn>model\n", "짧은"]
@@ -99,7 +100,7 @@ def test_adapter_folder_is_served_as_lora_on_its_base(fake_vllm, tiny_model_dir,
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tiny_model_dir), "r": 8}))
     tokenizer.save_pretrained(adapter)
-    gen = VllmGenerator(str(adapter), tokenizer)
+    gen = VllmGenerator(str(adapter), tokenizer, choose("cpu", "fp32"))
     assert fake_vllm["init"]["model"] == str(tiny_model_dir)
     assert fake_vllm["init"]["enable_lora"] is True and fake_vllm["init"]["max_lora_rank"] == 8
     gen(["x"], 4)
@@ -119,3 +120,13 @@ def test_evaluate_mcq_scores_what_the_generator_returns(tmp_path, tokenizer):
     assert seen["stops"] == ANSWER_STOPS
     assert [p["prediction"] for p in preds[:2]] == [q.answer for q in mcqs[:2]] and preds[2]["prediction"] == ""
     assert metrics["parse_rate"]["value"] == pytest.approx(0.75)
+
+
+def test_sampled_requests_carry_one_seed_each(fake_vllm, tiny_model_dir, tokenizer):
+    from kormedqa.scorers import Sampling
+
+    gen = VllmGenerator(str(tiny_model_dir), tokenizer, choose("cpu", "fp32"))
+    gen(["a", "b"], 5, ANSWER_STOPS, sampling=Sampling(temperature=0.7, top_p=0.9, seeds=(11, 12)))
+    params = [p.kwargs for p in fake_vllm["generate"]["params"]]
+    assert [(p["temperature"], p["top_p"], p["seed"]) for p in params] == [(0.7, 0.9, 11), (0.7, 0.9, 12)]
+    assert all(p["max_tokens"] == 5 and p["stop"] == list(ANSWER_STOPS) for p in params)

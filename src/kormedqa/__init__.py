@@ -1,18 +1,10 @@
 """kormedqa: fine-tune Gemma-family chat models on Korean medical licensing-exam questions."""
+from .data import load_dictionary, load_mcq
 from .extract import extract_answer, harness_extract, reasoning_score
 from .metrics import wilson_interval
 from .records import LETTERS, DataError, DictEntry, MCQ
 
 __version__ = "0.1.0"
-
-
-def __getattr__(name):
-    # Loaders pull in `datasets`; import them on first use so `import kormedqa` stays light.
-    if name in ("load_mcq", "load_dictionary"):
-        from . import data
-
-        return getattr(data, name)
-    raise AttributeError(name)
 
 
 __all__ = [

@@ -17,7 +17,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .formats import END_OF_TURN, MODEL_TURN, REASONING_CLOSE, TURN_SEPARATOR
+from .chat import END_OF_TURN
+from .errors import UsageError
+from .formats import MODEL_TURN, REASONING_CLOSE, TURN_SEPARATOR
 from .records import DataError
 from .numerics import check_finite
 
@@ -141,8 +143,6 @@ def tokenize_rows(tokenizer, rows: Sequence[dict], max_length: int, source: str 
         log.warning("stripped a literal %s from the start of %d of %d prompts (%s): the tokenizer adds "
                     "its own, and two would be trained", tokenizer.bos_token, stripped, len(rows), source)
     if not out:
-        from .errors import UsageError
-
         raise UsageError(f"no example fits in --max-length {max_length} (all {len(rows)} are longer); raise it")
     if dropped:
         log.warning("dropped %d of %d examples longer than max_length=%d", dropped, len(rows), max_length)

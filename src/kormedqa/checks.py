@@ -24,7 +24,6 @@ from typing import Literal
 
 from .errors import UsageError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICE_HINT = "auto, cpu, cuda, cuda:N or mps"
 
 # Evaluation scorers and the metrics each computes (what a loop can select by). `both` is the

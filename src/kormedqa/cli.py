@@ -9,20 +9,37 @@ is claimed, so nothing is written.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 
-from .errors import UsageError, UserError, one_line
+from . import grpo, sft
+from .cpt import CPTConfig, run_cpt
+from .default_model import fetch_default
+from .demo import DemoConfig, run_demo
+from .errors import OutputExistsError, UsageError, UserError, one_line
+from .evaluate import EvalConfig, run_eval
+from .hardware import choose
+from .fsio import atomic_dir, claim_output
+from .launch import check_launch, is_main_process
+from .loop import LoopConfig, run_loop
+from .modeling import DEFAULT_MODEL_NAME, adapter_base, load_model, load_tokenizer, resolve_model_path
 from .numerics import NonFiniteError
+from .prepare import PrepareConfig, print_info, run_prepare
+from .provenance import recorded_config
+from .rationales import RationalesConfig, run_rationales
+from .sft import TrainConfig
 
 USAGE = """usage: kormedqa <command> [options]   (kormedqa <command> --help for each)
 
 commands:
   model fetch [gemma3-270m] --out DIR   build the embedded default model as a plain HF folder
   prepare dict|mcq                      write the spec's prompt/completion JSONL
+  rationales                            a teacher writes the spec's rationales, kept only when right (STaR)
   train dict|mcq                        LoRA SFT with answer-only loss
   merge                                 merge a LoRA adapter into a full safetensors model
   eval                                  score a model on KorMedMCQA (generation, log-likelihood, loss)
@@ -60,9 +77,22 @@ def parse(config_cls, argv: list[str], prog: str, **fixed):
     ValueError for unknown flags: both become one UsageError line here, with the nearest known
     flag when the unknown one looks like a typo.
     """
+    cfg = _parse_once(config_cls, argv, prog, fixed)
+    recorded = _recorded_settings(cfg)
+    if recorded:
+        # --resume continues a run with the settings its run.json records: they become the defaults,
+        # under --config and the flags, so `--resume --output DIR` alone is enough; a flag that
+        # differs from the record is then refused by the command's own check (provenance.check_resume).
+        cfg = _parse_once(config_cls, argv, prog, fixed, defaults=recorded)
+    return cfg
+
+
+def _parse_once(config_cls, argv: list[str], prog: str, fixed: dict, defaults: dict | None = None):
     import yaml
 
     parser = _one_line_parser()([config_cls], prog=prog, description=config_cls.__doc__)
+    if defaults:
+        parser.set_defaults_with_config(**defaults)
     try:
         cfg, unknown = parser.parse_args_and_config(argv, return_remaining_strings=True)
     except UserError:
@@ -76,6 +106,19 @@ def parse(config_cls, argv: list[str], prog: str, **fixed):
     return replace(cfg, **fixed) if fixed else cfg
 
 
+# What --resume never takes from run.json: where to write and the flags that say how to claim it.
+_NOT_RECORDED = frozenset({"output", "resume", "overwrite"})
+
+
+def _recorded_settings(cfg) -> dict:
+    """With `cfg.resume`, the settings run.json in `cfg.output` records for fields `cfg` has; else {}."""
+    if not getattr(cfg, "resume", False) or not cfg.output or not Path(cfg.output).is_dir():
+        return {}
+    recorded = recorded_config(cfg.output) or {}
+    names = {f.name for f in fields(cfg)} - _NOT_RECORDED
+    return {k: v for k, v in recorded.items() if k in names}
+
+
 def _one_line_parser():
     from trl import TrlParser
 
@@ -87,8 +130,6 @@ def _one_line_parser():
 
 
 def _unknown_flags(parser, unknown: list[str], prog: str) -> str:
-    import difflib
-
     # Each field has --snake_case and --kebab-case spellings; suggest the kebab one the docs use.
     known = [opt.replace("_", "-") for action in parser._actions for opt in action.option_strings]
     flags = [u for u in unknown if u.startswith("-")] or unknown
@@ -116,15 +157,8 @@ def cmd_model(argv):
     if rest and not rest[0].startswith("-"):
         rest = ["--name", rest[0], *rest[1:]]
     cfg = parse(FetchConfig, rest, "kormedqa model fetch")
-    from .default_model import fetch_default
-    from .modeling import DEFAULT_MODEL_NAME
-
     if cfg.name != DEFAULT_MODEL_NAME:
         raise UsageError(f"only {DEFAULT_MODEL_NAME} is embedded; any other model is used by its folder or hub id")
-    from pathlib import Path
-
-    from .errors import OutputExistsError
-
     out = Path(cfg.out)
     # fetch_default replaces the folder it builds; one that holds something other than a model is
     # the user's, not a half-fetched model, and is refused rather than deleted.
@@ -135,63 +169,24 @@ def cmd_model(argv):
 
 def cmd_prepare(argv):
     """`kormedqa prepare dict|mcq [flags]`: `prepare.run_prepare`; prints what was written as JSON."""
-    from .prepare import PrepareConfig, print_info, run_prepare
-
     track, rest = _positional(argv, ("dict", "mcq"), "prepare")
     print_info(run_prepare(parse(PrepareConfig, rest, f"kormedqa prepare {track}", track=track)))
 
 
+def cmd_rationales(argv):
+    """`kormedqa rationales [flags]`: `rationales.run_rationales` (rationales.jsonl for prepare mcq --rationales)."""
+    run_rationales(parse(RationalesConfig, argv, "kormedqa rationales"))
+
+
 def cmd_train(argv):
-    """`kormedqa train dict|mcq [flags]`: SFT (or --method grpo) into `--output/adapter`.
-
-    Rows, model, precision and lengths are all checked before the output is claimed (UsageError,
-    DataError, ModelError). Writes run.json, train_log.jsonl and adapter/ (SFT also tensorboard/);
-    the main process prints the training summary.
-    """
-    from pathlib import Path
-
-    from .batching import tokenize_rows
-    from .data import read_jsonl
-    from .errors import DataError
-    from .launch import is_main_process
-    from .modeling import load_tokenizer
-    from .modeling import check_precision
-    from .runs import claim_output, provenance, write_json_atomic
-    from .sft import TrainConfig, run_training
-
+    """`kormedqa train dict|mcq [flags]`: `sft.run_train` (or `grpo.run_train` for --method grpo);
+    the main process prints the training summary."""
     track, rest = _positional(argv, ("dict", "mcq"), "train")
     cfg = parse(TrainConfig, rest, f"kormedqa train {track}", track=track)
-    if not cfg.data or not cfg.output:
-        raise UsageError("--data (a prepared JSONL) and --output are required")
-    # Everything that can be wrong is checked before the output is claimed: rows, model, lengths.
-    rows = read_jsonl(cfg.data)
-    for line, row in enumerate(rows, start=1):
-        if not isinstance(row.get("prompt"), str) or not isinstance(row.get("completion"), str):
-            raise DataError(cfg.data, line, "prompt/completion", "a prepared row needs string 'prompt' and 'completion'")
-    r = cfg.resolved()
-    tokenizer = load_tokenizer(cfg.base_model)  # ModelError for a missing model or an adapter without its base
-    check_precision(cfg.base_model, cfg.device, cfg.precision)  # fp16 Gemma refused before the output is claimed
-    if cfg.method == "grpo":
-        from .grpo import grpo_rows_from_prepared, run_grpo
-
-        grpo_rows = grpo_rows_from_prepared(rows, source=cfg.data)
-    else:
-        features = tokenize_rows(tokenizer, rows, r.max_length)
-    out = claim_output(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
-    if is_main_process():
-        write_json_atomic(out / "run.json", provenance(r, {"data": cfg.data}))
-    if cfg.method == "grpo":
-        summary = run_grpo(cfg.base_model, grpo_rows, Path(out) / "adapter",
-                           max_steps=cfg.max_steps if cfg.max_steps > 0 else 20, num_generations=cfg.num_generations,
-                           max_completion_length=cfg.max_completion_length, batch_size=r.batch_size * r.grad_accum,
-                           learning_rate=r.learning_rate, device=cfg.device, precision=cfg.precision, seed=cfg.seed,
-                           logs_dir=out)
-    else:
-        summary = run_training(cfg, rows, Path(out) / "adapter", tokenizer=tokenizer, stage=track, logs_dir=out,
-                               features=features)
+    summary = (grpo.run_train if cfg.method == "grpo" else sft.run_train)(cfg)
     if is_main_process():
         print(json.dumps({k: v for k, v in summary.items() if k != "log"}, indent=2))
-        print(f"adapter written to {Path(out) / 'adapter'}")
+        print(f"adapter written to {Path(cfg.output) / 'adapter'}")
 
 
 def cmd_merge(argv):
@@ -203,14 +198,12 @@ def cmd_merge(argv):
     cfg = parse(MergeConfig, argv, "kormedqa merge")
     if not cfg.adapter or not cfg.output:
         raise UsageError("--adapter and --output are required")
-    from .modeling import adapter_base, load_model, load_tokenizer, resolve_model_path
-    from .runs import atomic_dir, claim_output
 
     if adapter_base(resolve_model_path(cfg.adapter)) is None:
         raise UsageError(f"{cfg.adapter} is not a LoRA adapter folder (no adapter_config.json): nothing to merge")
     tokenizer = load_tokenizer(cfg.adapter)
     claim_output(cfg.output, overwrite=cfg.overwrite, is_dir=False)
-    merged = load_model(cfg.adapter, device="cpu", precision="fp32", merge_adapter=True)
+    merged = load_model(cfg.adapter, choose("cpu", "fp32"), merge_adapter=True)
     with atomic_dir(cfg.output) as scratch:
         merged.save_pretrained(scratch, safe_serialization=True)
         tokenizer.save_pretrained(scratch)
@@ -219,36 +212,29 @@ def cmd_merge(argv):
 
 def cmd_eval(argv):
     """`kormedqa eval [flags]`: `evaluate.run_eval` (metrics.json and predictions.jsonl in --output)."""
-    from .evaluate import EvalConfig, run_eval
-
     run_eval(parse(EvalConfig, argv, "kormedqa eval"))
 
 
 def cmd_loop(argv):
     """`kormedqa loop [flags | --config recipe.yaml]`: `loop.run_loop`; prints why it stopped and the best loop."""
-    from .loop import LoopConfig, run_loop
-
     history = run_loop(parse(LoopConfig, argv, "kormedqa loop"))
     print(f"stopped: {history['stop_reason']}; best loop {history['best']['loop']}; see history.json")
 
 
 def cmd_cpt(argv):
     """`kormedqa cpt [flags]`: `cpt.run_cpt` (merged model, perplexity before/after)."""
-    from .cpt import CPTConfig, run_cpt
-
     run_cpt(parse(CPTConfig, argv, "kormedqa cpt"))
 
 
 def cmd_demo(argv):
     """`kormedqa demo [flags]`: `demo.run_demo` (the whole pipeline and REPORT.md)."""
-    from .demo import DemoConfig, run_demo
-
     run_demo(parse(DemoConfig, argv, "kormedqa demo"))
 
 
 COMMANDS = {
     "model": cmd_model,
     "prepare": cmd_prepare,
+    "rationales": cmd_rationales,
     "train": cmd_train,
     "merge": cmd_merge,
     "eval": cmd_eval,
@@ -275,7 +261,6 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_USER_ERROR
     logging.basicConfig(level=os.environ.get("KORMEDQA_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
-    from .launch import check_launch, is_main_process
 
     try:
         check_launch(argv[0])

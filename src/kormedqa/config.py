@@ -22,12 +22,16 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
-from .checks import PRECISIONS, Range
+from .checks import Range
+from .hardware import PRECISIONS
 
 # The shipped sample dictionaries: the default of every command that reads a dictionary.
 SAMPLE_DICTIONARIES = ("data/sample/dictionary.json", "data/sample/characters.json")
 # transformers' `lr_scheduler_type` names offered by the training commands (no warm-up in any).
 LR_SCHEDULES = ("linear", "constant", "cosine")
+# Optimizer steps of a GRPO stage unless told otherwise (`train --method grpo` with --max-steps -1,
+# `grpo.GRPOStageConfig`, `loop --grpo-max-steps`): GRPO has no epochs to bound it.
+GRPO_MAX_STEPS = 20
 DEFAULT_MODEL_HELP = "HF model folder, hub id (owner/name), LoRA adapter folder, or 'gemma3-270m' (the embedded default)"
 
 

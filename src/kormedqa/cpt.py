@@ -15,8 +15,17 @@ from typing import ClassVar, Sequence
 
 import torch
 
+from .batching import CompletionCollator, SpecialTokenError, encode_text, strip_leading_bos, supervised_ce
 from .checks import Range, check_config
 from .config import SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, RunArgs, arg
+from .data import load_dictionary, read_text_corpus
+from .fsio import atomic_dir, claim_output, write_json_atomic
+from .hardware import PrecisionChoice, choose
+from .modeling import load_tokenizer, lora_config
+from .provenance import provenance
+from .records import DataError
+from .stage import Stage
+from .trainer import AnswerWeightedTrainer, TrainerSettings, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +56,13 @@ class CPTConfig(ModelArgs, LoraArgs, RunArgs):
         """Choices and ranges (UsageError) at parse time, before any input is read."""
         check_config(self)
 
+    def trainer_settings(self) -> TrainerSettings:
+        """The Trainer's schedule (`trainer.TrainerSettings`): linear decay, a log line per step, no checkpoints."""
+        return TrainerSettings(epochs=self.epochs, max_steps=self.max_steps, batch_size=self.batch_size,
+                               grad_accum=self.grad_accum, learning_rate=self.learning_rate, seed=self.seed,
+                               lr_scheduler_type="linear", logging_steps=1, save_steps=0, group_by_length=False,
+                               keep_order=False)
+
 
 def vocab_lines(entries) -> list[str]:
     """Dictionary entries -> 'term: definition' lines, one per entry, in order."""
@@ -69,9 +85,6 @@ def text_features(tokenizer, texts: Sequence[str], max_length: int) -> list[dict
     A literal `<bos>` at the start of a text is stripped (the tokenizer adds its own) and the
     count is logged; a `<bos>` inside a text raises DataError quoting the text's start.
     """
-    from .batching import SpecialTokenError, encode_text, strip_leading_bos
-    from .records import DataError
-
     eos = tokenizer.eos_token_id
     out, stripped = [], 0
     for text in texts:
@@ -94,8 +107,6 @@ def perplexity(model, tokenizer, texts: Sequence[str], max_length: int = 256, ba
     `model` is put in eval mode. The mean is capped at 50 before exp so that a random model gives
     a large finite number. Raises DataError for a text with <bos> after its start.
     """
-    from .batching import CompletionCollator, supervised_ce
-
     model.eval()
     device = next(model.parameters()).device
     feats = text_features(tokenizer, texts, max_length)
@@ -109,32 +120,27 @@ def perplexity(model, tokenizer, texts: Sequence[str], max_length: int = 256, ba
     return math.exp(min(total / max(count, 1), 50.0))
 
 
-def run_cpt(cfg: CPTConfig) -> dict:
+def run_cpt(cfg: CPTConfig, choice: PrecisionChoice | None = None) -> dict:
     """Continued pretraining: LoRA on `cfg.corpus` + repeated vocabulary, merged into `output/model`.
 
     Reads and validates every input before claiming `cfg.output`. Writes `output/model` (a plain
     merged model folder + tokenizer), `metrics.json`, `run.json` and `train_log.jsonl`. Returns
     the metrics: perplexity_before/after (None without held-out text), perplexity_target (3.0),
     target_reached, train_loss, train_texts, vocab_lines, vocab_repeat, heldout_paragraphs,
-    steps, seconds (wall). Raises DataError for bad inputs, ModelError for a model that cannot
+    steps, seconds (wall). `choice` is the run's precision (`hardware.choose`), decided here from
+    `cfg` when the caller has none. Raises DataError for bad inputs, ModelError for a model that cannot
     load, OutputExistsError for an existing output without --overwrite.
     """
     from datasets import Dataset
     from peft import get_peft_model
 
-    from .batching import CompletionCollator
-    from .data import load_dictionary, read_text_corpus
-    from .modeling import load_tokenizer, lora_config
-    from .runs import atomic_dir, claim_output, provenance, write_json_atomic
-    from .stage import Stage
-    from .trainer import AnswerWeightedTrainer, training_arguments
-
     paragraphs = read_text_corpus(cfg.corpus)
     heldout = read_text_corpus(cfg.heldout) if cfg.heldout else []
     entries = load_dictionary(*cfg.vocab) if cfg.vocab else []
     tokenizer = load_tokenizer(cfg.base_model)
+    choice = choice or choose(cfg.device, cfg.precision)
     out = claim_output(cfg.output, overwrite=cfg.overwrite)
-    run = Stage("cpt", out / "model", device=cfg.device, precision=cfg.precision, seed=cfg.seed, logs_dir=out,
+    run = Stage("cpt", out / "model", choice, seed=cfg.seed, logs_dir=out,
                 work=out / ".work")
     model, _ = run.load(cfg.base_model, tokenizer=tokenizer, trainable_adapter=False)
     before = perplexity(model, tokenizer, heldout, cfg.max_length) if heldout else None
@@ -144,7 +150,7 @@ def run_cpt(cfg: CPTConfig) -> dict:
     model = get_peft_model(model, lora_config(cfg.lora_r, cfg.lora_alpha))
     trainer = AnswerWeightedTrainer(
         model=model,
-        args=training_arguments(cfg, run.work, run.device, run.dtype),
+        args=training_arguments(cfg.trainer_settings(), run.work, run.device, run.dtype),
         train_dataset=Dataset.from_list(features),
         data_collator=CompletionCollator(tokenizer.pad_token_id),
         answer_weight=None,
@@ -170,7 +176,7 @@ def run_cpt(cfg: CPTConfig) -> dict:
         merged.save_pretrained(scratch)
         tokenizer.save_pretrained(scratch)
     write_json_atomic(out / "metrics.json", metrics)
-    write_json_atomic(out / "run.json", provenance(cfg, {"corpus": cfg.corpus, "heldout": cfg.heldout or ""}))
+    write_json_atomic(out / "run.json", provenance(cfg, {"corpus": cfg.corpus, "heldout": cfg.heldout or ""}, choice=choice))
     run.drop_work()
     print(json.dumps(metrics, indent=2))
     return metrics

@@ -5,7 +5,7 @@ naming the file, the line (JSONL/CSV line, JSON array element, parquet row) and 
 field, so a bad record is fixed at its source instead of surfacing as a KeyError
 deep inside training. The field checks of an MCQ row live in `kormedqa.validate`; local hub
 copies and hub ids are read through `datasets` in `kormedqa.hub`; the atomic writers live in
-`kormedqa.runs` (re-exported here for the callers that read and write through this module).
+`kormedqa.fsio`.
 
 Every string a reader returns (MCQ files of every format, local hub copies and hub ids,
 dictionaries, CPT text, rationale and prepared JSONL) is put in `kormedqa.text`'s normal form
@@ -266,6 +266,15 @@ def load_mcq(source: str | Path, split: str | None = None, exam_type: str | None
     return records
 
 
+def load_mcq_sources(sources, split: str | None) -> list[MCQ]:
+    """The questions of every source in `sources` (files, folders, hub ids; `load_mcq` each), in order.
+
+    What `prepare mcq` trains on and `rationales` writes for: the same list, so both choose the
+    same questions for the detailed format. Raises what `load_mcq` raises.
+    """
+    return [q for source in sources for q in load_mcq(source, split=split)]
+
+
 # ----------------------------------------------------------------------------- other inputs
 
 
@@ -332,6 +341,3 @@ def read_jsonl(path: str | Path, allow_empty: bool = False) -> list[dict]:
         raise DataError(str(path), None, None, "no records")
     return [row for _, row in rows]
 
-
-# Writers live with the other run-output helpers; re-exported because callers read and write here.
-from kormedqa.runs import write_json_atomic, write_jsonl_atomic  # noqa: E402,F401

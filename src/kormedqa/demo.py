@@ -20,9 +20,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from .formats import RATIONALE_TEMPLATES
+from .formats import Glossary, RATIONALE_TEMPLATES
 from .checks import Range, check_config, parse_answer_weight
 from .config import DEFAULT_MODEL_HELP, SAMPLE_DICTIONARIES, DeviceArgs, ResumableRunArgs, arg
+from .cpt import CPTConfig, run_cpt
+from .data import load_dictionary, load_mcq, read_jsonl
+from .evaluate import summary_line
+from .fsio import write_json_atomic, write_jsonl_atomic
+from .hardware import choose, cpu_name
+from .loop import LoopConfig, evaluate_checkpoint, run_loop
+from .loop_config import check_rotation_batches, check_select_by
+from .metrics import mcnemar_exact
+from .modeling import DEFAULT_MODEL_NAME, load_tokenizer, resolve_model_path
+from .prepare import dict_rows, mcq_rows
+from .provenance import claim_run
+from .report import markdown_report, plot_loops, results_table, significance, what_moved
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +95,6 @@ class DemoConfig(ResumableRunArgs, DeviceArgs):
 
     def __post_init__(self):
         """Ranges, and the loop's selection metric against --eval-mode, before anything is written."""
-        from .loop_config import check_rotation_batches, check_select_by
-
         check_config(self)
         parse_answer_weight(self.answer_weight)
         check_select_by("accuracy", self.eval_mode)  # the demo's loop selects by generation accuracy
@@ -101,16 +111,6 @@ def run_demo(cfg: DemoConfig) -> dict:
     Raises DataError/ModelError before the output is claimed, OutputExistsError for an existing
     output without --resume or --overwrite.
     """
-    from .cpt import CPTConfig, run_cpt
-    from .data import load_dictionary, load_mcq, read_jsonl, write_jsonl_atomic
-    from .evaluate import summary_line
-    from .formats import Glossary
-    from .loop import LoopConfig, evaluate_checkpoint, run_loop
-    from .modeling import DEFAULT_MODEL_NAME, load_tokenizer, resolve_model_path
-    from .prepare import dict_rows, mcq_rows
-    from .report import markdown_report, plot_loops, results_table, significance, what_moved
-    from .runs import check_resumed_settings, claim_output, provenance, write_json_atomic
-
     started = time.time()
     timings: dict[str, float] = {}
 
@@ -126,13 +126,11 @@ def run_demo(cfg: DemoConfig) -> dict:
         test = test[: cfg.eval_limit]
     # The same subset of the same terms, asked another way: knowledge of the terms, not of the questions' surface.
     rephrased = load_mcq(cfg.rephrased, split="test")[:: max(cfg.eval_every, 1)][: cfg.eval_limit or None] if cfg.rephrased else []
+    choice = choose(cfg.device, cfg.precision)  # once for the whole demo; every step gets it
     if cfg.model != DEFAULT_MODEL_NAME:
         resolve_model_path(cfg.model)  # ModelError before the output is claimed (the default is fetched below)
-    out = claim_output(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
-    if cfg.resume:
-        check_resumed_settings(out, cfg)  # before anything is skipped as finished
-    if not any(out.iterdir()):  # a folder from before run.json existed is checked by its loop's run.json
-        write_json_atomic(out / "run.json", provenance(cfg, {"mcq": cfg.mcq}))
+    # Before anything is skipped as finished: another command's folder, changed settings or data are refused.
+    out = claim_run(cfg, "demo", {"mcq": cfg.mcq}, choice=choice)
 
     t = time.time()
     base = resolve_model_path(cfg.model)
@@ -153,7 +151,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             corpus=cfg.corpus, heldout=cfg.heldout, vocab=cfg.dictionary, base_model=base, output=str(cpt_dir),
             max_steps=cfg.cpt_steps, batch_size=4, learning_rate=cfg.cpt_learning_rate,
             max_length=128, device=cfg.device, precision=cfg.precision, seed=cfg.seed, overwrite=True,
-        ))
+        ), choice)
     cpt_metrics = json.loads((cpt_dir / "metrics.json").read_text())
     cpt_model = str((cpt_dir / "model").resolve())
     mark("cpt", t)
@@ -165,7 +163,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             cpt_model, load_tokenizer(cpt_model), test, before_dir, eval_mode=cfg.eval_mode,
             eval_batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens, glossary=glossary,
             rationale_template=cfg.rationale_template, entries=entries, dict_eval_limit=cfg.dict_eval_limit,
-            dict_folder=out / "eval_dict_before", device=cfg.device, precision=cfg.precision)
+            dict_folder=out / "eval_dict_before", choice=choice)
     before = json.loads((before_dir / "metrics.json").read_text())
     before_preds = read_jsonl(before_dir / "predictions.jsonl")
     log.info("before training: %s", summary_line(before))
@@ -175,8 +173,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         if not (folder / "metrics.json").exists():
             evaluate_checkpoint(model, load_tokenizer(model), rephrased, folder, eval_mode="generate",
                                 eval_batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens,
-                                glossary=glossary, rationale_template=cfg.rationale_template, device=cfg.device,
-                                precision=cfg.precision)
+                                glossary=glossary, rationale_template=cfg.rationale_template, choice=choice)
         return read_jsonl(folder / "predictions.jsonl")
 
     if rephrased:
@@ -195,7 +192,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         eval_mode=cfg.eval_mode, eval_limit=cfg.eval_limit, eval_every=cfg.eval_every, eval_batch_size=cfg.eval_batch_size,
         max_new_tokens=cfg.max_new_tokens, dict_eval_limit=cfg.dict_eval_limit, device=cfg.device, precision=cfg.precision,
         seed=cfg.seed, resume=True,
-    ))
+    ), choice)
     mark("loop", t)
 
     # "After" is the last loop, not the best one: picking the best of several loops on the test
@@ -256,8 +253,6 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 
 def _parse_test(before_preds, after_preds) -> dict:
-    from .metrics import mcnemar_exact
-
     by_id = {p["id"]: bool(p.get("prediction")) for p in before_preds}
     pairs = [(by_id[p["id"]], bool(p.get("prediction"))) for p in after_preds if p["id"] in by_id]
     return mcnemar_exact([a for a, _ in pairs], [b for _, b in pairs])
@@ -265,8 +260,6 @@ def _parse_test(before_preds, after_preds) -> dict:
 
 def _setup_text(cfg: DemoConfig, base: str, n_train: int, n_test: int, n_dict: int, history: dict) -> str:
     import torch
-
-    from .runs import cpu_name
 
     return (
         f"- Model: {base} (Gemma 3 270M, pretrained, dequantized from the embedded Q4_K_M GGUF), LoRA r64/alpha128 on all projections.\n"

@@ -2,7 +2,7 @@
 
 Everything here is raised before an output is claimed (or, for `OutputExistsError`, instead of
 claiming it), so catching `UserError` never hides half-written work. The old import places keep
-working: `records.DataError`, `modeling.ModelError`, `prepare.LeakageError`, `runs.OutputExistsError`,
+working: `records.DataError`, `modeling.ModelError`, `prepare.LeakageError`, `fsio.OutputExistsError`,
 `cli.UsageError` are these classes. Each also derives from the builtin its callers used to catch
 (ValueError, RuntimeError, FileExistsError).
 """

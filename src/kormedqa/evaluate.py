@@ -18,13 +18,19 @@ import torch
 
 from .checks import Range, check_config, parse_eval_mode
 from .config import DEFAULT_MODEL_HELP, DeviceArgs, RunArgs, arg
+from .data import load_dictionary, load_mcq
 from .errors import UsageError
 from .extract import answer_after_reasoning, extract_answer, has_detailed_keywords, has_reasoning_tags, reasoning_score
-from .formats import DEFAULT_RATIONALE_TEMPLATE, GENERATION_PREFIX, Glossary, mcq_completion, mcq_prompt, template_simple_reasoning
+from .formats import (DEFAULT_RATIONALE_TEMPLATE, GENERATION_PREFIX, Glossary, dict_prompt, mcq_completion, mcq_prompt,
+                      template_simple_reasoning)
+from .fsio import claim_output, write_json_atomic, write_jsonl_atomic
+from .hardware import PrecisionChoice, choose
 from .metrics import accuracy_by_group, mean_interval, proportion
+from .modeling import check_precision, load_model, load_tokenizer
 from .numerics import check_finite_tree
+from .provenance import provenance
 from .records import EXAM_TYPES, LETTERS, MCQ
-from .vllm_backend import BACKENDS
+from .vllm_backend import BACKENDS, VllmGenerator, resolve_backend
 from .scorers import ANSWER_STOPS, HFGenerator, completion_losses, eval_prompt, generate, letter_logprobs, option_logprobs
 
 log = logging.getLogger(__name__)
@@ -238,8 +244,6 @@ def evaluate_dict(model, tokenizer, entries, batch_size: int = 8, max_new_tokens
     """Track 1: generate after `Meaning of word {term}:` and compare with the definition (exact match, chrF)."""
     from sacrebleu.metrics import CHRF
 
-    from .formats import dict_prompt
-
     model.eval()
     started = time.time()
     outputs = generate(model, tokenizer, [dict_prompt(e.term) + GENERATION_PREFIX for e in entries], batch_size,
@@ -289,9 +293,6 @@ def write_eval(output: str | Path, metrics: dict, predictions: list[dict], extra
 
     Raises NonFiniteError, before anything is written, if any metric is NaN or inf.
     """
-    from .data import write_jsonl_atomic
-    from .runs import write_json_atomic
-
     check_finite_tree(metrics, "metrics")  # before anything is written: a NaN is never a result
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -299,23 +300,20 @@ def write_eval(output: str | Path, metrics: dict, predictions: list[dict], extra
     write_json_atomic(output / "metrics.json", {**metrics, **(extra or {})})
 
 
-def run_eval(cfg: EvalConfig) -> dict:
+def run_eval(cfg: EvalConfig, choice: PrecisionChoice | None = None) -> dict:
     """`kormedqa eval`: load, score and write metrics.json + predictions.jsonl to `cfg.output`.
 
     Returns the metrics dict (each rate as {value, correct, total, ci95}, plus n, mode, seconds,
     generation_backend). Raises UsageError for a bad --task/--mode or missing --data/--output,
     DataError for bad questions, ModelError for a model that cannot load or run in --precision,
     OutputExistsError for an existing output without --overwrite; all before anything is written.
+    `choice` is the run's precision (`hardware.choose`), decided here from `cfg` when the caller has none.
     """
-    from .data import load_mcq
-    from .modeling import check_precision, load_model, load_tokenizer
-    from .runs import claim_output, provenance
-    from .vllm_backend import resolve_backend
-
+    choice = choice or choose(cfg.device, cfg.precision)  # PrecisionError (one line) before anything else
     if cfg.task not in ("mcq", "dict"):
         raise UsageError(f"--task is mcq or dict, not {cfg.task!r}")
     if cfg.task == "dict":
-        return _run_dict_eval(cfg)
+        return _run_dict_eval(cfg, choice)
     if not cfg.data or not cfg.output:
         raise UsageError("--data and --output are required")
     scorers = parse_eval_mode(cfg.mode, "--mode")
@@ -324,36 +322,30 @@ def run_eval(cfg: EvalConfig) -> dict:
         mcqs = mcqs[: cfg.limit]
     tokenizer = load_tokenizer(cfg.model)
     backend = resolve_backend(cfg.backend, cfg.device) if "generate" in scorers else None  # None: no generation
-    check_precision(cfg.model, cfg.device, cfg.precision)  # fp16 Gemma refused before the output is claimed
+    check_precision(cfg.model, choice)  # fp16 Gemma refused before the output is claimed
     claim_output(cfg.output, overwrite=cfg.overwrite)
     generator = None
     if backend == "vllm":
-        from .vllm_backend import VllmGenerator
-
-        generator = VllmGenerator(cfg.model, tokenizer, cfg.precision, cfg.seed)
+        generator = VllmGenerator(cfg.model, tokenizer, choice, cfg.seed)
     needs_hf = backend != "vllm" or scorers != ("generate",)
-    model = load_model(cfg.model, device=cfg.device, precision=cfg.precision, merge_adapter=True) if needs_hf else None
+    model = load_model(cfg.model, choice, merge_adapter=True) if needs_hf else None
     metrics, preds = evaluate_mcq(model, tokenizer, mcqs, cfg.mode, cfg.batch_size, cfg.max_new_tokens,
                                   generator=generator)
     metrics["generation_backend"] = backend
-    write_eval(cfg.output, metrics, preds, {"run": provenance(cfg, {"data": cfg.data})})
+    write_eval(cfg.output, metrics, preds, {"run": provenance(cfg, {"data": cfg.data}, choice=choice)})
     print(summary_line(metrics))
     return metrics
 
 
-def _run_dict_eval(cfg: EvalConfig) -> dict:
-    from .data import load_dictionary
-    from .modeling import load_model, load_tokenizer
-    from .runs import claim_output, provenance
-
+def _run_dict_eval(cfg: EvalConfig, choice: PrecisionChoice) -> dict:
     paths = cfg.dictionary or ([cfg.data] if cfg.data else [])
     if not paths or not cfg.output:
         raise UsageError("--dictionary (or --data) and --output are required for --task dict")
     entries = load_dictionary(*paths)[: cfg.limit or None]
     tokenizer = load_tokenizer(cfg.model)
     claim_output(cfg.output, overwrite=cfg.overwrite)
-    model = load_model(cfg.model, device=cfg.device, precision=cfg.precision, merge_adapter=True)
+    model = load_model(cfg.model, choice, merge_adapter=True)
     metrics, preds = evaluate_dict(model, tokenizer, entries, cfg.batch_size, min(cfg.max_new_tokens, 96))
-    write_eval(cfg.output, metrics, preds, {"run": provenance(cfg)})
+    write_eval(cfg.output, metrics, preds, {"run": provenance(cfg, choice=choice)})
     print(summary_line(metrics))
     return metrics

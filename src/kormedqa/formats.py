@@ -12,11 +12,11 @@ import random
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from .chat import END_OF_TURN
 from .records import LETTERS, MCQ, DictEntry
 
 USER_TURN = "<start_of_turn>user\n"
 MODEL_TURN = "<start_of_turn>model\n"
-END_OF_TURN = "<end_of_turn>"
 TURN_SEPARATOR = "\n"
 GENERATION_PREFIX = TURN_SEPARATOR + MODEL_TURN  # appended to a prompt to ask the model to answer
 
@@ -218,6 +218,9 @@ def mcq_examples(
 ) -> list[Example]:
     """Seed-format MCQ examples. Rationale order: the record's `cot`, the rationale file, a template.
 
+    A detailed row takes a given rationale that already holds all four markers (첫째..넷째) as it
+    is; any other given text becomes the template's 둘째 (knowledge) section.
+
     Same records and seed give the same examples, so prepared files are byte-identical.
     """
     glossary = glossary or Glossary()
@@ -229,6 +232,10 @@ def mcq_examples(
         given = mcq.cot.strip() or rationales.get(mcq.id, "").strip()
         if i in detailed:
             reasoning = template_detailed_reasoning(mcq, glossary, rng, knowledge=" ".join(given.split()))
+            if all(keyword in given for keyword in DETAILED_KEYWORDS):
+                # Already in the detailed form (a teacher's, from `kormedqa rationales`): used as written.
+                # The template above still ran, so the percentages of later rows stay what they were.
+                reasoning = given
             out.append(Example(mcq_prompt(mcq, True), mcq_completion(reasoning, mcq.answer), mcq.id, "detailed"))
         else:
             reasoning = given or template_simple_reasoning(mcq, glossary, template)

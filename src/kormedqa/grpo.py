@@ -7,16 +7,26 @@ from its adapter (the adapter keeps training); from a plain model a fresh LoRA i
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 
-from .errors import UsageError
-from .extract import AFTER_REASONING, reasoning_score
+from .batching import strip_leading_bos
+from .chat import stop_token_ids
+from .checks import Range, check_config
+from .config import GRPO_MAX_STEPS, ModelArgs, arg
+from .errors import DataError, UsageError
+from .extract import AFTER_REASONING, extract_answer, reasoning_score
 from .formats import GENERATION_PREFIX, REASONING_CLOSE, mcq_prompt
+from .hardware import PrecisionChoice, choose
+from .modeling import cpu_vocab_projection, lora_config
 from .records import MCQ
+from .stage import (Stage, check_train_inputs, check_train_paths, claim_train_output, read_prepared_rows,
+    train_resume_point, work_folder)
 from .text import normalize_text
+from .trainer import save_checkpoint
 
 
 def seed_reward(completions: Sequence, gold: Sequence[str], **_) -> list[float]:
@@ -57,9 +67,6 @@ def grpo_rows_from_prepared(rows: Sequence[dict], source: str = "prepared rows")
     A completion without a letter A-E is a DataError naming `source` and its line (a dictionary
     row given to `train mcq --method grpo`, say), raised before anything is written.
     """
-    from .errors import DataError
-    from .extract import extract_answer
-
     out = []
     for line, r in enumerate(rows, start=1):
         gold = extract_answer(r["completion"])
@@ -69,29 +76,44 @@ def grpo_rows_from_prepared(rows: Sequence[dict], source: str = "prepared rows")
     return out
 
 
-def run_grpo(
-    base_model: str,
-    rows: Sequence[dict],
-    output: str | Path,
-    max_steps: int = 20,
-    num_generations: int = 4,
-    max_completion_length: int = 128,
-    batch_size: int = 4,
-    learning_rate: float = 1e-5,
-    temperature: float = 1.0,
-    device: str = "auto",
-    precision: str = "auto",
-    seed: int = 42,
-    logs_dir: str | Path | None = None,
-    stage: str = "grpo",
-) -> dict:
-    """Reward-train `base_model` on GRPO rows and write the adapter + tokenizer to `output` atomically.
+@dataclass
+class GRPOStageConfig(ModelArgs):
+    """One GRPO stage (`run_grpo`): the model it starts from and its schedule.
+
+    Built by `run_train` from `kormedqa train mcq --method grpo`'s TrainConfig and by the loop from
+    its `--grpo-*` flags; a plain dataclass, so `TrlParser` composes it like every other config.
+    """
+
+    seed: int = arg(42, "random seed (sampling, LoRA initialisation)")
+    max_steps: int = arg(GRPO_MAX_STEPS, "optimizer steps")
+    num_generations: int = arg(4, "completions per prompt")
+    max_completion_length: int = arg(128, "generated tokens at most")
+    batch_size: int = arg(4, "completions per optimizer step, rounded down to a multiple of --num-generations "
+                             "(at least one prompt)")
+    learning_rate: float = arg(1e-5, "peak learning rate")
+    temperature: float = arg(1.0, "sampling temperature")
+
+    RANGES: ClassVar[dict] = {
+        "max_steps": Range(low=1), "num_generations": Range(low=2), "max_completion_length": Range(low=1),
+        "batch_size": Range(low=1), "learning_rate": Range(low=0, low_open=True),
+        "temperature": Range(low=0, low_open=True),
+    }
+
+    def __post_init__(self):
+        """Choices and ranges (UsageError) when built, before any model is loaded."""
+        check_config(self)
+
+
+def run_grpo(cfg: GRPOStageConfig, rows: Sequence[dict], output: str | Path, logs_dir: str | Path | None = None,
+             stage: str = "grpo", choice: PrecisionChoice | None = None) -> dict:
+    """Reward-train `cfg.base_model` on GRPO rows and write the adapter + tokenizer to `output` atomically.
 
     `rows` are {"prompt": rendered chat prompt, "gold": letter A-E} (`grpo_rows_from_mcqs`,
-    `grpo_rows_from_prepared`). `batch_size` completions per optimizer step, rounded down to a
-    multiple of `num_generations` (at least one prompt); `max_completion_length` in tokens.
+    `grpo_rows_from_prepared`). Each optimizer step sees `cfg.batch_size` completions, rounded down
+    to a multiple of `num_generations` (at least one prompt); `max_completion_length` in tokens.
     From an adapter folder the adapter keeps training; from a plain model a fresh LoRA is added.
-    `logs_dir` receives `train_log.jsonl` (default: the folder holding `output`).
+    `logs_dir` receives `train_log.jsonl` (default: the folder holding `output`). `choice` is the run's
+    precision (`hardware.choose`), decided here from `cfg` when the caller has none.
 
     Returns {"stage", "steps", "train_loss", "seconds" (wall), "eos_token_ids", "log": [log dicts
     with "loss" or "reward"]}, also written to `output/training_summary.json`. Raises UsageError
@@ -101,31 +123,26 @@ def run_grpo(
     from peft import PeftModel
     from trl import GRPOConfig, GRPOTrainer
 
-    from .batching import strip_leading_bos
-    from .modeling import cpu_vocab_projection, lora_config, stop_token_ids
-    from .stage import Stage
-    from .trainer import save_checkpoint
-
     if any(r["gold"] not in "ABCDE" or not r["gold"] for r in rows):
         raise UsageError("every GRPO row needs a gold letter A-E")
-    run = Stage(stage, output, device=device, precision=precision, seed=seed, logs_dir=logs_dir)
+    run = Stage(stage, output, choice or choose(cfg.device, cfg.precision), seed=cfg.seed, logs_dir=logs_dir)
     # Each optimizer step sees batch_size completions = batch_size / num_generations prompts.
-    per_device = max(num_generations, batch_size - batch_size % num_generations)
+    per_device = max(cfg.num_generations, cfg.batch_size - cfg.batch_size % cfg.num_generations)
     args = GRPOConfig(
         output_dir=str(run.work),
-        max_steps=max_steps,
+        max_steps=cfg.max_steps,
         per_device_train_batch_size=per_device,
-        num_generations=num_generations,
-        max_completion_length=max_completion_length,
-        learning_rate=learning_rate,
-        temperature=temperature,
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length,
+        learning_rate=cfg.learning_rate,
+        temperature=cfg.temperature,
         # Completions that run to the length limit stay in the loss with reward 0: that is how
         # the policy learns to end at the letter (see seed_reward); masked, they taught nothing.
         mask_truncated_completions=False,
         logging_steps=1,
         save_strategy="no",
         report_to="none",
-        seed=seed,
+        seed=cfg.seed,
         bf16=run.dtype == torch.bfloat16,
         use_cpu=run.device.type == "cpu",
         # TRL turns activation checkpointing on by default; on CPU memory is not the limit and the
@@ -133,7 +150,7 @@ def run_grpo(
         **({"activation_checkpointing": False} if run.device.type == "cpu" else {}),
     )
     # After GRPOConfig, which starts the distributed state the model loading needs (see kormedqa.stage).
-    model, tokenizer = run.load(base_model)
+    model, tokenizer = run.load(cfg.base_model)
     # TRL encodes string prompts with the tokenizer's own BOS: a rendered `<bos>` would double it.
     rows = [dict(r, prompt=strip_leading_bos(tokenizer, r["prompt"])[0]) for r in rows]
     # TRL both stops generation and ends a completion's loss mask at the model's generation_config
@@ -153,3 +170,31 @@ def run_grpo(
     summary = run.summary(trainer, result, log_keys=("loss", "reward"), eos_token_ids=list(trainer.eos_token_ids))
     save_checkpoint(trainer, tokenizer, run.output, summary, run.work)
     return summary
+
+
+def run_train(cfg) -> dict:
+    """`kormedqa train mcq --method grpo` from Python: `cfg` (an `sft.TrainConfig`) -> `cfg.output`/adapter.
+
+    The prepared MCQ rows of `cfg.data` become GRPO prompts whose gold letter is the reference
+    completion's; the schedule is `cfg.resolved()`'s (--max-steps -1 is `config.GRPO_MAX_STEPS`;
+    `batch_size * grad_accum` completions per step). Everything is checked before the output is
+    claimed (UsageError, DataError, ModelError, OutputExistsError); writes run.json,
+    train_log.jsonl and adapter/; returns the training summary (`run_grpo`).
+    """
+    if cfg.method != "grpo":
+        raise UsageError(f"grpo.run_train trains --method grpo; --method {cfg.method} is kormedqa.sft.run_train")
+    check_train_paths(cfg)
+    if cfg.resume:  # GRPO keeps no Trainer checkpoints: only a finished run can be "resumed"
+        finished, _ = train_resume_point(cfg, work_folder(Path(cfg.output) / "adapter"))
+        return finished
+    rows = read_prepared_rows(cfg.data)
+    choice = choose(cfg.device, cfg.precision)  # the run's precision, decided once and passed down
+    check_train_inputs(cfg, choice)
+    grpo_rows = grpo_rows_from_prepared(rows, source=cfg.data)
+    r = cfg.resolved()
+    stage_cfg = GRPOStageConfig(base_model=r.base_model, device=r.device, precision=r.precision, seed=r.seed,
+                                max_steps=r.max_steps, num_generations=r.num_generations,
+                                max_completion_length=r.max_completion_length, batch_size=r.batch_size * r.grad_accum,
+                                learning_rate=r.learning_rate)
+    out = claim_train_output(cfg, choice)
+    return run_grpo(stage_cfg, grpo_rows, out / "adapter", logs_dir=out, choice=choice)

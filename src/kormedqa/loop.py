@@ -17,11 +17,22 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
+from .augment import option_rotations, rotation_batches
+from .batching import REHEARSAL_FORMAT
+from .data import load_dictionary, load_mcq
 from .errors import UsageError
+from .evaluate import evaluate_dict, evaluate_mcq, summary_line, write_eval
+from .formats import Glossary
+from .hardware import PrecisionChoice, choose
+from .fsio import atomic_dir, write_json_atomic
+from .grpo import GRPOStageConfig, grpo_rows_from_mcqs, run_grpo
 from .loop_config import SELECT_BY, SELECTABLE_BY_SCORER, LoopConfig, TrackArgs, check_select_by, track_args
-from .runs import atomic_dir, check_resumed_settings, claim_output, provenance, write_json_atomic
+from .modeling import load_model, load_tokenizer, resolve_model_path
+from .prepare import check_overlap, dict_rows, load_rationales, mcq_rows
+from .provenance import claim_run
 from .sft import TrainConfig, run_training
 
 __all__ = ["SELECT_BY", "SELECTABLE_BY_SCORER", "LoopConfig", "LoopRecipe", "TrackArgs", "check_select_by",
@@ -58,8 +69,6 @@ def rehearsal_rows(dict_rows: list[dict], count: float, seed: int) -> list[dict]
     different rows, so several loops go over the whole dictionary."""
     import random
 
-    from .batching import REHEARSAL_FORMAT
-
     order = list(range(len(dict_rows)))
     random.Random(seed).shuffle(order)
     n = round(count)
@@ -76,7 +85,7 @@ def _metric(metrics: dict, name: str) -> float:
 
 
 def copy_checkpoint(src: Path, dest: Path) -> None:
-    """Copy the checkpoint folder `src` to `dest` atomically (`runs.atomic_dir`), replacing `dest`."""
+    """Copy the checkpoint folder `src` to `dest` atomically (`fsio.atomic_dir`), replacing `dest`."""
     with atomic_dir(dest) as scratch:
         shutil.copytree(src, scratch, dirs_exist_ok=True)
 
@@ -84,21 +93,18 @@ def copy_checkpoint(src: Path, dest: Path) -> None:
 def evaluate_checkpoint(model_path: str, tokenizer, questions: list, folder: Path, *, eval_mode: str,
                         eval_batch_size: int, max_new_tokens: int, glossary=None, rationale_template: str | None = None,
                         entries: list | None = None, dict_eval_limit: int = 0, dict_folder: Path | None = None,
-                        device: str = "auto", precision: str = "auto", extra: dict | None = None) -> dict:
+                        choice: PrecisionChoice, extra: dict | None = None) -> dict:
     """Score one model on `questions` (and on the first `dict_eval_limit` dictionary `entries`), write
     `folder`/{metrics.json, predictions.jsonl} (and `dict_folder` likewise) and return the metrics.
 
     The one evaluation step behind each loop's `loop_N/eval`, the demo's `eval_before` and
     bench/learning.py's untrained base, so all three score alike. `model_path` is a full model or a
-    LoRA adapter folder (merged for inference); `extra` entries are added to the metrics before they
+    LoRA adapter folder (merged for inference), loaded in the run's precision `choice`; `extra` entries are added to the metrics before they
     are written. Dictionary recall adds `dict_exact_match` and `dict_chrf` ({value, total}) to the
     MCQ metrics. Raises ModelError for a model that cannot load, UsageError for a bad `eval_mode`.
     """
-    from .evaluate import evaluate_dict, evaluate_mcq, write_eval
-    from .modeling import load_model
-
     template = {} if rationale_template is None else {"rationale_template": rationale_template}
-    model = load_model(model_path, device=device, precision=precision, merge_adapter=True)
+    model = load_model(model_path, choice, merge_adapter=True)
     metrics, preds = evaluate_mcq(model, tokenizer, questions, eval_mode, eval_batch_size, max_new_tokens, glossary,
                                   **template)
     metrics.update(extra or {})
@@ -129,8 +135,9 @@ class LoopRecipe:
     `--resume` repeats only what had not finished.
     """
 
-    def __init__(self, cfg: LoopConfig):
+    def __init__(self, cfg: LoopConfig, choice: PrecisionChoice | None = None):
         self.cfg = cfg
+        self.choice = choice  # the run's precision; decided in setup() when not given
         self.stop_reason = "max_loops"
         self.previous: str | None = None  # adapter folder the next stage continues from
         self._best_value: float | None = None  # replayed from history on --resume, so patience counts the same
@@ -141,12 +148,6 @@ class LoopRecipe:
         """Load and check every input (DataError, LeakageError, ModelError, UsageError before anything
         is written), then claim the output (OutputExistsError without --resume/--overwrite), write
         run.json and read history.json when resuming; build the training rows of both tracks."""
-        from .augment import option_rotations
-        from .data import load_dictionary, load_mcq
-        from .formats import Glossary
-        from .modeling import load_tokenizer, resolve_model_path
-        from .prepare import check_overlap, dict_rows, mcq_rows
-
         cfg = self.cfg
         check_select_by(cfg.select_by, cfg.eval_mode)  # also checked at parse time; code callers get it here
         self.stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
@@ -159,24 +160,27 @@ class LoopRecipe:
         evaluation = load_mcq(cfg.eval_data, split=cfg.eval_split)[:: max(cfg.eval_every, 1)]
         self.evaluation = evaluation[: cfg.eval_limit] if cfg.eval_limit else evaluation
         self.overlap = check_overlap(self.train_questions, self.evaluation, cfg.allow_overlap)
+        self.choice = self.choice or choose(cfg.device, cfg.precision)
         base = resolve_model_path(cfg.base_model)
         self.base = str(Path(base).resolve()) if Path(base).exists() else base
         self.tokenizer = load_tokenizer(self.base)
+        given = load_rationales(cfg.rationales) if cfg.rationales else {}  # DataError before the output is claimed
 
-        self.out = claim_output(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
-        if cfg.resume:
-            check_resumed_settings(self.out, cfg)
+        # Refuses another command's folder and changed settings or data on --resume (nothing written).
+        self.out = claim_run(cfg, "loop", {"train": cfg.train_data, "eval": cfg.eval_data}, choice=self.choice)
         self.history_path = self.out / "history.json"
         history = _read_json(self.history_path) if cfg.resume and self.history_path.exists() else {}
-        if not (self.out / "run.json").exists():
-            write_json_atomic(self.out / "run.json", provenance(cfg, {"train": cfg.train_data, "eval": cfg.eval_data}))
         history.setdefault("select_by", cfg.select_by)
         history.setdefault("loops", [])
         history["overlap"] = self.overlap
         self.history = history
 
         self.glossary = Glossary(self.entries)
-        mcq_train = option_rotations(self.train_questions, cfg.option_rotations, cfg.seed)
+        mcq_train = self.train_questions
+        if given:
+            # As a record's cot: used as written, and option_rotations keeps such a question unrotated.
+            mcq_train = [replace(q, cot=given[q.id]) if q.id in given and not q.cot.strip() else q for q in mcq_train]
+        mcq_train = option_rotations(mcq_train, cfg.option_rotations, cfg.seed)
         self.rows = {"dict": dict_rows(self.entries),
                      "mcq": mcq_rows(mcq_train, cfg.seed, self.glossary, template=cfg.rationale_template)}
 
@@ -199,27 +203,24 @@ class LoopRecipe:
                 summary_file = stage_dir / "training_summary.json"
                 summary = _read_json(summary_file) if summary_file.exists() else None
             elif track == "grpo":
-                from .grpo import grpo_rows_from_mcqs, run_grpo
-
-                summary = run_grpo(
-                    self.previous or self.base, grpo_rows_from_mcqs(self.train_questions), stage_dir,
-                    max_steps=cfg.grpo_max_steps, num_generations=cfg.num_generations,
+                grpo_cfg = GRPOStageConfig(
+                    base_model=self.previous or self.base, device=cfg.device, precision=cfg.precision,
+                    seed=cfg.seed + loop, max_steps=cfg.grpo_max_steps, num_generations=cfg.num_generations,
                     max_completion_length=cfg.max_completion_length, batch_size=cfg.num_generations * 2,
-                    learning_rate=cfg.grpo_learning_rate, device=cfg.device, precision=cfg.precision,
-                    seed=cfg.seed + loop, logs_dir=self.out, stage=f"loop_{loop}_grpo")
+                    learning_rate=cfg.grpo_learning_rate)
+                summary = run_grpo(grpo_cfg, grpo_rows_from_mcqs(self.train_questions), stage_dir,
+                                   logs_dir=self.out, stage=f"loop_{loop}_grpo", choice=self.choice)
             else:
                 stage_cfg = _stage_config(cfg, track, self.previous or self.base, loop)
                 stage_rows = self.rows[track]
                 extra = (rehearsal_rows(self.rows["dict"], cfg.dict_rehearsal * len(stage_rows), cfg.seed + loop)
                          if track == "mcq" and cfg.dict_rehearsal else [])
                 if track == "mcq" and cfg.rotation_batches:
-                    from .augment import rotation_batches
-
                     stage_rows = rotation_batches(stage_rows, extra, stage_cfg.resolved().batch_size, cfg.seed + loop)
                 else:
                     stage_rows = stage_rows + extra
                 summary = run_training(stage_cfg, stage_rows, stage_dir, tokenizer=self.tokenizer,
-                                       stage=f"loop_{loop}_{track}", logs_dir=self.out)
+                                       stage=f"loop_{loop}_{track}", logs_dir=self.out, choice=self.choice)
             if summary is not None:
                 self._summaries[track] = _training_part(summary)
             self.previous = str(stage_dir.resolve())
@@ -238,9 +239,8 @@ class LoopRecipe:
             checkpoint, self.tokenizer, self.evaluation, loop_dir / "eval", eval_mode=cfg.eval_mode,
             eval_batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens, glossary=self.glossary,
             rationale_template=cfg.rationale_template, entries=self.entries, dict_eval_limit=cfg.dict_eval_limit,
-            dict_folder=loop_dir / "eval_dict", device=cfg.device, precision=cfg.precision,
+            dict_folder=loop_dir / "eval_dict", choice=self.choice,
             extra={"overlap": self.overlap})
-        from .evaluate import summary_line
 
         record = {
             "loop": loop,
@@ -296,16 +296,17 @@ class LoopRecipe:
         return self.cleanup()
 
 
-def run_loop(cfg: LoopConfig) -> dict:
+def run_loop(cfg: LoopConfig, choice: PrecisionChoice | None = None) -> dict:
     """`kormedqa loop`: train the stages of `cfg.stages` and evaluate, loop after loop, in `cfg.output`.
 
     Returns the history also written to history.json: {"loops": [{loop, checkpoint,
     selected_metric, metrics, training}], "best", "select_by", "overlap", "stop_reason"
     (target_reached, patience or max_loops), "final"}. Raises DataError, LeakageError, ModelError
     or UsageError before the output is claimed; OutputExistsError for an existing output without
-    --resume or --overwrite. The steps: `LoopRecipe`.
+    --resume or --overwrite. `choice` is the run's precision (`hardware.choose`), decided from `cfg`
+    when the caller has none. The steps: `LoopRecipe`.
     """
-    return LoopRecipe(cfg).run()
+    return LoopRecipe(cfg, choice).run()
 
 
 HISTORY_METRICS = ("accuracy", "loglik_accuracy", "cloze_accuracy", "cloze_accuracy_norm", "parse_rate",

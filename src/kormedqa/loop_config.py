@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .checks import Range, check_config, parse_answer_weight, parse_eval_mode
-from .config import DEFAULT_MODEL_HELP, LR_SCHEDULES, SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, ResumableRunArgs, arg
+from .config import DEFAULT_MODEL_HELP, GRPO_MAX_STEPS, LR_SCHEDULES, SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, ResumableRunArgs, arg
 from .errors import UsageError
 from .formats import DEFAULT_RATIONALE_TEMPLATE, RATIONALE_TEMPLATES
+from .sft import TRACK_DEFAULTS
 
 # The --select-by metrics each evaluation scorer computes (`loss` computes none worth selecting by).
 SELECTABLE_BY_SCORER = {
@@ -66,7 +67,7 @@ class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
     mcq_epochs: float | None = arg(None, "epochs of each MCQ stage (default: --epochs-per-stage)")
     dict_max_steps: int = arg(-1, "bound each dictionary stage (-1: its epochs)")
     mcq_max_steps: int = arg(-1, "bound each MCQ stage (-1: its epochs)")
-    grpo_max_steps: int = arg(20, "optimizer steps of each grpo stage")
+    grpo_max_steps: int = arg(GRPO_MAX_STEPS, "optimizer steps of each grpo stage")
     grpo_learning_rate: float = arg(1e-5, "learning rate of each grpo stage")
     num_generations: int = arg(4, "grpo: completions per prompt (a grpo step samples 2 prompts)")
     max_completion_length: int = arg(128, "grpo: generated tokens at most")
@@ -90,6 +91,9 @@ class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
                                      "weighted answer; 0: off)")
     rationale_template: str = arg(DEFAULT_RATIONALE_TEMPLATE, "template rationale for MCQs without cot: linked, "
                                   "recall, dictionary_line or verdict (see kormedqa prepare mcq --help)", choices=RATIONALE_TEMPLATES)
+    rationales: str | None = arg(None, "JSONL of {id, rationale} for the MCQ track (kormedqa rationales' "
+                                       "rationales.jsonl, as prepare mcq --rationales): those questions train on it, "
+                                       "as written and unrotated (its letters name the options in their order)")
     group_by_length: bool = arg(False, "batch similar lengths together (less padding; changes the data order)")
     eval_mode: str = arg("all", "scorers per loop: all, or a comma list of generate, loglik, cloze, loss")
     eval_limit: int | None = arg(None, "score only the first N evaluation questions (after --eval-every)")
@@ -127,8 +131,6 @@ class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
 
 def check_rotation_batches(enabled: bool, rotations: int, mcq_batch_size: int | None) -> None:
     """UsageError unless --rotation-batches (when on) has batches that hold whole questions."""
-    from .sft import TRACK_DEFAULTS
-
     batch = mcq_batch_size or TRACK_DEFAULTS["mcq"]["batch_size"]
     if enabled and (rotations < 2 or batch % rotations):
         raise UsageError(f"--rotation-batches needs --option-rotations >= 2 and --mcq-batch-size a multiple of it; "

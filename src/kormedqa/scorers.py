@@ -9,6 +9,7 @@ the metrics; nothing here knows about metrics.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -16,11 +17,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .batching import CompletionCollator, supervised_ce, token_ce, tokenize_pair
-from .formats import END_OF_TURN, GENERATION_PREFIX, REASONING_CLOSE, USER_TURN, mcq_prompt
-from .modeling import cpu_vocab_projection, stop_token_ids
+from .chat import END_OF_TURN, stop_token_ids
+from .formats import GENERATION_PREFIX, REASONING_CLOSE, USER_TURN, mcq_prompt
+from .fsio import fault_point
+from .modeling import cpu_vocab_projection
 from .numerics import check_finite
 from .records import LETTERS, MCQ
-from .runs import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -49,51 +51,115 @@ def _by_length(texts: Sequence[str]) -> list[int]:
 ANSWER_STOPS = tuple(f"{REASONING_CLOSE}{letter}" for letter in LETTERS)
 
 
-class HFGenerator:
-    """Greedy generation with the HF model: the same call shape as `vllm_backend.VllmGenerator`.
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings of one generation call: `temperature` 0 is greedy (then `top_p` is unused).
 
-    `gen(prompts, max_new_tokens, stop_strings)` -> one decoded continuation per prompt.
+    `seeds` gives one seed per prompt (same order): each prompt draws from its own random stream,
+    so its continuation does not depend on which other prompts share its batch or in which order
+    they run (a resumed run redraws exactly what an unbroken one drew).
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seeds: tuple[int, ...] = ()
+
+
+GREEDY = Sampling()
+
+
+class HFGenerator:
+    """Generation with the HF model: the same call shape as `vllm_backend.VllmGenerator`.
+
+    `gen(prompts, max_new_tokens, stop_strings[, sampling])` -> one decoded continuation per
+    prompt; greedy unless `sampling` (a `Sampling`) says otherwise.
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 8):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
 
-    def __call__(self, prompts: Sequence[str], max_new_tokens: int, stop_strings: Sequence[str]) -> list[str]:
-        return generate(self.model, self.tokenizer, prompts, self.batch_size, max_new_tokens, stop_strings=stop_strings)
+    def __call__(self, prompts: Sequence[str], max_new_tokens: int, stop_strings: Sequence[str],
+                 sampling: Sampling = GREEDY) -> list[str]:
+        return generate(self.model, self.tokenizer, prompts, self.batch_size, max_new_tokens, stop_strings=stop_strings,
+                        sampling=sampling)
 
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[str], batch_size: int = 8, max_new_tokens: int = 256, desc="generate",
-             stop_strings: Sequence[str] = ANSWER_STOPS) -> list[str]:
-    """Greedy continuations of full prompts (already ending with the model turn).
+             stop_strings: Sequence[str] = ANSWER_STOPS, sampling: Sampling = GREEDY) -> list[str]:
+    """Greedy (or, with `sampling`, sampled) continuations of full prompts (already ending with the model turn).
 
     Stops at <end_of_turn>/<eos>, and by default once the answer in the spec's format is complete
     (`</reasoning>X`): anything after it cannot change the extracted letter or the reasoning
     score, and a half-trained model often runs on to max_new_tokens there.
     Returns one decoded continuation per prompt, in `prompts` order (`max_new_tokens` tokens at
-    most). Raises NonFiniteError when the logits hold NaN or inf (argmax would pick token 0).
+    most). Raises NonFiniteError when the logits hold NaN or inf (argmax would pick token 0),
+    ValueError when a sampled call does not give one seed per prompt.
     """
-    from transformers import StopStringCriteria, StoppingCriteriaList
-
+    if sampling.temperature > 0 and len(sampling.seeds) != len(prompts):
+        raise ValueError(f"sampling needs one seed per prompt: {len(sampling.seeds)} seeds, {len(prompts)} prompts")
     order = _by_length(prompts)
     outputs: list[str] = [""] * len(prompts)
     eos = stop_token_ids(tokenizer)
     device = next(model.parameters()).device
-    # Built once: over a 262k vocabulary its token tables take seconds, which `stop_strings=`
-    # would pay again for every batch. The criterion keeps no state between calls.
-    stops = StoppingCriteriaList([StopStringCriteria(tokenizer, list(stop_strings))]) if stop_strings else None
+    stops = _stop_criteria(tokenizer, tuple(stop_strings)) if stop_strings else None
     with cpu_vocab_projection(model):
         for _, idx in tqdm(list(_batches(order, batch_size)), desc=desc, leave=False):
             fault_point("generate_batch")
             enc = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
-            new = _greedy_dropping_finished(model, enc, max_new_tokens, eos, stops)
+            pick = None if sampling.temperature <= 0 else _sampler(sampling, [sampling.seeds[i] for i in idx])
+            new = _greedy_dropping_finished(model, enc, max_new_tokens, eos, stops, pick)
             for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
                 outputs[i] = text
     return outputs
 
 
-def _greedy_dropping_finished(model, enc: dict, max_new_tokens: int, eos: Sequence[int], stops) -> list[list[int]]:
+_STOP_CRITERIA: dict = {}
+
+
+def _stop_criteria(tokenizer, stop_strings: tuple[str, ...]):
+    """A `StoppingCriteriaList` for `stop_strings`, built once per tokenizer and stop set.
+
+    Over a 262k vocabulary its token tables take seconds (6 s on 2 busy cores), which
+    `stop_strings=` would pay again for every batch, and a caller generating in many calls (the
+    rationale teacher) for every call. The criterion keeps no state between calls.
+    """
+    from transformers import StopStringCriteria, StoppingCriteriaList
+
+    key = (id(tokenizer), stop_strings)
+    cached = _STOP_CRITERIA.get(key)
+    if cached is None or cached[0] is not tokenizer:  # an id reused by another tokenizer is rebuilt
+        cached = _STOP_CRITERIA[key] = (tokenizer, StoppingCriteriaList([StopStringCriteria(tokenizer, list(stop_strings))]))
+    return cached[1]
+
+
+def _sampler(sampling: Sampling, seeds: Sequence[int]):
+    """`pick(logits, rows) -> tokens`: temperature and nucleus (top-p) sampling, one generator per input row.
+
+    `rows` maps each logits row to its input row, whose own `torch.Generator` (seeded from
+    `seeds`) draws its token, so a row's draws never depend on the rows beside it.
+    """
+    generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+
+    def pick(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(logits.float() / sampling.temperature, dim=-1).cpu()
+        if sampling.top_p < 1:
+            # transformers' TopPLogitsWarper rule: drop the lowest tokens whose mass is at most 1 - top_p.
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            tail = sorted_p.cumsum(-1) - sorted_p >= sampling.top_p
+            probs = probs.scatter(-1, order, sorted_p.masked_fill(tail, 0.0))
+        tokens = [torch.multinomial(probs[i], 1, generator=generators[r]) for i, r in enumerate(rows.tolist())]
+        return torch.cat(tokens).to(logits.device)
+
+    return pick
+
+
+def _greedy_dropping_finished(model, enc: dict, max_new_tokens: int, eos: Sequence[int], stops,
+                              pick=None) -> list[list[int]]:
     """Greedy decoding, as `model.generate(do_sample=False)` does it, minus the finished rows.
+
+    `pick(logits, rows) -> tokens` replaces the argmax (sampling; `rows` are the input rows still
+    decoding).
 
     `generate` keeps computing a row after it has stopped (padding it) until every row has: one
     run-on answer in a batch of 32 costs 32 rows up to max_new_tokens. Here a row leaves the batch
@@ -112,7 +178,8 @@ def _greedy_dropping_finished(model, enc: dict, max_new_tokens: int, eos: Sequen
     eos = torch.tensor(list(eos), device=ids.device)
     seqs, last = ids, positions[:, -1:]
     for step in range(max_new_tokens):
-        token = check_finite(logits, "generation logits").argmax(-1)  # argmax over NaN would pick token 0
+        check_finite(logits, "generation logits")  # argmax over NaN would pick token 0
+        token = logits.argmax(-1) if pick is None else pick(logits, rows)
         for r, t in zip(rows.tolist(), token.tolist()):
             new[r].append(t)
         seqs = torch.cat([seqs, token[:, None]], dim=1)

@@ -8,16 +8,19 @@ because with a plain token mean the letter is ~1 of 40 supervised tokens and bar
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar, Sequence
 
 from .batching import CompletionCollator, tokenize_rows
 from .checks import Range, check_config, parse_answer_weight
-from .config import LR_SCHEDULES, LoraArgs, ModelArgs, ResumableRunArgs, arg
+from .config import GRPO_MAX_STEPS, LR_SCHEDULES, LoraArgs, ModelArgs, ResumableRunArgs, arg
 from .errors import UsageError
-from .trainer import (AnswerWeightedTrainer, last_trainer_checkpoint, prepare_trainable, save_checkpoint,
-                      training_arguments)
+from .hardware import PrecisionChoice, choose
+from .stage import (Stage, check_train_inputs, check_train_paths, claim_train_output, read_prepared_rows,
+    train_resume_point, work_folder)
+from .trainer import (AnswerWeightedTrainer, TrainerSettings, last_trainer_checkpoint, prepare_trainable,
+                      save_checkpoint, training_arguments)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,8 @@ class TrainConfig(ModelArgs, LoraArgs, ResumableRunArgs):
     num_generations: int = arg(4, "grpo: completions per prompt")
     max_completion_length: int = arg(128, "grpo: generated tokens at most")
     epochs: float | None = arg(None, "passes over the data (default: the track's, dict 3, mcq 5)")
-    max_steps: int = arg(-1, "stop after this many optimizer steps (overrides epochs)")
+    max_steps: int = arg(-1, "stop after this many optimizer steps (overrides epochs; -1: sft trains --epochs, "
+                             f"grpo, which has no epochs, {GRPO_MAX_STEPS} steps)")
     batch_size: int | None = arg(None, "examples per device and micro-batch (default: the track's, dict 4, mcq 2)")
     grad_accum: int | None = arg(None, "micro-batches per optimizer step (default: the track's, dict 4, mcq 8)")
     learning_rate: float | None = arg(None, "peak learning rate, no warm-up (default: the track's, "
@@ -75,11 +79,19 @@ class TrainConfig(ModelArgs, LoraArgs, ResumableRunArgs):
             raise UsageError("--method grpo trains MCQs: use kormedqa train mcq")
 
     def resolved(self) -> "TrainConfig":
-        """A copy with every unset (None) schedule field set to the track's seed default (`TRACK_DEFAULTS`)."""
-        from dataclasses import replace
-
+        """A copy with every unset (None) schedule field set to the track's seed default (`TRACK_DEFAULTS`),
+        and, for --method grpo, --max-steps -1 set to `GRPO_MAX_STEPS` (GRPO has no epochs)."""
         defaults = TRACK_DEFAULTS[self.track]
-        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+        steps = {"max_steps": GRPO_MAX_STEPS} if self.method == "grpo" and self.max_steps == -1 else {}
+        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None}, **steps)
+
+    def trainer_settings(self) -> TrainerSettings:
+        """The Trainer's schedule (`trainer.TrainerSettings`) of this config, track defaults applied."""
+        r = self.resolved()
+        return TrainerSettings(epochs=r.epochs, max_steps=r.max_steps, batch_size=r.batch_size,
+                               grad_accum=r.grad_accum, learning_rate=r.learning_rate, seed=r.seed,
+                               lr_scheduler_type=r.lr_scheduler_type, logging_steps=r.logging_steps,
+                               save_steps=r.save_steps, group_by_length=r.group_by_length, keep_order=r.keep_order)
 
 
 # ---------------------------------------------------------------- the stage
@@ -94,6 +106,8 @@ def run_training(
     stage: str = "",
     logs_dir: Path | None = None,
     features: list[dict] | None = None,
+    resume_from: str | None = None,
+    choice: PrecisionChoice | None = None,
 ) -> dict:
     """Train on prompt/completion rows and write the adapter + tokenizer to `output` atomically.
 
@@ -102,6 +116,9 @@ def run_training(
     claiming the output). `model`/`tokenizer` may be passed in by the loop to avoid reloading;
     otherwise `cfg.base_model` is loaded. `stage` names the run in the logs; `logs_dir` receives
     `train_log.jsonl` and `tensorboard/<stage>` (default: the folder holding `output`).
+    `resume_from` is a Trainer checkpoint folder to continue from; with `cfg.resume` and none
+    given, the newest complete one in the stage's work folder (`stage.work_folder`), if any.
+    `choice` is the run's precision (`hardware.choose`), decided here from `cfg` when the caller has none.
     Under several processes only the main one writes anything.
 
     Returns the training summary: {"stage", "steps", "train_loss", "seconds" (wall), "examples",
@@ -111,12 +128,10 @@ def run_training(
     """
     from datasets import Dataset
 
-    from .stage import Stage
-
     cfg = cfg.resolved()
     weight = parse_answer_weight(cfg.answer_weight)
-    run = Stage(stage, output, device=cfg.device, precision=cfg.precision, seed=cfg.seed, logs_dir=logs_dir)
-    args = training_arguments(cfg, run.work, run.device, run.dtype)  # before loading: see kormedqa.stage
+    run = Stage(stage, output, choice or choose(cfg.device, cfg.precision), seed=cfg.seed, logs_dir=logs_dir)
+    args = training_arguments(cfg.trainer_settings(), run.work, run.device, run.dtype)  # before loading: see kormedqa.stage
     model, tokenizer = run.load(cfg.base_model, tokenizer=tokenizer, model=model)
     model = prepare_trainable(model, cfg)
     if features is None:
@@ -129,7 +144,39 @@ def run_training(
         answer_weight=weight,
         callbacks=run.callbacks(tensorboard=True),
     )
-    result = run.train(trainer, resume_from=last_trainer_checkpoint(run.work) if cfg.resume else None)
+    if resume_from is None and cfg.resume:
+        resume_from = last_trainer_checkpoint(run.work)
+    result = run.train(trainer, resume_from=resume_from)
     summary = run.summary(trainer, result, examples=len(features), answer_weight=weight)
     save_checkpoint(trainer, tokenizer, run.output, summary, run.work)
     return summary
+
+
+def run_train(cfg: TrainConfig) -> dict:
+    """`kormedqa train dict|mcq` (--method sft) from Python: `cfg.data`'s prepared rows -> `cfg.output`.
+
+    Rows, model, precision and lengths are all checked before the output is claimed (UsageError,
+    DataError, ModelError; OutputExistsError for an existing output without --resume/--overwrite).
+    Writes run.json, train_log.jsonl, tensorboard/ and adapter/ (with training_summary.json) in
+    `cfg.output`; returns the training summary (`run_training`). `--method grpo` is
+    `grpo.run_train` (the CLI picks by --method; a stage never calls another): UsageError here.
+    With `cfg.resume` the run continues from its newest complete checkpoint, after the checks of
+    `stage.train_resume_point` (same command, settings and data; UsageError when nothing was
+    kept); a finished run is returned as it was.
+    """
+    if cfg.method != "sft":
+        raise UsageError(f"sft.run_train trains --method sft; --method {cfg.method} is kormedqa.grpo.run_train")
+    check_train_paths(cfg)
+    checkpoint = None
+    if cfg.resume:  # first: a resume that cannot be done is refused before any input is read
+        finished, checkpoint = train_resume_point(cfg, work_folder(Path(cfg.output) / "adapter"))
+        if finished is not None:
+            log.warning("%s: the run finished earlier; nothing to resume", cfg.output)
+            return finished
+    rows = read_prepared_rows(cfg.data)
+    choice = choose(cfg.device, cfg.precision)  # the run's precision, decided once and passed down
+    tokenizer = check_train_inputs(cfg, choice)
+    features = tokenize_rows(tokenizer, rows, cfg.resolved().max_length, source=cfg.data)
+    out = claim_train_output(cfg, choice)
+    return run_training(cfg, rows, out / "adapter", tokenizer=tokenizer, stage=cfg.track, logs_dir=out,
+                        features=features, resume_from=checkpoint, choice=choice)

@@ -2,8 +2,8 @@
 
 A stage is, in this order:
 
-    stage = Stage(name, output, device=..., precision=..., seed=...)   # device, dtype, seed, .work folder
-    args = training_arguments(cfg, stage.work, stage.device, stage.dtype)  # (GRPO: its GRPOConfig)
+    stage = Stage(name, output, choice, seed=...)   # device and dtype of the run's choice, seed, .work folder
+    args = training_arguments(cfg.trainer_settings(), stage.work, stage.device, stage.dtype)  # (GRPO: its GRPOConfig)
     model, tokenizer = stage.load(base_model, tokenizer=..., model=...)
     trainer = SomeTrainer(model=model, args=args, ..., callbacks=stage.callbacks())
     result = stage.train(trainer)                                          # timed; TensorBoard closed
@@ -16,6 +16,7 @@ FSDP's sharded loading). Stage modules import this module and `trainer`, never e
 """
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from contextlib import nullcontext
@@ -23,6 +24,21 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from .data import read_jsonl
+from .errors import DataError, UsageError
+from .fsio import write_text_atomic
+from .hardware import PrecisionChoice
+from .launch import is_main_process
+from .modeling import check_precision, load_model, load_tokenizer
+from .provenance import RESUMABLE_CHANGES, check_resume, claim_run
+from .trainer import JsonlLogCallback, last_trainer_checkpoint
+
+
+def work_folder(output: str | Path) -> Path:
+    """Where a stage publishing `output` keeps its Trainer checkpoints: `.<name>.work` beside it."""
+    output = Path(output)
+    return output.parent / f".{output.name}.work"
 
 
 class Stage:
@@ -32,26 +48,23 @@ class Stage:
     output's folder name). `output` is the folder the stage publishes (atomically, at the end);
     `work` holds the Trainer's resumable checkpoints and is removed once the output is written
     (default: `.<output name>.work` beside the output). `logs_dir` receives `train_log.jsonl` and
-    `tensorboard/<name>` (default: the folder holding `output`). `device` is a torch device string
-    or "auto"; `precision` one of `checks.PRECISIONS`. Raises ModelError for a precision the
-    device cannot compute in.
+    `tensorboard/<name>` (default: the folder holding `output`). `choice` is the run's device and
+    precision (`hardware.choose`, decided once by the run's entry point).
     """
 
-    def __init__(self, name: str, output: str | Path, device: str = "auto", precision: str = "auto", seed: int = 42,
+    def __init__(self, name: str, output: str | Path, choice: PrecisionChoice, seed: int = 42,
                  logs_dir: str | Path | None = None, work: str | Path | None = None):
-        from .modeling import pick_device, pick_dtype
-
         self.output = Path(output)
         self.stage = name  # as given, for the summary
         self.name = name or self.output.name
-        self.work = Path(work) if work is not None else self.output.parent / f".{self.output.name}.work"
+        self.work = Path(work) if work is not None else work_folder(self.output)
         self.logs_dir = Path(logs_dir or self.output.parent)
-        self.device_name = device
-        self.precision = precision
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(self.device, precision)
+        self.choice = choice
+        self.device = choice.torch_device
+        self.dtype = choice.dtype
         self.seed = seed
         self.seconds = 0.0
+        self.resumed_step = 0  # the optimizer step `train` continued from (0: from the start)
         self._tb_writer = None
         torch.manual_seed(seed)
 
@@ -62,21 +75,15 @@ class Stage:
         whose LoRA stays trainable when `trainable_adapter`. Raises ModelError for a model or
         tokenizer that cannot load.
         """
-        from .modeling import load_model, load_tokenizer
-
         if tokenizer is None:
             tokenizer = load_tokenizer(base_model)
         if model is None:
-            model = load_model(base_model, device=self.device_name, precision=self.precision,
-                               trainable_adapter=trainable_adapter)
+            model = load_model(base_model, self.choice, trainable_adapter=trainable_adapter)
         return model, tokenizer
 
     def callbacks(self, tensorboard: bool = False) -> list:
         """Trainer callbacks: the JSONL log (every process checks losses are finite; the main one writes),
         and with `tensorboard` a TensorBoard writer on the main process (closed by `train`)."""
-        from .launch import is_main_process
-        from .trainer import JsonlLogCallback
-
         callbacks = [JsonlLogCallback(self.logs_dir / "train_log.jsonl", self.name)]
         if tensorboard and is_main_process():
             from torch.utils.tensorboard import SummaryWriter
@@ -94,6 +101,10 @@ class Stage:
         `cpu_vocab_projection`). Returns the Trainer's `TrainOutput`; whatever it raises propagates
         (NonFiniteError for a NaN/inf loss), after the TensorBoard writer is closed.
         """
+        self.resumed_step = _checkpoint_step(resume_from) if resume_from else 0
+        if is_main_process():
+            # Lines a killed attempt logged after the step training continues from are logged again.
+            drop_logged_steps(self.logs_dir / "train_log.jsonl", self.name, after=self.resumed_step)
         started = time.time()
         try:
             with around(trainer.model) if around is not None else nullcontext():
@@ -107,11 +118,26 @@ class Stage:
 
     def summary(self, trainer, result, log_keys: tuple[str, ...] = ("loss",), **extra) -> dict:
         """The stage's training summary: stage, steps, train_loss, seconds, `extra`, and the log lines
-        holding any of `log_keys` (Trainer's log history: dicts of step, loss, learning_rate ...)."""
+        holding any of `log_keys` (Trainer's log history: dicts of step, loss, learning_rate ...).
+
+        `train_loss` is the mean loss per optimizer step over the whole stage. After a resume from
+        step s0, Trainer's own value averages only the steps after s0; the steps before come from
+        the restored log history (each logged loss weighted by the steps it covers; exact with
+        logging every step, the default)."""
+        steps = trainer.state.global_step
+        train_loss = result.training_loss
+        if self.resumed_step and steps > self.resumed_step:
+            covered, total, last = 0, 0.0, 0
+            for h in trainer.state.log_history:
+                if "loss" in h and h.get("step", 0) <= self.resumed_step:
+                    total += h["loss"] * (h["step"] - last)
+                    covered, last = h["step"], h["step"]
+            after = steps - self.resumed_step
+            train_loss = (total + result.training_loss * after) / (covered + after)
         return {
             "stage": self.stage,
-            "steps": trainer.state.global_step,
-            "train_loss": result.training_loss,
+            "steps": steps,
+            "train_loss": train_loss,
             "seconds": self.seconds,
             **extra,
             "log": [h for h in trainer.state.log_history if any(k in h for k in log_keys)],
@@ -120,3 +146,91 @@ class Stage:
     def drop_work(self) -> None:
         """Remove the work folder (Trainer checkpoints) once the stage's output is published."""
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+def _checkpoint_step(checkpoint: str | Path) -> int:
+    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
+
+
+def drop_logged_steps(log_file: Path, stage: str, after: int) -> None:
+    """Remove `stage`'s lines with a step above `after` from the JSONL log `log_file` (atomically), so a
+    stage that restarts from step `after` logs each step once. Other stages' lines stay as they are."""
+    if not log_file.exists():
+        return
+    lines = log_file.read_text(encoding="utf-8").splitlines(keepends=True)
+
+    def stale(line: str) -> bool:
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line cut by a kill: never a finished step
+            return True
+        return row.get("stage") == stage and row.get("step", 0) > after
+
+    kept = [line if line.endswith("\n") else line + "\n" for line in lines if not stale(line)]
+    if len(kept) != len(lines):
+        write_text_atomic(log_file, kept)
+
+
+def read_prepared_rows(path: str) -> list[dict]:
+    """`kormedqa prepare`'s JSONL rows at `path`, each checked to hold string "prompt" and "completion".
+
+    Raises DataError naming the file, line and field of the first bad row (FileNotFoundError,
+    DataError for an unreadable or empty file, from `data.read_jsonl`).
+    """
+    rows = read_jsonl(path)
+    for line, row in enumerate(rows, start=1):
+        if not isinstance(row.get("prompt"), str) or not isinstance(row.get("completion"), str):
+            raise DataError(path, line, "prompt/completion", "a prepared row needs string 'prompt' and 'completion'")
+    return rows
+
+
+def check_train_paths(cfg) -> None:
+    """--data and --output given: the first check of a train command, before a resume point or a row
+    is read. `cfg` is an `sft.TrainConfig`. UsageError."""
+    if not cfg.data or not cfg.output:
+        raise UsageError("--data (a prepared JSONL) and --output are required")
+
+
+def check_train_inputs(cfg, choice: PrecisionChoice):
+    """The train command's checks that need no output: the model's tokenizer and the run's precision
+    `choice` for it (after `check_train_paths`). `cfg` is an `sft.TrainConfig`; returns the tokenizer.
+    UsageError, ModelError."""
+    tokenizer = load_tokenizer(cfg.base_model)  # ModelError for a missing model or an adapter without its base
+    check_precision(cfg.base_model, choice)  # fp16 Gemma refused before the output is claimed
+    return tokenizer
+
+
+# Settings a resumed train run may change besides provenance.RESUMABLE_CHANGES: how often it keeps checkpoints
+# and where it reports to change nothing that is computed.
+TRAIN_RESUMABLE_CHANGES = RESUMABLE_CHANGES | {"save_steps", "report_to"}
+
+
+def train_resume_point(cfg, work: Path) -> tuple[dict | None, str | None]:
+    """For `kormedqa train --resume`: (the finished run's training summary, None) when `cfg.output`'s
+    adapter is already written, else (None, the newest complete Trainer checkpoint in `work`).
+
+    Checks first that the folder is a train run with the same settings and data (`provenance.check_resume`).
+    Raises UsageError when there is nothing to resume from (no folder, or no complete checkpoint
+    kept: --save-steps 0, the default, keeps none), so a resume never silently starts again.
+    """
+    if not cfg.output:
+        raise UsageError("--output (the run folder to resume) is required")
+    out = Path(cfg.output)
+    if not check_resume(cfg.resolved(), "train", {"data": cfg.data}, TRAIN_RESUMABLE_CHANGES):
+        raise UsageError(f"{out}: nothing to resume from (no earlier run there); drop --resume to start one")
+    summary = out / "adapter" / "training_summary.json"
+    if summary.exists():
+        return json.loads(summary.read_text(encoding="utf-8")), None
+    checkpoint = last_trainer_checkpoint(work)
+    if checkpoint is None:
+        raise UsageError(f"{out}: nothing to resume from: the run kept no complete checkpoint (--save-steps 0, the "
+                         "default, keeps none); pass --overwrite to start again, with --save-steps N to keep one every "
+                         "N steps")
+    return None, checkpoint
+
+
+def claim_train_output(cfg, choice: PrecisionChoice) -> Path:
+    """Claim `cfg.output` for the train command and write its run.json (the resolved config, the data's
+    SHA-256, the precision `choice`); returns the folder. OutputExistsError for an existing output without --resume/--overwrite;
+    UsageError for a --resume into another command's folder or with other settings (`provenance.claim_run`)."""
+    return claim_run(cfg.resolved(), "train", {"data": cfg.data}, TRAIN_RESUMABLE_CHANGES, choice)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,8 +28,10 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .batching import completion_loss, supervised_positions
+from .fsio import atomic_dir, fault_point
+from .hardware import keep_trainable_fp32
+from .modeling import lora_config, record_base
 from .numerics import NonFiniteError, check_finite_number
-from .runs import atomic_dir, fault_point
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,12 @@ class AnswerWeightedTrainer(Trainer):
         self.loss_is_scaled_for_ga = True  # compute_loss already divides by the window's token counts
         self._window_counts = (1.0, 1.0)
         self._parts = _LossParts()
+
+    def _save_optimizer_and_scheduler(self, output_dir):
+        super()._save_optimizer_and_scheduler(output_dir)
+        # A checkpoint with weights and optimizer but no trainer_state.json yet: where the crash tests
+        # kill a save (last_trainer_checkpoint must then skip it).
+        fault_point("trainer_checkpoint_saving")
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Trainer's micro-batches of one accumulation window, and the window's answer / other supervised
@@ -179,34 +188,59 @@ class JsonlLogCallback(TrainerCallback):
         fault_point("train_step_logged")
 
 
-def training_arguments(cfg, output_dir: Path, device: torch.device, dtype: torch.dtype) -> TrainingArguments:
-    """`TrainingArguments` for one stage from any config with the shared schedule fields.
+@dataclass(frozen=True)
+class TrainerSettings:
+    """The schedule every gradient stage hands the Trainer (`training_arguments`), one typed field each.
 
-    `cfg` needs epochs, max_steps, batch_size, grad_accum, learning_rate, seed, and optionally
-    logging_steps (1), save_steps (0: no Trainer checkpoints), group_by_length (False), keep_order
-    (False: rows in the given order, which wins over group_by_length) and
-    lr_scheduler_type ("linear": the learning rate falls linearly to 0 over the stage).
+    Each stage's config builds it (`sft.TrainConfig.trainer_settings`, `cpt.CPTConfig.trainer_settings`),
+    so a field a stage forgets is a TypeError at construction, never a silent default. Units:
+    `epochs` passes over the data, `max_steps` optimizer steps (-1: `epochs` decides), `batch_size`
+    examples per device and micro-batch, `grad_accum` micro-batches per optimizer step,
+    `learning_rate` the peak (no warm-up), `logging_steps` / `save_steps` optimizer steps (save 0:
+    no Trainer checkpoints), `lr_scheduler_type` transformers' name. `keep_order` trains on the rows
+    in the order given and wins over `group_by_length`. `report_to` names transformers' integrations
+    (e.g. ("tensorboard", "wandb")); the JSONL log and, where a stage asks, TensorBoard are attached
+    by `stage.Stage` whatever it holds.
     """
-    save_steps = getattr(cfg, "save_steps", 0)
+
+    epochs: float
+    max_steps: int
+    batch_size: int
+    grad_accum: int
+    learning_rate: float
+    seed: int
+    lr_scheduler_type: str
+    logging_steps: int
+    save_steps: int
+    group_by_length: bool
+    keep_order: bool
+    report_to: tuple[str, ...] = ()
+
+
+def training_arguments(settings: TrainerSettings, output_dir: Path, device: torch.device,
+                       dtype: torch.dtype) -> TrainingArguments:
+    """`TrainingArguments` for one stage from its `TrainerSettings` (TypeError for anything else)."""
+    if not isinstance(settings, TrainerSettings):
+        raise TypeError(f"training_arguments takes a TrainerSettings, got {type(settings).__name__}")
     return TrainingArguments(
         output_dir=str(output_dir),
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=getattr(cfg, "lr_scheduler_type", "linear"),
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.lr_scheduler_type,
         warmup_steps=0,
         weight_decay=0.0,
-        logging_steps=getattr(cfg, "logging_steps", 1),
-        save_strategy="steps" if save_steps else "no",
-        save_steps=save_steps or 500,
+        logging_steps=settings.logging_steps,
+        save_strategy="steps" if settings.save_steps else "no",
+        save_steps=settings.save_steps or 500,
         save_total_limit=2,
-        report_to="none",  # TensorBoard is attached explicitly, so its folder outlives the work dir
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        train_sampling_strategy=("sequential" if getattr(cfg, "keep_order", False) else
-                                 "group_by_length" if getattr(cfg, "group_by_length", False) else "random"),
+        report_to=list(settings.report_to) or "none",
+        seed=settings.seed,
+        data_seed=settings.seed,
+        train_sampling_strategy=("sequential" if settings.keep_order else
+                                 "group_by_length" if settings.group_by_length else "random"),
         bf16=dtype == torch.bfloat16,
         use_cpu=device.type == "cpu",
         dataloader_pin_memory=device.type == "cuda",
@@ -219,9 +253,6 @@ def training_arguments(cfg, output_dir: Path, device: torch.device, dtype: torch
 def prepare_trainable(model, cfg):
     """Add a fresh LoRA adapter, or keep training the one an adapter folder loaded."""
     from peft import PeftModel, get_peft_model
-
-    from .modeling import lora_config
-    from .precision import keep_trainable_fp32
 
     if not isinstance(model, PeftModel):
         model = get_peft_model(model, lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
@@ -239,8 +270,6 @@ def save_checkpoint(trainer, tokenizer, output: Path, summary: dict, work: Path)
     so it loads from any working directory, and after its run folder moved together with its base.
     """
     import shutil
-
-    from .modeling import record_base
 
     state_dict = None
     if getattr(trainer, "is_fsdp_enabled", False):
@@ -265,8 +294,28 @@ def save_checkpoint(trainer, tokenizer, output: Path, summary: dict, work: Path)
 
 
 def last_trainer_checkpoint(folder: Path) -> str | None:
-    """The newest `checkpoint-N` folder in `folder` (a path string), or None when there is none."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest COMPLETE `checkpoint-N` folder in `folder` (a path string), or None when there is none.
 
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    Trainer writes a checkpoint's trainer_state.json last (after the weights, optimizer, scheduler
+    and RNG state), so a checkpoint without a readable one was cut short by a kill during the save:
+    it is skipped with a warning, and the one before it (`save_total_limit` 2 keeps it until the
+    new one is complete) is used. transformers' `get_last_checkpoint` would pick it and fail.
+    """
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = []
+    for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = path.name.rsplit("-", 1)[1]
+        if path.is_dir() and step.isdigit():
+            found.append((int(step), path))
+    for _, path in sorted(found, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("%s is incomplete (no readable trainer_state.json: the save was cut short); skipping it", path)
+            continue
+        return str(path)
+    return None

@@ -16,7 +16,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from .chat import stop_token_ids
 from .errors import UsageError
+from .hardware import TORCH_NAMES, PrecisionChoice
+from .modeling import adapter_base, resolve_model_path
 
 BACKENDS = ("auto", "hf", "vllm")
 
@@ -54,38 +57,44 @@ def _lora_rank(adapter: Path) -> int:
 class VllmGenerator:
     """Callable `(prompts, max_new_tokens, stop_strings) -> outputs`, like `evaluate.generate`."""
 
-    def __init__(self, model: str, tokenizer, precision: str = "auto", seed: int = 0,
+    def __init__(self, model: str, tokenizer, choice: PrecisionChoice, seed: int = 0,
                  gpu_memory_utilization: float = 0.5, max_model_len: int | None = 4096):
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 
-        from .modeling import adapter_base, resolve_model_path
-
         path = Path(resolve_model_path(model))
         base = adapter_base(path)
-        dtype = {"auto": "auto", "bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}[precision]
         lora = {"enable_lora": True, "max_lora_rank": _lora_rank(path)} if base else {}
         # Half the GPU by default: `--mode` with loglik, cloze or loss keeps the HF model on the same GPU for scoring.
-        self.llm = LLM(model=str(base or path), tokenizer=str(path), dtype=dtype, seed=seed,
+        self.llm = LLM(model=str(base or path), tokenizer=str(path), dtype=TORCH_NAMES[choice.precision], seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, **lora)
         self.lora_request = LoRARequest("kormedqa-adapter", 1, str(path)) if base else None
         self.tokenizer = tokenizer
 
-    def sampling_params(self, max_new_tokens: int, stop_strings: Sequence[str]):
-        """Greedy vLLM `SamplingParams`: at most `max_new_tokens` tokens, stopping at `stop_strings`
-        (kept in the output) or a stop token (<eos>, <end_of_turn>).
+    def sampling_params(self, max_new_tokens: int, stop_strings: Sequence[str], temperature: float = 0.0,
+                        top_p: float = 1.0, seed: int | None = None):
+        """vLLM `SamplingParams`, greedy by default: at most `max_new_tokens` tokens, stopping at
+        `stop_strings` (kept in the output) or a stop token (<eos>, <end_of_turn>); with a
+        `temperature` > 0, nucleus sampling at `top_p` from the request's own `seed`.
         """
         from vllm import SamplingParams
 
-        from .modeling import stop_token_ids
-
+        sampled = {"top_p": top_p, "seed": seed} if temperature > 0 else {}
         return SamplingParams(
-            temperature=0.0, max_tokens=max_new_tokens, stop=list(stop_strings), include_stop_str_in_output=True,
-            stop_token_ids=stop_token_ids(self.tokenizer), skip_special_tokens=True,
+            temperature=temperature, max_tokens=max_new_tokens, stop=list(stop_strings), include_stop_str_in_output=True,
+            stop_token_ids=stop_token_ids(self.tokenizer), skip_special_tokens=True, **sampled,
         )
 
-    def __call__(self, prompts: Sequence[str], max_new_tokens: int, stop_strings: Sequence[str] = ()) -> list[str]:
+    def __call__(self, prompts: Sequence[str], max_new_tokens: int, stop_strings: Sequence[str] = (),
+                 sampling=None) -> list[str]:
+        """One continuation per prompt; `sampling` (a `scorers.Sampling`) gives temperature, top_p and
+        one seed per prompt, each request drawing from its own seed as the HF path does.
+        """
         inputs = [{"prompt_token_ids": self.tokenizer(p)["input_ids"]} for p in prompts]
-        outs = self.llm.generate(inputs, self.sampling_params(max_new_tokens, stop_strings),
-                                 lora_request=self.lora_request, use_tqdm=False)
+        if sampling is None or sampling.temperature <= 0:
+            params = self.sampling_params(max_new_tokens, stop_strings)
+        else:
+            params = [self.sampling_params(max_new_tokens, stop_strings, sampling.temperature, sampling.top_p, seed)
+                      for seed in sampling.seeds]
+        outs = self.llm.generate(inputs, params, lora_request=self.lora_request, use_tqdm=False)
         return [o.outputs[0].text for o in outs]

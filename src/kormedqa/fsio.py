@@ -1,4 +1,4 @@
-"""Run folders: atomic writes, refusing to clobber, and provenance (run.json).
+"""Run-folder I/O: atomic writes, refusing to clobber an output, and the crash-test hook.
 
 Every artefact a user may rely on (checkpoints, metrics, history) is written beside its target
 and renamed into place after an fsync, so a crash leaves either the old file or the new one,
@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
+import signal
 import tempfile
-from importlib import metadata
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from .errors import OutputExistsError
+from .launch import is_main_process
 
 
 _FAULT_COUNTS: dict[str, int] = {}
@@ -39,8 +37,6 @@ def fault_point(name: str) -> None:
         return
     _FAULT_COUNTS[name] = _FAULT_COUNTS.get(name, 0) + 1
     if _FAULT_COUNTS[name] == int(nth or 1):
-        import signal
-
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -165,8 +161,6 @@ def claim_output(path: str | Path, resume: bool = False, overwrite: bool = False
     Under several processes only the main one claims (and, with --overwrite, clears) the output;
     the others would race it, and they write nothing there themselves.
     """
-    from .launch import is_main_process
-
     path = Path(path)
     if not is_main_process():
         return path
@@ -179,113 +173,3 @@ def claim_output(path: str | Path, resume: bool = False, overwrite: bool = False
         path.mkdir(parents=True, exist_ok=True)
         clean_stale_scratch(path)
     return path
-
-
-# Settings that name where things are rather than what is computed: a run folder moved or a data
-# folder mounted elsewhere resumes (run.json's data_sha256 records what the data was).
-LOCATION_FIELDS = frozenset({"output", "base_model", "model", "dictionary", "train_data", "eval_data", "mcq", "corpus",
-                             "heldout", "data", "vocab"})
-# Settings a resumed run may change without mixing results: the flags themselves, how many loops,
-# when to stop and where it computes. Not the scoring batch size: in bf16 a generated answer may
-# depend on the batch it was generated in (docs/scoring.md), and a loop compares its evaluations.
-RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "max_loops", "loops", "patience", "target_accuracy", "device"})
-
-
-def check_resumed_settings(out: str | Path, config, may_change: Iterable[str] = RESUMABLE_CHANGES) -> None:
-    """Raise UsageError when `out`/run.json records other settings than `config` (a dataclass).
-
-    A resumed run keeps every finished stage and evaluation, so continuing it with other epochs,
-    learning rates, templates or question subsets would put results of two set-ups in one report.
-    Location fields (LOCATION_FIELDS) and `may_change` are not compared; nor is anything when
-    run.json is absent (a run killed before writing it has nothing to mix). The message names up to
-    four differing settings as `name: recorded -> now`.
-    """
-    from .errors import UsageError
-
-    path = Path(out) / "run.json"
-    if not path.exists():
-        return
-    recorded = json.loads(path.read_text(encoding="utf-8")).get("config") or {}
-    current = json.loads(json.dumps(dataclasses.asdict(config), default=str))
-    skip = LOCATION_FIELDS | set(may_change)
-    differ = [k for k in current if k in recorded and k not in skip and recorded[k] != current[k]]
-    if differ:
-        shown = ", ".join(f"{k}: {recorded[k]!r} -> {current[k]!r}" for k in differ[:4])
-        more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
-        raise UsageError(f"{out}: --resume with other settings than the run was started with ({shown}{more}); "
-                         "pass the same settings to continue it, or --overwrite to start again")
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, or of every file below a folder (in sorted path order, contents only)."""
-    digest = hashlib.sha256()
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def cpu_name() -> str:
-    """The processor's model name, for reports that quote measured speeds."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
-PACKAGES = ("kormedqa", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "tokenizers")
-
-
-def provenance(config, data_files: dict[str, str] | None = None) -> dict:
-    """run.json's content: command line, `config` (a dataclass, as a dict), package versions, python,
-    git commit, SHA-256 of each existing file or folder of `data_files` (name -> path), seed and the
-    precision chosen (with why). Never raises for an undecidable precision; records why instead.
-    """
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return {
-        "command": sys.argv,
-        "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config,
-        "versions": versions,
-        "python": sys.version.split()[0],
-        "git_commit": _git_commit(),
-        "data_sha256": {k: file_sha256(v) for k, v in (data_files or {}).items() if v and Path(v).exists()},
-        "seed": getattr(config, "seed", None),
-        "precision": _precision_record(config),
-    }
-
-
-def _precision_record(config) -> dict | None:
-    """The precision the run computes in and why (CPU flags, probe), for configs that choose one."""
-    precision = getattr(config, "precision", None)
-    if precision is None:
-        return None
-    from .modeling import pick_device
-    from .precision import PrecisionError, choose
-
-    try:
-        return choose(pick_device(getattr(config, "device", "auto")), precision).as_dict()
-    except (PrecisionError, RuntimeError) as err:  # an unknown name or an absent device: say so, do not crash
-        return {"precision": None, "requested": precision, "reason": f"not decided: {err}"}
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None

@@ -1,4 +1,9 @@
-"""Which floating-point precision a run computes in, and why.
+"""Hardware facts and the precision a run computes in, decided once per run and passed down.
+
+This module answers three questions, each in one place: which CPU this is (`cpu_name`,
+`cpu_flags`), which device a run uses (`pick_device`), and which precision it computes in
+(`choose`, returning a `PrecisionChoice` that the entry point of a run makes once and passes to
+`Stage`, `modeling.load_model`, `provenance.provenance` and the vLLM generator).
 
 `--precision auto` picks what the hardware computes fast:
 
@@ -33,11 +38,15 @@ from pathlib import Path
 
 import torch
 
+from .errors import ModelError
+
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISIONS = ("auto", *DTYPES)
 NAMES = {v: k for k, v in DTYPES.items()}
+# The same dtypes under torch's own names ("float32", "bfloat16", "float16"), as vLLM takes them.
+TORCH_NAMES = {k: str(v).removeprefix("torch.") for k, v in DTYPES.items()}
 
 X86_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 ARM_BF16_FLAGS = ("bf16",)
@@ -49,8 +58,8 @@ PROBE_N = 512
 FP16_UNSAFE_MODEL_TYPES = ("gemma", "gemma2", "gemma3", "gemma3_text", "gemma3n", "gemma3n_text")
 
 
-class PrecisionError(ValueError):
-    """A precision this model or machine cannot run in; raised before any work starts."""
+class PrecisionError(ModelError, ValueError):
+    """A precision this model or machine cannot run in; raised before any work starts (a user error)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,11 @@ class PrecisionChoice:
     def dtype(self) -> torch.dtype:
         """The torch dtype of `precision`."""
         return DTYPES[self.precision]
+
+    @property
+    def torch_device(self) -> torch.device:
+        """`device` as a torch.device."""
+        return torch.device(self.device)
 
     def as_dict(self) -> dict:
         """JSON-ready form for run.json, with what stays fp32 whatever the precision (`kept_fp32`)."""
@@ -171,20 +185,42 @@ def decide_cpu(flags: set[str], probe=matmul_probe, machine: str | None = None, 
     return PrecisionChoice("fp32", "auto", "cpu", reason, cpu, native, result)
 
 
+def cpu_name() -> str:
+    """The processor's model name, for reports that quote measured speeds."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu; any other string as `torch.device(device)`."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 @functools.lru_cache(maxsize=1)
 def _this_cpu() -> PrecisionChoice:
-    from .runs import cpu_name
-
     choice = decide_cpu(cpu_flags(), cpu=cpu_name())
     log.debug("precision auto on CPU: %s", choice.reason)  # run.json records it; stderr stays for errors
     return choice
 
 
-def choose(device: torch.device | str, precision: str = "auto") -> PrecisionChoice:
-    """The precision for `device`; `precision` is auto, fp32, bf16 or fp16. Raises PrecisionError on others."""
+def choose(device: torch.device | str = "auto", precision: str = "auto") -> PrecisionChoice:
+    """The precision a run computes in on `device` ("auto" as `pick_device`, a device string or a torch.device).
+
+    `precision` is auto, fp32, bf16 or fp16; PrecisionError (a ModelError, so a one-line user
+    error) on any other name. Called once by each run's entry point; the choice is passed down.
+    """
     if precision not in PRECISIONS:
         raise PrecisionError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    device = torch.device(device)
+    device = pick_device(device)
     if device.type == "cpu":
         auto = _this_cpu()
         if precision == "auto":
