@@ -48,7 +48,7 @@ def machine() -> dict:
 def prepared_mcq_rows(seed: int = 42, template: str = "verdict") -> list[dict]:
     """The sample's training MCQs in the spec's format. The speed benchmarks keep the rationale
     template their earlier figures were measured on (`verdict`, ~200 tokens an example), so
-    ratios stay comparable across runs; `bench/learning.py` compares the templates themselves."""
+    ratios stay comparable across runs; `experiments/learning.py` compares the templates themselves."""
     from kormedqa.data import load_dictionary, load_mcq
     from kormedqa.formats import Glossary
     from kormedqa.prepare import mcq_rows

@@ -1,7 +1,11 @@
 """`kormedqa demo` end to end on a tiny model: before -> after, the other phrasings, the summary."""
 import json
 
+import pytest
+
 from helpers import write_sample
+
+pytestmark = pytest.mark.slow  # the whole demo end to end
 
 
 def test_demo_scores_before_after_and_the_other_phrasings(tmp_path, tiny_model_dir):
@@ -13,8 +17,9 @@ def test_demo_scores_before_after_and_the_other_phrasings(tmp_path, tiny_model_d
     corpus.write_text("고혈압은 혈압이 높은 상태이다.\n\n당뇨병은 혈당이 높은 질환이다.\n", encoding="utf-8")
     cfg = DemoConfig(
         output=str(tmp_path / "demo"), model=str(tiny_model_dir), dictionary=[data["dictionary"]], mcq=data["mcq"],
-        rephrased=rephrased, corpus=str(corpus), heldout=str(corpus), cpt_steps=1, dict_epochs=0.5, mcq_epochs=0.5,
-        eval_every=1, dict_eval_limit=2, eval_batch_size=4, max_new_tokens=4, device="cpu", precision="fp32",
+        rephrased=rephrased, corpus=str(corpus), heldout=str(corpus), cpt_steps=1, device="cpu", precision="fp32",
+        loop_set=["dict_epochs=0.5", "mcq_epochs=0.5", "eval_every=1", "dict_eval_limit=2", "eval_batch_size=4",
+                  "max_new_tokens=4"],
     )
     summary = run_demo(cfg)
     out = tmp_path / "demo"

@@ -18,7 +18,7 @@ from kormedqa.rationales import (HINT, Item, RationalesConfig, conversation, exe
                                  shipped_exemplars, solve_batch, summarise, summary_table)
 from kormedqa.scorers import Sampling, generate
 
-from helpers import write_sample
+from helpers import tiny_loop_config, write_sample
 
 EX = shipped_exemplars()
 GOOD_SIMPLE = "<reasoning>\n" + EX[0].simple + "\n</reasoning>B"
@@ -127,6 +127,7 @@ def _journal(folder):
     return {r["id"]: r for r in rows}
 
 
+@pytest.mark.slow  # a SIGKILLed `kormedqa rationales` subprocess
 def test_a_killed_run_resumes_to_the_same_file(tmp_path, tiny_model_dir, capsys):
     data = write_sample(tmp_path / "d", n_train=4)
     args = ["--data", data["mcq"], "--teacher", str(tiny_model_dir), "--device", "cpu", "--precision", "fp32",
@@ -228,14 +229,13 @@ def test_flag_combinations_refused_at_parse_time(tmp_path, capsys):
 
 
 def test_the_loop_trains_on_a_rationale_file_as_written_and_unrotated(tmp_path, tiny_model_dir):
-    from kormedqa.loop import LoopConfig, LoopRecipe
+    from kormedqa.loop import LoopRecipe
 
     data = write_sample(tmp_path / "d", n_train=3)
     given = tmp_path / "r.jsonl"
     given.write_text(json.dumps({"id": "train-1", "rationale": "교사가 쓴 풀이", "kind": "teacher"}, ensure_ascii=False) + "\n")
-    recipe = LoopRecipe(LoopConfig(base_model=str(tiny_model_dir), dictionary=[data["dictionary"]], train_data=data["mcq"],
-                                   eval_data=data["mcq"], output=str(tmp_path / "loop"), rationales=str(given),
-                                   option_rotations=2, device="cpu"))
+    recipe = LoopRecipe(tiny_loop_config(data, tiny_model_dir, tmp_path / "loop", rationales=str(given),
+                                         option_rotations=2))
     recipe.setup()
     rows = recipe.rows["mcq"]
     assert [r["id"] for r in rows] == ["train-0", "train-0~rot" + rows[1]["id"].split("~rot")[1], "train-1", "train-2",

@@ -24,15 +24,16 @@ from .demo import DemoConfig, run_demo
 from .errors import OutputExistsError, UsageError, UserError, one_line
 from .evaluate import EvalConfig, run_eval
 from .hardware import choose
-from .fsio import atomic_dir, claim_output
+from .fsio import claim_output
 from .launch import check_launch, is_main_process
 from .loop import LoopConfig, run_loop
-from .modeling import DEFAULT_MODEL_NAME, adapter_base, load_model, load_tokenizer, resolve_model_path
+from .modeling import DEFAULT_MODEL_NAME, adapter_base, check_precision, merge_into_base, resolve_model_path
 from .numerics import NonFiniteError
 from .prepare import PrepareConfig, print_info, run_prepare
 from .provenance import recorded_config
 from .rationales import RationalesConfig, run_rationales
 from .sft import TrainConfig
+from .stage import memory_line, record_peak_memory
 
 USAGE = """usage: kormedqa <command> [options]   (kormedqa <command> --help for each)
 
@@ -66,7 +67,11 @@ class MergeConfig:
     """`kormedqa merge`: write adapter + base as one plain model folder."""
 
     adapter: str = field(default="", metadata={"help": "LoRA adapter folder (e.g. runs/loop/best_checkpoint)"})
-    output: str = field(default="", metadata={"help": "folder for the merged model (safetensors + tokenizer)"})
+    output: str = field(default="", metadata={"help": "folder for the merged model (the base's architecture and "
+                                                        "files: safetensors, tokenizer, processor, chat template)"})
+    dtype: str = field(default="auto", metadata={"help": "dtype of the merged weights: auto (the base's own, e.g. bf16 "
+                                                         "for MedGemma), bf16, fp32 or fp16",
+                                                 "choices": ["auto", "bf16", "fp32", "fp16"]})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing --output"})
 
 
@@ -184,16 +189,20 @@ def cmd_train(argv):
     track, rest = _positional(argv, ("dict", "mcq"), "train")
     cfg = parse(TrainConfig, rest, f"kormedqa train {track}", track=track)
     summary = (grpo.run_train if cfg.method == "grpo" else sft.run_train)(cfg)
+    record_peak_memory(Path(cfg.output) / "run.json", summary.get("peak_memory"))
     if is_main_process():
         print(json.dumps({k: v for k, v in summary.items() if k != "log"}, indent=2))
+        print(memory_line(summary.get("peak_memory") or {}))
         print(f"adapter written to {Path(cfg.output) / 'adapter'}")
 
 
 def cmd_merge(argv):
-    """`kormedqa merge --adapter DIR --output DIR`: adapter + its base as one plain fp32 model folder.
+    """`kormedqa merge --adapter DIR --output DIR [--dtype auto]`: `modeling.merge_into_base`.
 
-    Raises UsageError for missing flags or a folder that is not an adapter, ModelError for an
-    adapter whose base is gone, OutputExistsError for an existing output without --overwrite.
+    The merged folder is the base's kind (architecture, tensor names, dtype unless --dtype, every
+    non-weight file). Raises UsageError for missing flags or a folder that is not an adapter,
+    ModelError for an adapter whose base is gone or an fp16 Gemma, OutputExistsError for an
+    existing output without --overwrite.
     """
     cfg = parse(MergeConfig, argv, "kormedqa merge")
     if not cfg.adapter or not cfg.output:
@@ -201,12 +210,10 @@ def cmd_merge(argv):
 
     if adapter_base(resolve_model_path(cfg.adapter)) is None:
         raise UsageError(f"{cfg.adapter} is not a LoRA adapter folder (no adapter_config.json): nothing to merge")
-    tokenizer = load_tokenizer(cfg.adapter)
+    if cfg.dtype == "fp16":
+        check_precision(cfg.adapter, choose("cpu", "fp16"))  # ModelError for Gemma, before the output is claimed
     claim_output(cfg.output, overwrite=cfg.overwrite, is_dir=False)
-    merged = load_model(cfg.adapter, choose("cpu", "fp32"), merge_adapter=True)
-    with atomic_dir(cfg.output) as scratch:
-        merged.save_pretrained(scratch, safe_serialization=True)
-        tokenizer.save_pretrained(scratch)
+    merge_into_base(resolve_model_path(cfg.adapter), cfg.output, dtype=cfg.dtype)
     print(f"merged model written to {cfg.output}")
 
 
@@ -218,7 +225,8 @@ def cmd_eval(argv):
 def cmd_loop(argv):
     """`kormedqa loop [flags | --config recipe.yaml]`: `loop.run_loop`; prints why it stopped and the best loop."""
     history = run_loop(parse(LoopConfig, argv, "kormedqa loop"))
-    print(f"stopped: {history['stop_reason']}; best loop {history['best']['loop']}; see history.json")
+    if is_main_process():
+        print(f"stopped: {history['stop_reason']}; best loop {history['best']['loop']}; see history.json")
 
 
 def cmd_cpt(argv):

@@ -11,6 +11,7 @@ TRL's `TrlParser`, so every flag can also come from `--config file.yaml` (flags 
     DeviceArgs         --device --precision                  every command that computes
     ModelArgs          DeviceArgs + --base-model             train, cpt, loop
     LoraArgs           --lora-r --lora-alpha                 train, cpt, loop
+                       --gradient-checkpointing
 
 A command that needs another default redeclares the field with `arg` (it keeps its place). Field
 metadata holds only argparse keywords (`help`, `choices`), because HfArgumentParser passes it to
@@ -84,5 +85,8 @@ class LoraArgs:
 
     lora_r: int = arg(64, "LoRA rank")
     lora_alpha: int = arg(128, "LoRA alpha (the update is scaled by alpha / r)")
+    gradient_checkpointing: bool = arg(False, "recompute each layer's activations in the backward pass (activation "
+                                              "checkpointing): far less activation memory for about a third more "
+                                              "compute; off by default, where memory allows (docs/medgemma.md)")
 
     RANGES: ClassVar[dict] = {"lora_r": Range(low=1), "lora_alpha": Range(low=0, low_open=True)}

@@ -30,8 +30,10 @@ from .modeling import check_precision, load_model, load_tokenizer
 from .numerics import check_finite_tree
 from .provenance import provenance
 from .records import EXAM_TYPES, LETTERS, MCQ
+from .launch import all_gather, is_main_process, shard_batches, start_processes
+from .scorers import (ANSWER_STOPS, HFGenerator, completion_losses, eval_prompt, generate, length_order, letter_logprobs,
+                      option_logprobs)
 from .vllm_backend import BACKENDS, VllmGenerator, resolve_backend
-from .scorers import ANSWER_STOPS, HFGenerator, completion_losses, eval_prompt, generate, letter_logprobs, option_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +214,9 @@ def evaluate_mcq(
     max_new_tokens, stop_strings) -> texts replaces HF generation (the vLLM backend, or a
     stand-in in tests); `model` may then be None when only "generate" runs. The reference
     completions of the loss pass use `rationale_template` for questions without `cot`.
+    Under several processes (`accelerate launch`) each scores whole batches of its own
+    (`launch.shard_batches`): every question once, in the batch one process would form; the records
+    are gathered so every process returns the same metrics and predictions.
     Raises UsageError on an unknown mode, RuntimeError when a scorer's records do not join.
     """
     scorers = parse_eval_mode(mode, "--mode")
@@ -219,20 +224,31 @@ def evaluate_mcq(
         model.eval()
     started = time.time()
     parts: dict[str, dict[str, dict]] = {}
+    prompts = [eval_prompt(q) for q in mcqs]
+    by_length = length_order(prompts)  # how generation and letter scoring batch the prompts
+    in_order = range(len(mcqs))        # how cloze and loss batch the questions
     if "generate" in scorers:
         generator = generator or HFGenerator(model, tokenizer, batch_size)
-        outputs = generator([eval_prompt(q) for q in mcqs], max_new_tokens, ANSWER_STOPS)
-        parts["generate"] = generation_records(mcqs, outputs)
+        mine = shard_batches(by_length, batch_size)
+        outputs = generator([prompts[i] for i in mine], max_new_tokens, ANSWER_STOPS)
+        parts["generate"] = generation_records([mcqs[i] for i in mine], outputs)
     if "loglik" in scorers:
-        parts["loglik"] = letter_records(mcqs, letter_logprobs(model, tokenizer, [eval_prompt(q) for q in mcqs], batch_size))
+        mine = shard_batches(by_length, batch_size)
+        scores = letter_logprobs(model, tokenizer, [prompts[i] for i in mine], batch_size)
+        parts["loglik"] = letter_records([mcqs[i] for i in mine], scores)
     if "cloze" in scorers:
-        parts["cloze"] = cloze_records(mcqs, option_logprobs(model, tokenizer, mcqs, batch_size))
+        mine = [mcqs[i] for i in shard_batches(in_order, batch_size)]
+        parts["cloze"] = cloze_records(mine, option_logprobs(model, tokenizer, mine, batch_size))
     if "loss" in scorers:
         glossary = glossary or Glossary()
         rows = [{"id": q.id, "prompt": mcq_prompt(q),
                  "completion": mcq_completion(q.cot or template_simple_reasoning(q, glossary, rationale_template), q.answer)}
-                for q in mcqs]
+                for q in (mcqs[i] for i in shard_batches(in_order, batch_size))]
         parts["loss"] = loss_records(completion_losses(model, tokenizer, rows, batch_size))
+    # Under several processes each holds the records of its batches; every process gets all of them
+    # (so each computes the same metrics), and the caller lets the main one write.
+    gathered = all_gather(parts)
+    parts = {name: {qid: rec for each in gathered for qid, rec in each[name].items()} for name in parts}
     preds = join_records(mcqs, parts)
     metrics = {"n": len(mcqs), "mode": mode, "scorers": list(scorers), **mcq_metrics(preds, scorers),
                "seconds": time.time() - started}
@@ -246,8 +262,12 @@ def evaluate_dict(model, tokenizer, entries, batch_size: int = 8, max_new_tokens
 
     model.eval()
     started = time.time()
-    outputs = generate(model, tokenizer, [dict_prompt(e.term) + GENERATION_PREFIX for e in entries], batch_size,
-                       max_new_tokens, desc="dict", stop_strings=())
+    prompts = [dict_prompt(e.term) + GENERATION_PREFIX for e in entries]
+    mine = shard_batches(length_order(prompts), batch_size)  # several processes: see evaluate_mcq
+    texts = generate(model, tokenizer, [prompts[i] for i in mine], batch_size, max_new_tokens, desc="dict",
+                     stop_strings=())
+    by_index = {i: t for each in all_gather(dict(zip(mine, texts))) for i, t in each.items()}
+    outputs = [by_index[i] for i in range(len(entries))]
     chrf = CHRF()
     preds = []
     for entry, out in zip(entries, outputs):
@@ -324,6 +344,7 @@ def run_eval(cfg: EvalConfig, choice: PrecisionChoice | None = None) -> dict:
     backend = resolve_backend(cfg.backend, cfg.device) if "generate" in scorers else None  # None: no generation
     check_precision(cfg.model, choice)  # fp16 Gemma refused before the output is claimed
     claim_output(cfg.output, overwrite=cfg.overwrite)
+    start_processes(cpu=choice.torch_device.type == "cpu")
     generator = None
     if backend == "vllm":
         generator = VllmGenerator(cfg.model, tokenizer, choice, cfg.seed)
@@ -332,8 +353,9 @@ def run_eval(cfg: EvalConfig, choice: PrecisionChoice | None = None) -> dict:
     metrics, preds = evaluate_mcq(model, tokenizer, mcqs, cfg.mode, cfg.batch_size, cfg.max_new_tokens,
                                   generator=generator)
     metrics["generation_backend"] = backend
-    write_eval(cfg.output, metrics, preds, {"run": provenance(cfg, {"data": cfg.data}, choice=choice)})
-    print(summary_line(metrics))
+    if is_main_process():
+        write_eval(cfg.output, metrics, preds, {"run": provenance(cfg, {"data": cfg.data}, choice=choice)})
+        print(summary_line(metrics))
     return metrics
 
 
@@ -344,8 +366,10 @@ def _run_dict_eval(cfg: EvalConfig, choice: PrecisionChoice) -> dict:
     entries = load_dictionary(*paths)[: cfg.limit or None]
     tokenizer = load_tokenizer(cfg.model)
     claim_output(cfg.output, overwrite=cfg.overwrite)
+    start_processes(cpu=choice.torch_device.type == "cpu")
     model = load_model(cfg.model, choice, merge_adapter=True)
     metrics, preds = evaluate_dict(model, tokenizer, entries, cfg.batch_size, min(cfg.max_new_tokens, 96))
-    write_eval(cfg.output, metrics, preds, {"run": provenance(cfg, choice=choice)})
-    print(summary_line(metrics))
+    if is_main_process():
+        write_eval(cfg.output, metrics, preds, {"run": provenance(cfg, choice=choice)})
+        print(summary_line(metrics))
     return metrics

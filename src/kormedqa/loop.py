@@ -26,14 +26,16 @@ from .data import load_dictionary, load_mcq
 from .errors import UsageError
 from .evaluate import evaluate_dict, evaluate_mcq, summary_line, write_eval
 from .formats import Glossary
-from .hardware import PrecisionChoice, choose
 from .fsio import atomic_dir, write_json_atomic
 from .grpo import GRPOStageConfig, grpo_rows_from_mcqs, run_grpo
+from .hardware import PrecisionChoice, choose
+from .launch import is_main_process, start_processes, wait_for_everyone
 from .loop_config import SELECT_BY, SELECTABLE_BY_SCORER, LoopConfig, TrackArgs, check_select_by, track_args
 from .modeling import load_model, load_tokenizer, resolve_model_path
 from .prepare import check_overlap, dict_rows, load_rationales, mcq_rows
 from .provenance import claim_run
 from .sft import TrainConfig, run_training
+from .stage import record_peak_memory
 
 __all__ = ["SELECT_BY", "SELECTABLE_BY_SCORER", "LoopConfig", "LoopRecipe", "TrackArgs", "check_select_by",
            "copy_checkpoint", "evaluate_checkpoint", "rehearsal_rows", "run_loop", "track_args"]
@@ -57,6 +59,8 @@ def _stage_config(cfg: LoopConfig, track: str, base: str, loop: int) -> TrainCon
         keep_order=track == "mcq" and cfg.rotation_batches,  # rotation_batches orders the rows
         lora_r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        gradient_checkpointing=cfg.gradient_checkpointing,
         device=cfg.device,
         precision=cfg.precision,
         seed=cfg.seed + loop,  # a different data order each loop, the same on every rerun
@@ -98,7 +102,7 @@ def evaluate_checkpoint(model_path: str, tokenizer, questions: list, folder: Pat
     `folder`/{metrics.json, predictions.jsonl} (and `dict_folder` likewise) and return the metrics.
 
     The one evaluation step behind each loop's `loop_N/eval`, the demo's `eval_before` and
-    bench/learning.py's untrained base, so all three score alike. `model_path` is a full model or a
+    experiments/learning.py's untrained base, so all three score alike. `model_path` is a full model or a
     LoRA adapter folder (merged for inference), loaded in the run's precision `choice`; `extra` entries are added to the metrics before they
     are written. Dictionary recall adds `dict_exact_match` and `dict_chrf` ({value, total}) to the
     MCQ metrics. Raises ModelError for a model that cannot load, UsageError for a bad `eval_mode`.
@@ -110,12 +114,15 @@ def evaluate_checkpoint(model_path: str, tokenizer, questions: list, folder: Pat
     metrics.update(extra or {})
     if dict_eval_limit and entries:
         dict_metrics, dict_preds = evaluate_dict(model, tokenizer, entries[:dict_eval_limit], eval_batch_size)
-        write_eval(dict_folder if dict_folder is not None else folder.with_name(folder.name + "_dict"),
-                   dict_metrics, dict_preds)
+        if is_main_process():
+            write_eval(dict_folder if dict_folder is not None else folder.with_name(folder.name + "_dict"),
+                       dict_metrics, dict_preds)
         metrics["dict_exact_match"] = dict_metrics["exact_match"]
         metrics["dict_chrf"] = {"value": dict_metrics["chrf"], "total": dict_metrics["n"]}
     del model
-    write_eval(folder, metrics, preds)
+    if is_main_process():  # several processes: each has all records (gathered); one writes them
+        write_eval(folder, metrics, preds)
+    wait_for_everyone()
     return metrics
 
 
@@ -166,8 +173,12 @@ class LoopRecipe:
         self.tokenizer = load_tokenizer(self.base)
         given = load_rationales(cfg.rationales) if cfg.rationales else {}  # DataError before the output is claimed
 
+        # Several processes (accelerate launch): all join now, the main one claims the output and
+        # writes run.json, the others read what it wrote after the barrier.
+        start_processes(cpu=self.choice.torch_device.type == "cpu")
         # Refuses another command's folder and changed settings or data on --resume (nothing written).
         self.out = claim_run(cfg, "loop", {"train": cfg.train_data, "eval": cfg.eval_data}, choice=self.choice)
+        wait_for_everyone()
         self.history_path = self.out / "history.json"
         history = _read_json(self.history_path) if cfg.resume and self.history_path.exists() else {}
         history.setdefault("select_by", cfg.select_by)
@@ -223,6 +234,7 @@ class LoopRecipe:
                                        stage=f"loop_{loop}_{track}", logs_dir=self.out, choice=self.choice)
             if summary is not None:
                 self._summaries[track] = _training_part(summary)
+                record_peak_memory(self.out / "run.json", summary.get("peak_memory"))
             self.previous = str(stage_dir.resolve())
         return self.previous
 
@@ -266,9 +278,12 @@ class LoopRecipe:
             self._stale += 1
         best_src = self.history["best"]["checkpoint"]
         if self.history.get("best_checkpoint_from") != best_src or not (self.out / "best_checkpoint").exists():
-            copy_checkpoint(self.out / best_src, self.out / "best_checkpoint")
+            if is_main_process():
+                copy_checkpoint(self.out / best_src, self.out / "best_checkpoint")
             self.history["best_checkpoint_from"] = best_src
-        write_json_atomic(self.history_path, self.history)
+        if is_main_process():
+            write_json_atomic(self.history_path, self.history)
+        wait_for_everyone()
         reached = record["metrics"].get("accuracy", record["metrics"].get("loglik_accuracy"))
         if reached is not None and _metric({"m": reached}, "m") * 100 >= cfg.target_accuracy:
             self.stop_reason = "target_reached"
@@ -280,10 +295,12 @@ class LoopRecipe:
 
     def cleanup(self) -> dict:
         """Copy the last trained checkpoint to final/, record the stop reason, write and return the history."""
-        copy_checkpoint(Path(self.previous), self.out / "final")
         self.history["stop_reason"] = self.stop_reason
         self.history["final"] = str(Path(self.previous).relative_to(self.out.resolve()))
-        write_json_atomic(self.history_path, self.history)
+        if is_main_process():
+            copy_checkpoint(Path(self.previous), self.out / "final")
+            write_json_atomic(self.history_path, self.history)
+        wait_for_everyone()
         return self.history
 
     def run(self) -> dict:
@@ -327,6 +344,7 @@ def _training_part(summary: dict) -> dict:
         "train_loss": summary.get("train_loss"),
         "steps": summary.get("steps"),
         "seconds": summary.get("seconds"),
+        "peak_memory": summary.get("peak_memory"),
         **{k: last[k] for k in ("answer_loss", "reasoning_loss", "answer_token_accuracy") if k in last},
     }
 

@@ -95,6 +95,8 @@ class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
                                        "rationales.jsonl, as prepare mcq --rationales): those questions train on it, "
                                        "as written and unrotated (its letters name the options in their order)")
     group_by_length: bool = arg(False, "batch similar lengths together (less padding; changes the data order)")
+    lora_dropout: float = arg(0.05, "dropout on the LoRA input, in [0, 1) (0: several processes train exactly the "
+                                    "one-process model; dropout draws differ per process)")
     eval_mode: str = arg("all", "scorers per loop: all, or a comma list of generate, loglik, cloze, loss")
     eval_limit: int | None = arg(None, "score only the first N evaluation questions (after --eval-every)")
     eval_every: int = arg(1, "score every k-th evaluation question (a quicker, stratified subset)")
@@ -114,7 +116,7 @@ class LoopConfig(ModelArgs, LoraArgs, ResumableRunArgs):
         "mcq_batch_size": Range(low=1), "dict_grad_accum": Range(low=1), "mcq_grad_accum": Range(low=1),
         "eval_limit": Range(low=1), "eval_every": Range(low=1), "dict_eval_limit": Range(low=0),
         "eval_batch_size": Range(low=1), "max_new_tokens": Range(low=1), "dict_rehearsal": Range(low=0),
-        "option_rotations": Range(low=1, high=5),
+        "option_rotations": Range(low=1, high=5), "lora_dropout": Range(low=0, high=1, high_open=True),
     }
 
     def __post_init__(self):

@@ -43,9 +43,11 @@ def _encode_left_padded(tokenizer, texts: Sequence[str], device) -> dict:
     return {k: v.to(device) for k, v in enc.items()}
 
 
-def _by_length(texts: Sequence[str]) -> list[int]:
-    """Batch similar lengths together (less padding); results are put back in input order."""
+def length_order(texts: Sequence[str]) -> list[int]:
+    """Indices of `texts` shortest first (ties in input order): the order generation and letter
+    scoring batch in (less padding); results are put back in input order."""
     return sorted(range(len(texts)), key=lambda i: len(texts[i]))
+
 
 
 ANSWER_STOPS = tuple(f"{REASONING_CLOSE}{letter}" for letter in LETTERS)
@@ -98,7 +100,7 @@ def generate(model, tokenizer, prompts: Sequence[str], batch_size: int = 8, max_
     """
     if sampling.temperature > 0 and len(sampling.seeds) != len(prompts):
         raise ValueError(f"sampling needs one seed per prompt: {len(sampling.seeds)} seeds, {len(prompts)} prompts")
-    order = _by_length(prompts)
+    order = length_order(prompts)
     outputs: list[str] = [""] * len(prompts)
     eos = stop_token_ids(tokenizer)
     device = next(model.parameters()).device

@@ -91,7 +91,8 @@ class TrainConfig(ModelArgs, LoraArgs, ResumableRunArgs):
         return TrainerSettings(epochs=r.epochs, max_steps=r.max_steps, batch_size=r.batch_size,
                                grad_accum=r.grad_accum, learning_rate=r.learning_rate, seed=r.seed,
                                lr_scheduler_type=r.lr_scheduler_type, logging_steps=r.logging_steps,
-                               save_steps=r.save_steps, group_by_length=r.group_by_length, keep_order=r.keep_order)
+                               save_steps=r.save_steps, group_by_length=r.group_by_length, keep_order=r.keep_order,
+                               gradient_checkpointing=r.gradient_checkpointing)
 
 
 # ---------------------------------------------------------------- the stage
