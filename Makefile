@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kormedqa-installed
 DEMO_FLAGS ?= --resume
 
-.PHONY: demo test bench install clean
+.PHONY: demo test test-fast bench install clean
 
 install: $(STAMP)
 
@@ -20,8 +20,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/kormedqa demo $(DEMO_FLAGS)
 
+# Every test (CI runs this); test-fast leaves out the end-to-end runs marked slow (subprocesses,
+# whole loops, the demo): a few minutes on two cores, for the edit-test cycle.
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"

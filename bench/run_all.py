@@ -2,8 +2,8 @@
 
     python bench/run_all.py [--only train_throughput,eval_throughput,roofline,precision_agreement] [--with-learning]
 
-The learning benchmark (about 25-40 minutes an arm here) runs only with --with-learning; its last result,
-if any, is still rendered.
+The learning experiment (experiments/learning.py, about 25-40 minutes an arm here) runs only with
+--with-learning; its last results (experiments/results/learning*.json), if any, are still rendered.
 """
 from __future__ import annotations
 
@@ -19,11 +19,17 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import write_result
 RESULTS = HERE / "results"
-FAST = ("train_throughput", "eval_throughput", "cloze_vs_harness", "roofline", "precision_agreement")
+EXPERIMENT_RESULTS = HERE.parent / "experiments" / "results"  # the learning experiment's, rendered here too
+FAST = ("train_throughput", "eval_throughput", "cloze_vs_harness", "roofline", "precision_agreement", "profile_train")
 
 
 def _load(name: str) -> dict | None:
     path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _load_experiment(name: str) -> dict | None:
+    path = EXPERIMENT_RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -114,6 +120,15 @@ def render() -> str:
                            f"{r['seconds']['fp32']:.1f} / {r['seconds']['bf16']:.1f} |")
             out.append("")
         out += [f"**{pa['summary']}**", ""] if pa["summary"] else []
+    prof = _load("profile_train")
+    if prof:
+        m = prof["machine"]
+        out += [f"## Where a training step goes ({m['date']}, {_cpu(m)}, {m['torch_threads']} threads, torch {m['torch']})",
+                "", f"`bench/profile_train.py`: PyTorch profiler over {prof['steps_profiled']} steps of the demo's "
+                f"dictionary stage (batch 8, rows of ~30 tokens, {prof['precision']}), {prof['profiled_seconds']:.1f} s; "
+                "top ops by self CPU time.", "", "| op | share | self CPU ms | calls |", "|---|---|---|---|"]
+        out += [f"| `{o['op']}` | {o['share']:.1%} | {o['self_cpu_ms']:.0f} | {o['calls']} |" for o in prof["top_ops"]]
+        out += ["", f"**{prof['summary']}**", ""]
     gpu = _load("gpu")
     out += ["## GPU check", ""]
     if gpu and not gpu.get("smoke"):
@@ -123,8 +138,8 @@ def render() -> str:
                 f"{gpu['measured_matmul_flops'] / 1e12:.0f}).", "", f"**{gpu['summary']}**", ""]
     else:
         out += ["`bench/gpu_check.py` has not run on a GPU yet (no GPU was available); how to run it: its docstring "
-                "and the README's Performance section. Its `--smoke` mode runs on CPU in `make test`.", ""]
-    for path in sorted(RESULTS.glob("learning*.json")):
+                "and docs/results.md, section Performance. Its `--smoke` mode runs on CPU in `make test`.", ""]
+    for path in sorted(EXPERIMENT_RESULTS.glob("learning*.json")):
         ln = json.loads(path.read_text())
         m = ln["machine"]
         out += [f"## Learning, {ln['settings']['precision']} (`--results {path.stem}`; {m['date']}, {_cpu(m)}, "
@@ -133,7 +148,7 @@ def render() -> str:
                 f"{json.dumps({k: v for k, v in ln['settings'].items() if k not in ('model', 'fresh', 'arms')})}. "
                 f"The {len(ln['results'])} arms took {ln['arm_seconds_total'] / 60:.1f} minutes in all (each arm timed as it ran).", "", ln["table"], "",
                 f"**{ln['summary']}**", "",
-                "How to read it: the README, section \"Which training settings to start from\".", ""]
+                "How to read it: docs/results.md, section \"Which training settings to start from\".", ""]
     runs = _load("run_all")
     if runs:
         parts = ", ".join(f"{k} {v / 60:.1f} min" for k, v in runs["seconds"].items())
@@ -154,7 +169,8 @@ def main() -> int:
     for name in names:
         print(f"== {name}", flush=True)
         started = time.time()
-        subprocess.run([sys.executable, str(HERE / f"{name}.py")], check=True)
+        script = HERE.parent / "experiments" / "learning.py" if name == "learning" else HERE / f"{name}.py"
+        subprocess.run([sys.executable, str(script)], check=True)
         timings[name] = round(time.time() - started, 1)
     if timings:
         # The run's own duration is a result too: the issue bounds `make bench` at 30 minutes.
@@ -162,7 +178,7 @@ def main() -> int:
                                  "total_seconds": sum(timings.values())})
     (HERE / "README.md").write_text(render(), encoding="utf-8")
     for name in (*FAST, "learning"):
-        result = _load(name)
+        result = _load(name) if name != "learning" else _load_experiment(name)
         if result:
             print(result["summary"])
     return 0

@@ -44,3 +44,31 @@ def tiny_model(tiny_model_dir):
     from kormedqa.modeling import load_model
 
     return load_model(str(tiny_model_dir), choose("cpu", "fp32"))
+
+
+@pytest.fixture(scope="session")
+def medgemma_standin(tokenizer_dir) -> Path:
+    """google/medgemma-4b-it's layout (multimodal Gemma3ForConditionalGeneration, hub names, processor), tiny."""
+    from kormedqa.default_model import build_standin
+
+    out = CACHE / "standin-multimodal"
+    if not (out / "config.json").exists():
+        build_standin(out, tokenizer_dir, layout="multimodal")
+    return out
+
+
+@pytest.fixture(scope="session")
+def medgemma_text_standin(tokenizer_dir) -> Path:
+    """google/medgemma-27b-text-it's layout (text-only Gemma3ForCausalLM, bf16, two shards), tiny."""
+    from kormedqa.default_model import build_standin
+
+    out = CACHE / "standin-text"
+    if not (out / "config.json").exists():
+        build_standin(out, tokenizer_dir, layout="text")
+    return out
+
+
+@pytest.fixture(scope="session", params=["multimodal", "text"])
+def standin(request, medgemma_standin, medgemma_text_standin) -> Path:
+    """Each stand-in layout in turn."""
+    return medgemma_standin if request.param == "multimodal" else medgemma_text_standin

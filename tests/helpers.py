@@ -28,3 +28,38 @@ def write_sample(root: Path, n_train: int = 6, n_test: int = 4, n_dev: int = 2) 
                        "answer": 1, "exam_type": ["doctor", "nurse"][i % 2]}
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     return {"dictionary": str(root / "dict.json"), "mcq": str(mcq_dir)}
+
+
+# The one tiny loop the loop tests run (tests/test_loop.py in this process, tests/test_crash_resume.py
+# through the CLI, tests/test_pinned.py pins its metrics, tests/test_rationales.py builds its rows):
+# one optimizer step per stage on write_sample's data, every scorer, two dictionary entries recalled.
+TINY_LOOP = {
+    "max_loops": 1, "dict_max_steps": 1, "mcq_max_steps": 1, "dict_batch_size": 2, "mcq_batch_size": 2,
+    "dict_grad_accum": 1, "mcq_grad_accum": 1, "eval_mode": "all", "max_new_tokens": 4, "eval_batch_size": 4,
+    "dict_eval_limit": 2, "device": "cpu", "seed": 3,
+}
+
+
+def tiny_loop_settings(data: dict, model_dir, output, **overrides) -> dict:
+    """`TINY_LOOP` on `write_sample`'s `data` and the model folder `model_dir`, writing `output`; `overrides` win."""
+    return {"base_model": str(model_dir), "dictionary": [data["dictionary"]], "train_data": data["mcq"],
+            "eval_data": data["mcq"], "output": str(output), **TINY_LOOP, **overrides}
+
+
+def tiny_loop_config(data: dict, model_dir, output, **overrides):
+    """`tiny_loop_settings` as a `LoopConfig`, for `run_loop` / `LoopRecipe` in this process."""
+    from kormedqa.loop import LoopConfig
+
+    return LoopConfig(**tiny_loop_settings(data, model_dir, output, **overrides))
+
+
+def as_flags(settings: dict) -> list[str]:
+    """`settings` as `kormedqa loop` flags: `--kebab-name value`, a list as several values, True as the bare flag."""
+    flags = []
+    for name, value in settings.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif value is not False and value is not None:
+            flags += [flag, *map(str, value if isinstance(value, list) else [value])]
+    return flags

@@ -2,11 +2,15 @@
 import json
 import os
 import subprocess
+
+import pytest
 import sys
 from pathlib import Path
 
 
 from helpers import write_sample
+
+pytestmark = pytest.mark.slow  # every test runs `kormedqa` as a subprocess (make test-fast leaves them out)
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "KORMEDQA_LOG": "WARNING"}
 

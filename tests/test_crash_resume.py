@@ -11,7 +11,9 @@ import sys
 
 import pytest
 
-from helpers import write_sample
+from helpers import as_flags, tiny_loop_settings, write_sample
+
+pytestmark = pytest.mark.slow  # SIGKILLed `kormedqa loop` subprocesses, resumed
 
 
 def _loop(tmp_path, tiny_model_dir, data, out, *extra, kill_at=None):
@@ -19,11 +21,11 @@ def _loop(tmp_path, tiny_model_dir, data, out, *extra, kill_at=None):
     env.pop("KORMEDQA_KILL_AT", None)
     if kill_at:
         env["KORMEDQA_KILL_AT"] = kill_at
-    cmd = [sys.executable, "-m", "kormedqa", "loop", "--base-model", str(tiny_model_dir),
-           "--dictionary", data["dictionary"], "--train-data", data["mcq"], "--eval-data", data["mcq"],
-           "--output", str(out), "--max-loops", "2", "--patience", "5", "--dict-max-steps", "2", "--mcq-max-steps", "2",
-           "--dict-batch-size", "2", "--mcq-batch-size", "2", "--dict-grad-accum", "1", "--mcq-grad-accum", "1",
-           "--max-new-tokens", "3", "--eval-batch-size", "2", "--device", "cpu", "--seed", "5", *extra]
+    # The shared tiny loop, two loops of two steps per stage and two questions per scoring batch: the
+    # kill points below count steps, checkpoints and generation batches of exactly this run.
+    settings = tiny_loop_settings(data, tiny_model_dir, out, max_loops=2, patience=5, dict_max_steps=2,
+                                  mcq_max_steps=2, eval_batch_size=2)
+    cmd = [sys.executable, "-m", "kormedqa", "loop", *as_flags(settings), *extra]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 

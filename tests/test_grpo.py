@@ -34,6 +34,7 @@ def test_prepared_rows_give_gold_from_reference_completion():
     assert grpo_rows_from_prepared(rows) == [{"prompt": "<start_of_turn>user\nq<end_of_turn>\n<start_of_turn>model\n", "gold": "D"}]
 
 
+@pytest.mark.slow  # two GRPO steps end to end (test_pinned has one)
 def test_a_few_grpo_steps_write_an_adapter(tmp_path, tiny_model_dir):
     import shutil
 

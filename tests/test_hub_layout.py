@@ -208,6 +208,7 @@ def test_shards_are_read_in_order_and_together(tmp_path):
     assert [r.q_number for r in load_mcq(tmp_path, split="train")] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow  # `kormedqa prepare` as a subprocess
 def test_prepare_mcq_on_the_snapshot(tmp_path):
     """The command from the issue, as a user runs it."""
     root = write_hub_snapshot(tmp_path / "KorMedMCQA")

@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "kormedqa"
 
@@ -24,7 +23,7 @@ LAYERS = {
     1: ("fsio", "provenance", "launch", "checks", "config", "validate", "hub", "data"),  # I/O, configs
     2: ("default_model", "modeling"),                                       # model
     3: ("formats", "augment", "leakage", "extract", "metrics", "batching"),  # pure logic
-    4: ("trainer", "stage", "scorers", "vllm_backend", "endpoint", "rationales"),  # work
+    4: ("trainer", "stage", "scorers", "scorer_table", "lm_eval_protocol", "vllm_backend", "endpoint", "rationales"),  # work
     5: ("prepare", "sft", "grpo", "cpt", "evaluate"),                       # stages
     6: ("report", "loop_config", "loop", "demo"),                           # orchestrators
     7: ("cli", "__main__", "__init__"),                                     # entry
@@ -138,3 +137,14 @@ print(json.dumps(wrong))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_pictures_of_the_layers_show_this_table():
+    """README.md and docs/architecture.md draw the layers (`L<n> name` in 17 columns, the modules, a note
+    in parentheses): the same modules as LAYERS, so a module added to the table is added to the pictures."""
+    root = PACKAGE.parents[1]
+    table = {layer: set(modules) - {"__main__", "__init__"} for layer, modules in LAYERS.items()}
+    for doc in (root / "README.md", root / "docs" / "architecture.md"):
+        drawn = {int(line[1]): {name.strip() for name in line[17:].split("(")[0].split(",")}
+                 for line in doc.read_text(encoding="utf-8").splitlines() if re.match(r"L\d ", line)}
+        assert drawn == table, doc.name

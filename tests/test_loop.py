@@ -1,26 +1,20 @@
 """Loop training on a tiny model: the spec's checkpoint layout, history.json, and --resume."""
 import json
+from pathlib import Path
 
 import pytest
 
 from kormedqa.loop import LoopConfig, run_loop
-from kormedqa.errors import OutputExistsError
+from kormedqa.errors import OutputExistsError, UsageError
 
-from helpers import write_sample
+from helpers import tiny_loop_config, write_sample
 
 
 def _cfg(tmp_path, tiny_model_dir, **kw):
-    data = write_sample(tmp_path / "data")
-    base = dict(
-        base_model=str(tiny_model_dir), dictionary=[data["dictionary"]], train_data=data["mcq"], eval_data=data["mcq"],
-        output=str(tmp_path / "run"), max_loops=1, dict_max_steps=1, mcq_max_steps=1, dict_batch_size=2,
-        mcq_batch_size=2, dict_grad_accum=1, mcq_grad_accum=1, eval_mode="all", max_new_tokens=4,
-        eval_batch_size=4, device="cpu", seed=3, dict_eval_limit=2,
-    )
-    base.update(kw)
-    return LoopConfig(**base)
+    return tiny_loop_config(write_sample(tmp_path / "data"), tiny_model_dir, tmp_path / "run", **kw)
 
 
+@pytest.mark.slow  # whole loops end to end
 def test_one_loop_writes_seed_layout_and_history(tmp_path, tiny_model_dir):
     cfg = _cfg(tmp_path, tiny_model_dir)
     history = run_loop(cfg)
@@ -66,6 +60,7 @@ def test_existing_output_is_refused_without_resume(tmp_path, tiny_model_dir):
         run_loop(_cfg(tmp_path, tiny_model_dir))
 
 
+@pytest.mark.slow  # whole loops end to end
 def test_resume_continues_instead_of_starting_over(tmp_path, tiny_model_dir):
     run_loop(_cfg(tmp_path, tiny_model_dir, max_loops=1))
     run = tmp_path / "run"
@@ -80,6 +75,7 @@ def test_resume_continues_instead_of_starting_over(tmp_path, tiny_model_dir):
     assert stages.count("loop_1_dict") == 1 and stages.count("loop_2_dict") == 1
 
 
+@pytest.mark.slow  # whole loops end to end
 def test_resume_after_kill_during_mcq_stage_redoes_only_that_stage(tmp_path, tiny_model_dir):
     import shutil
 
@@ -129,6 +125,7 @@ def test_stage_config_carries_the_loops_schedule(tmp_path, tiny_model_dir):
     assert not _stage_config(grouped, "dict", str(tiny_model_dir), 1).keep_order
 
 
+@pytest.mark.slow  # whole loops end to end
 def test_recipe_steps_one_at_a_time_match_run_loop(tmp_path, tiny_model_dir):
     from kormedqa.loop import LoopRecipe
 
@@ -164,42 +161,61 @@ def test_evaluate_checkpoint_writes_both_evaluations(tmp_path, tiny_model_dir, t
     assert len((tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()) == len(questions)
 
 
-def test_shipped_recipes_parse_as_loop_configs():
-    """Every key of recipes/*.yaml is a LoopConfig field with a valid value (choices, ranges, select-by)."""
-    from pathlib import Path
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
+
+def test_every_shipped_recipe_parses_into_its_config_class():
+    """recipes/**/*.yaml: accelerate's configs into accelerate's ClusterConfig, a learning arm's rationale
+    settings into RationalesConfig, every other recipe (the learning arms too) into LoopConfig (every key
+    a field, every value valid: choices, ranges, select-by)."""
     import yaml
+    from accelerate.commands.config.config_args import ClusterConfig
 
-    from kormedqa.loop import LoopConfig
+    from kormedqa.rationales import RationalesConfig
 
-    recipes = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
-    assert {r.name for r in recipes} >= {"medgemma-4b-seed.yaml", "cpu-demo.yaml"}
+    recipes = sorted(RECIPES.rglob("*.yaml"))
+    names = {str(r.relative_to(RECIPES)) for r in recipes}
+    assert names >= {"medgemma-4b-seed.yaml", "cpu-demo.yaml", "accelerate/fsdp.yaml", "accelerate/multi_gpu.yaml"}
+    assert {r.stem for r in RECIPES.glob("experiments/*.yaml")} >= {"dictline_rehearse_long", "star_dictline.rationales"}
     for recipe in recipes:
-        cfg = LoopConfig(**yaml.safe_load(recipe.read_text()))
-        assert cfg.stages == "dict,mcq", recipe.name
-    seed = LoopConfig(**yaml.safe_load((recipes[0].parent / "medgemma-4b-seed.yaml").read_text()))
+        if recipe.parent.name == "accelerate":
+            assert ClusterConfig.from_yaml_file(recipe).num_processes >= 1, recipe
+        elif recipe.name.endswith(".rationales.yaml"):  # a learning arm's `kormedqa rationales` settings
+            assert RationalesConfig(**yaml.safe_load(recipe.read_text())).samples >= 1, recipe
+        else:
+            assert LoopConfig(**yaml.safe_load(recipe.read_text())).max_loops >= 1, recipe
+    seed = LoopConfig(**yaml.safe_load((RECIPES / "medgemma-4b-seed.yaml").read_text()))
     assert (seed.eval_split, seed.test_split) == ("dev", "test")  # chosen on dev, reported on test
     assert (seed.dict_batch_size, seed.dict_grad_accum, seed.dict_learning_rate) == (4, 4, 2e-5)
     assert (seed.mcq_batch_size, seed.mcq_grad_accum, seed.mcq_learning_rate) == (2, 8, 1e-5)
     assert (seed.max_loops, seed.target_accuracy, seed.patience) == (10, 90.0, 3)
 
 
-def test_cpu_demo_recipe_is_the_demos_loop():
-    """recipes/cpu-demo.yaml says it is `make demo`'s loop on its own: the settings both have agree."""
-    from pathlib import Path
+def test_the_demo_loads_its_loop_from_the_recipe_unchanged():
+    """recipes/cpu-demo.yaml is the demo's loop: loaded, it is field by field the LoopConfig the demo
+    built by hand before the recipe became its one source (the literal below is that old code, with
+    the old DemoConfig defaults), and --loop-set changes only what it names."""
+    from kormedqa.demo import DemoConfig, demo_loop_config
 
-    import yaml
-
-    from kormedqa.demo import DemoConfig
-
-    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "cpu-demo.yaml").read_text())
-    demo = DemoConfig()
-    shared = ("dict_epochs", "mcq_epochs", "option_rotations", "dict_rehearsal", "dict_learning_rate",
-              "mcq_learning_rate", "dict_batch_size", "mcq_batch_size", "answer_weight", "rationale_template", "rotation_batches",
-              "eval_mode", "eval_every", "dict_eval_limit", "eval_batch_size", "max_new_tokens", "seed")
-    assert {k: recipe[k] for k in shared} == {k: getattr(demo, k) for k in shared}
-    assert (recipe["eval_split"], recipe["test_split"]) == ("test", "")  # as run_demo runs its loop
-    assert recipe["max_loops"] == recipe["patience"] == demo.loops
+    cfg = DemoConfig()
+    old = LoopConfig(
+        base_model="cpt", dictionary=list(cfg.dictionary), train_data=cfg.mcq, eval_data=cfg.mcq, output="runs/demo/loop",
+        max_loops=1, patience=1, dict_epochs=3.0, mcq_epochs=0.55, dict_learning_rate=5e-4, mcq_learning_rate=5e-4,
+        dict_batch_size=8, mcq_batch_size=5, dict_grad_accum=1, mcq_grad_accum=1, group_by_length=True,
+        answer_weight="2/3", rationale_template="dictionary_line", dict_rehearsal=0.5, option_rotations=5,
+        rotation_batches=True, eval_mode="generate,loglik,cloze", eval_limit=None, eval_every=2, eval_batch_size=32,
+        max_new_tokens=64, dict_eval_limit=40, device="auto", precision="auto", seed=42, resume=True,
+        eval_split="test", test_split="",  # the demo reports its one loop on test; no separate test pass
+    )
+    assert demo_loop_config(cfg, "cpt", "runs/demo/loop") == old
+    changed = demo_loop_config(DemoConfig(loop_set=["mcq_epochs=0.1", "eval_limit=8"], seed=3), "cpt", "x")
+    assert (changed.mcq_epochs, changed.eval_limit, changed.seed, changed.dict_epochs) == (0.1, 8, 3, 3.0)
+    for loop_set, message in ((["mcq_epoch=1"], "not loop settings: mcq_epoch"), (["mcq_epochs"], "name=value"),
+                              (["mcq_batch_size=3"], "--mcq-batch-size")):
+        with pytest.raises(UsageError, match=message):
+            demo_loop_config(DemoConfig(loop_set=loop_set))
+    with pytest.raises(UsageError, match="no such file"):
+        demo_loop_config(DemoConfig(recipe="recipes/none.yaml"))
 
 
 def test_dict_rehearsal_rows_cycle_the_dictionary_and_are_marked():
@@ -227,6 +243,7 @@ def test_rehearsal_rows_train_as_reasoning_not_as_the_weighted_answer(tokenizer)
     assert plain["labels"] == rehearsed["labels"]
 
 
+@pytest.mark.slow  # a whole loop end to end, then its resume
 def test_resume_with_other_settings_is_refused_before_anything_is_written(tmp_path, tiny_model_dir):
     from kormedqa.errors import UsageError
 

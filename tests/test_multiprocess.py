@@ -103,5 +103,84 @@ def test_accelerate_cpu_flag_starting_one_process_is_refused(monkeypatch):
         check_launch("train")
     monkeypatch.setenv("WORLD_SIZE", "2")  # launched for real (torchrun / accelerate --multi_gpu)
     check_launch("train")
-    with pytest.raises(UsageError, match="one process"):
-        check_launch("eval")
+    check_launch("loop")
+    check_launch("eval")
+    for command in ("cpt", "merge", "demo", "prepare"):  # each process would write the same files
+        with pytest.raises(UsageError, match="one process"):
+            check_launch(command)
+
+
+# ---------------------------------------------------------------- the loop and evaluation on two processes
+
+def _loop(launcher: list[str], data: dict, base: Path, out: Path, batch: int, loops: int, resume: bool = False):
+    """The recipe header's command, `kormedqa loop --config recipes/medgemma-4b-seed.yaml`, with tiny overrides."""
+    args = ["-m", "kormedqa", "loop", "--config", REPO / "recipes" / "medgemma-4b-seed.yaml",
+            "--base_model", base, "--dictionary", data["dictionary"], "--train_data", data["mcq"],
+            "--eval_data", data["mcq"], "--output", out, "--max_loops", loops, "--patience", 5,
+            "--dict_max_steps", 1, "--mcq_max_steps", 1, "--dict_batch_size", batch, "--mcq_batch_size", batch,
+            "--dict_grad_accum", 1, "--mcq_grad_accum", 1, "--dict_learning_rate", 0.01, "--mcq_learning_rate", 0.01,
+            "--lora_r", 4, "--lora_alpha", 8, "--lora_dropout", 0, "--max_new_tokens", 4, "--eval_batch_size", 2,
+            "--dict_eval_limit", 3, "--device", "cpu", "--precision", "fp32", *(["--resume"] if resume else [])]
+    run = subprocess.run([*launcher, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads((out / "history.json").read_text())
+
+
+def _same(a, b, path=""):
+    """Equal, floats to 1e-4 relative (two processes sum gradients in another order: weights differ ~1e-7)."""
+    if isinstance(a, float) or isinstance(b, float):
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-4), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+@pytest.mark.slow
+def test_two_process_loop_with_resume_equals_one_process(tmp_path, medgemma_standin):
+    """accelerate launch -m kormedqa loop on MedGemma's multimodal layout: two loops in one process =
+    one loop in two processes + --resume for the second, in metrics and per-question predictions."""
+    from helpers import write_sample
+
+    data = write_sample(tmp_path / "data")
+    one = _loop([sys.executable], data, medgemma_standin, tmp_path / "one", batch=2, loops=2)
+    _loop(ACCELERATE, data, medgemma_standin, tmp_path / "two", batch=1, loops=1)
+    two = _loop(ACCELERATE, data, medgemma_standin, tmp_path / "two", batch=1, loops=2, resume=True)
+
+    assert [l["loop"] for l in two["loops"]] == [1, 2]
+    for a, b in zip(one["loops"], two["loops"], strict=True):
+        _same(a["metrics"], b["metrics"], f"loop {a['loop']}")
+        assert a["training"]["mcq"]["train_loss"] == pytest.approx(b["training"]["mcq"]["train_loss"], rel=1e-4)
+    for loop in (1, 2):
+        for folder in ("eval", "eval_dict"):
+            rows = [[json.loads(line) for line in (tmp_path / run / f"loop_{loop}" / folder / "predictions.jsonl")
+                     .read_text().splitlines()] for run in ("one", "two")]
+            assert len(rows[0]) == len(rows[1]) > 0
+            _same(rows[0], rows[1], f"loop {loop} {folder}")  # each question once, same order, same answers
+    assert not list((tmp_path / "two").rglob("*.tmp-*"))
+    adapter = tmp_path / "two" / "final" / "adapter_model.safetensors"
+    from safetensors.torch import load_file
+
+    assert all(".language_model." in k for k in load_file(adapter))
+
+
+def test_each_process_scores_whole_batches_each_item_once(monkeypatch):
+    from kormedqa.launch import shard_batches
+
+    order = [7, 3, 9, 0, 4, 1, 8, 2, 6, 5, 10]
+    for world in (1, 2, 3, 5):
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        shares = []
+        for rank in range(world):
+            monkeypatch.setenv("RANK", str(rank))
+            shares.append(shard_batches(order, 3))
+        assert sorted(i for s in shares for i in s) == sorted(order)
+        batches = [order[k:k + 3] for k in range(0, len(order), 3)]
+        for rank, share in enumerate(shares):  # the one-process batches, dealt round-robin
+            assert share == sorted(i for b in batches[rank::world] for i in b)

@@ -111,3 +111,72 @@ def test_first_training_losses_are_pinned(tiny_model_dir, tokenizer, tmp_path):
     log = run_training(cfg, rows, tmp_path / "run", tokenizer=tokenizer, stage="pinned")["log"]
     # rel 1e-4: other CPUs' fp32 kernels sum in other orders; a real change moves the loss far more.
     assert [row["loss"] for row in log] == pytest.approx(PINNED_LOSSES, rel=1e-4)
+
+
+# CPT (`run_cpt`) on the tiny model: the two sample paragraphs below plus one vocabulary line x2,
+# batch 2, lr 1e-2, 3 steps, seed 7, fp32. The logged losses and held-out perplexity before/after.
+PINNED_CPT_LOSSES = [12.4652, 12.3981, 12.2460]  # measured 2026-12-03, Intel Xeon Processor (amx_bf16), torch 2.13 CPU
+PINNED_CPT_PERPLEXITY = (258767.2, 216954.8)  # held-out perplexity before and after (the corpus itself)
+
+
+def test_first_cpt_losses_are_pinned(tiny_model_dir, tmp_path):
+    import json
+
+    from kormedqa.cpt import CPTConfig, run_cpt
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("고혈압은 혈압이 정상 범위보다 높은 상태이다.\n빈혈은 혈액의 산소 운반 능력이 감소한 상태이다.\n",
+                      encoding="utf-8")
+    vocab = tmp_path / "vocab.json"
+    vocab.write_text(json.dumps([{"term": "폐렴", "definition": "Pneumonia. 폐 실질에 생긴 염증"}], ensure_ascii=False))
+    cfg = CPTConfig(base_model=str(tiny_model_dir), corpus=str(corpus), heldout=str(corpus), vocab=[str(vocab)],
+                    vocab_repeat=2, output=str(tmp_path / "cpt"), max_steps=3, batch_size=2, learning_rate=1e-2,
+                    max_length=64, device="cpu", precision="fp32", seed=7)
+    metrics = run_cpt(cfg)
+    log = [json.loads(line) for line in (tmp_path / "cpt" / "train_log.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in log if "loss" in row]
+    perplexity = (metrics["perplexity_before"], metrics["perplexity_after"])
+    assert losses == pytest.approx(PINNED_CPT_LOSSES, rel=1e-4)
+    assert perplexity == pytest.approx(PINNED_CPT_PERPLEXITY, rel=1e-4)
+
+
+# GRPO (`run_grpo`) on the tiny model: write_sample's 6 training questions, 2 completions of at most
+# 6 tokens per prompt, 4 completions per step, 1 step, seed 7, fp32. Sampling is seeded, so the
+# completions are fixed: the random model's never reach `</reasoning>X`, so reward and loss are 0;
+# the tokens TRL counted and the policy's entropy on the sampled tokens pin the sampling and the forward.
+PINNED_GRPO = {"loss": 0.0, "reward": 0.0, "num_tokens": 424.0, "entropy": 12.46384}  # measured 2026-12-03, Intel Xeon Processor, torch 2.13 CPU
+
+
+def test_first_grpo_steps_are_pinned(tiny_model_dir, tmp_path):
+    from kormedqa.data import load_mcq
+    from kormedqa.grpo import GRPOStageConfig, grpo_rows_from_mcqs, run_grpo
+
+    from helpers import write_sample
+
+    qs = load_mcq(write_sample(tmp_path / "d")["mcq"], split="train")
+    cfg = GRPOStageConfig(base_model=str(tiny_model_dir), max_steps=1, num_generations=2, max_completion_length=6,
+                          batch_size=4, learning_rate=1e-2, device="cpu", precision="fp32", seed=7)
+    log = run_grpo(cfg, grpo_rows_from_mcqs(qs), tmp_path / "grpo")["log"]
+    assert len(log) == 1
+    assert {k: log[0][k] for k in PINNED_GRPO} == pytest.approx(PINNED_GRPO, rel=1e-4, abs=1e-6)
+
+
+# One loop of the shared tiny loop (tests/helpers.py TINY_LOOP) in fp32: the metrics history.json keeps.
+PINNED_LOOP_LOSSES = {"dict": 12.5435, "mcq": 12.5741}  # measured 2026-12-03, Intel Xeon Processor, torch 2.13 CPU
+PINNED_LOOP_METRICS = {"accuracy": 0.0, "loglik_accuracy": 0.0, "cloze_accuracy": 0.0, "cloze_accuracy_norm": 0.5,
+                       "reference_loss": 12.47958, "reference_answer_loss": 12.57676, "dict_chrf": 1.424286}
+
+
+@pytest.mark.slow  # a whole loop: training, every scorer, checkpoints (the fast subset has the parts)
+def test_one_tiny_loops_metrics_are_pinned(tiny_model_dir, tmp_path):
+    from kormedqa.loop import run_loop
+
+    from helpers import tiny_loop_config, write_sample
+
+    history = run_loop(tiny_loop_config(write_sample(tmp_path / "data"), tiny_model_dir, tmp_path / "run",
+                                        precision="fp32"))
+    record = history["loops"][0]
+    losses = {track: part["train_loss"] for track, part in record["training"].items()}
+    metrics = {k: v["value"] if isinstance(v, dict) else v for k, v in record["metrics"].items() if k in PINNED_LOOP_METRICS}
+    assert losses == pytest.approx(PINNED_LOOP_LOSSES, rel=1e-4)
+    assert metrics == pytest.approx(PINNED_LOOP_METRICS, rel=1e-4)

@@ -66,6 +66,7 @@ def _adapter_weights(folder):
     return load_file(str(folder / "adapter" / "adapter_model.safetensors"))
 
 
+@pytest.mark.slow  # `kormedqa train` as a subprocess
 def test_run_train_is_the_train_command(tmp_path, tiny_model_dir):
     """`sft.run_train(cfg)` from Python and `kormedqa train` write the same adapter and run.json config."""
     from kormedqa.sft import TrainConfig, run_train

@@ -84,6 +84,7 @@ def _copy(runs, tmp_path, name="killed"):
     return tmp_path / name
 
 
+@pytest.mark.slow  # uses the `runs` fixture: `kormedqa train` SIGKILLed in a subprocess
 def test_kill_inside_a_checkpoint_save_resumes_from_the_newest_complete_one(runs, tmp_path, capsys, caplog):
     tmp, data, settings = runs
     out = _copy(runs, tmp_path)
@@ -108,6 +109,7 @@ def test_kill_inside_a_checkpoint_save_resumes_from_the_newest_complete_one(runs
     assert not work.exists()
 
 
+@pytest.mark.slow  # uses the `runs` fixture: `kormedqa train` SIGKILLed in a subprocess
 def test_resume_with_only_the_output_takes_the_recorded_settings(runs, tmp_path, capsys, caplog):
     out = _copy(runs, tmp_path)
     before = json.loads((out / "run.json").read_text())
@@ -122,6 +124,7 @@ def test_resume_with_only_the_output_takes_the_recorded_settings(runs, tmp_path,
     (["--lora-r", "8"], "lora_r: 4 -> 8"),
     (["--answer-weight", "none"], "answer_weight"),
 ])
+@pytest.mark.slow  # uses the `runs` fixture: `kormedqa train` SIGKILLed in a subprocess
 def test_resume_with_a_changed_setting_is_refused(runs, tmp_path, flags, named, capsys, caplog):
     out = _copy(runs, tmp_path)
     before = _tree(out)
@@ -131,6 +134,7 @@ def test_resume_with_a_changed_setting_is_refused(runs, tmp_path, flags, named, 
     assert _tree(out) == before
 
 
+@pytest.mark.slow  # uses the `runs` fixture: `kormedqa train` SIGKILLed in a subprocess
 def test_resume_with_changed_data_is_refused(runs, tmp_path, capsys, caplog):
     out = _copy(runs, tmp_path)
     data = tmp_path / "rows.jsonl"
@@ -141,6 +145,7 @@ def test_resume_with_changed_data_is_refused(runs, tmp_path, capsys, caplog):
     assert _tree(out) == before
 
 
+@pytest.mark.slow  # uses the `runs` fixture: `kormedqa train` SIGKILLed in a subprocess
 def test_resume_where_no_checkpoint_was_kept_says_so(runs, tmp_path, capsys, caplog):
     _, data, settings = runs
     out = _copy(runs, tmp_path)  # a run killed before it kept a checkpoint (--save-steps 0 keeps none)
@@ -169,6 +174,7 @@ def _eval_folder(root: Path) -> Path:  # as eval wrote them before run.json: met
     return root
 
 
+@pytest.mark.slow  # uses the `runs` fixture: `kormedqa train` SIGKILLed in a subprocess
 def test_resume_refuses_a_folder_another_command_wrote(runs, tmp_path, tiny_model_dir, capsys, caplog):
     _, data, settings = runs
     for folder, made_by in ((_loop_folder(tmp_path / "loop"), "loop"), (_eval_folder(tmp_path / "eval"), "eval")):

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from kormedqa.checks import EVAL_SCORERS, Range, check_config, parse_eval_mode
+from kormedqa.checks import Range, check_config
+from kormedqa.scorer_table import ALL_SCORERS, EVAL_SCORERS, parse_eval_mode
 from kormedqa.errors import DataError, LeakageError, ModelError, OutputExistsError, UsageError, UserError
 from kormedqa.loop import SELECTABLE_BY_SCORER, LoopConfig, check_select_by
 
@@ -119,7 +120,7 @@ def test_select_by_mapping():
 
 
 def test_eval_mode_parsing():
-    assert parse_eval_mode("all") == EVAL_SCORERS
+    assert parse_eval_mode("all") == ALL_SCORERS == ("generate", "loglik", "cloze", "loss")
     assert parse_eval_mode("loglik,generate") == ("generate", "loglik")
     assert parse_eval_mode("cloze, generate") == ("generate", "cloze")
     for bad in ("", "generate,bogus", ",", "Generate", "both"):

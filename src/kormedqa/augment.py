@@ -1,7 +1,7 @@
 """Option-order augmentation: training questions again with their options rotated.
 
 A small model fine-tuned on a few hundred questions learns the letters' base rates before it
-learns which letter holds the option its rationale named (bench/learning.py measures both).
+learns which letter holds the option its rationale named (experiments/learning.py measures both).
 Showing the same question with the answer at other letters makes the letter depend on the
 prompt's option list instead of on position; the content (question, options, rationale) stays
 the same. Used for training rows only, never on an evaluation split.

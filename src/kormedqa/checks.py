@@ -26,11 +26,6 @@ from .errors import UsageError
 
 DEVICE_HINT = "auto, cpu, cuda, cuda:N or mps"
 
-# Evaluation scorers and the metrics each computes (what a loop can select by). `both` is the
-# older name of generate,loglik and stays accepted.
-EVAL_SCORERS = ("generate", "loglik", "cloze", "loss")
-EVAL_MODE_ALIASES = {"all": EVAL_SCORERS}
-
 
 @dataclass(frozen=True)
 class Range:
@@ -128,19 +123,6 @@ def check_device(device: str) -> None:
     base, _, index = device.partition(":")
     if base not in ("auto", "cpu", "cuda", "mps") or (index and (base != "cuda" or not index.isdigit())):
         raise UsageError(f"--device must be {DEVICE_HINT}; got {device!r}")
-
-
-def parse_eval_mode(mode: str, flag_name: str = "--eval-mode") -> tuple[str, ...]:
-    """`generate,loglik` -> ('generate', 'loglik'); `all` -> every scorer. UsageError for anything else."""
-    if mode in EVAL_MODE_ALIASES:
-        return EVAL_MODE_ALIASES[mode]
-    parts = tuple(p.strip() for p in mode.split(",") if p.strip())
-    unknown = [p for p in parts if p not in EVAL_SCORERS]
-    if not parts or unknown:
-        raise UsageError(
-            f"{flag_name} takes a comma-separated set of {', '.join(EVAL_SCORERS)} (or all); got {mode!r}"
-        )
-    return tuple(s for s in EVAL_SCORERS if s in parts)
 
 
 def parse_answer_weight(value: str | float | None) -> float | None:

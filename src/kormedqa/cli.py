@@ -24,21 +24,22 @@ from .demo import DemoConfig, run_demo
 from .errors import OutputExistsError, UsageError, UserError, one_line
 from .evaluate import EvalConfig, run_eval
 from .hardware import choose
-from .fsio import atomic_dir, claim_output
+from .fsio import claim_output
 from .launch import check_launch, is_main_process
 from .loop import LoopConfig, run_loop
-from .modeling import DEFAULT_MODEL_NAME, adapter_base, load_model, load_tokenizer, resolve_model_path
+from .modeling import DEFAULT_MODEL_NAME, adapter_base, check_precision, merge_into_base, resolve_model_path
 from .numerics import NonFiniteError
-from .prepare import PrepareConfig, print_info, run_prepare
+from .prepare import PrepareConfig, print_info, run_prepare, run_prepare_hub
 from .provenance import recorded_config
 from .rationales import RationalesConfig, run_rationales
 from .sft import TrainConfig
+from .stage import memory_line, record_peak_memory
 
 USAGE = """usage: kormedqa <command> [options]   (kormedqa <command> --help for each)
 
 commands:
   model fetch [gemma3-270m] --out DIR   build the embedded default model as a plain HF folder
-  prepare dict|mcq                      write the spec's prompt/completion JSONL
+  prepare dict|mcq|hub                  write the spec's prompt/completion JSONL (hub: a copy in the hub's layout)
   rationales                            a teacher writes the spec's rationales, kept only when right (STaR)
   train dict|mcq                        LoRA SFT with answer-only loss
   merge                                 merge a LoRA adapter into a full safetensors model
@@ -67,7 +68,11 @@ class MergeConfig:
     """`kormedqa merge`: write adapter + base as one plain model folder."""
 
     adapter: str = field(default="", metadata={"help": "LoRA adapter folder (e.g. runs/loop/best_checkpoint)"})
-    output: str = field(default="", metadata={"help": "folder for the merged model (safetensors + tokenizer)"})
+    output: str = field(default="", metadata={"help": "folder for the merged model (the base's architecture and "
+                                                        "files: safetensors, tokenizer, processor, chat template)"})
+    dtype: str = field(default="auto", metadata={"help": "dtype of the merged weights: auto (the base's own, e.g. bf16 "
+                                                         "for MedGemma), bf16, fp32 or fp16",
+                                                 "choices": ["auto", "bf16", "fp32", "fp16"]})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing --output"})
 
 
@@ -198,9 +203,10 @@ def cmd_model(argv):
 
 
 def cmd_prepare(argv):
-    """`kormedqa prepare dict|mcq [flags]`: `prepare.run_prepare`; prints what was written as JSON."""
-    track, rest = _positional(argv, ("dict", "mcq"), "prepare")
-    print_info(run_prepare(parse(PrepareConfig, rest, f"kormedqa prepare {track}", track=track)))
+    """`kormedqa prepare dict|mcq|hub [flags]`: `prepare.run_prepare` (hub: `run_prepare_hub`); prints what was written as JSON."""
+    track, rest = _positional(argv, ("dict", "mcq", "hub"), "prepare")
+    cfg = parse(PrepareConfig, rest, f"kormedqa prepare {track}", track=track)
+    print_info(run_prepare_hub(cfg) if track == "hub" else run_prepare(cfg))
 
 
 def cmd_rationales(argv):
@@ -214,16 +220,20 @@ def cmd_train(argv):
     track, rest = _positional(argv, ("dict", "mcq"), "train")
     cfg = parse(TrainConfig, rest, f"kormedqa train {track}", track=track)
     summary = (grpo.run_train if cfg.method == "grpo" else sft.run_train)(cfg)
+    record_peak_memory(Path(cfg.output) / "run.json", summary.get("peak_memory"))
     if is_main_process():
         print(json.dumps({k: v for k, v in summary.items() if k != "log"}, indent=2))
+        print(memory_line(summary.get("peak_memory") or {}))
         print(f"adapter written to {Path(cfg.output) / 'adapter'}")
 
 
 def cmd_merge(argv):
-    """`kormedqa merge --adapter DIR --output DIR`: adapter + its base as one plain fp32 model folder.
+    """`kormedqa merge --adapter DIR --output DIR [--dtype auto]`: `modeling.merge_into_base`.
 
-    Raises UsageError for missing flags or a folder that is not an adapter, ModelError for an
-    adapter whose base is gone, OutputExistsError for an existing output without --overwrite.
+    The merged folder is the base's kind (architecture, tensor names, dtype unless --dtype, every
+    non-weight file). Raises UsageError for missing flags or a folder that is not an adapter,
+    ModelError for an adapter whose base is gone or an fp16 Gemma, OutputExistsError for an
+    existing output without --overwrite.
     """
     cfg = parse(MergeConfig, argv, "kormedqa merge")
     if not cfg.adapter or not cfg.output:
@@ -231,12 +241,10 @@ def cmd_merge(argv):
 
     if adapter_base(resolve_model_path(cfg.adapter)) is None:
         raise UsageError(f"{cfg.adapter} is not a LoRA adapter folder (no adapter_config.json): nothing to merge")
-    tokenizer = load_tokenizer(cfg.adapter)
+    if cfg.dtype == "fp16":
+        check_precision(cfg.adapter, choose("cpu", "fp16"))  # ModelError for Gemma, before the output is claimed
     claim_output(cfg.output, overwrite=cfg.overwrite, is_dir=False)
-    merged = load_model(cfg.adapter, choose("cpu", "fp32"), merge_adapter=True)
-    with atomic_dir(cfg.output) as scratch:
-        merged.save_pretrained(scratch, safe_serialization=True)
-        tokenizer.save_pretrained(scratch)
+    merge_into_base(resolve_model_path(cfg.adapter), cfg.output, dtype=cfg.dtype)
     print(f"merged model written to {cfg.output}")
 
 
@@ -248,12 +256,13 @@ def cmd_eval(argv):
 def cmd_loop(argv):
     """`kormedqa loop [flags | --config recipe.yaml]`: `loop.run_loop`; prints why it stopped and the best loop."""
     history = run_loop(parse(LoopConfig, argv, "kormedqa loop"))
-    test = history.get("test")
-    tested = (f"; on {test['split']}: " + ", ".join(f"{k} {v['value']:.1%}" for k, v in test["metrics"].items()
-                                                   if k in ("accuracy", "loglik_accuracy", "cloze_accuracy"))
-              if test else "")
-    print(f"stopped: {history['stop_reason']}; best loop {history['best']['loop']} (chosen on "
-          f"{history.get('select_split', 'the eval split')}){tested}; see history.json")
+    if is_main_process():
+        test = history.get("test")
+        tested = (f"; on {test['split']}: " + ", ".join(f"{k} {v['value']:.1%}" for k, v in test["metrics"].items()
+                                                       if k in ("accuracy", "loglik_accuracy", "cloze_accuracy"))
+                  if test else "")
+        print(f"stopped: {history['stop_reason']}; best loop {history['best']['loop']} (chosen on "
+              f"{history.get('select_split', 'the eval split')}){tested}; see history.json")
 
 
 def cmd_cpt(argv):

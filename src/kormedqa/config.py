@@ -11,6 +11,9 @@ TRL's `TrlParser`, so every flag can also come from `--config file.yaml` (flags 
     DeviceArgs         --device --precision                  every command that computes
     ModelArgs          DeviceArgs + --base-model             train, cpt, loop
     LoraArgs           --lora-r --lora-alpha                 train, cpt, loop
+                       --gradient-checkpointing
+    LmEvalArgs         --num-fewshot --apply-chat-template   eval, loop (the lm-eval protocol)
+                       --lm-eval-gen-kwargs
     ReportArgs         --report-to                           train, cpt, loop
 
 A command that needs another default redeclares the field with `arg` (it keeps its place). Field
@@ -85,6 +88,9 @@ class LoraArgs:
 
     lora_r: int = arg(64, "LoRA rank")
     lora_alpha: int = arg(128, "LoRA alpha (the update is scaled by alpha / r)")
+    gradient_checkpointing: bool = arg(False, "recompute each layer's activations in the backward pass (activation "
+                                              "checkpointing): far less activation memory for about a third more "
+                                              "compute; off by default, where memory allows (docs/medgemma.md)")
 
     RANGES: ClassVar[dict] = {"lora_r": Range(low=1), "lora_alpha": Range(low=0, low_open=True)}
 
@@ -101,3 +107,12 @@ class ReportArgs:
     def report_targets(self) -> tuple[str, ...]:
         """--report-to as a tuple of integration names (() for none); UsageError for an unknown or missing one."""
         return parse_report_to(self.report_to)
+class LmEvalArgs:
+    """The lm-eval protocol's choices, as lm-evaluation-harness names them (kormedqa.lm_eval_protocol)."""
+
+    num_fewshot: int = arg(0, "lm-eval protocol: examples from the fewshot split before each question (0, lm-eval's "
+                              "default, or 5: all of them)", choices=[0, 5])
+    apply_chat_template: bool = arg(False, "lm-eval protocol: lm-eval's --apply_chat_template (few-shot as multi-turn); "
+                                           "recorded in metrics.json")
+    lm_eval_gen_kwargs: str = arg("", "lm-eval protocol: lm-eval's --gen_kwargs (e.g. max_gen_toks=64); '' keeps the "
+                                      "task's (greedy, 1024 tokens at most, stops at '.' and a blank line)")

@@ -19,10 +19,10 @@ from .batching import CompletionCollator, SpecialTokenError, encode_text, strip_
 from .checks import Range, check_config
 from .config import SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, ReportArgs, RunArgs, arg
 from .data import load_dictionary, read_text_corpus
-from .fsio import atomic_dir, write_json_atomic
+from .fsio import write_json_atomic
 from .hardware import PrecisionChoice, choose
-from .modeling import load_tokenizer, lora_config
-from .provenance import claim_run
+from .modeling import load_model, load_tokenizer, lora_config, merge_into_base
+from .provenance import claim_run, provenance
 from .records import DataError
 from .stage import Stage
 from .trainer import AnswerWeightedTrainer, TrainerSettings, training_arguments
@@ -61,7 +61,8 @@ class CPTConfig(ModelArgs, LoraArgs, ReportArgs, RunArgs):
         return TrainerSettings(epochs=self.epochs, max_steps=self.max_steps, batch_size=self.batch_size,
                                grad_accum=self.grad_accum, learning_rate=self.learning_rate, seed=self.seed,
                                lr_scheduler_type="linear", logging_steps=1, save_steps=0, group_by_length=False,
-                               keep_order=False, report_to=self.report_targets())
+                               keep_order=False, gradient_checkpointing=self.gradient_checkpointing,
+                               report_to=self.report_targets())
 
 
 def vocab_lines(entries) -> list[str]:
@@ -123,8 +124,9 @@ def perplexity(model, tokenizer, texts: Sequence[str], max_length: int = 256, ba
 def run_cpt(cfg: CPTConfig, choice: PrecisionChoice | None = None) -> dict:
     """Continued pretraining: LoRA on `cfg.corpus` + repeated vocabulary, merged into `output/model`.
 
-    Reads and validates every input before claiming `cfg.output`. Writes `output/model` (a plain
-    merged model folder + tokenizer), `metrics.json`, `run.json` and `train_log.jsonl`. Returns
+    Reads and validates every input before claiming `cfg.output`. Writes `output/model` (the
+    merged model, of the base's architecture and dtype with all its non-weight files:
+    `modeling.merge_into_base`), `metrics.json`, `run.json` and `train_log.jsonl`. Returns
     the metrics: perplexity_before/after (None without held-out text), perplexity_target (3.0),
     target_reached, train_loss, train_texts, vocab_lines, vocab_repeat, heldout_paragraphs,
     steps, seconds (wall). `choice` is the run's precision (`hardware.choose`), decided here from
@@ -147,7 +149,7 @@ def run_cpt(cfg: CPTConfig, choice: PrecisionChoice | None = None) -> dict:
 
     texts = training_texts(paragraphs, vocab_lines(entries), cfg.vocab_repeat, cfg.seed)
     features = text_features(tokenizer, texts, cfg.max_length)
-    model = get_peft_model(model, lora_config(cfg.lora_r, cfg.lora_alpha))
+    model = get_peft_model(model, lora_config(cfg.lora_r, cfg.lora_alpha, model=model))
     trainer = AnswerWeightedTrainer(
         model=model,
         args=training_arguments(cfg.trainer_settings(), run.work, run.device, run.dtype),
@@ -157,7 +159,14 @@ def run_cpt(cfg: CPTConfig, choice: PrecisionChoice | None = None) -> dict:
         callbacks=run.callbacks(report_to=cfg.report_targets()),
     )
     result = run.train(trainer, checkpoint_on_interrupt=False)  # cpt has no --resume to continue one
-    merged = trainer.model.merge_and_unload()
+    steps = trainer.state.global_step
+    # The merged model is the base's kind (a multimodal MedGemma stays one, in its own dtype): the
+    # adapter is merged into the base read from disk, and perplexity after is measured on that folder.
+    adapter_dir = run.work / "adapter"
+    trainer.model.save_pretrained(adapter_dir)
+    del trainer, model
+    merge_into_base(adapter_dir, run.output)
+    merged = load_model(str(run.output), choice)
     after = perplexity(merged, tokenizer, heldout, cfg.max_length) if heldout else None
     metrics = {
         "perplexity_before": before,
@@ -169,13 +178,13 @@ def run_cpt(cfg: CPTConfig, choice: PrecisionChoice | None = None) -> dict:
         "vocab_lines": len(entries),
         "vocab_repeat": cfg.vocab_repeat,
         "heldout_paragraphs": len(heldout),
-        "steps": trainer.state.global_step,
+        "steps": steps,
         "seconds": run.seconds,
+        "peak_memory": run.peak_memory,
     }
-    with atomic_dir(run.output) as scratch:
-        merged.save_pretrained(scratch)
-        tokenizer.save_pretrained(scratch)
     write_json_atomic(out / "metrics.json", metrics)
+    write_json_atomic(out / "run.json", {**provenance(cfg, {"corpus": cfg.corpus, "heldout": cfg.heldout or ""},
+                                                      command="cpt", choice=choice), "peak_memory": run.peak_memory})
     run.drop_work()
     print(json.dumps(metrics, indent=2))
     return metrics

@@ -8,6 +8,7 @@ it, and writes no final output.
 """
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
@@ -38,6 +39,9 @@ class EndpointGenerator:
         except ImportError:  # optional: only endpoint teachers need it
             raise UserError("--teacher-url needs the openai client: pip install 'kormedqa[teacher]'") from None
         self.base_url, self.model, self.concurrency = base_url, model, max(1, concurrency)
+        # The client's HTTP layer logs every request at INFO: thousands of lines around the progress bar.
+        for name in ("httpx", "httpx2"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.client = OpenAI(base_url=base_url, api_key=os.environ.get(key_env) or "none", max_retries=max_retries,
                              timeout=timeout)
 

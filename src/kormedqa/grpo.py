@@ -162,7 +162,7 @@ def run_grpo(cfg: GRPOStageConfig, rows: Sequence[dict], output: str | Path, log
         args=args,
         train_dataset=Dataset.from_list(list(rows)),
         processing_class=tokenizer,
-        peft_config=None if isinstance(model, PeftModel) else lora_config(),
+        peft_config=None if isinstance(model, PeftModel) else lora_config(model=model),
         callbacks=run.callbacks(report_to=cfg.report_targets()),
     )
     # Sampling is most of a CPU step; cpu_vocab_projection speeds up its lm_head (docs/decisions.md).

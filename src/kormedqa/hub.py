@@ -115,3 +115,58 @@ def load_hub(dataset_id: str, split: str, exam_type: str | None) -> list[MCQ]:
         out.extend(_dataset_records(rows, name, config, None, f"{config}-{split}"))
     return out
 
+
+
+HUB_COLUMNS = ("id", "subject", "year", "q_number", "question", "A", "B", "C", "D", "E", "answer", "cot")
+FEWSHOT_SPLIT = "fewshot"
+
+
+def write_hub_copy(root: str | Path, splits: dict[str, list[MCQ]]) -> Path:
+    """Write MCQs as a local copy of a hub dataset repository in KorMedMCQA's layout; return `root`.
+
+    `splits` maps split name -> MCQs (each with an exam_type among `EXAM_TYPES`). Written, as the
+    hub publishes them (STACK_NOTES.md, "KorMedMCQA on the hub"): `<exam>/<split>-00000-of-00001.parquet`
+    per exam type and split, answers as integers 1-5, no exam_type column (the config is the exam),
+    and a README.md dataset card whose `configs:` map each exam type to its splits. The `id`
+    column is kept, so records read back keep their ids. `datasets.load_dataset(root, exam)`,
+    `kormedqa.data.load_mcq(root, split)` and lm-evaluation-harness's kormedmcqa task all read it.
+    Raises DataError for a question without a known exam type.
+    """
+    import pyarrow as pa  # heavy import; only hub-layout writers need it
+    import pyarrow.parquet as pq
+
+    root = Path(root)
+    schema = pa.schema([(c, pa.int64() if c in ("year", "q_number", "answer") else pa.string()) for c in HUB_COLUMNS])
+    configs: dict[str, list[str]] = {}
+    for split, mcqs in splits.items():
+        for q in mcqs:
+            if q.exam_type not in EXAM_TYPES:
+                raise DataError(q.source or q.id, None, "exam_type", f"one of {', '.join(EXAM_TYPES)} is needed "
+                                f"for the hub's layout (configs are exam types); got {q.exam_type!r}")
+        for exam in EXAM_TYPES:
+            rows = [{"id": q.id, "subject": q.subject, "year": q.year, "q_number": q.q_number, "question": q.question,
+                     **dict(zip("ABCDE", q.options)), "answer": q.answer_index + 1, "cot": q.cot}
+                    for q in mcqs if q.exam_type == exam]
+            if not rows:
+                continue
+            path = root / exam / f"{split}-00000-of-00001.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+            configs.setdefault(exam, []).append(split)
+    lines = ["---", "configs:"]
+    for exam in EXAM_TYPES:
+        if exam in configs:
+            lines += [f"- config_name: {exam}", "  data_files:"]
+            lines += [f"  - split: {split}\n    path: {exam}/{split}-*" for split in configs[exam]]
+    lines += ["---", "", "A copy of KorMedMCQA-schema questions in the hub's layout, written by kormedqa.", ""]
+    (root / "README.md").write_text("\n".join(lines), encoding="utf-8")
+    return root
+
+
+def fewshot_split(train: list[MCQ], n: int = 5) -> list[MCQ]:
+    """The first `n` questions of each exam type of `train`: a `fewshot` split for a copy that has
+    none (lm-eval's kormedmcqa task samples `first_n` from it). Never take it from the test split."""
+    out: list[MCQ] = []
+    for exam in EXAM_TYPES:
+        out += [q for q in train if q.exam_type == exam][:n]
+    return out

@@ -26,14 +26,18 @@ from .data import load_dictionary, load_mcq
 from .errors import UsageError
 from .evaluate import evaluate_dict, evaluate_mcq, summary_line, write_eval
 from .formats import Glossary
-from .hardware import PrecisionChoice, choose
 from .fsio import atomic_dir, write_json_atomic
 from .grpo import GRPOStageConfig, grpo_rows_from_mcqs, run_grpo
+from .hardware import PrecisionChoice, choose
+from .launch import is_main_process, start_processes, wait_for_everyone
+from .lm_eval_protocol import data_configs, lm_eval_settings
 from .loop_config import SELECT_BY, SELECTABLE_BY_SCORER, LoopConfig, TrackArgs, check_select_by, track_args
 from .modeling import load_model, load_tokenizer, resolve_model_path
 from .prepare import check_overlap, dict_rows, load_rationales, mcq_rows
 from .provenance import claim_run
+from .scorer_table import BY_NAME, HISTORY_METRICS, parse_eval_mode
 from .sft import TrainConfig, run_training
+from .stage import record_peak_memory
 
 __all__ = ["SELECT_BY", "SELECTABLE_BY_SCORER", "LoopConfig", "LoopRecipe", "TrackArgs", "check_select_by",
            "copy_checkpoint", "evaluate_checkpoint", "rehearsal_rows", "run_loop", "track_args"]
@@ -57,6 +61,8 @@ def _stage_config(cfg: LoopConfig, track: str, base: str, loop: int) -> TrainCon
         keep_order=track == "mcq" and cfg.rotation_batches,  # rotation_batches orders the rows
         lora_r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        gradient_checkpointing=cfg.gradient_checkpointing,
         device=cfg.device,
         precision=cfg.precision,
         seed=cfg.seed + loop,  # a different data order each loop, the same on every rerun
@@ -99,29 +105,36 @@ def copy_checkpoint(src: Path, dest: Path, card_note: str = "") -> None:
 def evaluate_checkpoint(model_path: str, tokenizer, questions: list, folder: Path, *, eval_mode: str,
                         eval_batch_size: int, max_new_tokens: int, glossary=None, rationale_template: str | None = None,
                         entries: list | None = None, dict_eval_limit: int = 0, dict_folder: Path | None = None,
-                        choice: PrecisionChoice, extra: dict | None = None) -> dict:
+                        choice: PrecisionChoice, extra: dict | None = None, data: str | None = None,
+                        split: str = "test", lm_eval=None) -> dict:
     """Score one model on `questions` (and on the first `dict_eval_limit` dictionary `entries`), write
     `folder`/{metrics.json, predictions.jsonl} (and `dict_folder` likewise) and return the metrics.
 
     The one evaluation step behind each loop's `loop_N/eval`, the demo's `eval_before` and
-    bench/learning.py's untrained base, so all three score alike. `model_path` is a full model or a
+    experiments/learning.py's untrained base, so all three score alike. `model_path` is a full model or a
     LoRA adapter folder (merged for inference), loaded in the run's precision `choice`; `extra` entries are added to the metrics before they
     are written. Dictionary recall adds `dict_exact_match` and `dict_chrf` ({value, total}) to the
-    MCQ metrics. Raises ModelError for a model that cannot load, UsageError for a bad `eval_mode`.
+    MCQ metrics. The lm_eval scorer reads `questions` from `data`/`split` with the `lm_eval`
+    settings (`lm_eval_protocol.lm_eval_settings`) and loads `model_path` itself (an adapter as peft=).
+    Raises ModelError for a model that cannot load, UsageError for a bad `eval_mode`.
     """
     template = {} if rationale_template is None else {"rationale_template": rationale_template}
-    model = load_model(model_path, choice, merge_adapter=True)
+    in_process = any(BY_NAME[s].needs_model for s in parse_eval_mode(eval_mode)) or (dict_eval_limit and entries)
+    model = load_model(model_path, choice, merge_adapter=True) if in_process else None
     metrics, preds = evaluate_mcq(model, tokenizer, questions, eval_mode, eval_batch_size, max_new_tokens, glossary,
-                                  **template)
+                                  model_path=model_path, data=data, split=split, lm_eval=lm_eval, **template)
     metrics.update(extra or {})
     if dict_eval_limit and entries:
         dict_metrics, dict_preds = evaluate_dict(model, tokenizer, entries[:dict_eval_limit], eval_batch_size)
-        write_eval(dict_folder if dict_folder is not None else folder.with_name(folder.name + "_dict"),
-                   dict_metrics, dict_preds)
+        if is_main_process():
+            write_eval(dict_folder if dict_folder is not None else folder.with_name(folder.name + "_dict"),
+                       dict_metrics, dict_preds)
         metrics["dict_exact_match"] = dict_metrics["exact_match"]
         metrics["dict_chrf"] = {"value": dict_metrics["chrf"], "total": dict_metrics["n"]}
     del model
-    write_eval(folder, metrics, preds)
+    if is_main_process():  # several processes: each has all records (gathered); one writes them
+        write_eval(folder, metrics, preds)
+    wait_for_everyone()
     return metrics
 
 
@@ -177,10 +190,18 @@ class LoopRecipe:
         base = resolve_model_path(cfg.base_model)
         self.base = str(Path(base).resolve()) if Path(base).exists() else base
         self.tokenizer = load_tokenizer(self.base)
+        self.lm_eval = None
+        if "lm_eval" in parse_eval_mode(cfg.eval_mode):
+            data_configs(cfg.eval_data)  # UsageError for data lm-eval cannot read, before the output is claimed
+            self.lm_eval = lm_eval_settings(cfg, self.choice, cfg.eval_batch_size)
         given = load_rationales(cfg.rationales) if cfg.rationales else {}  # DataError before the output is claimed
 
+        # Several processes (accelerate launch): all join now, the main one claims the output and
+        # writes run.json, the others read what it wrote after the barrier.
+        start_processes(cpu=self.choice.torch_device.type == "cpu")
         # Refuses another command's folder and changed settings or data on --resume (nothing written).
         self.out = claim_run(cfg, "loop", {"train": cfg.train_data, "eval": cfg.eval_data}, choice=self.choice)
+        wait_for_everyone()
         self.history_path = self.out / "history.json"
         history = _read_json(self.history_path) if cfg.resume and self.history_path.exists() else {}
         history.setdefault("select_by", cfg.select_by)
@@ -242,6 +263,7 @@ class LoopRecipe:
                                        stage=f"loop_{loop}_{track}", logs_dir=self.out, choice=self.choice)
             if summary is not None:
                 self._summaries[track] = _training_part(summary)
+                record_peak_memory(self.out / "run.json", summary.get("peak_memory"))
             self.previous = str(stage_dir.resolve())
         return self.previous
 
@@ -259,7 +281,7 @@ class LoopRecipe:
             eval_batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens, glossary=self.glossary,
             rationale_template=cfg.rationale_template, entries=self.entries, dict_eval_limit=cfg.dict_eval_limit,
             dict_folder=loop_dir / "eval_dict", choice=self.choice,
-            extra={"overlap": self.overlap})
+            extra={"overlap": self.overlap}, data=cfg.eval_data, split=cfg.eval_split, lm_eval=self.lm_eval)
 
         record = {
             "loop": loop,
@@ -285,14 +307,18 @@ class LoopRecipe:
             self._stale += 1
         best_src = self.history["best"]["checkpoint"]
         if self.history.get("best_checkpoint_from") != best_src or not (self.out / "best_checkpoint").exists():
-            best = self.history["best"]
-            note = (f"## How it was chosen\n\nkormedqa loop's best_checkpoint: loop {best['loop']} ({best_src}), "
-                    f"{cfg.select_by} {best[cfg.select_by]:.4f} on {cfg.eval_data} (split {cfg.eval_split}, "
-                    f"{len(self.evaluation)} questions); the other loops' scores are in history.json.")
-            copy_checkpoint(self.out / best_src, self.out / "best_checkpoint", card_note=note)
+            if is_main_process():
+                best = self.history["best"]
+                note = (f"## How it was chosen\n\nkormedqa loop's best_checkpoint: loop {best['loop']} ({best_src}), "
+                        f"{cfg.select_by} {best[cfg.select_by]:.4f} on {cfg.eval_data} (split {cfg.eval_split}, "
+                        f"{len(self.evaluation)} questions); the other loops' scores are in history.json.")
+                copy_checkpoint(self.out / best_src, self.out / "best_checkpoint", card_note=note)
             self.history["best_checkpoint_from"] = best_src
-        write_json_atomic(self.history_path, self.history)
-        reached = record["metrics"].get("accuracy", record["metrics"].get("loglik_accuracy"))
+        if is_main_process():
+            write_json_atomic(self.history_path, self.history)
+        wait_for_everyone()
+        m = record["metrics"]
+        reached = m.get("accuracy", m.get("loglik_accuracy", m.get("lm_eval_exact_match")))
         if reached is not None and _metric({"m": reached}, "m") * 100 >= cfg.target_accuracy:
             self.stop_reason = "target_reached"
             return True
@@ -304,10 +330,12 @@ class LoopRecipe:
     def cleanup(self) -> dict:
         """Copy the last trained checkpoint to final/, record the stop reason, score best_checkpoint once on
         --test-split (test/, history's "test"), write and return the history."""
-        copy_checkpoint(Path(self.previous), self.out / "final")
         self.history["stop_reason"] = self.stop_reason
         self.history["final"] = str(Path(self.previous).relative_to(self.out.resolve()))
-        write_json_atomic(self.history_path, self.history)
+        if is_main_process():
+            copy_checkpoint(Path(self.previous), self.out / "final")
+            write_json_atomic(self.history_path, self.history)
+        wait_for_everyone()
         if self.test_questions:
             self.test()
         return self.history
@@ -328,7 +356,8 @@ class LoopRecipe:
         self.history["test"] = {"split": cfg.test_split, "loop": best["loop"], "checkpoint": best["checkpoint"],
                                 "chosen_on": cfg.eval_split, "n": len(self.test_questions),
                                 "metrics": _history_metrics(metrics)}
-        write_json_atomic(self.history_path, self.history)
+        if is_main_process():
+            write_json_atomic(self.history_path, self.history)
         log.info("best_checkpoint (loop %d, chosen on %s) on %s: %s", best["loop"], cfg.eval_split, cfg.test_split,
                  summary_line(metrics))
         return self.history["test"]
@@ -359,14 +388,8 @@ def run_loop(cfg: LoopConfig, choice: PrecisionChoice | None = None) -> dict:
     return LoopRecipe(cfg, choice).run()
 
 
-HISTORY_METRICS = ("accuracy", "loglik_accuracy", "cloze_accuracy", "cloze_accuracy_norm", "parse_rate",
-                   "format_parse_rate", "accuracy_among_parsed", "teacher_forced_answer_accuracy", "reasoning_score",
-                   "valid_format_rate", "reasoning_tag_rate", "reference_loss", "reference_answer_loss",
-                   "dict_exact_match", "dict_chrf")
-
-
 def _history_metrics(metrics: dict) -> dict:
-    """The metrics worth plotting per loop, in the shape metrics.json has them ({value, ci95, ...})."""
+    """The metrics the scorer table keeps per loop (`history=True`), in the shape metrics.json has them."""
     return {k: metrics[k] for k in HISTORY_METRICS if k in metrics}
 
 
@@ -377,6 +400,7 @@ def _training_part(summary: dict) -> dict:
         "train_loss": summary.get("train_loss"),
         "steps": summary.get("steps"),
         "seconds": summary.get("seconds"),
+        "peak_memory": summary.get("peak_memory"),
         **{k: last[k] for k in ("answer_loss", "reasoning_loss", "answer_token_accuracy") if k in last},
     }
 

@@ -8,20 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .checks import Range, check_config, parse_answer_weight, parse_eval_mode
-from .config import DEFAULT_MODEL_HELP, GRPO_MAX_STEPS, LR_SCHEDULES, SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, ReportArgs, ResumableRunArgs, arg
+from .checks import Range, check_config, parse_answer_weight
+from .config import (DEFAULT_MODEL_HELP, GRPO_MAX_STEPS, LR_SCHEDULES, SAMPLE_DICTIONARIES, LmEvalArgs, LoraArgs,
+                     ModelArgs, ReportArgs, ResumableRunArgs, arg)
 from .errors import UsageError
 from .formats import DEFAULT_RATIONALE_TEMPLATE, RATIONALE_TEMPLATES
+# The --select-by metrics each evaluation scorer computes: declared with the scorers.
+from .scorer_table import MODE_HELP, SELECT_BY, SELECTABLE_BY_SCORER, parse_eval_mode, scorer_of
 from .sft import TRACK_DEFAULTS
-
-# The --select-by metrics each evaluation scorer computes (`loss` computes none worth selecting by).
-SELECTABLE_BY_SCORER = {
-    "generate": ("accuracy", "reasoning_score"),
-    "loglik": ("loglik_accuracy",),
-    "cloze": ("cloze_accuracy", "cloze_accuracy_norm"),
-    "loss": (),
-}
-SELECT_BY = tuple(m for names in SELECTABLE_BY_SCORER.values() for m in names)
 
 
 def check_select_by(select_by: str, eval_mode: str) -> None:
@@ -31,10 +25,9 @@ def check_select_by(select_by: str, eval_mode: str) -> None:
     trained, as a traceback.
     """
     scorers = parse_eval_mode(eval_mode)
-    needs = next((s for s, names in SELECTABLE_BY_SCORER.items() if select_by in names), None)
+    needs = scorer_of(select_by) if select_by in SELECT_BY else None
     if needs is None:
-        known = [m for names in SELECTABLE_BY_SCORER.values() for m in names]
-        raise UsageError(f"--select-by must be one of {', '.join(known)}; got {select_by!r}")
+        raise UsageError(f"--select-by must be one of {', '.join(SELECT_BY)}; got {select_by!r}")
     if needs not in scorers:
         have = [m for s in scorers for m in SELECTABLE_BY_SCORER[s]]
         raise UsageError(
@@ -45,7 +38,7 @@ def check_select_by(select_by: str, eval_mode: str) -> None:
 
 
 @dataclass
-class LoopConfig(ModelArgs, LoraArgs, ReportArgs, ResumableRunArgs):
+class LoopConfig(ModelArgs, LoraArgs, LmEvalArgs, ReportArgs, ResumableRunArgs):
     """`kormedqa loop`: alternate dictionary and MCQ training until the target accuracy."""
 
     output: str = arg("runs/loop", "run folder: loop_N/ checkpoints and evaluations, best_checkpoint/, final/, "
@@ -55,7 +48,8 @@ class LoopConfig(ModelArgs, LoraArgs, ReportArgs, ResumableRunArgs):
                                 factory=lambda: list(SAMPLE_DICTIONARIES))
     train_data: str = arg("data/sample/mcq", "KorMedMCQA training file/folder/hub id")
     train_split: str = arg("train", "split of --train-data to train on (a folder or hub id)")
-    eval_data: str = arg("data/sample/mcq", "KorMedMCQA evaluation file/folder/hub id")
+    eval_data: str = arg("data/sample/mcq", "KorMedMCQA evaluation file/folder/hub id (with the lm_eval scorer: a hub "
+                                            "id or a folder in the hub's layout, see kormedqa prepare hub)")
     eval_split: str = arg("dev", "split of --eval-data scored after every loop, on which best_checkpoint is chosen "
                                  "(a folder or hub id); dev, so the reported split never chooses")
     test_split: str = arg("test", "split of --eval-data scored once, with best_checkpoint, at the end: the figure "
@@ -98,7 +92,9 @@ class LoopConfig(ModelArgs, LoraArgs, ReportArgs, ResumableRunArgs):
                                        "rationales.jsonl, as prepare mcq --rationales): those questions train on it, "
                                        "as written and unrotated (its letters name the options in their order)")
     group_by_length: bool = arg(False, "batch similar lengths together (less padding; changes the data order)")
-    eval_mode: str = arg("all", "scorers per loop: all, or a comma list of generate, loglik, cloze, loss")
+    lora_dropout: float = arg(0.05, "dropout on the LoRA input, in [0, 1) (0: several processes train exactly the "
+                                    "one-process model; dropout draws differ per process)")
+    eval_mode: str = arg("all", "scorers per loop: all (every one of the spec's protocol), or a comma list of " + MODE_HELP)
     eval_limit: int | None = arg(None, "score only the first N evaluation questions (after --eval-every)")
     eval_every: int = arg(1, "score every k-th evaluation question (a quicker, stratified subset)")
     dict_eval_limit: int = arg(0, "also score Track 1 on this many dictionary entries per loop (0: off)")
@@ -117,7 +113,7 @@ class LoopConfig(ModelArgs, LoraArgs, ReportArgs, ResumableRunArgs):
         "mcq_batch_size": Range(low=1), "dict_grad_accum": Range(low=1), "mcq_grad_accum": Range(low=1),
         "eval_limit": Range(low=1), "eval_every": Range(low=1), "dict_eval_limit": Range(low=0),
         "eval_batch_size": Range(low=1), "max_new_tokens": Range(low=1), "dict_rehearsal": Range(low=0),
-        "option_rotations": Range(low=1, high=5),
+        "option_rotations": Range(low=1, high=5), "lora_dropout": Range(low=0, high=1, high_open=True),
     }
 
     def __post_init__(self):

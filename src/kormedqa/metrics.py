@@ -67,6 +67,20 @@ def accuracy_by_group(hits: Sequence[bool], groups: Sequence[str]) -> dict[str, 
     return {g: proportion(c, n) for g, (c, n) in sorted(tally.items())}
 
 
+def rate(preds: Sequence[dict], key: str, where=None) -> dict:
+    """The share of records (dicts) holding `key` whose `key` is truthy, as `proportion`; `where`
+    (record -> bool) narrows the records counted."""
+    rows = [p for p in preds if key in p and (where is None or where(p))]
+    return proportion(sum(bool(p[key]) for p in rows), len(rows))
+
+
+def accuracy_with_groups(preds: Sequence[dict], name: str, key: str) -> dict:
+    """`{name: rate of key, name_by_exam_type: the same per exam type}` over records that hold
+    `exam_type` and `key` (rates as `proportion` dicts)."""
+    return {name: rate(preds, key),
+            f"{name}_by_exam_type": accuracy_by_group([p[key] for p in preds], [p["exam_type"] for p in preds])}
+
+
 def mcnemar_exact(a_hits: Iterable[bool], b_hits: Iterable[bool]) -> dict:
     """Exact two-sided McNemar test on paired outcomes (binomial test on the discordant pairs)."""
     from scipy.stats import binomtest

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import torch
 from .chat import ensure_chat_template, stop_token_ids
 from .default_model import fetch_default
 from .errors import ModelError
-from .hardware import PrecisionChoice, check_model_precision
+from .fsio import atomic_dir
+from .hardware import DTYPES, PrecisionChoice, check_model_precision
 
 log = logging.getLogger(__name__)
 
@@ -204,26 +206,25 @@ def check_precision(name_or_path: str, choice: PrecisionChoice) -> None:
 
 def load_model(name_or_path: str, choice: PrecisionChoice, trainable_adapter: bool = False,
                merge_adapter: bool = False):
-    """Load a full model, or a LoRA adapter folder on top of its recorded base model.
+    """Load a full model, or a LoRA adapter folder on top of its recorded base model, for text.
 
     An adapter folder loads as a `PeftModel`; with `trainable_adapter` its LoRA weights stay
     trainable so the loop can continue training the same adapter stage after stage; with
     `merge_adapter` they are folded into the base weights (faster inference, plain model).
+    A multimodal base (MedGemma-4B's `Gemma3ForConditionalGeneration`) loads as its own class with
+    the module names of the hub model, so adapters trained here load onto the full model with plain
+    peft, but without its vision tower and projector (`load_text_only`): text in, logits out.
+    Such a model is for training and scoring; a merged model to publish comes from `merge_into_base`.
     `choice` is the run's precision and device (`hardware.choose`, made once per run).
     Returns the model on that device (under FSDP left where accelerate places it), in eval mode
     as transformers loads it. Raises ModelError for a model, adapter base or precision that
     cannot be used.
     """
-    from transformers import AutoModelForCausalLM
-
     path = resolve_model_path(name_or_path)
     check_precision(path, choice)
     base = adapter_base(path) if Path(path).exists() else None
     model_path = base if base is not None else path
-    try:
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=choice.dtype)
-    except OSError as err:
-        raise ModelError(f"{model_path}: cannot load the model ({' '.join(str(err).split())[:300]})") from None
+    model = load_text_only(model_path, choice.dtype)
     if base is not None:
         from peft import PeftModel
 
@@ -238,14 +239,142 @@ def load_model(name_or_path: str, choice: PrecisionChoice, trainable_adapter: bo
     return model
 
 
-def lora_config(r: int = 64, alpha: int = 128, dropout: float = 0.05):
-    """A peft `LoraConfig` on every attention and MLP projection (`LORA_TARGET_MODULES`).
+# Module names of the parts of a multimodal checkpoint that text never reaches (Gemma 3, PaliGemma, LLaVA).
+VISION_MODULES = ("vision_tower", "multi_modal_projector")
+
+
+def is_multimodal(config) -> bool:
+    """True for an image-text config (a `vision_config` beside a `text_config`, e.g. MedGemma-4B's `gemma3`)."""
+    return getattr(config, "vision_config", None) is not None and getattr(config, "text_config", None) is not None
+
+
+def load_text_only(model_path: str, dtype: torch.dtype):
+    """The model of a folder or hub id in `dtype`, as its own class; a multimodal one without its vision parts.
+
+    A text-only checkpoint loads with `AutoModelForCausalLM`. A multimodal one loads with
+    `AutoModelForImageTextToText` (the hub's tensor names map onto it as transformers maps them),
+    its vision encoder's layers never built nor read (config `vision_config.num_hidden_layers` = 0),
+    and its vision embeddings and projector dropped after loading (`VISION_MODULES` set to None).
+    Text-only forwards never reach them (`pixel_values` is None), so logits equal the full model's
+    (tested). At MedGemma-4B's size this leaves 420M of 4.3B parameters (0.84 GB in bf16) out of
+    memory (`bench/memory_estimate.py`), and no frozen parameter without a gradient under DDP.
+    Raises ModelError for a folder that cannot load or a language-model weight missing from it.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.utils import logging as hf_logging
+
+    try:
+        config = AutoConfig.from_pretrained(model_path)
+        if not is_multimodal(config):
+            return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        config.vision_config.num_hidden_layers = 0
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the skipped vision layers are listed as unexpected keys
+        try:
+            model, info = AutoModelForImageTextToText.from_pretrained(model_path, config=config, dtype=dtype,
+                                                                      output_loading_info=True)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    except OSError as err:
+        raise ModelError(f"{model_path}: cannot load the model ({' '.join(str(err).split())[:300]})") from None
+    if info["missing_keys"] or info["mismatched_keys"]:
+        missing = sorted(info["missing_keys"]) + sorted(str(k) for k in info["mismatched_keys"])
+        raise ModelError(f"{model_path}: {len(missing)} weights missing or of another shape (e.g. {missing[0]})")
+    for name in VISION_MODULES:  # on the base model (Gemma3Model), where transformers keeps them
+        if getattr(model.model, name, None) is not None:
+            setattr(model.model, name, None)
+    return model
+
+
+MERGE_DTYPES = {"auto": None, **DTYPES}
+# Files of a model folder that hold weights (or its shard index): written anew by a merge, never copied.
+WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.pt", "*.pth",
+                        "*.gguf", "*.msgpack", "*.h5", "*.ckpt")
+
+
+def merge_into_base(adapter: str | Path, output: str | Path, dtype: str = "auto") -> Path:
+    """Fold a LoRA adapter into its base and publish the result as a model folder of the base's kind.
+
+    The base loads as its own architecture (`Gemma3ForConditionalGeneration` stays one, vision
+    tower and projector included, tensor names as the base's files have them) in `dtype`: "auto"
+    keeps the base's own dtype (bf16 stays bf16), or bf16 / fp32 / fp16. Every file of the base
+    that is not a weight (`WEIGHT_FILE_PATTERNS`) is copied first: processor, preprocessor, chat
+    template, generation config, tokenizer, special tokens, licence; then the merged weights and
+    config.json are written over them. The folder is published atomically (`fsio.atomic_dir`).
+
+    Memory: one copy of the base in `dtype` (MedGemma-4B in bf16: 8.6 GB; 27B: 54 GB) plus one
+    layer's fp32 update at a time: peft merges each LoRA layer in place (W += B @ A * alpha / r,
+    computed in the LoRA weights' fp32 and cast to W's dtype), and save_pretrained writes shard by
+    shard. No fp32 copy of a bf16 base is made unless `dtype` is fp32.
+    Returns `output`. Raises ModelError for a folder that is not an adapter, a missing base, or a
+    dtype the model cannot hold (fp16 for Gemma).
+    """
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    if dtype not in MERGE_DTYPES:
+        raise ModelError(f"--dtype must be one of {', '.join(MERGE_DTYPES)}, not {dtype!r}")
+    base = adapter_base(adapter)
+    if base is None:
+        raise ModelError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json): nothing to merge")
+    config = AutoConfig.from_pretrained(base)
+    torch_dtype = MERGE_DTYPES[dtype] or _config_dtype(config)
+    check_model_precision(config.model_type, torch_dtype)
+    check_model_precision(getattr(config.get_text_config(), "model_type", None), torch_dtype)
+    loader = AutoModelForImageTextToText if is_multimodal(config) else AutoModelForCausalLM
+    model = loader.from_pretrained(base, dtype=torch_dtype)
+    model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    with atomic_dir(output) as scratch:
+        source = _model_files(base)
+        for path in sorted(source.iterdir()):
+            if path.is_file() and not any(path.match(p) for p in WEIGHT_FILE_PATTERNS):
+                shutil.copy2(path, scratch / path.name)
+        model.save_pretrained(scratch)
+    return Path(output)
+
+
+def _config_dtype(config) -> torch.dtype:
+    """The dtype a config records (`dtype`, or `torch_dtype` in older files), for the text model when the
+    top level has none; fp32 when none is recorded (what transformers would compute in)."""
+    for cfg in (config, config.get_text_config()):
+        value = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
+        if isinstance(value, str):
+            value = getattr(torch, value, None)
+        if isinstance(value, torch.dtype):
+            return value
+    return torch.float32
+
+
+def _model_files(base: str) -> Path:
+    """The folder holding `base`'s files: itself, or for a hub id its snapshot (only the non-weight files)."""
+    from huggingface_hub import constants, snapshot_download
+
+    if Path(base).is_dir():
+        return Path(base)
+    return Path(snapshot_download(base, ignore_patterns=list(WEIGHT_FILE_PATTERNS),
+                                  local_files_only=constants.is_offline_mode()))
+
+
+def lora_config(r: int = 64, alpha: int = 128, dropout: float = 0.05, model=None):
+    """A peft `LoraConfig` on every attention and MLP projection of the language model (`LORA_TARGET_MODULES`).
 
     `r` is the rank, `alpha` the scale numerator (updates are scaled by alpha / r), `dropout`
-    the dropout on the LoRA input.
+    the dropout on the LoRA input. For a multimodal `model` (its config has a vision_config) the
+    targets are a regex on the projections below `language_model` (`language_model_targets`): text
+    never reaches the vision tower, whose LoRA weights would stay zero, and vLLM refuses to serve
+    them. The saved adapter_config.json carries the regex, so plain peft onto the full model
+    wraps the same modules.
     """
     from peft import LoraConfig
 
+    multimodal = model is not None and is_multimodal(getattr(model, "config", None))
     return LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGET_MODULES, task_type="CAUSAL_LM"
+        r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
+        target_modules=language_model_targets() if multimodal else LORA_TARGET_MODULES,
     )
+
+
+def language_model_targets(names=LORA_TARGET_MODULES) -> str:
+    """A peft target regex: the module `names` inside the language model of a multimodal model
+    (`model.language_model.layers.N.self_attn.q_proj`, never `model.vision_tower...q_proj`)."""
+    return r".*\blanguage_model\..*\.(" + "|".join(names) + r")"

@@ -11,20 +11,22 @@ from .checks import Range, check_config
 from .config import RunArgs, arg
 from .data import load_dictionary, load_mcq, load_mcq_sources, read_jsonl
 from .errors import DataError, LeakageError, OutputExistsError, UsageError
-from .fsio import claim_output, write_jsonl_atomic
+from .fsio import atomic_dir, claim_output, write_jsonl_atomic
+from .hub import FEWSHOT_SPLIT, fewshot_split, write_hub_copy
 from .leakage import find_overlap
 
 
 @dataclass
 class PrepareConfig(RunArgs):
-    """`kormedqa prepare dict|mcq`."""
+    """`kormedqa prepare dict|mcq|hub`."""
 
     output: str = arg("", "prepared JSONL to write")
     seed: int = arg(42, "random seed: which questions get the detailed rationale prompt")
-    track: str = arg("mcq", "dict or mcq", choices=["dict", "mcq"])
+    track: str = arg("mcq", "dict, mcq, or hub (a copy of --data in the hub's layout, for --protocol lm-eval)",
+                     choices=["dict", "mcq", "hub"])
     data: list[str] = arg(help="input file(s): dictionary JSON(s) for dict, a KorMedMCQA file/folder/hub id for mcq",
                           factory=list)
-    split: str = arg("train", "split to read when --data is a folder or hub id")
+    split: str = arg("train", "split to read when --data is a folder or hub id (hub: also the source of the fewshot split)")
     dictionary: list[str] = arg(help="dictionary JSON(s) used by template rationales (mcq)", factory=list)
     rationales: str | None = arg(None, "JSONL of {id, rationale} (e.g. from a teacher model)")
     eval_data: str | None = arg(None, "evaluation set checked for overlap with the training questions")
@@ -127,6 +129,35 @@ def run_prepare(cfg: PrepareConfig) -> dict:
     write_jsonl_atomic(out, rows)
     info["rows"] = len(rows)
     return info
+
+
+def run_prepare_hub(cfg: PrepareConfig) -> dict:
+    """`kormedqa prepare hub`: write `--data`'s `--split` and `--eval-split` (and a `fewshot` split:
+    the first 5 questions per exam type of `--split`, never of the evaluation split) to the folder
+    `--output` in the hub's layout (`hub.write_hub_copy`), atomically. lm-evaluation-harness's
+    kormedmcqa task reads it (`kormedqa eval --protocol lm-eval --data <output>`).
+
+    Returns {"output", "track", "splits": {split: questions}, "fewshot_by_exam_type"}. Raises
+    UsageError for missing --data/--output or two sources, OutputExistsError for an existing
+    output without --overwrite, DataError for bad inputs or questions without an exam type, all
+    before anything is written.
+    """
+    if not cfg.output or len(cfg.data) != 1:
+        raise UsageError("kormedqa prepare hub needs --output (a folder) and one --data")
+    if cfg.split == cfg.eval_split:
+        raise UsageError(f"--split (the fewshot source) and --eval-split must differ; both are {cfg.split!r}")
+    out = Path(cfg.output)
+    if (out.is_file() or (out.is_dir() and any(out.iterdir()))) and not cfg.overwrite:
+        raise OutputExistsError(f"{out} already exists: pass --overwrite to replace it")
+    train = load_mcq(cfg.data[0], split=cfg.split)
+    test = load_mcq(cfg.data[0], split=cfg.eval_split)
+    splits = {cfg.split: train, cfg.eval_split: test, FEWSHOT_SPLIT: fewshot_split(train)}
+    claim_output(out, overwrite=cfg.overwrite)
+    with atomic_dir(out) as scratch:
+        write_hub_copy(scratch, splits)
+    counts = {e: sum(q.exam_type == e for q in splits[FEWSHOT_SPLIT]) for e in sorted({q.exam_type for q in test})}
+    return {"output": str(out), "track": "hub", "splits": {k: len(v) for k, v in splits.items()},
+            "fewshot_by_exam_type": counts}
 
 
 def print_info(info: dict) -> None:

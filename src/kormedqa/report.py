@@ -1,10 +1,20 @@
 """Markdown report and plots from metrics.json / history.json: the last step of the pipeline."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
+from .hardware import cpu_name
 from .metrics import mcnemar_exact
+from .scorer_table import REPORT_METRICS
+
+# The report's views of the metrics, from the scorer table (kormedqa.scorer_table).
+PLOTTED = tuple((m.name, m.phrase) for m in REPORT_METRICS if m.plot)
+PHRASES = tuple((m.name, m.phrase) for m in REPORT_METRICS if m.phrase)
+TABLE_COLUMNS = tuple((m.name, m.column) for m in REPORT_METRICS if m.column)
 
 
 def _pct(p: dict | float | None) -> str:
@@ -17,7 +27,7 @@ def _pct(p: dict | float | None) -> str:
 
 
 def plot_loops(history: dict, before: dict | None, path: str | Path) -> Path:
-    """Accuracy, log-likelihood accuracy and parse rate per loop (loop 0 = before training), with 95% CIs."""
+    """The scorer table's plotted metrics (accuracies, parse rates) per loop (loop 0 = before training), with 95% CIs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,9 +36,7 @@ def plot_loops(history: dict, before: dict | None, path: str | Path) -> Path:
     loops = history["loops"]
     xs = [0] + [l["loop"] for l in loops] if before else [l["loop"] for l in loops]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in (("accuracy", "generation accuracy"), ("loglik_accuracy", "letter log-likelihood accuracy"),
-                       ("cloze_accuracy", "cloze (option text) accuracy"),
-                       ("parse_rate", "parse rate (any letter)"), ("format_parse_rate", "letter right after </reasoning>")):
+    for key, label in PLOTTED:
         ys, errs = [], [[], []]
         series = ([before[key]] if before and key in before else []) + [l["metrics"][key] for l in loops if key in l["metrics"]]
         if len(series) != len(xs):
@@ -73,14 +81,10 @@ def significance(before_preds: Sequence[dict], after_preds: Sequence[dict], key:
 
 
 def what_moved(before: dict, after: dict, tests: dict) -> list[str]:
-    """Plain sentences on which of parse rate, accuracy and log-likelihood accuracy moved, and whether significantly."""
+    """Plain sentences on which of the scorer table's named metrics (accuracies, parse rates, recall) moved, and
+    whether significantly (`tests`: McNemar per metric name)."""
     lines = []
-    for key, label in (("parse_rate", "Parse rate (any letter found)"),
-                       ("format_parse_rate", "Letter right after </reasoning> (the spec's format)"),
-                       ("accuracy", "Generation accuracy"),
-                       ("accuracy_among_parsed", "Accuracy among parsed answers"),
-                       ("loglik_accuracy", "Letter log-likelihood accuracy"), ("cloze_accuracy", "Cloze accuracy (option text)"),
-                       ("cloze_accuracy_norm", "Cloze accuracy, length-normalised"), ("dict_chrf", "Dictionary recall (chrF)")):
+    for key, label in PHRASES:
         if key not in before or key not in after:
             continue
         b, a = before[key]["value"], after[key]["value"]
@@ -102,12 +106,6 @@ def markdown_report(title: str, sections: dict[str, str]) -> str:
     return f"# {title}\n\n" + "\n\n".join(f"## {k}\n\n{v.strip()}" for k, v in sections.items()) + "\n"
 
 
-TABLE_COLUMNS = (("accuracy", "accuracy (gen)"), ("parse_rate", "parse rate"),
-                 ("format_parse_rate", "letter after `</reasoning>`"), ("accuracy_among_parsed", "accuracy among parsed"),
-                 ("loglik_accuracy", "letter loglik accuracy"), ("cloze_accuracy", "cloze accuracy"),
-                 ("cloze_accuracy_norm", "cloze accuracy (norm)"), ("reasoning_score", "reasoning score"))
-
-
 def results_table(before: dict, history: dict) -> str:
     """Markdown table: before training, then every loop of `history` (metrics as in metrics.json)."""
     columns = [(k, label) for k, label in TABLE_COLUMNS
@@ -122,3 +120,86 @@ def results_table(before: dict, history: dict) -> str:
     for l in history["loops"]:
         row(f"loop {l['loop']}", l["metrics"])
     return "\n".join(rows)
+
+
+# ---------------------------------------------------------------- the demo's report, in words
+
+
+def parse_test(before_preds: Sequence[dict], after_preds: Sequence[dict]) -> dict:
+    """McNemar's exact test on whether each question's answer had a letter at all, before vs after (by id)."""
+    by_id = {p["id"]: bool(p.get("prediction")) for p in before_preds}
+    pairs = [(by_id[p["id"]], bool(p.get("prediction"))) for p in after_preds if p["id"] in by_id]
+    return mcnemar_exact([a for a, _ in pairs], [b for _, b in pairs])
+
+
+def demo_setup_text(loop_cfg, base: str, n_train: int, n_test: int, n_dict: int, history: dict) -> str:
+    """The demo report's set-up section: model, data sizes, the loop's settings (`loop_cfg`, a LoopConfig), machine."""
+    c = loop_cfg
+    return (
+        f"- Model: {base} (Gemma 3 270M, pretrained, dequantized from the embedded Q4_K_M GGUF), LoRA r64/alpha128 on all projections.\n"
+        f"- Data: the shipped sample data (not KorMedMCQA): {n_dict} dictionary entries, {n_train} training MCQs, "
+        f"{n_test} held-out test MCQs.\n"
+        f"- Loop: {len(history['loops'])} loop(s), each {c.dict_epochs:g} dictionary epoch(s) (batch {c.dict_batch_size}) + "
+        f"{c.mcq_epochs:g} MCQ epoch(s) (batch {c.mcq_batch_size}), rationale template `{c.rationale_template}`, "
+        f"dictionary rehearsal {c.dict_rehearsal:g} x the MCQ rows, {c.option_rotations} option order(s) per question; "
+        f"learning rates {c.dict_learning_rate} / {c.mcq_learning_rate} "
+        f"(the spec's 2e-5 / 1e-5 change nothing measurable in a few CPU minutes); answer weight {c.answer_weight}; "
+        f"stop reason: {history.get('stop_reason')}.\n"
+        f"- Machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads.\n"
+        "- Evaluation: greedy generation with the spec's prompt, letter read after `</reasoning>` "
+        "(lm-evaluation-harness cascade otherwise); letter log-likelihood (A-E as the first answer token); cloze "
+        "(log-likelihood of each option's text after a question-only prompt, lm-evaluation-harness's multiple_choice "
+        f"formulation); dictionary recall as chrF on the first {c.dict_eval_limit} entries."
+    )
+
+
+def cpt_text(cpt_metrics: dict) -> str:
+    """One sentence on the continued pretraining: held-out perplexity before -> after, and the seed's target."""
+    return (f"Held-out perplexity {cpt_metrics['perplexity_before']:.2f} -> {cpt_metrics['perplexity_after']:.2f} "
+            f"after {cpt_metrics['steps']} steps (seed target < 3.0: "
+            f"{'reached' if cpt_metrics['target_reached'] else 'not reached in this short run'}).")
+
+
+OTHER_SETS = {"rephrased": "Same terms asked another way",
+              "reverse": "Same terms asked the other way round (definition -> term)"}
+
+
+def other_set_line(name: str, summary: dict, source: str) -> str:
+    """The what-moved line for another set of the same terms (`name` a key of OTHER_SETS; `summary`:
+    n, before, after, before_ci95, after_ci95, test)."""
+    r = summary
+    interval = "[{:.1%}, {:.1%}]".format
+    return (f"- {OTHER_SETS[name]} ({r['n']} questions of {source}, best checkpoint): generation accuracy "
+            f"{r['before']:.1%} {interval(*r['before_ci95'])} -> {r['after']:.1%} {interval(*r['after_ci95'])}; "
+            f"McNemar exact p = {r['test']['p_value']:.3g} "
+            f"({'significant' if r['test']['significant_at_0.05'] else 'not significant'} at 0.05)")
+
+
+def reading(before: dict, after: dict, tests: dict) -> str:
+    """Which views moved, in plain sentences: format, generation, cloze (knowledge), letter log-likelihood."""
+    def sig(key):
+        return key in tests and tests[key]["significant_at_0.05"]
+
+    text = []
+    fmt_before = before.get("format_parse_rate", {}).get("value", 0.0)
+    fmt_after = after.get("format_parse_rate", {}).get("value", 0.0)
+    if fmt_after > 0.5 and fmt_after > fmt_before:
+        text.append(f"The model learned the spec's answer format ({fmt_after:.0%} of answers right after `</reasoning>`).")
+    if "accuracy" in after:
+        chance = after["accuracy_among_parsed"]["ci95"][0] <= 0.2
+        if sig("accuracy") and not chance:
+            text.append("Generation accuracy rose significantly and is above chance (20%) among parsed answers.")
+        elif sig("accuracy"):
+            text.append("Generation accuracy rose significantly, but among parsed answers it is still within reach of "
+                        "chance: much of the gain is answers becoming readable.")
+        else:
+            text.append("The change in generation accuracy is not significant.")
+    if "cloze_accuracy" in after:
+        text.append("Cloze accuracy (the option texts themselves) " + (
+            "rose significantly: the knowledge the dictionary track teaches reached held-out questions."
+            if sig("cloze_accuracy") and after["cloze_accuracy"]["value"] > before["cloze_accuracy"]["value"]
+            else "did not rise significantly."))
+    if "loglik_accuracy" in after:
+        text.append("Letter log-likelihood accuracy " + ("changed significantly." if sig("loglik_accuracy") else
+                    "did not change significantly (a small model's first-token letter guess, without its rationale)."))
+    return " ".join(text)

@@ -92,7 +92,7 @@ class TrainConfig(ModelArgs, LoraArgs, ReportArgs, ResumableRunArgs):
                                grad_accum=r.grad_accum, learning_rate=r.learning_rate, seed=r.seed,
                                lr_scheduler_type=r.lr_scheduler_type, logging_steps=r.logging_steps,
                                save_steps=r.save_steps, group_by_length=r.group_by_length, keep_order=r.keep_order,
-                               report_to=r.report_targets())
+                               gradient_checkpointing=r.gradient_checkpointing, report_to=r.report_targets())
 
 
 # ---------------------------------------------------------------- the stage

@@ -17,8 +17,10 @@ FSDP's sharded loading). Stage modules import this module and `trainer`, never e
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import sys
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -29,12 +31,19 @@ from transformers import TrainerCallback
 
 from .data import read_jsonl
 from .errors import DataError, UsageError
-from .fsio import write_text_atomic
+from .fsio import write_json_atomic, write_text_atomic
 from .hardware import PrecisionChoice
-from .launch import is_main_process, world_size
+from .launch import all_gather, is_main_process, world_size
 from .modeling import check_precision, load_model, load_tokenizer
 from .provenance import RESUMABLE_CHANGES, check_resume, claim_run
 from .trainer import JsonlLogCallback, last_trainer_checkpoint
+
+try:
+    import resource
+except ImportError:  # not a POSIX system: peak RSS is reported as None
+    resource = None
+
+log = logging.getLogger(__name__)
 
 
 class _StopOnInterrupt(TrainerCallback):
@@ -100,6 +109,7 @@ class Stage:
         self.dtype = choice.dtype
         self.seed = seed
         self.seconds = 0.0
+        self.peak_memory: dict = {}
         self.resumed_step = 0  # the optimizer step `train` continued from (0: from the start)
         self._tb_writer = None
         torch.manual_seed(seed)
@@ -157,6 +167,8 @@ class Stage:
         stop = _StopOnInterrupt(checkpoint_on_interrupt)
         trainer.add_callback(stop)
         started = time.time()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         try:
             # Several processes would see the signal at different steps and wait for each other.
             with stop.catching_sigint() if world_size() == 1 else nullcontext():
@@ -171,6 +183,9 @@ class Stage:
                 self._tb_writer = None
             if self.work.is_dir() and not any(self.work.iterdir()):
                 self.work.rmdir()
+        self.peak_memory = peak_memory(self.device)
+        if is_main_process():
+            log.info("%s: %s", self.name, memory_line(self.peak_memory))
         return result
 
     def summary(self, trainer, result, log_keys: tuple[str, ...] = ("loss",), **extra) -> dict:
@@ -196,6 +211,7 @@ class Stage:
             "steps": steps,
             "train_loss": train_loss,
             "seconds": self.seconds,
+            "peak_memory": self.peak_memory,
             **extra,
             "log": [h for h in trainer.state.log_history if any(k in h for k in log_keys)],
         }
@@ -291,3 +307,51 @@ def claim_train_output(cfg, choice: PrecisionChoice) -> Path:
     SHA-256, the precision `choice`); returns the folder. OutputExistsError for an existing output without --resume/--overwrite;
     UsageError for a --resume into another command's folder or with other settings (`provenance.claim_run`)."""
     return claim_run(cfg.resolved(), "train", {"data": cfg.data}, TRAIN_RESUMABLE_CHANGES, choice)
+
+
+GIB = 2**30
+
+
+def peak_memory(device: torch.device) -> dict:
+    """The peak memory of this training, measured, the highest over all processes (several: DDP, FSDP).
+
+    {"processes": N, "cpu_peak_rss_gib": the process's peak resident set size since it started
+    (getrusage ru_maxrss; a process that loaded something larger before training reports that),
+    and on a CUDA device "gpu_max_memory_allocated_gib": torch.cuda.max_memory_allocated since
+    `Stage.train` reset it (tensors only; the caching allocator reserves somewhat more)}, in GiB
+    rounded to 3 places. Values are None where the platform cannot say (getrusage is POSIX).
+    """
+    rss_bytes = None
+    if resource is not None:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rss_bytes = rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB, macOS bytes
+    gpu = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    every = all_gather((rss_bytes, gpu))
+    rss_bytes = max((r for r, _ in every if r is not None), default=None)
+    gpu = max((g for _, g in every if g is not None), default=None)
+    out = {"processes": len(every), "cpu_peak_rss_gib": None if rss_bytes is None else round(rss_bytes / GIB, 3)}
+    if device.type == "cuda":
+        out["gpu_max_memory_allocated_gib"] = round(gpu / GIB, 3)
+    return out
+
+
+def memory_line(peak: dict) -> str:
+    """One line for the log: 'peak memory: GPU 12.3 GiB (max_memory_allocated), CPU RSS 5.1 GiB'."""
+    parts = []
+    if peak.get("gpu_max_memory_allocated_gib") is not None:
+        parts.append(f"GPU {peak['gpu_max_memory_allocated_gib']:.2f} GiB (max_memory_allocated)")
+    if peak.get("cpu_peak_rss_gib") is not None:
+        parts.append(f"CPU RSS {peak['cpu_peak_rss_gib']:.2f} GiB")
+    return "peak memory: " + (", ".join(parts) or "not measurable here")
+
+
+def record_peak_memory(run_json: str | Path, peak: dict | None) -> None:
+    """Add `peak` (a `peak_memory` dict) to run.json's "peak_memory", keeping the larger of each value
+    already there (a loop records the peak over its stages). Main process only; nothing without run.json."""
+    path = Path(run_json)
+    if not peak or not is_main_process() or not path.exists():
+        return
+    record = json.loads(path.read_text(encoding="utf-8"))
+    old = record.get("peak_memory") or {}
+    record["peak_memory"] = {k: max((x for x in (v, old.get(k)) if x is not None), default=None) for k, v in peak.items()}
+    write_json_atomic(path, record)

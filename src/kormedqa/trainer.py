@@ -198,7 +198,8 @@ class TrainerSettings:
     examples per device and micro-batch, `grad_accum` micro-batches per optimizer step,
     `learning_rate` the peak (no warm-up), `logging_steps` / `save_steps` optimizer steps (save 0:
     no Trainer checkpoints), `lr_scheduler_type` transformers' name. `keep_order` trains on the rows
-    in the order given and wins over `group_by_length`. `report_to` names transformers' integrations
+    in the order given and wins over `group_by_length`. `gradient_checkpointing` recomputes each
+    layer's activations in the backward pass instead of keeping them. `report_to` names transformers' integrations
     (e.g. ("tensorboard", "wandb")); the JSONL log and, where a stage asks, TensorBoard are attached
     by `stage.Stage` whatever it holds.
     """
@@ -214,6 +215,7 @@ class TrainerSettings:
     save_steps: int
     group_by_length: bool
     keep_order: bool
+    gradient_checkpointing: bool
     report_to: tuple[str, ...] = ()
 
 
@@ -246,7 +248,9 @@ def training_arguments(settings: TrainerSettings, output_dir: Path, device: torc
         use_cpu=device.type == "cpu",
         dataloader_pin_memory=device.type == "cuda",
         remove_unused_columns=False,
-        activation_checkpointing=False,
+        activation_checkpointing=settings.gradient_checkpointing,
+        # Non-reentrant: gradients reach the LoRA weights although the frozen embeddings' output needs none.
+        activation_checkpointing_kwargs={"use_reentrant": False},
         disable_tqdm=False,
     )
 
@@ -256,7 +260,7 @@ def prepare_trainable(model, cfg):
     from peft import PeftModel, get_peft_model
 
     if not isinstance(model, PeftModel):
-        model = get_peft_model(model, lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
+        model = get_peft_model(model, lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, model))
     keep_trainable_fp32(model)  # a bf16 base still trains fp32 LoRA weights (and fp32 Adam state)
     return model
 

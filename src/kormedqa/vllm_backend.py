@@ -19,6 +19,7 @@ from pathlib import Path
 from .chat import stop_token_ids
 from .errors import UsageError
 from .hardware import TORCH_NAMES, PrecisionChoice
+from .launch import world_size
 from .modeling import adapter_base, resolve_model_path
 
 BACKENDS = ("auto", "hf", "vllm")
@@ -32,6 +33,8 @@ def vllm_installed() -> bool:
 def resolve_backend(backend: str, device: str = "auto") -> str:
     """The backend `kormedqa eval` generates with: "hf" or "vllm" ("auto": vllm when installed and on a CUDA GPU).
 
+    Under several launched processes "auto" is hf (each process scores its share of the batches);
+    vLLM is one engine that parallelises over GPUs itself, so "vllm" there is refused.
     Raises UsageError for an unknown backend, or vllm asked for without vLLM or without a CUDA GPU.
     """
     import torch
@@ -40,6 +43,13 @@ def resolve_backend(backend: str, device: str = "auto") -> str:
         raise UsageError(f"--backend is one of {BACKENDS}, not {backend!r}")
     on_gpu = torch.cuda.is_available() and (device == "auto" or device.startswith("cuda"))
     if backend == "hf":
+        return "hf"
+    if world_size() > 1:
+        # One vLLM engine serves all GPUs itself (tensor / data parallel); N launched processes would
+        # each start one, N copies of the model competing for the same GPUs.
+        if backend == "vllm":
+            raise UsageError("--backend vllm runs one engine over the GPUs itself: run kormedqa eval as one process "
+                             "(not under accelerate launch), or use --backend hf with several processes")
         return "hf"
     if backend == "vllm":
         if not vllm_installed():

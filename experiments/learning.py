@@ -7,11 +7,11 @@ log-likelihood (A-E after the spec's prompt) and cloze (each option's text after
 prompt), plus dictionary recall (chrF on the first 80 entries). Each arm is compared with the
 untrained base and with the control arm by McNemar's exact test on the same questions.
 
-    python bench/learning.py [--model DIR] [--arms a,b,...] [--precision fp32|bf16] [--results NAME] [--fresh]
+    python experiments/learning.py [--model DIR] [--arms a,b,...] [--precision fp32|bf16] [--results NAME] [--fresh]
 
 Arms (counted in epochs: the dictionary stage goes over all 484 entries, the MCQ stage over the
 224 training questions, or over their rotated copies where an arm rotates options), one loop
-each; the default list is the one bench/README.md reports:
+each (recipes/experiments/<arm>.yaml); the default list is the one docs/results.md reports:
 - base: the untrained model, scored only.
 - recall: one dictionary epoch, two MCQ epochs of recall rationales (recall line, then the letter).
 - recall_dict3: as recall with three dictionary epochs (the issue-11 measurement: cloze 30 -> 54%).
@@ -25,12 +25,17 @@ each; the default list is the one bench/README.md reports:
 - dictline_rehearse_long: as rotate3_rehearse_long with `--rationale-template dictionary_line`
   (the recall line is the dictionary track's own `Meaning of word X: <English>. <Korean>`);
   compared with its own control, dictline_mcq_only (the same MCQ track alone, about as long).
-- linked, verdict, mcq_only, recall_mcq_only: earlier arms, selectable with --arms (ARMS below).
+- star_dictline: STaR (issue 22; docs/rationales.md): three dictionary epochs, then the dictionary
+  stage's own checkpoint writes rationales for the training questions (`kormedqa rationales`, settings
+  in star_dictline.rationales.yaml: 2 sampled tries, a hinted try, the dictionary_line template for
+  what fails), then five unrotated MCQ epochs on them with rehearsal 0.5; compared with
+  dictline_rehearse_long and their control dictline_mcq_only.
+- linked, verdict, mcq_only, recall_mcq_only: earlier arms, selectable with --arms (recipes/experiments/).
 Each arm must fit in 60 minutes with its evaluation on 2 cores without native bf16.
 
 Learning rates 5e-4 (the spec's 2e-5 / 1e-5 move nothing in CPU minutes; measured in earlier
-runs of this bench), dictionary batch 8, MCQ batch 4, answer weight 2/3, fp32 or the precision
-`--precision` picks. Finished arms are kept (work/learning/<arm>/result.json) and skipped on the
+runs of this experiment), dictionary batch 8, MCQ batch 4, answer weight 2/3, fp32 or the precision
+`--precision` picks. Finished arms are kept (experiments/work/learning/<arm>/result.json) and skipped on the
 next run, an unfinished one resumes after its last finished stage; --fresh retrains them. The
 result file keeps each arm's per-question picks, so an arm of it stands in a later table (same
 settings, same definition) on a machine without the work folder. A run in another precision writes
@@ -45,61 +50,30 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from common import SAMPLE, machine, write_result  # noqa: E402
+import yaml
 
-ARMS = {
-    "recall": {"stages": "dict,mcq", "loops": 1, "dict_epochs": 1.0, "mcq_epochs": 2.0, "template": "recall"},
-    # Three dictionary epochs: the issue-11 measurement that took cloze from 30% to 54%.
-    "recall_dict3": {"stages": "dict,mcq", "loops": 1, "dict_epochs": 3.0, "mcq_epochs": 2.0, "template": "recall"},
-    # recall_dict3 lost the dictionary in its MCQ stage (cloze 58.0% after the dictionary epochs,
-    # 25.9% after the MCQ epochs) and the letter followed the named option in 54 of 145 answers:
-    # rehearse the dictionary inside the MCQ stage, and rotate the options so the letter must follow them.
-    "rotate3_rehearse": {"stages": "dict,mcq", "loops": 1, "dict_epochs": 3.0, "mcq_epochs": 1.0, "rotations": 3,
-                         "dict_rehearsal": 0.5, "template": "recall"},
-    # rotate3_rehearse's letter followed the copied option in 110 of 152 answers, the control's (1.67
-    # epochs of the same MCQ track) in 154 of 157: the same arm with the control's MCQ length.
-    "rotate3_rehearse_long": {"stages": "dict,mcq", "loops": 1, "dict_epochs": 3.0, "mcq_epochs": 1.67, "rotations": 3,
-                              "dict_rehearsal": 0.5, "template": "recall"},
-    # The control of rotate3_rehearse: the same MCQ track (recall rationales, 3 option orders) with
-    # no dictionary at all, for about its training time (30.9 min: ~1.67 epochs of the 672 rotated rows).
-    "rotate3_mcq_only": {"stages": "mcq", "loops": 1, "mcq_epochs": 1.67, "rotations": 3, "template": "recall"},
-    # rotate3_rehearse_long's letter followed the copied option in 147 of 147 answers, but the copied
-    # option was the right one in only 40: the recall line `고혈압: <Korean definition>` starts with
-    # Korean that all five options offer to copy. The dictionary track's own line
-    # (`Meaning of word 고혈압: Hypertension. ...`) starts with the English name, in no option, that only
-    # the dictionary can supply, before the Korean part is copied.
-    "dictline_rehearse_long": {"stages": "dict,mcq", "loops": 1, "dict_epochs": 3.0, "mcq_epochs": 1.67, "rotations": 3,
-                               "dict_rehearsal": 0.5, "template": "dictionary_line", "control": "dictline_mcq_only"},
-    # Its control: the same MCQ track with no dictionary rows, for about its training time (the
-    # fp32 runs above: 3 dictionary epochs + 1.67 rehearsed MCQ epochs 45.7 min, a rotated MCQ epoch 17.4 min).
-    "dictline_mcq_only": {"stages": "mcq", "loops": 1, "mcq_epochs": 2.6, "rotations": 3, "template": "dictionary_line"},
-    # STaR (issue 22): the model after the dictionary stage writes its own rationales for the 224
-    # training questions (`kormedqa rationales`: K sampled tries, a hinted try, kept only when they
-    # reach the gold letter in the spec's form), the rest fall back to the dictionary_line template;
-    # then the MCQ stage trains on them. Its rationales name letters, so it cannot rotate options:
-    # 5 unrotated MCQ epochs are as many rows as the template arm's 1.67 epochs of 3 rotations.
-    # Compared with the template arm (dictline_rehearse_long) and their control (dictline_mcq_only).
-    "star_dictline": {"stages": "dict,mcq", "loops": 1, "dict_epochs": 3.0, "mcq_epochs": 5.0, "dict_rehearsal": 0.5,
-                      "template": "dictionary_line", "control": "dictline_mcq_only",
-                      "star": {"samples": 2, "temperature": 0.7, "top_p": 0.95, "max_new_tokens": 160, "shots": 2}},
-    # The control of recall_dict3 (not run): the MCQ track alone for about its training time (a dictionary
-    # epoch, ~4.3 min here, costs about as much as 0.65 MCQ epochs of recall rationales, ~6.6 min).
-    "recall_mcq_only": {"stages": "mcq", "loops": 1, "mcq_epochs": 4.0, "template": "recall"},
-    "linked": {"stages": "dict,mcq", "loops": 1, "epochs": 1.0, "template": "linked"},
-    # 1.25 MCQ epochs take about as long as one dictionary epoch + one MCQ epoch here
-    # (~4 + ~18.5 min on 2 cores without native bf16).
-    "mcq_only": {"stages": "mcq", "loops": 1, "epochs": 1.25, "template": "linked"},
-    "verdict": {"stages": "dict,mcq", "loops": 1, "epochs": 1.0, "template": "verdict"},
-}
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO / "bench"))
+from common import SAMPLE, machine  # noqa: E402  (the benchmarks' sample paths and machine record)
+from kormedqa.scorer_table import REPORT_METRICS, paired_keys, parse_eval_mode  # noqa: E402
+
+# Each arm is a recipe file in `kormedqa loop`'s keys (recipes/experiments/<arm>.yaml, with why it
+# was tried); the STaR arm's rationale settings are <arm>.rationales.yaml in `kormedqa rationales`' keys.
+RECIPES = REPO / "recipes" / "experiments"
+ARMS = {p.stem: yaml.safe_load(p.read_text(encoding="utf-8")) for p in sorted(RECIPES.glob("*.yaml"))
+        if not p.name.endswith(".rationales.yaml")}
+STAR = {p.name.removesuffix(".rationales.yaml"): yaml.safe_load(p.read_text(encoding="utf-8"))
+        for p in sorted(RECIPES.glob("*.rationales.yaml"))}
+# Arms compared with a matched control of their own; every other arm with CONTROL.
+CONTROLS = {"dictline_rehearse_long": "dictline_mcq_only", "star_dictline": "dictline_mcq_only"}
 CONTROL = "rotate3_mcq_only"
 EVAL_MODE = "generate,loglik,cloze"
 DICT_RECALL_ENTRIES = 80
-KEYS = {"accuracy": "correct", "loglik_accuracy": "loglik_correct", "cloze_accuracy": "cloze_correct",
-        "cloze_accuracy_norm": "cloze_norm_correct", "format_parse_rate": "answer_after_reasoning"}
-SHOWN = ("accuracy", "parse_rate", "format_parse_rate", "accuracy_among_parsed", "loglik_accuracy", "cloze_accuracy",
-         "cloze_accuracy_norm", "dict_chrf")
+# McNemar per rate the scorers declare a per-question field for, and the metrics shown: both from
+# the scorer table (kormedqa.scorer_table), as the loop's history and the report read them.
+KEYS = paired_keys(parse_eval_mode(EVAL_MODE))
+SHOWN = tuple(m.name for m in REPORT_METRICS if m.column or m.name == "dict_chrf")
 
 
 def dictionary_paths() -> list[str]:
@@ -125,56 +99,65 @@ def run_base(args, work: Path) -> dict:
             "train_seconds": 0.0, "eval_seconds": time.time() - started, "loops": []}
 
 
-def loop_config(name: str, spec: dict, args, work: Path, **changes):
-    """The arm as `kormedqa loop` settings (LoopConfig), resuming whatever an earlier run finished.
-
-    `changes` replace fields (the STaR arm's stages, base model, rationales and output folders)."""
+def loop_config(name: str, settings: dict, args, work: Path, **changes):
+    """The arm as `kormedqa loop` settings (LoopConfig): its recipe's `settings`, and what every arm
+    shares from this run (model, sample data, output, scoring batch, generation budget, precision,
+    seed), resuming whatever an earlier run finished. `changes` replace fields (the STaR arm's
+    stages, base model, rationales and output folders)."""
     from dataclasses import replace
 
     from kormedqa.loop import LoopConfig
 
     return replace(LoopConfig(
-        base_model=args.model, dictionary=dictionary_paths(), train_data=str(SAMPLE / "mcq"),
-        eval_data=str(SAMPLE / "mcq"), output=str(work / name / "loop"), stages=spec["stages"],
-        max_loops=spec["loops"], patience=spec["loops"], epochs_per_stage=spec.get("epochs", 1.0),
-        dict_epochs=spec.get("dict_epochs"), mcq_epochs=spec.get("mcq_epochs"),
-        dict_learning_rate=5e-4, mcq_learning_rate=spec.get("mcq_lr", 5e-4), dict_batch_size=8, mcq_batch_size=4,
-        dict_rehearsal=spec.get("dict_rehearsal", 0.0), option_rotations=spec.get("rotations", 1),
-        dict_grad_accum=1, mcq_grad_accum=1, answer_weight="2/3", rationale_template=spec["template"],
-        group_by_length=True, eval_mode=EVAL_MODE, eval_batch_size=args.eval_batch_size,
-        max_new_tokens=args.max_new_tokens, dict_eval_limit=DICT_RECALL_ENTRIES, device="cpu",
-        precision=args.precision, seed=args.seed, resume=True,
         # The arms are compared by their last loop on the sample's test split, as they always were;
-        # nothing is chosen among loops here, so no separate test pass.
-        eval_split="test", test_split="",
+        # nothing is chosen among loops here, so no separate test pass (unless an arm's recipe says).
+        **{"eval_split": "test", "test_split": "", **settings},
+        base_model=args.model, dictionary=dictionary_paths(), train_data=str(SAMPLE / "mcq"),
+        eval_data=str(SAMPLE / "mcq"), output=str(work / name / "loop"), eval_batch_size=args.eval_batch_size,
+        max_new_tokens=args.max_new_tokens, device="cpu", precision=args.precision, seed=args.seed, resume=True,
     ), **changes)
 
 
-def run_star(name: str, spec: dict, args, work: Path) -> dict:
+def settings_of_old_spec(spec: dict | None) -> dict | None:
+    """An arm as result files before 2026-12-03 recorded it (stages, loops, template ...) in the recipe's
+    LoopConfig keys, so a stored arm still stands in a table when its recipe is the same."""
+    if not spec or "loops" not in spec:
+        return spec
+    out = {"stages": spec["stages"], "max_loops": spec["loops"], "patience": spec["loops"],
+           "epochs_per_stage": spec.get("epochs", 1.0), "dict_epochs": spec.get("dict_epochs"),
+           "mcq_epochs": spec.get("mcq_epochs"), "dict_learning_rate": 5e-4, "mcq_learning_rate": spec.get("mcq_lr", 5e-4),
+           "dict_batch_size": 8, "mcq_batch_size": 4, "dict_rehearsal": spec.get("dict_rehearsal", 0.0),
+           "option_rotations": spec.get("rotations", 1), "dict_grad_accum": 1, "mcq_grad_accum": 1,
+           "answer_weight": "2/3", "rationale_template": spec["template"], "group_by_length": True,
+           "eval_mode": EVAL_MODE, "dict_eval_limit": DICT_RECALL_ENTRIES}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def run_star(name: str, settings: dict, args, work: Path, star: dict | None = None) -> dict:
     """The STaR arm: the dictionary stage; its checkpoint writes rationales for the training split
-    (`kormedqa rationales`, settings in spec["star"]); the MCQ stage continues the same adapter on
+    (`kormedqa rationales`, settings `star`, default STAR[name]); the MCQ stage continues the same adapter on
     them. Each part resumes from what an earlier run finished. The result is `run_arm`'s plus
     "rationales" (kept / rationalised / fallback, the teacher's accuracy) and "rationale_seconds";
     train_seconds counts both training stages, not the generation."""
     from kormedqa.loop import LoopRecipe
     from kormedqa.rationales import RationalesConfig, run_rationales
 
-    dict_recipe = LoopRecipe(loop_config(name, spec, args, work, stages="dict", output=str(work / name / "dict")))
+    dict_recipe = LoopRecipe(loop_config(name, settings, args, work, stages="dict", output=str(work / name / "dict")))
     dict_recipe.setup()
     teacher = dict_recipe.train(1)
     dict_seconds = dict_recipe._summaries.get("dict", {}).get("seconds") or 0.0
-    star = spec["star"]
+    star = star or STAR[name]
     folder = work / name / "rationales"
     if not (folder / "rationales.jsonl").exists():
         run_rationales(RationalesConfig(
             data=[str(SAMPLE / "mcq")], split="train", output=str(folder), resume=True, teacher=teacher, backend="hf",
             samples=star["samples"], temperature=star["temperature"], top_p=star["top_p"],
             max_new_tokens=star["max_new_tokens"], shots=star["shots"], batch_size=args.eval_batch_size,
-            dictionary=dictionary_paths(), rationale_template=spec["template"], device="cpu",
+            dictionary=dictionary_paths(), rationale_template=settings["rationale_template"], device="cpu",
             precision=args.precision, seed=args.seed))
     summary = json.loads((folder / "rationales_summary.json").read_text())
-    result = run_arm(name, spec, args, work, config=loop_config(
-        name, spec, args, work, stages="mcq", base_model=teacher, rationales=str(folder / "rationales.jsonl")))
+    result = run_arm(name, settings, args, work, config=loop_config(
+        name, settings, args, work, stages="mcq", base_model=teacher, rationales=str(folder / "rationales.jsonl")))
     result["train_seconds"] += dict_seconds
     result["rationales"] = summary["all"]
     # The summary's clock covers the run that wrote it: after a resumed generation, its part only.
@@ -183,7 +166,7 @@ def run_star(name: str, spec: dict, args, work: Path) -> dict:
     return result
 
 
-def run_arm(name: str, spec: dict, args, work: Path, config=None) -> dict:
+def run_arm(name: str, settings: dict, args, work: Path, config=None) -> dict:
     """One arm through the loop's own steps (kormedqa.loop.LoopRecipe), with one step the product's
     loop does not take: when a dictionary stage is followed by another stage, the dictionary stage's
     checkpoint is scored by cloze too (loop_N/eval_after_dict), so the table shows how much of the
@@ -193,7 +176,7 @@ def run_arm(name: str, spec: dict, args, work: Path, config=None) -> dict:
     from kormedqa.loop import LoopRecipe, evaluate_checkpoint
 
     started = time.time()
-    recipe = LoopRecipe(config or loop_config(name, spec, args, work))
+    recipe = LoopRecipe(config or loop_config(name, settings, args, work))
     recipe.setup()
     stages = recipe.stages
     for loop in recipe.loops():
@@ -229,7 +212,7 @@ SAME_RUN = ("max_new_tokens", "eval_batch_size", "precision", "seed")
 
 
 def stored_arms(args) -> dict:
-    """Arms of the last result file (bench/results/<--results>.json) that can stand in this table:
+    """Arms of the last result file (experiments/results/<--results>.json) that can stand in this table:
     run with the same settings and arm definition, and stored with their per-question picks
     (which the paired tests need). The work folder does not travel with the repository; these do."""
     path = HERE / "results" / f"{args.results}.json"
@@ -238,7 +221,7 @@ def stored_arms(args) -> dict:
     last = json.loads(path.read_text())
     if any(last["settings"].get(k) != getattr(args, k) for k in SAME_RUN):
         return {}
-    return {n: r for n, r in last["results"].items() if "preds" in r and last["arms"].get(n) == ARMS.get(n)}
+    return {n: r for n, r in last["results"].items() if "preds" in r and settings_of_old_spec(last["arms"].get(n)) == ARMS.get(n)}
 
 
 def rephrased_questions(seed: int, work: Path) -> list:
@@ -249,7 +232,7 @@ def rephrased_questions(seed: int, work: Path) -> list:
 
     folder = work / f"rephrased_{seed}"
     if not (folder / "test.jsonl").exists():
-        spec = importlib.util.spec_from_file_location("make_sample_mcq", HERE.parent / "scripts" / "make_sample_mcq.py")
+        spec = importlib.util.spec_from_file_location("make_sample_mcq", REPO / "scripts" / "make_sample_mcq.py")
         script = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(script)
         script.main(["--out-dir", str(folder), "--rephrase", str(seed)])
@@ -359,7 +342,7 @@ def table(results: dict, vs_base: dict, vs_control: dict) -> str:
 
 def control_of(name: str) -> str:
     """The arm a trained arm is compared with: its own matched control, else CONTROL."""
-    return ARMS.get(name, {}).get("control", CONTROL)
+    return CONTROLS.get(name, CONTROL)
 
 
 def best_arm(results: dict, vs_control: dict) -> str:
@@ -383,7 +366,7 @@ def main() -> int:
     p.add_argument("--precision", default="fp32")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--results", default="learning",
-                   help="name of the result (bench/results/NAME.json) and of the work folder (bench/work/NAME); "
+                   help="name of the result (experiments/results/NAME.json) and of the work folder (experiments/work/NAME); "
                         "a run in another precision gets its own, e.g. learning_bf16")
     p.add_argument("--fresh", action="store_true", help="retrain arms that already have a result")
     p.add_argument("--rephrase", type=int, metavar="SEED",
@@ -391,6 +374,7 @@ def main() -> int:
                         "way (scripts/make_sample_mcq.py --rephrase SEED)")
     args = p.parse_args()
 
+    from kormedqa.fsio import write_json_atomic
     from kormedqa.modeling import resolve_model_path
 
     args.model = str(Path(resolve_model_path(args.model)).resolve())
@@ -409,7 +393,7 @@ def main() -> int:
         if args.fresh:
             shutil.rmtree(work / name, ignore_errors=True)
         # Otherwise an unfinished arm resumes: run_loop continues after its last finished stage.
-        run = run_base if name == "base" else run_star if "star" in ARMS[name] else run_arm
+        run = run_base if name == "base" else run_star if name in STAR else run_arm
         results[name] = run(args, work) if name == "base" else run(name, ARMS[name], args, work)
         results[name]["machine"] = machine()  # arms of one table may come from different runs
         done.parent.mkdir(parents=True, exist_ok=True)
@@ -421,7 +405,7 @@ def main() -> int:
                 score_rephrased(name, results[name], args, work)
                 (work / name / "result.json").write_text(json.dumps(results[name], ensure_ascii=False))
     vs_base = {n: paired_tests(results["base"], r) for n, r in results.items() if n != "base" and "base" in results}
-    controls = {CONTROL, *(a["control"] for a in ARMS.values() if "control" in a)}
+    controls = {CONTROL, *CONTROLS.values()}
     vs_control = {n: paired_tests(results[control_of(n)], r) for n, r in results.items()
                   if n != "base" and n not in controls and control_of(n) in results}
     summary = best_arm(results, vs_control)
@@ -442,7 +426,7 @@ def main() -> int:
              f"in {b['letter_is_named_option']} (mapping)" for n, b in breakdown.items() if b]
     if lines:
         text += "\n\nWhere the answer is lost (from each arm's raw outputs):\n" + "\n".join(lines)
-    write_result(args.results, {
+    write_json_atomic(HERE / "results" / f"{args.results}.json", {
         "machine": machine(), "settings": vars(args), "arms": {n: ARMS.get(n) for n in results},
         "test_questions": len(next(iter(results.values()))["preds"]) if results else 0,
         "wall_seconds": time.time() - started,

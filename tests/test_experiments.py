@@ -1,0 +1,99 @@
+"""experiments/learning.py, the learning experiment: its arms are recipe files, each compared with its
+own control, stored arms reused only with the same settings; the STaR arm end to end at tiny scale."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers import write_sample
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_arm_is_a_loop_recipe_and_the_star_arm_has_its_rationale_settings():
+    learning = _script("learning")
+    assert {"recall", "rotate3_mcq_only", "dictline_rehearse_long", "dictline_mcq_only", "star_dictline"} <= set(learning.ARMS)
+    assert set(learning.STAR) == {"star_dictline"} and learning.STAR["star_dictline"]["samples"] == 2
+    assert set(learning.CONTROLS.values()) <= set(learning.ARMS) and learning.CONTROL in learning.ARMS
+    arm = learning.ARMS["dictline_rehearse_long"]
+    assert (arm["dict_epochs"], arm["mcq_epochs"], arm["option_rotations"], arm["rationale_template"]) == (
+        3.0, 1.67, 3, "dictionary_line")
+
+
+def _arm(hits):
+    preds = [{"id": f"q{i}", "gold": "A", "prediction": "A" if h else "B", "correct": h, "cloze_correct": h}
+             for i, h in enumerate(hits)]
+    acc = sum(hits) / len(hits)
+    return {"metrics": {"accuracy": {"value": acc}}, "preds": preds}
+
+
+def test_learning_compares_each_arm_with_its_own_control():
+    learning = _script("learning")
+    results = {"dictline_rehearse_long": _arm([True] * 10 + [False] * 2),
+               "dictline_mcq_only": _arm([False] * 12),
+               "rotate3_mcq_only": _arm([True] * 5 + [False] * 7)}
+    assert learning.control_of("dictline_rehearse_long") == "dictline_mcq_only"
+    assert learning.control_of("rotate3_rehearse_long") == learning.CONTROL == "rotate3_mcq_only"
+    tests = learning.paired_tests(results["dictline_mcq_only"], results["dictline_rehearse_long"])
+    # 10 discordant pairs, all for the arm: exact two-sided p = 2 * 0.5**10.
+    assert tests["accuracy"]["p_value"] == pytest.approx(2 * 0.5 ** 10)
+    summary = learning.best_arm(results, {"dictline_rehearse_long": tests})
+    assert "dictline_rehearse_long (83.3%, McNemar p = 0.002 vs dictline_mcq_only); it meets the goal" in summary
+
+
+def test_learning_reuses_stored_arms_only_from_the_same_settings(tmp_path, monkeypatch):
+    learning = _script("learning")
+    monkeypatch.setattr(learning, "HERE", tmp_path)
+    (tmp_path / "results").mkdir()
+    settings = {"max_new_tokens": 192, "eval_batch_size": 32, "precision": "bf16", "seed": 42}
+    stored = {"settings": settings, "arms": {"base": None, "recall": learning.ARMS["recall"], "gone": {"x": 1}},
+              "results": {"base": _arm([True]), "recall": _arm([False]), "gone": _arm([True]),
+                          "no_preds": {"metrics": {}}}}
+    (tmp_path / "results" / "learning_bf16.json").write_text(json.dumps(stored))
+    args = type("Args", (), {"results": "learning_bf16", **settings})
+    assert set(learning.stored_arms(args)) == {"base", "recall"}  # "gone" changed its definition
+    # A result file from before the arms were recipe files recorded them in the old shape: the same arm still stands.
+    stored["arms"]["recall"] = {"stages": "dict,mcq", "loops": 1, "dict_epochs": 1.0, "mcq_epochs": 2.0, "template": "recall"}
+    (tmp_path / "results" / "learning_bf16.json").write_text(json.dumps(stored))
+    assert set(learning.stored_arms(args)) == {"base", "recall"}
+    stored["arms"]["recall"]["mcq_epochs"] = 3.0
+    (tmp_path / "results" / "learning_bf16.json").write_text(json.dumps(stored))
+    assert set(learning.stored_arms(args)) == {"base"}
+    args.precision = "fp32"
+    assert learning.stored_arms(args) == {}
+
+
+@pytest.mark.slow  # a learning arm end to end
+def test_learning_star_arm_runs_at_tiny_scale(tmp_path, monkeypatch, tiny_model_dir):
+    """The STaR arm end to end on a tiny model: dictionary stage, its checkpoint writes the rationales,
+    the MCQ stage continues that adapter on them, the test split is scored."""
+    from types import SimpleNamespace
+
+    learning = _script("learning")
+    sample = tmp_path / "sample"
+    write_sample(sample, n_train=4, n_test=2)
+    (sample / "dictionary.json").write_text((sample / "dict.json").read_text())
+    (sample / "characters.json").write_text(json.dumps([{"term": "↑", "definition": "증가", "category": "symbol"}]))
+    monkeypatch.setattr(learning, "SAMPLE", sample)
+    settings = {**learning.ARMS["star_dictline"], "dict_epochs": 1.0, "mcq_epochs": 1.0}
+    star = {"samples": 1, "temperature": 1.0, "top_p": 0.95, "max_new_tokens": 4, "shots": 1}
+    args = SimpleNamespace(model=str(tiny_model_dir), eval_batch_size=4, max_new_tokens=4, precision="fp32", seed=1)
+    work = tmp_path / "work"
+    result = learning.run_star("star", settings, args, work, star=star)
+    made = result["rationales"]
+    assert made["n"] == 4 and made["teacher"] + made["rationalised"] + made["template"] == 4
+    assert result["rationale_questions"] == 4 and result["train_seconds"] > 0 and len(result["preds"]) == 2
+    teacher = str((work / "star" / "dict" / "loop_1" / "after_type1").resolve())
+    written = json.loads((work / "star" / "rationales" / "run.json").read_text())
+    assert written["teacher"]["model"] == teacher and written["sampling"]["samples"] == 1
+    loop = json.loads((work / "star" / "loop" / "run.json").read_text())["config"]
+    assert loop["base_model"] == teacher and loop["stages"] == "mcq"
+    assert loop["rationales"] == str(work / "star" / "rationales" / "rationales.jsonl")
