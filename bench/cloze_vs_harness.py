@@ -1,10 +1,10 @@
 """Cloze scoring: kormedqa against lm-evaluation-harness's `multiple_choice` on the same prompts and options.
 
 (a) `kormedqa.scorers.option_logprobs`: for each question, the summed log-likelihood of each
-option's text + `<end_of_turn>` after the question-only chat prompt (`scorers.cloze_prompt`),
-the five continuations of a batch packed into one padding-free row, lm_head on continuation
-positions only. (b) lm-evaluation-harness (hf backend) on a local task with
-`output_type: multiple_choice`, the same prompt as `doc_to_text`, the same continuations as
+option's text + `<end_of_turn>` after the question-only chat prompt (`scorers.cloze_prompt`):
+one row per question holding the prompt once and the five continuations after it, each seeing
+the prompt but not the others, lm_head on continuation positions only. (b) lm-evaluation-harness
+(hf backend) on a local task with `output_type: multiple_choice`, the same prompt as `doc_to_text`, the same continuations as
 `doc_to_choice` and an empty `target_delimiter`. Both must pick the same option for every
 question, raw (arg-max summed log-likelihood, lm-eval's `acc`) and length-normalised (divided by
 the option text's length in characters; lm-eval's own `acc_norm` divides by the whole choice

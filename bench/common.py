@@ -57,11 +57,25 @@ def prepared_mcq_rows(seed: int = 42, template: str = "verdict") -> list[dict]:
     return mcq_rows(load_mcq(SAMPLE / "mcq", split="train"), seed, glossary, template=template)
 
 
+def repo_relative(value, repo: Path = REPO):
+    """`value` with every string that is an absolute path inside `repo` made relative to it (in
+    nested dicts and lists too): a result file says `models/gemma3-270m`, not where the checkout
+    happened to be on the machine that ran it."""
+    if isinstance(value, dict):
+        return {k: repo_relative(v, repo) for k, v in value.items()}
+    if isinstance(value, list):
+        return [repo_relative(v, repo) for v in value]
+    if isinstance(value, str) and value.startswith(str(repo) + "/"):
+        return value[len(str(repo)) + 1:]
+    return value
+
+
 def write_result(name: str, payload: dict) -> Path:
+    """bench/results/NAME.json, atomically, with paths inside the checkout made relative (`repo_relative`)."""
     from kormedqa.fsio import write_json_atomic
 
     path = RESULTS / f"{name}.json"
-    write_json_atomic(path, payload)
+    write_json_atomic(path, repo_relative(payload))
     return path
 
 

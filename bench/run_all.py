@@ -20,7 +20,7 @@ sys.path.insert(0, str(HERE))
 from common import write_result
 RESULTS = HERE / "results"
 EXPERIMENT_RESULTS = HERE.parent / "experiments" / "results"  # the learning experiment's, rendered here too
-FAST = ("train_throughput", "eval_throughput", "cloze_vs_harness", "roofline", "precision_agreement")
+FAST = ("train_throughput", "eval_throughput", "cloze_vs_harness", "roofline", "precision_agreement", "profile_train")
 
 
 def _load(name: str) -> dict | None:
@@ -120,6 +120,15 @@ def render() -> str:
                            f"{r['seconds']['fp32']:.1f} / {r['seconds']['bf16']:.1f} |")
             out.append("")
         out += [f"**{pa['summary']}**", ""] if pa["summary"] else []
+    prof = _load("profile_train")
+    if prof:
+        m = prof["machine"]
+        out += [f"## Where a training step goes ({m['date']}, {_cpu(m)}, {m['torch_threads']} threads, torch {m['torch']})",
+                "", f"`bench/profile_train.py`: PyTorch profiler over {prof['steps_profiled']} steps of the demo's "
+                f"dictionary stage (batch 8, rows of ~30 tokens, {prof['precision']}), {prof['profiled_seconds']:.1f} s; "
+                "top ops by self CPU time.", "", "| op | share | self CPU ms | calls |", "|---|---|---|---|"]
+        out += [f"| `{o['op']}` | {o['share']:.1%} | {o['self_cpu_ms']:.0f} | {o['calls']} |" for o in prof["top_ops"]]
+        out += ["", f"**{prof['summary']}**", ""]
     gpu = _load("gpu")
     out += ["## GPU check", ""]
     if gpu and not gpu.get("smoke"):

@@ -25,6 +25,11 @@ each (recipes/experiments/<arm>.yaml); the default list is the one docs/results.
 - dictline_rehearse_long: as rotate3_rehearse_long with `--rationale-template dictionary_line`
   (the recall line is the dictionary track's own `Meaning of word X: <English>. <Korean>`);
   compared with its own control, dictline_mcq_only (the same MCQ track alone, about as long).
+- star_dictline: STaR (issue 22; docs/rationales.md): three dictionary epochs, then the dictionary
+  stage's own checkpoint writes rationales for the training questions (`kormedqa rationales`, settings
+  in star_dictline.rationales.yaml: 2 sampled tries, a hinted try, the dictionary_line template for
+  what fails), then five unrotated MCQ epochs on them with rehearsal 0.5; compared with
+  dictline_rehearse_long and their control dictline_mcq_only.
 - linked, verdict, mcq_only, recall_mcq_only: earlier arms, selectable with --arms (recipes/experiments/).
 Each arm must fit in 60 minutes with its evaluation on 2 cores without native bf16.
 
@@ -104,7 +109,10 @@ def loop_config(name: str, settings: dict, args, work: Path, **changes):
     from kormedqa.loop import LoopConfig
 
     return replace(LoopConfig(
-        **settings, base_model=args.model, dictionary=dictionary_paths(), train_data=str(SAMPLE / "mcq"),
+        # The arms are compared by their last loop on the sample's test split, as they always were;
+        # nothing is chosen among loops here, so no separate test pass (unless an arm's recipe says).
+        **{"eval_split": "test", "test_split": "", **settings},
+        base_model=args.model, dictionary=dictionary_paths(), train_data=str(SAMPLE / "mcq"),
         eval_data=str(SAMPLE / "mcq"), output=str(work / name / "loop"), eval_batch_size=args.eval_batch_size,
         max_new_tokens=args.max_new_tokens, device="cpu", precision=args.precision, seed=args.seed, resume=True,
     ), **changes)

@@ -12,13 +12,13 @@ TERMS = [
 ]
 
 
-def write_sample(root: Path, n_train: int = 6, n_test: int = 4) -> dict:
+def write_sample(root: Path, n_train: int = 6, n_test: int = 4, n_dev: int = 2) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     (root / "dict.json").write_text(json.dumps([{"term": t, "definition": d} for t, d in TERMS], ensure_ascii=False))
     defs = [d.split(". ", 1)[1] for _, d in TERMS]
     mcq_dir = root / "mcq"
     mcq_dir.mkdir(exist_ok=True)
-    for split, start, n in (("train", 0, n_train), ("test", 100, n_test)):
+    for split, start, n in (("train", 0, n_train), ("test", 100, n_test), ("dev", 200, n_dev)):
         with open(mcq_dir / f"{split}.jsonl", "w", encoding="utf-8") as fh:
             for i in range(n):
                 term, _ = TERMS[i % len(TERMS)]

@@ -16,10 +16,16 @@ def _script(name):
 
 
 @pytest.mark.slow  # every part of bench/gpu_check.py end to end
-def test_gpu_check_smoke_runs_every_part_on_cpu(tokenizer_dir, tmp_path):
-    """The same code the H200 runs (training both arms, letter/cloze scoring, generation), tiny and on CPU."""
+def test_gpu_check_smoke_runs_every_part_on_cpu(tokenizer_dir, tmp_path, monkeypatch, capsys):
+    """The same code the H200 runs (training both arms, letter/cloze scoring, generation), tiny and on CPU,
+    as a fresh checkout runs it: no --tokenizer and no bench/gpu_assets (the docstring's command)."""
     out = tmp_path / "gpu.json"
-    assert _script("gpu_check").main(["--smoke", "--tokenizer", str(tokenizer_dir), "--out", str(out)]) == 0
+    gpu_check = _script("gpu_check")
+    monkeypatch.setattr(gpu_check, "ASSETS", tmp_path / "no_assets")
+    monkeypatch.setenv("KORMEDQA_TEST_CACHE", str(tokenizer_dir.parent))  # the tokenizer the tests built
+    assert gpu_check.main(["--out", str(tmp_path / "unused.json")]) == 2  # the full check says what to run first
+    assert "--prepare" in capsys.readouterr().err
+    assert gpu_check.main(["--smoke", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["smoke"] and result["device"] == "cpu" and result["precision"]["reason"]
     training = result["sizes"]["tiny"]["training"]
@@ -80,3 +86,22 @@ def test_precision_agreement_compares_picks_when_forced(tiny_model_dir, tmp_path
     assert letter["same_picks"] == round(letter["agreement"] * 3)
     assert {"accuracy_fp32", "accuracy_bf16", "mcnemar_bf16_vs_fp32"} <= set(letter)
     assert scorers["generation"]["questions"] == 1 and "identical_outputs" in scorers["generation"]
+
+
+def test_bench_results_hold_no_absolute_paths(tmp_path):
+    """Result files name paths inside the checkout relative to it, not where it was on the machine that ran."""
+    common = _script("common")
+    payload = {"model": str(common.REPO / "models" / "m"), "runs": [{"work": str(common.REPO / "bench" / "work")}],
+               "elsewhere": "/opt/x", "n": 3}
+    assert common.repo_relative(payload) == {"model": "models/m", "runs": [{"work": "bench/work"}], "elsewhere": "/opt/x", "n": 3}
+
+    def strings(value):
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        if isinstance(value, list):
+            return [s for v in value for s in strings(v)]
+        return [value] if isinstance(value, str) else []
+
+    for path in sorted((BENCH / "results").glob("*.json")):
+        absolute = [s for s in strings(json.loads(path.read_text())) if s.startswith("/")]
+        assert not absolute, f"{path.name}: {absolute[:3]}"

@@ -167,7 +167,7 @@ def test_cloze_scores_equal_each_option_scored_alone(tiny_model, tokenizer, tmp_
     from kormedqa.scorers import cloze_prompt, option_logprobs
 
     qs = load_mcq(write_sample(tmp_path)["mcq"], split="test")
-    packed = option_logprobs(tiny_model, tokenizer, qs, batch_size=3, pack_tokens=200)
+    packed = option_logprobs(tiny_model, tokenizer, qs, batch_size=3)
     assert len(packed) == len(qs) and all(len(row) == 5 for row in packed)
     for q, row in zip(qs, packed):
         context = tokenizer(cloze_prompt(q))["input_ids"]

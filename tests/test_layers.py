@@ -137,3 +137,14 @@ print(json.dumps(wrong))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_pictures_of_the_layers_show_this_table():
+    """README.md and docs/architecture.md draw the layers (`L<n> name` in 17 columns, the modules, a note
+    in parentheses): the same modules as LAYERS, so a module added to the table is added to the pictures."""
+    root = PACKAGE.parents[1]
+    table = {layer: set(modules) - {"__main__", "__init__"} for layer, modules in LAYERS.items()}
+    for doc in (root / "README.md", root / "docs" / "architecture.md"):
+        drawn = {int(line[1]): {name.strip() for name in line[17:].split("(")[0].split(",")}
+                 for line in doc.read_text(encoding="utf-8").splitlines() if re.match(r"L\d ", line)}
+        assert drawn == table, doc.name

@@ -35,6 +35,22 @@ def test_one_loop_writes_seed_layout_and_history(tmp_path, tiny_model_dir):
     assert set(provenance["data_sha256"]) == {"train", "eval"} and "git_commit" in provenance
     assert (run / "train_log.jsonl").exists()
     assert not [p for p in run.rglob(".*tmp-*")], "no scratch folders left behind"
+    # Chosen on dev, reported on test: every loop scored on the dev split, best_checkpoint once on test.
+    assert saved["select_split"] == "dev"
+    assert json.loads((run / "loop_1/eval/metrics.json").read_text())["n"] == 2  # write_sample's dev split
+    assert json.loads((run / "test/metrics.json").read_text())["n"] == 4  # its test split
+    assert {k: saved["test"][k] for k in ("split", "chosen_on", "loop", "checkpoint", "n")} == \
+        {"split": "test", "chosen_on": "dev", "loop": 1, "checkpoint": "loop_1/after_type2", "n": 4}
+    assert "accuracy" in saved["test"]["metrics"]
+    assert "split dev" in (run / "best_checkpoint" / "README.md").read_text()
+
+
+def test_choosing_on_the_reported_split_is_refused():
+    from kormedqa.errors import UsageError
+
+    with pytest.raises(UsageError, match="chosen on the questions it is reported on"):
+        LoopConfig(eval_split="test")
+    assert LoopConfig(eval_split="test", test_split="").eval_split == "test"  # no separate report: allowed
 
 
 def test_existing_output_is_refused_without_resume(tmp_path, tiny_model_dir):
@@ -76,7 +92,7 @@ def test_resume_after_kill_during_mcq_stage_redoes_only_that_stage(tmp_path, tin
     assert (run / "loop_1/after_type1/adapter_model.safetensors").stat().st_mtime_ns == dict_stamp
     log = [json.loads(l) for l in (run / "train_log.jsonl").read_text().splitlines()]
     stages = [r["stage"] for r in log if "loss" in r]
-    assert stages.count("loop_1_dict") == 1 and stages.count("loop_1_mcq") == 2
+    assert stages.count("loop_1_dict") == 1 and stages.count("loop_1_mcq") == 1  # the redone stage logged once
     # Each stage starts from the folder on disk with a fixed seed, so the result is the same.
     assert history["loops"][0]["metrics"] == uninterrupted
     # The dictionary stage's record, read back from its checkpoint, is what the stage had returned.
@@ -169,6 +185,7 @@ def test_every_shipped_recipe_parses_into_its_config_class():
         else:
             assert LoopConfig(**yaml.safe_load(recipe.read_text())).max_loops >= 1, recipe
     seed = LoopConfig(**yaml.safe_load((RECIPES / "medgemma-4b-seed.yaml").read_text()))
+    assert (seed.eval_split, seed.test_split) == ("dev", "test")  # chosen on dev, reported on test
     assert (seed.dict_batch_size, seed.dict_grad_accum, seed.dict_learning_rate) == (4, 4, 2e-5)
     assert (seed.mcq_batch_size, seed.mcq_grad_accum, seed.mcq_learning_rate) == (2, 8, 1e-5)
     assert (seed.max_loops, seed.target_accuracy, seed.patience) == (10, 90.0, 3)
@@ -188,6 +205,7 @@ def test_the_demo_loads_its_loop_from_the_recipe_unchanged():
         answer_weight="2/3", rationale_template="dictionary_line", dict_rehearsal=0.5, option_rotations=5,
         rotation_batches=True, eval_mode="generate,loglik,cloze", eval_limit=None, eval_every=2, eval_batch_size=32,
         max_new_tokens=64, dict_eval_limit=40, device="auto", precision="auto", seed=42, resume=True,
+        eval_split="test", test_split="",  # the demo reports its one loop on test; no separate test pass
     )
     assert demo_loop_config(cfg, "cpt", "runs/demo/loop") == old
     changed = demo_loop_config(DemoConfig(loop_set=["mcq_epochs=0.1", "eval_limit=8"], seed=3), "cpt", "x")

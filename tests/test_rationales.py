@@ -14,7 +14,8 @@ from kormedqa.cli import main
 from kormedqa.data import load_mcq
 from kormedqa.formats import Glossary, choose_detailed
 from kormedqa.prepare import PrepareConfig, run_prepare
-from kormedqa.rationales import (HINT, Item, RationalesConfig, conversation, exemplar_from_cot, judge, run_rationales,
+from kormedqa.chat import GEMMA_CHAT_TEMPLATE
+from kormedqa.rationales import (HINT, Item, LocalTeacher, RationalesConfig, conversation, exemplar_from_cot, judge, run_rationales,
                                  shipped_exemplars, solve_batch, summarise, summary_table)
 from kormedqa.scorers import Sampling, generate
 
@@ -51,6 +52,15 @@ def test_judge_keeps_only_right_answers_in_the_asked_form(output, detailed, hint
     assert reason in verdict.reason
     if verdict.ok:
         assert verdict.rationale == (EX[0].detailed if detailed else EX[0].simple) and verdict.letter == "B"
+
+
+def test_a_reply_that_runs_on_is_judged_up_to_its_answer():
+    from kormedqa.rationales import cut_after_answer
+
+    run_on = GOOD_SIMPLE + "<end_of_turn>\n<start_of_turn>user\n다음 문제</reasoning>C"
+    assert cut_after_answer(run_on) == GOOD_SIMPLE and judge(cut_after_answer(run_on), EX[0].mcq, False).ok
+    assert not judge(run_on, EX[0].mcq, False).ok
+    assert cut_after_answer("<reasoning>\n끝나지 않은") == "<reasoning>\n끝나지 않은"
 
 
 def test_exemplar_from_a_written_cot_is_in_both_forms_and_keeps_no_answer_statement():
@@ -185,25 +195,34 @@ def llama_server(tmp_path_factory):
     params.n_ctx = 4096
     params.cache_prompt = False  # a reused prefix is computed in other shapes: bits may differ at temperature 0
     params.n_parallel = 1  # one slot: requests run one at a time, so a reply does not depend on its neighbours
-    params.chat_template = "gemma"  # the GGUF carries none; llama.cpp's built-in Gemma turn format
+    # The GGUF carries no chat template, and a name such as "gemma" would be taken for a Jinja
+    # template (every prompt rendering to the word "gemma"): the project's own Gemma template.
+    params.chat_template = GEMMA_CHAT_TEMPLATE
     params.api_keys = ["secret"]
-    params.cpuparams.n_threads = 2
+    params.cpuparams.n_threads = 1  # llama.cpp's spinning threads crawl on a busy 2-core machine (0.2 vs 7.6 tokens/s)
     server = xllamacpp.Server(params)
     yield f"http://127.0.0.1:{params.port}/v1"
     del server
 
 
-def test_an_openai_compatible_server_as_teacher(tmp_path, llama_server, monkeypatch, capsys):
-    data = write_sample(tmp_path / "d", n_train=2)
+def test_an_openai_compatible_server_as_teacher(tmp_path, llama_server, monkeypatch, capsys, tokenizer):
+    from openai import OpenAI
+
+    data = write_sample(tmp_path / "d", n_train=1)
+    # The server sees the very prompt a local teacher renders: same turns, same tokens (<bos> included).
+    chat = conversation(load_mcq(data["mcq"], split="train")[0], False, EX, shots=1)
+    reply = OpenAI(base_url=llama_server, api_key="secret", max_retries=0).chat.completions.create(
+        model="gemma3-270m", messages=chat, max_tokens=1, temperature=0)
+    assert reply.usage.prompt_tokens == len(tokenizer(LocalTeacher(None, tokenizer).render(chat))["input_ids"]) > 300
     monkeypatch.setenv("TEACHER_KEY", "secret")
     base = ["--data", data["mcq"], "--teacher-url", llama_server, "--teacher-model", "gemma3-270m", "--teacher-key-env",
-            "TEACHER_KEY", "--samples", "1", "--temperature", "0", "--max-new-tokens", "8", "--shots", "1",
+            "TEACHER_KEY", "--samples", "1", "--temperature", "0", "--max-new-tokens", "8", "--shots", "0",
             "--batch-size", "2", "--seed", "1"]
     assert main(["rationales", *base, "--output", str(tmp_path / "a")]) == 0
     assert main(["rationales", *base, "--output", str(tmp_path / "b")]) == 0
     journal = _journal(tmp_path / "a")
     outputs = [t["output"] for r in journal.values() for t in [*r["tries"], r["hint"]]]
-    assert len(outputs) == 4 and all(isinstance(o, str) and o for o in outputs)  # real replies, 2 tries each
+    assert len(outputs) == 2 and all(isinstance(o, str) and o for o in outputs)  # real replies: the try and the hinted one
     assert journal == _journal(tmp_path / "b")  # temperature 0, one slot: the same replies
     assert (tmp_path / "a" / "rationales.jsonl").read_bytes() == (tmp_path / "b" / "rationales.jsonl").read_bytes()
     run = json.loads((tmp_path / "a" / "run.json").read_text())
@@ -242,3 +261,18 @@ def test_the_loop_trains_on_a_rationale_file_as_written_and_unrotated(tmp_path, 
                                        rows[4]["id"]]
     assert rows[2]["completion"] == "<start_of_turn>model\n<reasoning>\n교사가 쓴 풀이\n</reasoning>A<end_of_turn>"
     assert all("교사가 쓴 풀이" not in r["completion"] for r in rows if r["id"] != "train-1")
+
+
+def test_nucleus_keeps_the_tokens_transformers_keeps():
+    """The top-p cut (from the 1,024 most likely tokens, or a full sort) against transformers' own warper."""
+    import torch
+    from transformers import TopPLogitsWarper
+
+    from kormedqa.scorers import nucleus
+
+    torch.manual_seed(0)
+    for scale in (0.1, 8.0):  # flat (the candidates hold too little: the full sort) and peaked (the candidates)
+        logits = torch.randn(3, 5000) * scale
+        kept = nucleus(torch.softmax(logits, -1), 0.9)
+        assert torch.equal(kept > 0, TopPLogitsWarper(0.9)(None, logits.clone()) > float("-inf"))
+        assert torch.allclose(kept[kept > 0], torch.softmax(logits, -1)[kept > 0])

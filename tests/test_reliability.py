@@ -94,10 +94,14 @@ def test_tokenizer_without_end_of_turn_fails_early():
         stop_token_ids(NoTurns())
 
 
-def test_out_of_memory_names_the_settings_to_lower(monkeypatch, capsys):
+def test_out_of_memory_names_the_settings_to_lower(monkeypatch, capsys, tmp_path):
     import kormedqa.cli as cli
+    from kormedqa.sft import TrainConfig
+
+    (tmp_path / "train_log.jsonl").write_text("")  # a run folder with finished work to resume
 
     def boom(argv):
+        cli.parse(TrainConfig, ["--output", str(tmp_path)], "kormedqa train")
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setitem(cli.COMMANDS, "train", boom)

@@ -252,13 +252,22 @@ def supervised_ce(model, input_ids, attention_mask, labels, chunk: int = 512, po
     # use_cache=False: with a cache transformers ignores the packing in position_ids (see trainer).
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                      use_cache=False).last_hidden_state[keep]
-    targets = labels[:, 1:][keep[:, :-1]]
+    ce, hits = token_ce(model, hidden, labels[:, 1:][keep[:, :-1]], chunk)
+    return ce, hits, keep
+
+
+@torch.no_grad()
+def token_ce(model, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy (nats, fp32) of `targets` (n,) under the lm_head on `hidden` (n, hidden_size),
+    and whether each target is the argmax; the (n, vocab) logits exist `chunk` rows at a time.
+
+    Raises NonFiniteError for NaN/inf cross-entropy."""
     ces, hits = [], []
     for start in range(0, hidden.shape[0], chunk):
         logits = _final_logits(model, hidden[start : start + chunk])
         t = targets[start : start + chunk]
         ces.append(F.cross_entropy(logits, t, reduction="none"))
         hits.append(logits.argmax(-1) == t)
-    empty = hidden.new_zeros(0)
+    empty = hidden.new_zeros(0, dtype=torch.float32)
     ce = check_finite(torch.cat(ces), "teacher-forced cross-entropy") if ces else empty
-    return ce, (torch.cat(hits) if hits else empty.bool()), keep
+    return ce, (torch.cat(hits) if hits else empty.bool())

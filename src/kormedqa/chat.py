@@ -1,7 +1,7 @@
 """Gemma's chat turns: the template, the end-of-turn marker and the ids generation stops at.
 
 The one place these are spelled: `formats` builds the spec's prompt/completion strings from
-`END_OF_TURN`, `modeling` gives every loaded tokenizer `GEMMA_CHAT_TEMPLATE`, and every generator
+`END_OF_TURN`, `modeling` gives every loaded tokenizer `GEMMA_CHAT_TEMPLATE` (Gemma 3's own), and every generator
 (HF, vLLM, TRL's GRPO sampling) stops at `stop_token_ids`.
 """
 from __future__ import annotations
@@ -10,10 +10,58 @@ from .errors import ModelError
 
 END_OF_TURN = "<end_of_turn>"
 
-# Gemma's turn format. The GGUF ships no template; this one renders exactly the strings the
-# seed spec trains on (`<start_of_turn>user\n...<end_of_turn>\n<start_of_turn>model\n`).
-# A system message is folded into the first user turn, as Gemma 3's own template does.
-GEMMA_CHAT_TEMPLATE = (
+# Gemma 3's own chat template, verbatim (as google/gemma-3-*-it ship it in tokenizer_config.json;
+# the same text is transformers' models/gemma3/convert_gemma3_weights.py `_CHAT_TEMPLATE` and
+# trl/chat_templates/gemma3.jinja). The GGUF of the embedded default ships none, and every model and
+# adapter folder kormedqa writes carries this one, so a server (vLLM's OpenAI chat API sends content
+# as a list of text parts) renders exactly what Gemma 3 would. For the spec's strings it renders what
+# kormedqa trains on: `<bos><start_of_turn>user\n...<end_of_turn>\n<start_of_turn>model\n`; a system
+# message is folded into the first user turn; content is trimmed; roles must alternate.
+GEMMA_CHAT_TEMPLATE = """{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- if messages[0]['content'] is string -%}
+        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- else -%}
+        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
+    {%- endif -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {%- if message['content'] is string -%}
+        {{ message['content'] | trim }}
+    {%- elif message['content'] is iterable -%}
+        {%- for item in message['content'] -%}
+            {%- if item['type'] == 'image' -%}
+                {{ '<start_of_image>' }}
+            {%- elif item['type'] == 'text' -%}
+                {{ item['text'] | trim }}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- else -%}
+        {{ raise_exception("Invalid content type") }}
+    {%- endif -%}
+    {{ '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\n'}}
+{%- endif -%}
+"""
+
+# The template kormedqa wrote before it used Gemma 3's own (no list content, no trim): a tokenizer
+# still carrying it (a model or adapter folder written then) gets GEMMA_CHAT_TEMPLATE on loading.
+_EARLIER_KORMEDQA_TEMPLATE = (
     "{{ bos_token }}"
     "{%- if messages[0]['role'] == 'system' -%}"
     "{%- set first_prefix = messages[0]['content'] + '\n\n' -%}"
@@ -46,6 +94,8 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 
 def ensure_chat_template(tokenizer) -> None:
-    """Give `tokenizer` the Gemma chat template (`GEMMA_CHAT_TEMPLATE`) when it has none; in place."""
-    if not getattr(tokenizer, "chat_template", None):
+    """Give `tokenizer` Gemma 3's chat template (`GEMMA_CHAT_TEMPLATE`) when it has none, or still has
+    the one earlier kormedqa versions wrote; in place. A model's own template is kept."""
+    current = getattr(tokenizer, "chat_template", None)
+    if not current or current == _EARLIER_KORMEDQA_TEMPLATE:
         tokenizer.chat_template = GEMMA_CHAT_TEMPLATE

@@ -92,9 +92,11 @@ def check_config(cfg) -> None:
     """Raise UsageError for the first field outside its choices or range (None means unset: skipped).
 
     `cfg` is a dataclass instance; choices come from `field_choices`, ranges from `config_ranges`,
-    and a field named `device` is checked by `check_device`. Returns None when every field passes.
+    a field named `device` is checked by `check_device` and one named `report_to` by `parse_report_to`. Returns None when every field passes.
     """
     ranges = config_ranges(type(cfg))
+    if isinstance(getattr(cfg, "report_to", None), str):
+        parse_report_to(cfg.report_to)
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if value is None:
@@ -134,3 +136,28 @@ def parse_answer_weight(value: str | float | None) -> float | None:
     if not 0.0 <= weight <= 1.0:
         raise UsageError(f"--answer-weight must lie in [0, 1] or be 'none', got {value}")
     return weight
+
+
+def parse_report_to(value: str) -> tuple[str, ...]:
+    """`tensorboard,wandb` -> ('tensorboard', 'wandb'); 'none' or '' -> ().
+
+    Names are transformers' integrations (`INTEGRATION_TO_CALLBACK`: tensorboard, wandb, mlflow,
+    trackio, comet_ml, ...). UsageError for an unknown name or one whose package is not installed,
+    so a tracker is never silently dropped after hours of training.
+    """
+    names = tuple(dict.fromkeys(p.strip() for p in str(value).split(",") if p.strip() and p.strip() != "none"))
+    if not names:
+        return ()
+    # transformers' integration table, imported here: it is heavy and only training commands need it.
+    from transformers.integrations.integration_utils import (INTEGRATION_TO_CALLBACK,
+                                                             get_available_reporting_integrations)
+
+    unknown = [n for n in names if n not in INTEGRATION_TO_CALLBACK]
+    if unknown:
+        raise UsageError(f"--report-to takes transformers' integration names ({', '.join(INTEGRATION_TO_CALLBACK)}) "
+                         f"or none; got {', '.join(unknown)}")
+    available = set(get_available_reporting_integrations()) | {"tensorboard"}  # torch ships its writer
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise UsageError(f"--report-to {','.join(missing)}: not installed here (pip install {' '.join(missing)})")
+    return names

@@ -50,6 +50,7 @@ commands:
 """
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 @dataclass
@@ -89,7 +90,34 @@ def parse(config_cls, argv: list[str], prog: str, **fixed):
         # under --config and the flags, so `--resume --output DIR` alone is enough; a flag that
         # differs from the record is then refused by the command's own check (provenance.check_resume).
         cfg = _parse_once(config_cls, argv, prog, fixed, defaults=recorded)
+    global _parsed
+    _parsed = cfg
     return cfg
+
+
+# The config the running command parsed: what its error and interrupt hints may name (its own flags).
+_parsed = None
+
+
+def _rerun_hint() -> str:
+    """How to continue after a failure, naming only flags the running command has."""
+    cfg = _parsed
+    output = getattr(cfg, "output", "") or ""
+    from pathlib import Path
+
+    if hasattr(cfg, "resume") and output and Path(output).is_dir():
+        return f"finished work in {output} is kept; rerun with --resume to continue"
+    if hasattr(cfg, "overwrite") and output and Path(output).exists():
+        return f"rerun with --overwrite to start again ({output} holds what was written so far)"
+    return "nothing was written; rerun to start again"
+
+
+def _drop_if_empty(path: str) -> None:
+    from pathlib import Path
+
+    folder = Path(path) if path else None
+    if folder is not None and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def _parse_once(config_cls, argv: list[str], prog: str, fixed: dict, defaults: dict | None = None):
@@ -156,7 +184,7 @@ def cmd_model(argv):
     """`kormedqa model fetch [gemma3-270m] --out DIR`: build the embedded default; prints the folder.
 
     Raises UsageError for another model name, OutputExistsError when --out holds something other
-    than a model (without --overwrite).
+    than a model (with or without --overwrite: those files are the user's).
     """
     sub, rest = _positional(argv, ("fetch",), "model")
     if rest and not rest[0].startswith("-"):
@@ -166,9 +194,11 @@ def cmd_model(argv):
         raise UsageError(f"only {DEFAULT_MODEL_NAME} is embedded; any other model is used by its folder or hub id")
     out = Path(cfg.out)
     # fetch_default replaces the folder it builds; one that holds something other than a model is
-    # the user's, not a half-fetched model, and is refused rather than deleted.
-    if out.exists() and not (out / "config.json").exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise OutputExistsError(f"{out} exists and is not a model folder: pass --overwrite to replace it")
+    # the user's (data/sample, say), not a half-fetched model: refused, --overwrite or not, and
+    # --overwrite is not offered, since it would delete the user's files.
+    if out.is_file() or (out.is_dir() and not (out / "config.json").exists() and any(out.iterdir())):
+        raise OutputExistsError(f"{out} exists and is not a model folder (it holds other files): choose another "
+                                "--out, an empty or new folder")
     print(fetch_default(cfg.out, overwrite=cfg.overwrite))
 
 
@@ -227,7 +257,12 @@ def cmd_loop(argv):
     """`kormedqa loop [flags | --config recipe.yaml]`: `loop.run_loop`; prints why it stopped and the best loop."""
     history = run_loop(parse(LoopConfig, argv, "kormedqa loop"))
     if is_main_process():
-        print(f"stopped: {history['stop_reason']}; best loop {history['best']['loop']}; see history.json")
+        test = history.get("test")
+        tested = (f"; on {test['split']}: " + ", ".join(f"{k} {v['value']:.1%}" for k, v in test["metrics"].items()
+                                                       if k in ("accuracy", "loglik_accuracy", "cloze_accuracy"))
+                  if test else "")
+        print(f"stopped: {history['stop_reason']}; best loop {history['best']['loop']} (chosen on "
+              f"{history.get('select_split', 'the eval split')}){tested}; see history.json")
 
 
 def cmd_cpt(argv):
@@ -257,13 +292,16 @@ def main(argv: list[str] | None = None) -> int:
     """The `kormedqa` entry point: `argv` (default sys.argv[1:]) -> exit status.
 
     0 on success; 2 (`EXIT_USER_ERROR`) for every mistake a user can fix (`errors.UserError`, a
-    missing file, a NaN/inf loss or metric, out of memory), printed as one line on stderr. Other
-    exceptions (bugs) propagate with their traceback.
+    missing file, a NaN/inf loss or metric, out of memory), printed as one line on stderr; 130
+    (`EXIT_INTERRUPTED`) for Ctrl-C, one line saying how to continue (only flags the command has).
+    Other exceptions (bugs) propagate with their traceback.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else EXIT_USER_ERROR
+    global _parsed
+    _parsed = None
     command = COMMANDS.get(argv[0])
     if command is None:
         print(f"kormedqa: error: unknown command {argv[0]!r} (one of {', '.join(COMMANDS)}; see kormedqa --help)",
@@ -274,23 +312,40 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_launch(argv[0])
         command(argv[1:])
-    except (UserError, FileNotFoundError, NonFiniteError) as err:  # NaN/inf: the settings, not a bug; one line
+    # An input path that is missing, a folder or unreadable is the user's to fix, whichever reader
+    # met it (data files, --config, a model folder); NaN/inf: the settings, not a bug. One line each.
+    except (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+            NonFiniteError) as err:
         if is_main_process():  # under `accelerate launch` every process fails the same way; one line is enough
             print(f"kormedqa {argv[0]}: error: {one_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        # Ctrl-C: what was finished is on disk (atomic writes; a training stage keeps a checkpoint);
+        # one line instead of a traceback, and the shell's exit status for SIGINT.
+        _drop_if_empty(getattr(_parsed, "output", ""))  # claimed but nothing in it yet
+        if is_main_process():
+            print(f"kormedqa {argv[0]}: interrupted (Ctrl-C); {_rerun_hint()}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except MemoryError as err:
-        print(f"kormedqa {argv[0]}: out of memory ({err}); lower --batch-size or --max-length", file=sys.stderr)
+        print(f"kormedqa {argv[0]}: out of memory ({err}); lower {_memory_flags()}", file=sys.stderr)
         return EXIT_USER_ERROR
     except RuntimeError as err:
         if "out of memory" in str(err).lower():
-            print(
-                f"kormedqa {argv[0]}: out of memory; lower --batch-size (and raise --grad-accum to keep the "
-                "effective batch) or --max-length. Finished checkpoints are kept; rerun with --resume.",
-                file=sys.stderr,
-            )
+            print(f"kormedqa {argv[0]}: out of memory; lower {_memory_flags()}; {_rerun_hint()}", file=sys.stderr)
             return EXIT_USER_ERROR
         raise
     return 0
+
+
+def _memory_flags() -> str:
+    """The running command's flags that lower memory use, as words for the out-of-memory line."""
+    cfg = _parsed
+    names = [n for n in ("batch_size", "eval_batch_size", "dict_batch_size", "mcq_batch_size", "max_length",
+                         "max_new_tokens") if hasattr(cfg, n)]
+    flags = " or ".join("--" + n.replace("_", "-") for n in names) or "the batch size"
+    if hasattr(cfg, "grad_accum"):
+        flags += " (raise --grad-accum to keep the effective batch)"
+    return flags
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ TRL's `TrlParser`, so every flag can also come from `--config file.yaml` (flags 
                        --gradient-checkpointing
     LmEvalArgs         --num-fewshot --apply-chat-template   eval, loop (the lm-eval protocol)
                        --lm-eval-gen-kwargs
+    ReportArgs         --report-to                           train, cpt, loop
 
 A command that needs another default redeclares the field with `arg` (it keeps its place). Field
 metadata holds only argparse keywords (`help`, `choices`), because HfArgumentParser passes it to
@@ -25,7 +26,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
-from .checks import Range
+from .checks import Range, parse_report_to
 from .hardware import PRECISIONS
 
 # The shipped sample dictionaries: the default of every command that reads a dictionary.
@@ -95,6 +96,17 @@ class LoraArgs:
 
 
 @dataclass
+class ReportArgs:
+    """Where a training command reports its logs besides train_log.jsonl (always written)."""
+
+    report_to: str = arg("tensorboard", "experiment trackers, a comma list of transformers' integration names "
+                                        "(tensorboard, wandb, mlflow, trackio, comet_ml, ...), or none; "
+                                        "TensorBoard files go to <output>/tensorboard, offline wandb / mlflow runs "
+                                        "under <output> unless WANDB_DIR / MLFLOW_TRACKING_URI say otherwise")
+
+    def report_targets(self) -> tuple[str, ...]:
+        """--report-to as a tuple of integration names (() for none); UsageError for an unknown or missing one."""
+        return parse_report_to(self.report_to)
 class LmEvalArgs:
     """The lm-eval protocol's choices, as lm-evaluation-harness names them (kormedqa.lm_eval_protocol)."""
 

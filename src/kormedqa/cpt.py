@@ -17,12 +17,12 @@ import torch
 
 from .batching import CompletionCollator, SpecialTokenError, encode_text, strip_leading_bos, supervised_ce
 from .checks import Range, check_config
-from .config import SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, RunArgs, arg
+from .config import SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, ReportArgs, RunArgs, arg
 from .data import load_dictionary, read_text_corpus
-from .fsio import claim_output, write_json_atomic
+from .fsio import write_json_atomic
 from .hardware import PrecisionChoice, choose
 from .modeling import load_model, load_tokenizer, lora_config, merge_into_base
-from .provenance import provenance
+from .provenance import claim_run, provenance
 from .records import DataError
 from .stage import Stage
 from .trainer import AnswerWeightedTrainer, TrainerSettings, training_arguments
@@ -30,7 +30,7 @@ from .trainer import AnswerWeightedTrainer, TrainerSettings, training_arguments
 log = logging.getLogger(__name__)
 
 @dataclass
-class CPTConfig(ModelArgs, LoraArgs, RunArgs):
+class CPTConfig(ModelArgs, LoraArgs, ReportArgs, RunArgs):
     """`kormedqa cpt`: continued pretraining on plain text + repeated vocabulary."""
 
     output: str = arg("runs/cpt", "folder for model/ (the merged model), metrics.json, run.json and train_log.jsonl")
@@ -61,7 +61,8 @@ class CPTConfig(ModelArgs, LoraArgs, RunArgs):
         return TrainerSettings(epochs=self.epochs, max_steps=self.max_steps, batch_size=self.batch_size,
                                grad_accum=self.grad_accum, learning_rate=self.learning_rate, seed=self.seed,
                                lr_scheduler_type="linear", logging_steps=1, save_steps=0, group_by_length=False,
-                               keep_order=False, gradient_checkpointing=self.gradient_checkpointing)
+                               keep_order=False, gradient_checkpointing=self.gradient_checkpointing,
+                               report_to=self.report_targets())
 
 
 def vocab_lines(entries) -> list[str]:
@@ -140,7 +141,7 @@ def run_cpt(cfg: CPTConfig, choice: PrecisionChoice | None = None) -> dict:
     entries = load_dictionary(*cfg.vocab) if cfg.vocab else []
     tokenizer = load_tokenizer(cfg.base_model)
     choice = choice or choose(cfg.device, cfg.precision)
-    out = claim_output(cfg.output, overwrite=cfg.overwrite)
+    out = claim_run(cfg, "cpt", {"corpus": cfg.corpus, "heldout": cfg.heldout or ""}, choice=choice)
     run = Stage("cpt", out / "model", choice, seed=cfg.seed, logs_dir=out,
                 work=out / ".work")
     model, _ = run.load(cfg.base_model, tokenizer=tokenizer, trainable_adapter=False)
@@ -155,9 +156,9 @@ def run_cpt(cfg: CPTConfig, choice: PrecisionChoice | None = None) -> dict:
         train_dataset=Dataset.from_list(features),
         data_collator=CompletionCollator(tokenizer.pad_token_id),
         answer_weight=None,
-        callbacks=run.callbacks(),
+        callbacks=run.callbacks(report_to=cfg.report_targets()),
     )
-    result = run.train(trainer)
+    result = run.train(trainer, checkpoint_on_interrupt=False)  # cpt has no --resume to continue one
     steps = trainer.state.global_step
     # The merged model is the base's kind (a multimodal MedGemma stays one, in its own dtype): the
     # adapter is merged into the base read from disk, and perplexity after is measured on that folder.
@@ -183,7 +184,7 @@ def run_cpt(cfg: CPTConfig, choice: PrecisionChoice | None = None) -> dict:
     }
     write_json_atomic(out / "metrics.json", metrics)
     write_json_atomic(out / "run.json", {**provenance(cfg, {"corpus": cfg.corpus, "heldout": cfg.heldout or ""},
-                                                      choice=choice), "peak_memory": run.peak_memory})
+                                                      command="cpt", choice=choice), "peak_memory": run.peak_memory})
     run.drop_work()
     print(json.dumps(metrics, indent=2))
     return metrics

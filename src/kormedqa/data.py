@@ -41,8 +41,19 @@ Row = tuple[int, Any]  # (1-based line / element / row number, parsed value)
 
 
 def _read_text(path: Path) -> str:
-    """Decode a whole file as UTF-8, reporting the line of the first bad byte."""
-    raw = path.read_bytes()
+    """Decode a whole file as UTF-8, reporting the line of the first bad byte.
+
+    A path that is a folder, missing or unreadable is a DataError naming it (one line, exit 2 in
+    the CLI), whichever command's input it is.
+    """
+    try:
+        raw = path.read_bytes()
+    except IsADirectoryError:
+        raise DataError(str(path), None, None, "is a folder; a file is expected here") from None
+    except FileNotFoundError:
+        raise DataError(str(path), None, None, "no such file") from None
+    except OSError as err:  # permission denied, a broken link, a device that fails
+        raise DataError(str(path), None, None, f"cannot be read: {err.strerror or err}") from None
     if raw.startswith(_UTF16_BOMS):
         try:
             return raw.decode("utf-16")

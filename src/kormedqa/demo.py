@@ -32,10 +32,11 @@ from .formats import Glossary
 from .fsio import write_json_atomic, write_jsonl_atomic
 from .hardware import PrecisionChoice, choose
 from .loop import LoopConfig, evaluate_checkpoint, run_loop
+from .metrics import proportion
 from .modeling import DEFAULT_MODEL_NAME, load_tokenizer, resolve_model_path
 from .prepare import dict_rows, mcq_rows
 from .provenance import claim_run
-from .report import (cpt_text, demo_setup_text, markdown_report, plot_loops, reading, rephrased_line, results_table,
+from .report import (cpt_text, demo_setup_text, markdown_report, other_set_line, plot_loops, reading, results_table,
                      significance, what_moved)
 from .scorer_table import paired_keys, parse_eval_mode
 
@@ -60,6 +61,9 @@ class DemoConfig(ResumableRunArgs, DeviceArgs):
     rephrased: str = arg("data/sample/mcq_rephrased", "a test split of the same terms asked another way, scored by "
                          "generation before training and with the best checkpoint ('' to skip; the sample's is "
                          "scripts/make_sample_mcq.py --rephrase 1)")
+    reverse: str = arg("data/sample/mcq_reverse", "a test split of the same terms asked the other way round "
+                       "(definition -> term), scored as --rephrased is ('' to skip; the sample's is "
+                       "scripts/make_sample_mcq.py --reverse 1)")
     corpus: str = arg("data/sample/corpus/train.txt", "CPT text (a .txt file or folder)")
     heldout: str = arg("data/sample/corpus/heldout.txt", "held-out text for CPT perplexity")
     cpt_steps: int = arg(8, "CPT optimizer steps (a short pass: the demo's point is the SFT loop)")
@@ -114,9 +118,9 @@ class DemoRecipe:
         demo.setup()             # inputs, the recipe's loop, the precision; claim the output (run.json)
         demo.prepare()           # fetch the model; prepared/{dict,mcq_train}.jsonl
         demo.cpt()               # cpt/: a short continued pretraining, merged
-        demo.evaluate_before()   # eval_before/ (and eval_before_rephrased/)
+        demo.evaluate_before()   # eval_before/ (and eval_before_{rephrased,reverse}/)
         demo.loop()              # loop/: the recipe's loop from the CPT model
-        demo.compare()           # last loop vs before (McNemar per metric); rephrased with the best checkpoint
+        demo.compare()           # last loop vs before (McNemar per metric); the other sets with the best checkpoint
         summary = demo.report()  # REPORT.md, accuracy_per_loop.png, summary.json
 
     `run()` does exactly that, timing each step into `timings` (seconds).
@@ -125,6 +129,8 @@ class DemoRecipe:
     def __init__(self, cfg: DemoConfig):
         self.cfg = cfg
         self.timings: dict[str, float] = {}
+        self.recorded: dict[str, float] = {}  # timings of an earlier run of this folder (read once it is claimed)
+        self.kept = 0.0  # seconds of steps an earlier run finished, which this run does not measure again
 
     def setup(self) -> None:
         """Read and check every input (DataError, ModelError, UsageError for the recipe) and decide the
@@ -137,13 +143,19 @@ class DemoRecipe:
         every, limit = max(self.loop_cfg.eval_every, 1), self.loop_cfg.eval_limit
         test = load_mcq(cfg.mcq, split="test")[::every]
         self.test = test[:limit] if limit else test
-        # The same subset of the same terms, asked another way: knowledge of the terms, not of the questions' surface.
-        self.rephrased = load_mcq(cfg.rephrased, split="test")[::every][: limit or None] if cfg.rephrased else []
+        # The same subset of the same terms, asked another way and the other way round: knowledge of the
+        # terms, not of the questions' surface, and whether it is usable in reverse.
+        self.other_sets = {name: load_mcq(folder, split="test")[::every][: limit or None]
+                           for name, folder in (("rephrased", cfg.rephrased), ("reverse", cfg.reverse)) if folder}
         self.choice: PrecisionChoice = choose(cfg.device, cfg.precision)  # once for the whole demo; every step gets it
         if cfg.model != DEFAULT_MODEL_NAME:
             resolve_model_path(cfg.model)  # ModelError before the output is claimed (the default is fetched below)
         # Before anything is skipped as finished: another command's folder, changed settings or data are refused.
         self.out = claim_run(cfg, "demo", {"mcq": cfg.mcq}, choice=self.choice)
+        earlier = self.out / "timings.json" if (self.out / "timings.json").exists() else self.out / "summary.json"
+        if cfg.resume and earlier.exists():
+            data = json.loads(earlier.read_text(encoding="utf-8"))
+            self.recorded = dict(data.get("timings", data) if earlier.name == "summary.json" else data)
 
     def prepare(self) -> None:
         """Fetch the model (the embedded default is built once under models/) and write prepared/."""
@@ -181,9 +193,10 @@ class DemoRecipe:
         self.before_preds = read_jsonl(before_dir / "predictions.jsonl")
         log.info("before training: %s", summary_line(self.before))
 
-    def evaluate_before_rephrased(self) -> None:
-        """Generation on the same terms asked another way, before training (eval_before_rephrased/)."""
-        self.rephrased_before = self._score_rephrased(self.cpt_model, self.out / "eval_before_rephrased")
+    def evaluate_before_other(self, name: str) -> None:
+        """Generation on another set of the same terms (`name`: "rephrased" or "reverse") before
+        training, in eval_before_<name>/."""
+        self.other_before[name] = self._score_other(name, self.cpt_model, self.out / f"eval_before_{name}")
 
     def loop(self) -> None:
         """The recipe's loop from the CPT model, in loop/ (resumed when it was started before)."""
@@ -202,27 +215,28 @@ class DemoRecipe:
         tests = {metric: significance(before_preds, after_preds, key)
                  for metric, key in paired_keys(parse_eval_mode(self.loop_cfg.eval_mode)).items()}
         self.tests = {k: v for k, v in tests.items() if v["only_a"] + v["only_b"] or k in self.before}
-        self.rephrased_summary = None
+        self.other_summary = {}
 
-    def evaluate_rephrased(self) -> None:
-        """Generation on the other phrasings with the best checkpoint (eval_rephrased/), against before."""
-        after = self._score_rephrased(str((self.out / "loop" / "best_checkpoint").resolve()), self.out / "eval_rephrased")
-        before = self.rephrased_before
-        self.rephrased_summary = {
-            "n": len(after),
-            "before": sum(p["correct"] for p in before) / max(len(before), 1),
-            "after": sum(p["correct"] for p in after) / max(len(after), 1),
-            "test": significance(before, after, "correct"),
-        }
+    def evaluate_other(self, name: str) -> None:
+        """Generation on another set of the same terms with the best checkpoint (eval_<name>/), against
+        before: {"n", "before", "after" (shares), "before_ci95", "after_ci95" (Wilson), "test" (McNemar)}."""
+        after = self._score_other(name, str((self.out / "loop" / "best_checkpoint").resolve()), self.out / f"eval_{name}")
+        before = self.other_before[name]
+        b, a = (proportion(sum(p["correct"] for p in preds), len(preds)) for preds in (before, after))
+        self.other_summary[name] = {"n": len(after), "before": b["value"], "after": a["value"],
+                                    "before_ci95": b["ci95"], "after_ci95": a["ci95"],
+                                    "test": significance(before, after, "correct")}
 
     def report(self, started: float) -> dict:
         """REPORT.md (set-up, CPT, results table and plot, what moved, timings), summary.json; returns the summary."""
         out, cfg = self.out, self.cfg
         plot = plot_loops(self.history, self.before, out / "accuracy_per_loop.png")
-        self.timings["total"] = round(time.time() - started, 1)
+        # This run's wall time plus the steps an earlier run finished: a resumed, finished demo reports the
+        # time its results took, not the seconds it took to find them on disk.
+        self.timings["total"] = round(time.time() - started + self.kept, 1)
         moved = what_moved(self.before, self.after, self.tests)
-        if self.rephrased_summary:
-            moved.append(rephrased_line(self.rephrased_summary, cfg.rephrased))
+        for name, summary in self.other_summary.items():
+            moved.append(other_set_line(name, summary, getattr(cfg, name)))
         table = results_table(self.before, self.history)
         text = markdown_report("kormedqa demo report", {
             "Set-up": demo_setup_text(self.loop_cfg, self.base, len(self.train), len(self.test), len(self.entries),
@@ -235,7 +249,8 @@ class DemoRecipe:
             "Timings (seconds)": "\n".join(f"- {k}: {v}" for k, v in self.timings.items()),
         })
         (out / "REPORT.md").write_text(text, encoding="utf-8")
-        summary = {"before": self.before, "after": self.after, "tests": self.tests, "rephrased": self.rephrased_summary,
+        summary = {"before": self.before, "after": self.after, "tests": self.tests,
+                   "rephrased": self.other_summary.get("rephrased"), "reverse": self.other_summary.get("reverse"),
                    "timings": self.timings, "last_loop": self.last_loop, "best_loop": self.history["best"]["loop"]}
         write_json_atomic(out / "summary.json", summary)
         print("\n" + table + "\n")
@@ -250,31 +265,48 @@ class DemoRecipe:
         self._since = time.time()
         self.prepare()  # marks "fetch" itself, between fetching and preparing
         self._mark("prepare")
+        def finished(folder: str) -> bool:
+            return (self.out / folder / "metrics.json").exists()
+
         for name, step in (("cpt", self.cpt), ("eval_before", self.evaluate_before)):
+            done = finished(name)
             step()
-            self._mark(name)
-        if self.rephrased:
-            self.evaluate_before_rephrased()
-            self._mark("eval_before_rephrased")
+            self._mark(name, finished_before=done)
+        self.other_before: dict[str, list[dict]] = {}
+        for name in self.other_sets:
+            done = finished(f"eval_before_{name}")
+            self.evaluate_before_other(name)
+            self._mark(f"eval_before_{name}", finished_before=done)
+        continued = (self.out / "loop" / "history.json").exists()
         self.loop()
-        self._mark("loop")
+        self._mark("loop", continued=continued)
         self.compare()
-        if self.rephrased:
-            self._since = time.time()
-            self.evaluate_rephrased()
-            self._mark("eval_rephrased")
+        self._since = time.time()
+        for name in self.other_sets:
+            done = finished(f"eval_{name}")
+            self.evaluate_other(name)
+            self._mark(f"eval_{name}", finished_before=done)
         return self.report(started)
 
-    def _mark(self, step: str) -> None:
+    def _mark(self, step: str, finished_before: bool = False, continued: bool = False) -> None:
+        """Time `step`: measured; or, for a step an earlier run finished (skipped now), the time it took
+        then; or, for one this run `continued`, what the earlier run recorded plus what this run took.
+        Written to timings.json at once, so a resume keeps what it does not measure again."""
         now = time.time()
-        self.timings[step] = round(now - self._since, 1)
+        measured = round(now - self._since, 1)
+        if (finished_before or continued) and step in self.recorded:
+            self.kept += self.recorded[step]
+            self.timings[step] = round(self.recorded[step] + (measured if continued else 0.0), 1)
+        else:
+            self.timings[step] = measured
+        write_json_atomic(self.out / "timings.json", self.timings)
         log.info("demo: %s done in %.0f s", step, self.timings[step])
         self._since = now
 
-    def _score_rephrased(self, model: str, folder: Path) -> list[dict]:
+    def _score_other(self, name: str, model: str, folder: Path) -> list[dict]:
         c = self.loop_cfg
         if not (folder / "metrics.json").exists():
-            evaluate_checkpoint(model, load_tokenizer(model), self.rephrased, folder, eval_mode="generate",
+            evaluate_checkpoint(model, load_tokenizer(model), self.other_sets[name], folder, eval_mode="generate",
                                 eval_batch_size=c.eval_batch_size, max_new_tokens=c.max_new_tokens,
                                 glossary=self.glossary, rationale_template=c.rationale_template, choice=self.choice)
         return read_jsonl(folder / "predictions.jsonl")
@@ -285,7 +317,8 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     Returns the summary also written to summary.json: {"before", "after" (metrics dicts),
     "tests" (McNemar per metric), "rephrased" (generation accuracy before and with the best
-    checkpoint on `cfg.rephrased`, with McNemar; None when skipped), "timings" (seconds per step),
+    checkpoint on `cfg.rephrased`, with Wilson intervals and McNemar; None when skipped), "reverse"
+    (the same for `cfg.reverse`), "timings" (seconds per step),
     "last_loop", "best_loop"}. Raises DataError/ModelError/UsageError before the output is
     claimed, OutputExistsError for an existing output without --resume or --overwrite. The steps:
     `DemoRecipe`.

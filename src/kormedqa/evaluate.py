@@ -21,13 +21,13 @@ from .config import DEFAULT_MODEL_HELP, DeviceArgs, LmEvalArgs, RunArgs, arg
 from .data import load_dictionary, load_mcq
 from .errors import UsageError
 from .formats import DEFAULT_RATIONALE_TEMPLATE, GENERATION_PREFIX, Glossary, dict_prompt
-from .fsio import claim_output, write_json_atomic, write_jsonl_atomic
+from .fsio import write_json_atomic, write_jsonl_atomic
 from .hardware import PrecisionChoice, choose
 from .lm_eval_protocol import LmEvalSettings, data_configs, lm_eval_settings
 from .metrics import proportion
 from .modeling import check_precision, load_model, load_tokenizer
 from .numerics import check_finite_tree
-from .provenance import provenance
+from .provenance import claim_run, provenance
 from .records import EXAM_TYPES, MCQ
 from .scorer_table import (  # noqa: F401  (records and metrics builders, re-exported for callers of kormedqa.evaluate)
     BY_NAME, MODE_HELP, ScoringInputs, cloze_records, generation_records, join_records, letter_records, loss_records,
@@ -150,8 +150,8 @@ def evaluate_dict(model, tokenizer, entries, batch_size: int = 8, max_new_tokens
 
 
 def summary_line(metrics: dict) -> str:
-    """One log line for a metrics dict: n, accuracies with 95% intervals, parse rate, reference loss
-    (dictionary metrics: exact match and chrF).
+    """One log line for a metrics dict: n, accuracies with 95% intervals, both parse rates (the letter
+    after </reasoning>, and any letter found), reference loss (dictionary metrics: exact match and chrF).
     """
     if metrics.get("task") == "dict":
         em = metrics["exact_match"]
@@ -160,7 +160,11 @@ def summary_line(metrics: dict) -> str:
               ("cloze_accuracy_norm", "cloze norm"), ("lm_eval_exact_match", "lm-eval exact_match"))
     parts = [f"{label} {_pct(metrics[key])}" for key, label in labels if key in metrics]
     if "parse_rate" in metrics:
-        parts.insert(1, f"parsed {metrics['parse_rate']['value']:.0%}")
+        # Both rates: the letter after </reasoning> (the spec's format) and any letter the fallback
+        # cascade found (echoed options included); one "parsed" figure hid a format never followed.
+        after = (f"letter after </reasoning> {metrics['format_parse_rate']['value']:.0%}, "
+                 if "format_parse_rate" in metrics else "")
+        parts.insert(1, f"{after}any letter {metrics['parse_rate']['value']:.0%}")
     if "reference_loss" in metrics:
         parts.append(f"reference loss {metrics['reference_loss']['value']:.3f}")
     line = f"n={metrics['n']}: " + ", ".join(parts)
@@ -217,7 +221,7 @@ def run_eval(cfg: EvalConfig, choice: PrecisionChoice | None = None) -> dict:
     backend = resolve_backend(cfg.backend, cfg.device) if generates else None  # None: no generation
     check_precision(cfg.model, choice)  # fp16 Gemma refused before the output is claimed
     lm_eval = lm_eval_settings(cfg, choice, cfg.batch_size, backend) if "lm_eval" in scorers else None
-    claim_output(cfg.output, overwrite=cfg.overwrite)
+    claim_run(cfg, "eval", {"data": cfg.data}, choice=choice)  # run.json, as every run folder has
     start_processes(cpu=choice.torch_device.type == "cpu")
     generator = None
     if backend == "vllm" and "generate" in scorers:
@@ -241,7 +245,7 @@ def _run_dict_eval(cfg: EvalConfig, choice: PrecisionChoice) -> dict:
         raise UsageError("--dictionary (or --data) and --output are required for --task dict")
     entries = load_dictionary(*paths)[: cfg.limit or None]
     tokenizer = load_tokenizer(cfg.model)
-    claim_output(cfg.output, overwrite=cfg.overwrite)
+    claim_run(cfg, "eval", {"dictionary": paths[0]}, choice=choice)
     start_processes(cpu=choice.torch_device.type == "cpu")
     model = load_model(cfg.model, choice, merge_adapter=True)
     metrics, preds = evaluate_dict(model, tokenizer, entries, cfg.batch_size, min(cfg.max_new_tokens, 96))

@@ -24,7 +24,8 @@ _FAULT_COUNTS: dict[str, int] = {}
 
 
 def fault_point(name: str) -> None:
-    """Crash-test hook: `KORMEDQA_KILL_AT=name:N` SIGKILLs this process the N-th time `name` is reached.
+    """Crash-test hook: `KORMEDQA_KILL_AT=name:N` SIGKILLs this process the N-th time `name` is reached;
+    `name:N:SIGINT` sends it SIGINT instead (a Ctrl-C at an exact place).
 
     The reliability tests use it to kill a real run at exact places (mid-training, mid-evaluation,
     mid-checkpoint) and check that `--resume` loses nothing. Unset, it costs a dict lookup.
@@ -32,12 +33,13 @@ def fault_point(name: str) -> None:
     spec = os.environ.get("KORMEDQA_KILL_AT")
     if not spec:
         return
-    target, _, nth = spec.partition(":")
+    target, _, rest = spec.partition(":")
     if target != name:
         return
+    nth, _, signame = rest.partition(":")
     _FAULT_COUNTS[name] = _FAULT_COUNTS.get(name, 0) + 1
     if _FAULT_COUNTS[name] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, signame or "SIGKILL"))
 
 
 def fsync_tree(path: Path) -> None:
@@ -152,12 +154,14 @@ def clean_stale_scratch(folder: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def claim_output(path: str | Path, resume: bool = False, overwrite: bool = False, is_dir: bool = True) -> Path:
+def claim_output(path: str | Path, resume: bool = False, overwrite: bool = False, is_dir: bool = True,
+                 can_resume: bool = False) -> Path:
     """Refuse to write into an existing output unless the user asked to resume or overwrite; returns it as a Path.
 
     An existing output is a file, or a folder with anything in it. With `overwrite` (and not
     `resume`) it is deleted first. With `is_dir` the folder is created and scratch folders of a
-    killed run are removed from it. Raises OutputExistsError when it exists and neither was given.
+    killed run are removed from it. Raises OutputExistsError when it exists and neither was given;
+    its message offers --resume only when `can_resume` (the command has the flag).
     Under several processes only the main one claims (and, with --overwrite, clears) the output;
     the others would race it, and they write nothing there themselves.
     """
@@ -166,7 +170,8 @@ def claim_output(path: str | Path, resume: bool = False, overwrite: bool = False
         return path
     exists = path.exists() and (not path.is_dir() or any(path.iterdir()))
     if exists and not (resume or overwrite):
-        raise OutputExistsError(f"{path} already exists: pass --resume to continue it or --overwrite to replace it")
+        how = "--resume to continue it or --overwrite to replace it" if can_resume else "--overwrite to replace it"
+        raise OutputExistsError(f"{path} already exists: pass {how}")
     if exists and overwrite and not resume:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     if is_dir:

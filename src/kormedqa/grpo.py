@@ -16,7 +16,7 @@ import torch
 from .batching import strip_leading_bos
 from .chat import stop_token_ids
 from .checks import Range, check_config
-from .config import GRPO_MAX_STEPS, ModelArgs, arg
+from .config import GRPO_MAX_STEPS, ModelArgs, ReportArgs, arg
 from .errors import DataError, UsageError
 from .extract import AFTER_REASONING, extract_answer, reasoning_score
 from .formats import GENERATION_PREFIX, REASONING_CLOSE, mcq_prompt
@@ -26,7 +26,7 @@ from .records import MCQ
 from .stage import (Stage, check_train_inputs, check_train_paths, claim_train_output, read_prepared_rows,
     train_resume_point, work_folder)
 from .text import normalize_text
-from .trainer import save_checkpoint
+from .trainer import adapter_card, save_checkpoint
 
 
 def seed_reward(completions: Sequence, gold: Sequence[str], **_) -> list[float]:
@@ -77,7 +77,7 @@ def grpo_rows_from_prepared(rows: Sequence[dict], source: str = "prepared rows")
 
 
 @dataclass
-class GRPOStageConfig(ModelArgs):
+class GRPOStageConfig(ModelArgs, ReportArgs):
     """One GRPO stage (`run_grpo`): the model it starts from and its schedule.
 
     Built by `run_train` from `kormedqa train mcq --method grpo`'s TrainConfig and by the loop from
@@ -141,7 +141,7 @@ def run_grpo(cfg: GRPOStageConfig, rows: Sequence[dict], output: str | Path, log
         mask_truncated_completions=False,
         logging_steps=1,
         save_strategy="no",
-        report_to="none",
+        report_to=[n for n in cfg.report_targets() if n != "tensorboard"] or "none",  # TensorBoard: Stage.callbacks
         seed=cfg.seed,
         bf16=run.dtype == torch.bfloat16,
         use_cpu=run.device.type == "cpu",
@@ -163,12 +163,18 @@ def run_grpo(cfg: GRPOStageConfig, rows: Sequence[dict], output: str | Path, log
         train_dataset=Dataset.from_list(list(rows)),
         processing_class=tokenizer,
         peft_config=None if isinstance(model, PeftModel) else lora_config(model=model),
-        callbacks=run.callbacks(),
+        callbacks=run.callbacks(report_to=cfg.report_targets()),
     )
     # Sampling is most of a CPU step; cpu_vocab_projection speeds up its lm_head (docs/decisions.md).
-    result = run.train(trainer, around=cpu_vocab_projection)
+    # GRPO keeps no checkpoints to resume from (grpo.run_train), so Ctrl-C keeps none either.
+    result = run.train(trainer, around=cpu_vocab_projection, checkpoint_on_interrupt=False)
     summary = run.summary(trainer, result, log_keys=("loss", "reward"), eos_token_ids=list(trainer.eos_token_ids))
-    save_checkpoint(trainer, tokenizer, run.output, summary, run.work)
+    settings = {k: getattr(cfg, k) for k in ("max_steps", "num_generations", "max_completion_length", "batch_size",
+                                                 "learning_rate", "temperature", "seed")}
+    card = adapter_card(cfg.base_model, "GRPO (reward: the spec's reasoning score, paid only to answers that end "
+                        "at their letter)", {"prompts": f"{len(rows)} MCQ prompts with gold letters"},
+                        {**settings, "precision": str(run.dtype).replace("torch.", "")}, summary)
+    save_checkpoint(trainer, tokenizer, run.output, summary, run.work, card=card)
     return summary
 
 
@@ -195,6 +201,6 @@ def run_train(cfg) -> dict:
     stage_cfg = GRPOStageConfig(base_model=r.base_model, device=r.device, precision=r.precision, seed=r.seed,
                                 max_steps=r.max_steps, num_generations=r.num_generations,
                                 max_completion_length=r.max_completion_length, batch_size=r.batch_size * r.grad_accum,
-                                learning_rate=r.learning_rate)
+                                learning_rate=r.learning_rate, report_to=r.report_to)
     out = claim_train_output(cfg, choice)
     return run_grpo(stage_cfg, grpo_rows, out / "adapter", logs_dir=out, choice=choice)

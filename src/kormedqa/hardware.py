@@ -113,23 +113,51 @@ def native_bf16_flags(flags: set[str], machine: str | None = None) -> tuple[str,
     return tuple(f for f in wanted if f in flags)
 
 
-def matmul_probe(n: int = PROBE_N, repeats: int = 5, give_up_s: float = 0.05) -> dict:
-    """GFLOP/s of an n x n matmul in fp32 and bf16; about 50 ms where bf16 is native.
+def matmul_flops(dtype: torch.dtype, device: str | torch.device = "cpu", max_n: int = 2048, budget_s: float = 2.0,
+                 min_n: int = 256) -> dict:
+    """Dense matmul FLOP/s of `dtype` on `device`: the one peak measurement (the precision probe,
+    bench/roofline.py and bench/gpu_check.py all use it).
 
-    If one bf16 product takes longer than `give_up_s` (emulated bf16), the probe stops there.
+    The square size grows from `min_n` (doubling, up to `max_n`) until one product takes a
+    twentieth of `budget_s`, then the product is repeated for about `budget_s` (1 to 20 times).
+    Emulated bf16 (~300x slower than fp32 on CPUs without avx512_bf16/amx_bf16) thus stops at the
+    first size instead of stalling. A CUDA device is synchronised around the timing.
+    Returns {"flops_per_s", "n", "repeats"}.
     """
+    device = torch.device(device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    n = min(min_n, max_n)
+    while True:
+        a = torch.randn(n, n, dtype=dtype, device=device)
+        b = torch.randn(n, n, dtype=dtype, device=device)
+        sync()
+        started = time.perf_counter()
+        torch.matmul(a, b)  # warm-up (oneDNN builds its kernel on the first call), and a first timing
+        sync()
+        one = time.perf_counter() - started
+        if n >= max_n or one > budget_s / 20:
+            break
+        n *= 2
+    if one > budget_s:  # one product already took the whole budget: that timing is the figure
+        return {"flops_per_s": 2 * n**3 / one, "n": n, "repeats": 1}
+    repeats = max(1, min(20, int(budget_s / max(one, 1e-6))))
+    started = time.perf_counter()
+    for _ in range(repeats):
+        torch.matmul(a, b)
+    sync()
+    return {"flops_per_s": 2 * n**3 * repeats / (time.perf_counter() - started), "n": n, "repeats": repeats}
+
+
+def matmul_probe(n: int = PROBE_N, give_up_s: float = 0.05) -> dict:
+    """GFLOP/s of an n x n matmul in fp32 and bf16 (`matmul_flops` at one size, about 20 x
+    `give_up_s` each where bf16 is native; one product, then at most a few, where it is emulated)."""
     out = {"n": n}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        started = time.perf_counter()
-        torch.matmul(a, b)  # warm-up: oneDNN builds its kernel on the first call
-        if time.perf_counter() - started > give_up_s:
-            out[f"{name}_gflops"] = 2 * n**3 / (time.perf_counter() - started) / 1e9
-            continue
-        started = time.perf_counter()
-        for _ in range(repeats):
-            torch.matmul(a, b)
-        out[f"{name}_gflops"] = 2 * n**3 * repeats / (time.perf_counter() - started) / 1e9
+        out[f"{name}_gflops"] = matmul_flops(dtype, max_n=n, min_n=n, budget_s=20 * give_up_s)["flops_per_s"] / 1e9
     return out
 
 

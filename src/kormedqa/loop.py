@@ -66,6 +66,8 @@ def _stage_config(cfg: LoopConfig, track: str, base: str, loop: int) -> TrainCon
         device=cfg.device,
         precision=cfg.precision,
         seed=cfg.seed + loop,  # a different data order each loop, the same on every rerun
+        resume=cfg.resume,  # a stage stopped by Ctrl-C continues from the checkpoint it kept
+        report_to=cfg.report_to,
     )
 
 
@@ -90,10 +92,14 @@ def _metric(metrics: dict, name: str) -> float:
     return float(value)
 
 
-def copy_checkpoint(src: Path, dest: Path) -> None:
-    """Copy the checkpoint folder `src` to `dest` atomically (`fsio.atomic_dir`), replacing `dest`."""
+def copy_checkpoint(src: Path, dest: Path, card_note: str = "") -> None:
+    """Copy the checkpoint folder `src` to `dest` atomically (`fsio.atomic_dir`), replacing `dest`;
+    `card_note` (Markdown) is appended to the copy's model card (README.md)."""
     with atomic_dir(dest) as scratch:
         shutil.copytree(src, scratch, dirs_exist_ok=True)
+        card = scratch / "README.md"
+        if card_note and card.exists():
+            card.write_text(card.read_text(encoding="utf-8") + "\n" + card_note + "\n", encoding="utf-8")
 
 
 def evaluate_checkpoint(model_path: str, tokenizer, questions: list, folder: Path, *, eval_mode: str,
@@ -170,9 +176,16 @@ class LoopRecipe:
 
         self.entries = load_dictionary(*cfg.dictionary)
         self.train_questions = load_mcq(cfg.train_data, split=cfg.train_split)
-        evaluation = load_mcq(cfg.eval_data, split=cfg.eval_split)[:: max(cfg.eval_every, 1)]
-        self.evaluation = evaluation[: cfg.eval_limit] if cfg.eval_limit else evaluation
+        self.evaluation = self._subset(load_mcq(cfg.eval_data, split=cfg.eval_split))
         self.overlap = check_overlap(self.train_questions, self.evaluation, cfg.allow_overlap)
+        # The reported split: scored once, with best_checkpoint, in cleanup().
+        self.test_questions = self._subset(load_mcq(cfg.eval_data, split=cfg.test_split)) if cfg.test_split else []
+        if self.test_questions:
+            check_overlap(self.train_questions, self.test_questions, cfg.allow_overlap)
+            if {q.id for q in self.test_questions} == {q.id for q in self.evaluation}:
+                log.warning("--eval-data %s gives the same questions for --eval-split %s and --test-split %s (a file "
+                            "has no splits): best_checkpoint is chosen on the questions it is reported on",
+                            cfg.eval_data, cfg.eval_split, cfg.test_split)
         self.choice = self.choice or choose(cfg.device, cfg.precision)
         base = resolve_model_path(cfg.base_model)
         self.base = str(Path(base).resolve()) if Path(base).exists() else base
@@ -192,6 +205,7 @@ class LoopRecipe:
         self.history_path = self.out / "history.json"
         history = _read_json(self.history_path) if cfg.resume and self.history_path.exists() else {}
         history.setdefault("select_by", cfg.select_by)
+        history.setdefault("select_split", cfg.eval_split)
         history.setdefault("loops", [])
         history["overlap"] = self.overlap
         self.history = history
@@ -204,6 +218,11 @@ class LoopRecipe:
         mcq_train = option_rotations(mcq_train, cfg.option_rotations, cfg.seed)
         self.rows = {"dict": dict_rows(self.entries),
                      "mcq": mcq_rows(mcq_train, cfg.seed, self.glossary, template=cfg.rationale_template)}
+
+    def _subset(self, questions: list) -> list:
+        """Every --eval-every-th question, the first --eval-limit of them (both splits alike)."""
+        picked = questions[:: max(self.cfg.eval_every, 1)]
+        return picked[: self.cfg.eval_limit] if self.cfg.eval_limit else picked
 
     def loops(self) -> range:
         """Loop numbers 1..max_loops."""
@@ -228,7 +247,7 @@ class LoopRecipe:
                     base_model=self.previous or self.base, device=cfg.device, precision=cfg.precision,
                     seed=cfg.seed + loop, max_steps=cfg.grpo_max_steps, num_generations=cfg.num_generations,
                     max_completion_length=cfg.max_completion_length, batch_size=cfg.num_generations * 2,
-                    learning_rate=cfg.grpo_learning_rate)
+                    learning_rate=cfg.grpo_learning_rate, report_to=cfg.report_to)
                 summary = run_grpo(grpo_cfg, grpo_rows_from_mcqs(self.train_questions), stage_dir,
                                    logs_dir=self.out, stage=f"loop_{loop}_grpo", choice=self.choice)
             else:
@@ -289,7 +308,11 @@ class LoopRecipe:
         best_src = self.history["best"]["checkpoint"]
         if self.history.get("best_checkpoint_from") != best_src or not (self.out / "best_checkpoint").exists():
             if is_main_process():
-                copy_checkpoint(self.out / best_src, self.out / "best_checkpoint")
+                best = self.history["best"]
+                note = (f"## How it was chosen\n\nkormedqa loop's best_checkpoint: loop {best['loop']} ({best_src}), "
+                        f"{cfg.select_by} {best[cfg.select_by]:.4f} on {cfg.eval_data} (split {cfg.eval_split}, "
+                        f"{len(self.evaluation)} questions); the other loops' scores are in history.json.")
+                copy_checkpoint(self.out / best_src, self.out / "best_checkpoint", card_note=note)
             self.history["best_checkpoint_from"] = best_src
         if is_main_process():
             write_json_atomic(self.history_path, self.history)
@@ -305,14 +328,39 @@ class LoopRecipe:
         return False
 
     def cleanup(self) -> dict:
-        """Copy the last trained checkpoint to final/, record the stop reason, write and return the history."""
+        """Copy the last trained checkpoint to final/, record the stop reason, score best_checkpoint once on
+        --test-split (test/, history's "test"), write and return the history."""
         self.history["stop_reason"] = self.stop_reason
         self.history["final"] = str(Path(self.previous).relative_to(self.out.resolve()))
         if is_main_process():
             copy_checkpoint(Path(self.previous), self.out / "final")
             write_json_atomic(self.history_path, self.history)
         wait_for_everyone()
+        if self.test_questions:
+            self.test()
         return self.history
+
+    def test(self) -> dict:
+        """Score best_checkpoint on --test-split into test/ (once: a resumed run that already did keeps it)
+        and record it in history.json as "test": {split, loop, checkpoint, n, metrics}."""
+        cfg = self.cfg
+        best = self.history["best"]
+        done = self.history.get("test")
+        if done and done.get("checkpoint") == best["checkpoint"] and (self.out / "test" / "metrics.json").exists():
+            return done
+        metrics = evaluate_checkpoint(
+            str((self.out / "best_checkpoint").resolve()), self.tokenizer, self.test_questions, self.out / "test",
+            eval_mode=cfg.eval_mode, eval_batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens,
+            glossary=self.glossary, rationale_template=cfg.rationale_template, choice=self.choice,
+            extra={"overlap": self.overlap, "split": cfg.test_split})
+        self.history["test"] = {"split": cfg.test_split, "loop": best["loop"], "checkpoint": best["checkpoint"],
+                                "chosen_on": cfg.eval_split, "n": len(self.test_questions),
+                                "metrics": _history_metrics(metrics)}
+        if is_main_process():
+            write_json_atomic(self.history_path, self.history)
+        log.info("best_checkpoint (loop %d, chosen on %s) on %s: %s", best["loop"], cfg.eval_split, cfg.test_split,
+                 summary_line(metrics))
+        return self.history["test"]
 
     def run(self) -> dict:
         """setup, then train / evaluate / save_checkpoint per loop until a stop, then cleanup."""
@@ -329,7 +377,10 @@ def run_loop(cfg: LoopConfig, choice: PrecisionChoice | None = None) -> dict:
 
     Returns the history also written to history.json: {"loops": [{loop, checkpoint,
     selected_metric, metrics, training}], "best", "select_by", "overlap", "stop_reason"
-    (target_reached, patience or max_loops), "final"}. Raises DataError, LeakageError, ModelError
+    (target_reached, patience or max_loops), "final", "test" (best_checkpoint scored once on
+    --test-split, when set: {split, loop, checkpoint, chosen_on, n, metrics})}. Every loop is
+    scored on --eval-split (dev by default) and best_checkpoint chosen there, so the reported test
+    figure is not a selection effect. Raises DataError, LeakageError, ModelError
     or UsageError before the output is claimed; OutputExistsError for an existing output without
     --resume or --overwrite. `choice` is the run's precision (`hardware.choose`), decided from `cfg`
     when the caller has none. The steps: `LoopRecipe`.

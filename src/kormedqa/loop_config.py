@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from .checks import Range, check_config, parse_answer_weight
 from .config import (DEFAULT_MODEL_HELP, GRPO_MAX_STEPS, LR_SCHEDULES, SAMPLE_DICTIONARIES, LmEvalArgs, LoraArgs,
-                     ModelArgs, ResumableRunArgs, arg)
+                     ModelArgs, ReportArgs, ResumableRunArgs, arg)
 from .errors import UsageError
 from .formats import DEFAULT_RATIONALE_TEMPLATE, RATIONALE_TEMPLATES
 # The --select-by metrics each evaluation scorer computes: declared with the scorers.
@@ -38,7 +38,7 @@ def check_select_by(select_by: str, eval_mode: str) -> None:
 
 
 @dataclass
-class LoopConfig(ModelArgs, LoraArgs, LmEvalArgs, ResumableRunArgs):
+class LoopConfig(ModelArgs, LoraArgs, LmEvalArgs, ReportArgs, ResumableRunArgs):
     """`kormedqa loop`: alternate dictionary and MCQ training until the target accuracy."""
 
     output: str = arg("runs/loop", "run folder: loop_N/ checkpoints and evaluations, best_checkpoint/, final/, "
@@ -50,7 +50,10 @@ class LoopConfig(ModelArgs, LoraArgs, LmEvalArgs, ResumableRunArgs):
     train_split: str = arg("train", "split of --train-data to train on (a folder or hub id)")
     eval_data: str = arg("data/sample/mcq", "KorMedMCQA evaluation file/folder/hub id (with the lm_eval scorer: a hub "
                                             "id or a folder in the hub's layout, see kormedqa prepare hub)")
-    eval_split: str = arg("test", "split of --eval-data to evaluate on (a folder or hub id)")
+    eval_split: str = arg("dev", "split of --eval-data scored after every loop, on which best_checkpoint is chosen "
+                                 "(a folder or hub id); dev, so the reported split never chooses")
+    test_split: str = arg("test", "split of --eval-data scored once, with best_checkpoint, at the end: the figure "
+                                  "to report ('' to skip; the same split as --eval-split is refused)")
     max_loops: int = arg(10, "loops at most")
     target_accuracy: float = arg(90.0, "percent; stop when reached")
     patience: int = arg(3, "stop after this many loops without improvement")
@@ -123,6 +126,9 @@ class LoopConfig(ModelArgs, LoraArgs, LmEvalArgs, ResumableRunArgs):
         if not stages or unknown:
             raise UsageError(f"--stages is a comma-separated list of dict, mcq, grpo; got {self.stages!r}")
         check_rotation_batches(self.rotation_batches, self.option_rotations, self.mcq_batch_size)
+        if self.test_split and self.test_split == self.eval_split:
+            raise UsageError(f"--test-split {self.test_split} is also --eval-split: best_checkpoint would be chosen on "
+                             "the questions it is reported on; choose on another split (dev) or pass --test-split ''")
 
 
 def check_rotation_batches(enabled: bool, rotations: int, mcq_batch_size: int | None) -> None:

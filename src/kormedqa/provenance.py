@@ -30,9 +30,10 @@ log = logging.getLogger(__name__)
 LOCATION_FIELDS = frozenset({"output", "base_model", "model", "dictionary", "train_data", "eval_data", "mcq", "corpus",
                              "heldout", "data", "vocab"})
 # Settings a resumed run may change without mixing results: the flags themselves, how many loops,
-# when to stop, batch size of scoring and where it computes.
-RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "max_loops", "loops", "patience", "target_accuracy",
-                               "eval_batch_size", "device"})
+# when to stop, where it computes and where it reports. Not the scoring batch size: in bf16 a generated
+# answer may depend on the batch it was generated in (docs/scoring.md), and a loop compares its evaluations.
+RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "max_loops", "loops", "patience", "target_accuracy", "device",
+                               "report_to"})
 
 
 def check_resumed_settings(out: str | Path, config, may_change: Iterable[str] = RESUMABLE_CHANGES,
@@ -130,7 +131,7 @@ def claim_run(config, command: str, data_files: dict[str, str] | None = None,
     resume = bool(getattr(config, "resume", False))
     if resume and not check_resume(config, command, data_files, may_change):
         log.info("%s holds no earlier run to resume: starting a new one", config.output)
-    out = claim_output(config.output, resume=resume, overwrite=config.overwrite)
+    out = claim_output(config.output, resume=resume, overwrite=config.overwrite, can_resume=hasattr(config, "resume"))
     if is_main_process() and not (resume and (out / "run.json").exists()):
         write_json_atomic(out / "run.json", provenance(config, data_files, command=command, choice=choice))
     return out

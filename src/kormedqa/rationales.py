@@ -385,6 +385,17 @@ def make_teacher(cfg: RationalesConfig, choice: PrecisionChoice) -> tuple[object
 # ---------------------------------------------------------------- one batch of questions
 
 
+def cut_after_answer(output: str) -> str:
+    """`output` up to its first complete answer (`</reasoning>X`), where local generation stops.
+
+    An endpoint is sent no stop strings (the API would drop them from the reply, the letter with
+    them), so a model that runs on past its answer is cut here: every teacher is judged on what
+    the HF path would have produced. An output without a complete answer is returned unchanged.
+    """
+    ends = [i + len(stop) for stop in ANSWER_STOPS if (i := output.find(stop)) >= 0]
+    return output[:min(ends)] if ends else output
+
+
 def derived_seed(seed: int, qid: str, tag: str) -> int:
     """A 31-bit seed for one try of one question: the same for the same (--seed, id, try) in any run."""
     return int.from_bytes(hashlib.sha256(f"{seed}\0{qid}\0{tag}".encode()).digest()[:4], "big") & 0x7FFFFFFF
@@ -416,7 +427,8 @@ def solve_batch(teacher, items: Sequence[Item], cfg: RationalesConfig, exemplars
         conversations = [conversation(it.mcq, it.detailed, exemplars, cfg.shots, it.mcq.answer if hinted else "")
                          for it in todo]
         seeds = tuple(derived_seed(cfg.seed, it.mcq.id, tag) for it in todo)
-        outputs = teacher(conversations, cfg.max_new_tokens, Sampling(seeds=seeds, **sampling))
+        outputs = [cut_after_answer(out) for out in teacher(conversations, cfg.max_new_tokens,
+                                                             Sampling(seeds=seeds, **sampling))]
         return [(it, judge(out, it.mcq, it.detailed, hinted), out) for it, out in zip(todo, outputs, strict=True)]
 
     for t in range(cfg.samples):

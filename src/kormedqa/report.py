@@ -160,11 +160,18 @@ def cpt_text(cpt_metrics: dict) -> str:
             f"{'reached' if cpt_metrics['target_reached'] else 'not reached in this short run'}).")
 
 
-def rephrased_line(rephrased: dict, source: str) -> str:
-    """The what-moved line for the same terms asked another way (`rephrased`: n, before, after, test)."""
-    r = rephrased
-    return (f"- Same terms asked another way ({r['n']} questions of {source}, best checkpoint): generation "
-            f"accuracy {r['before']:.1%} -> {r['after']:.1%}; McNemar exact p = {r['test']['p_value']:.3g} "
+OTHER_SETS = {"rephrased": "Same terms asked another way",
+              "reverse": "Same terms asked the other way round (definition -> term)"}
+
+
+def other_set_line(name: str, summary: dict, source: str) -> str:
+    """The what-moved line for another set of the same terms (`name` a key of OTHER_SETS; `summary`:
+    n, before, after, before_ci95, after_ci95, test)."""
+    r = summary
+    interval = "[{:.1%}, {:.1%}]".format
+    return (f"- {OTHER_SETS[name]} ({r['n']} questions of {source}, best checkpoint): generation accuracy "
+            f"{r['before']:.1%} {interval(*r['before_ci95'])} -> {r['after']:.1%} {interval(*r['after_ci95'])}; "
+            f"McNemar exact p = {r['test']['p_value']:.3g} "
             f"({'significant' if r['test']['significant_at_0.05'] else 'not significant'} at 0.05)")
 
 

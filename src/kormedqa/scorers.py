@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .batching import CompletionCollator, supervised_ce, tokenize_pair
+from .batching import CompletionCollator, supervised_ce, token_ce, tokenize_pair
 from .chat import END_OF_TURN, stop_token_ids
 from .formats import GENERATION_PREFIX, REASONING_CLOSE, USER_TURN, mcq_prompt
 from .fsio import fault_point
@@ -135,6 +135,24 @@ def _stop_criteria(tokenizer, stop_strings: tuple[str, ...]):
     return cached[1]
 
 
+NUCLEUS_CANDIDATES = 1024
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """`probs` ([rows, vocab], each row summing to 1) with every token outside the top-p nucleus set to 0.
+
+    transformers' TopPLogitsWarper rule: keep the most likely tokens until their mass reaches
+    `top_p`. Looked for among the NUCLEUS_CANDIDATES most likely (topk over 262k entries took 0.18 s
+    for 32 rows where a full sort took 2.7 s, on 2 busy cores); when some row's candidates hold
+    less than `top_p`, the rows are sorted whole. Tokens outside the candidates are then beyond the cut.
+    """
+    top, index = probs.topk(min(NUCLEUS_CANDIDATES, probs.shape[-1]), dim=-1)
+    if not bool((top.sum(-1) >= top_p).all()):
+        top, index = probs.sort(dim=-1, descending=True)
+    keep = top.cumsum(-1) - top < top_p
+    return torch.zeros_like(probs).scatter(-1, index, top * keep)
+
+
 def _sampler(sampling: Sampling, seeds: Sequence[int]):
     """`pick(logits, rows) -> tokens`: temperature and nucleus (top-p) sampling, one generator per input row.
 
@@ -146,10 +164,7 @@ def _sampler(sampling: Sampling, seeds: Sequence[int]):
     def pick(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(logits.float() / sampling.temperature, dim=-1).cpu()
         if sampling.top_p < 1:
-            # transformers' TopPLogitsWarper rule: drop the lowest tokens whose mass is at most 1 - top_p.
-            sorted_p, order = probs.sort(dim=-1, descending=True)
-            tail = sorted_p.cumsum(-1) - sorted_p >= sampling.top_p
-            probs = probs.scatter(-1, order, sorted_p.masked_fill(tail, 0.0))
+            probs = nucleus(probs, sampling.top_p)
         tokens = [torch.multinomial(probs[i], 1, generator=generators[r]) for i, r in enumerate(rows.tolist())]
         return torch.cat(tokens).to(logits.device)
 
@@ -213,20 +228,23 @@ def letter_token_ids(tokenizer) -> list[int]:
 def letter_logprobs(model, tokenizer, prompts: Sequence[str], batch_size: int = 8) -> list[list[float]]:
     """log P(letter | prompt) for A-E at the next position; only that position hits the lm_head.
 
-    Returns five floats (nats) per prompt, in `prompts` order. Raises NonFiniteError on NaN/inf
-    log-probabilities, ValueError for a tokenizer without single-token letters.
+    Returns five floats (nats) per prompt, in `prompts` order. Each prompt is its own forward,
+    unpadded: in bf16 a padded batch gives a prompt other roundings depending on its neighbours
+    (picks flipped, docs/scoring.md), so `batch_size` only sets the progress granularity and a
+    question's scores are the same whatever comes with it (tested bitwise in bf16 and fp32).
+    Raises NonFiniteError on NaN/inf log-probabilities, ValueError for a tokenizer without
+    single-token letters.
     """
     letters = torch.tensor(letter_token_ids(tokenizer))
-    order = length_order(prompts)
-    scores: list[list[float]] = [[] for _ in prompts]
+    scores: list[list[float]] = []
     device = next(model.parameters()).device
     with cpu_vocab_projection(model):
-        for _, idx in tqdm(list(_batches(order, batch_size)), desc="loglik", leave=False):
-            enc = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
-            logits = model(**enc, logits_to_keep=1).logits[:, -1, :].float()
-            logp = check_finite(F.log_softmax(logits, dim=-1)[:, letters.to(device)], "letter log-probabilities")
-            for i, row in zip(idx, logp.tolist()):
-                scores[i] = row
+        for _, chunk in tqdm(list(_batches(prompts, batch_size)), desc="loglik", leave=False):
+            for prompt in chunk:
+                enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=True).to(device)
+                logits = model(**enc, logits_to_keep=1).logits[0, -1, :].float()
+                logp = check_finite(F.log_softmax(logits, dim=-1)[letters.to(device)], "letter log-probabilities")
+                scores.append(logp.tolist())
     return scores
 
 
@@ -243,23 +261,21 @@ def completion_losses(model, tokenizer, rows: Sequence[dict], batch_size: int = 
     device = next(model.parameters()).device
     collate = CompletionCollator(tokenizer.pad_token_id)
     for _, chunk in tqdm(list(_batches(rows, batch_size)), desc="loss", leave=False):
-        kept = [(r["id"], f) for r in chunk
-                if (f := tokenize_pair(tokenizer, r["prompt"], r["completion"], max_length)) is not None]
-        if not kept:
-            continue
-        batch = {k: v.to(device) for k, v in collate([f for _, f in kept]).items()}
-        ce, hits, keep = supervised_ce(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-        row_of = torch.arange(keep.shape[0], device=device)[:, None].expand_as(keep)[keep]
-        is_answer = batch["answer_mask"][:, 1:][keep[:, :-1]].bool()
-        for r, (qid, _) in enumerate(kept):
-            mine = row_of == r
-            ans = mine & is_answer
-            first = ans.nonzero()[:1].squeeze(-1)
-            results[qid] = {
-                "loss": float(ce[mine].mean()),
-                "answer_loss": float(ce[ans].mean()) if ans.any() else None,
+        for row in chunk:
+            # One row per forward, unpadded, for the reason `letter_logprobs` gives: `batch_size`
+            # is progress granularity, and a row's loss does not depend on the rows scored with it.
+            feature = tokenize_pair(tokenizer, row["prompt"], row["completion"], max_length)
+            if feature is None:
+                continue
+            batch = {k: v.to(device) for k, v in collate([feature]).items()}
+            ce, hits, keep = supervised_ce(model, batch["input_ids"], None, batch["labels"])
+            is_answer = batch["answer_mask"][:, 1:][keep[:, :-1]].bool()
+            first = is_answer.nonzero()[:1].squeeze(-1)
+            results[row["id"]] = {
+                "loss": float(ce.mean()),
+                "answer_loss": float(ce[is_answer].mean()) if is_answer.any() else None,
                 "answer_token_correct": bool(hits[first].all()) if first.numel() else False,
-                "tokens": int(mine.sum()),
+                "tokens": int(ce.numel()),
             }
     return results
 
@@ -274,48 +290,79 @@ def cloze_prompt(mcq: MCQ) -> str:
     return f"{USER_TURN}{mcq.question}{END_OF_TURN}{GENERATION_PREFIX}"
 
 
+def shared_prompt_row(context: Sequence[int], continuations: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+    """One question's prompt followed by all its continuations, as a single row.
+
+    `input_ids`/`position_ids`: (1, T) with T = len(context) + total continuation tokens; each
+    continuation's positions continue the prompt's (as if it followed the prompt alone).
+    `visible`: (T, T) bool, True where query i may attend key j: causal within the prompt, and
+    each continuation sees the whole prompt and its own earlier tokens, never another continuation.
+    `predictors`: (n,) the row index whose next-token distribution scores each continuation token
+    (the prompt's last token for a continuation's first), `targets`: (n,) those tokens, and
+    `sizes` the continuation lengths (they sum to n).
+    """
+    p = len(context)
+    ids = list(context) + [t for c in continuations for t in c]
+    pos = list(range(p)) + [p + j for c in continuations for j in range(len(c))]
+    owner = [-1] * p + [i for i, c in enumerate(continuations) for _ in c]
+    predictors, start = [], p
+    for c in continuations:
+        predictors += [p - 1] + list(range(start, start + len(c) - 1))
+        start += len(c)
+    positions, owners = torch.tensor(pos), torch.tensor(owner)
+    visible = (positions[None, :] <= positions[:, None]) & ((owners[None, :] == -1) | (owners[None, :] == owners[:, None]))
+    return {"input_ids": torch.tensor([ids]), "position_ids": positions[None], "visible": visible,
+            "predictors": torch.tensor(predictors), "targets": torch.tensor([t for c in continuations for t in c]),
+            "sizes": [len(c) for c in continuations]}
+
+
+def _additive_masks(model, row: dict, dtype: torch.dtype, device) -> torch.Tensor | dict[str, torch.Tensor]:
+    """`row["visible"]` as the (1, 1, T, T) additive mask sdpa and eager attention take as is;
+    a {layer type: mask} dict with the sliding window applied when the row reaches past it."""
+    def additive(visible):
+        return torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill(
+            ~visible.to(device), torch.finfo(dtype).min)[None, None]
+
+    window = getattr(model.config, "sliding_window", None)
+    positions = row["position_ids"][0]
+    if not window or int(positions.max()) < window:
+        return additive(row["visible"])
+    near = (positions[:, None] - positions[None, :]) < window  # transformers' sliding_window_overlay
+    return {"full_attention": additive(row["visible"]), "sliding_attention": additive(row["visible"] & near)}
+
+
 @torch.no_grad()
-def option_logprobs(model, tokenizer, mcqs: Sequence[MCQ], batch_size: int = 8, pack_tokens: int = 512) -> list[list[float]]:
+def option_logprobs(model, tokenizer, mcqs: Sequence[MCQ], batch_size: int = 8) -> list[list[float]]:
     """Summed log P(option text + `<end_of_turn>` | `cloze_prompt`) for each option, in nats.
 
-    Returns one list of 5 floats per question, in input order. The five sequences of a question
-    (and of the next ones, up to `pack_tokens` tokens) are packed into one padding-free row
-    (position ids restart per sequence, so attention stays within a sequence), and only the
-    continuation positions reach the lm_head: one forward per question or fewer. Rows stay
-    short because attention over a packed row is quadratic in its length (docs/decisions.md,
-    "Cloze rows stay short"). `batch_size` only sets the progress granularity. The
-    continuation is tokenised on its own after the prompt, which for these chat prompts (ending
-    in a newline) gives lm-evaluation-harness's split (bench/cloze_vs_harness.py checks picks).
+    Returns one list of 5 floats per question, in input order. Each question is one forward of
+    one row: its prompt once, then its five continuations, each seeing the prompt and itself but
+    not the others (`shared_prompt_row`); only the continuation tokens' predictors reach the
+    lm_head. The prompt is computed once instead of five times (lm-evaluation-harness computes
+    it per option), and no other question shares the row, so a question's scores do not depend
+    on the batch size or on which questions come with it, in bf16 as in fp32 (tested: bitwise).
+    `batch_size` only sets the progress granularity. The continuation is tokenised on its own
+    after the prompt, which for these chat prompts (ending in a newline) gives
+    lm-evaluation-harness's split (bench/cloze_vs_harness.py checks picks).
+    Raises NonFiniteError on NaN/inf log-likelihoods; ValueError for an attention implementation
+    that takes no custom mask (kormedqa loads models with sdpa).
     """
-    collate = CompletionCollator(tokenizer.pad_token_id, padding_free=True)
+    impl = getattr(model.config, "_attn_implementation", None) or "eager"
+    if impl not in ("sdpa", "eager"):
+        raise ValueError(f"cloze scoring needs sdpa or eager attention (a custom mask per row), not {impl}")
     device = next(model.parameters()).device
+    dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    decoder = model.get_decoder()
     scores: list[list[float]] = []
-
-    def question_features(q: MCQ) -> list[dict]:
-        context = tokenizer(cloze_prompt(q), add_special_tokens=True)["input_ids"]
-        feats = []
-        for option in q.options:
-            cont = tokenizer(option + END_OF_TURN, add_special_tokens=False)["input_ids"]
-            feats.append({"input_ids": context + cont, "labels": [-100] * len(context) + cont,
-                          "answer_mask": [0] * (len(context) + len(cont)), "n": len(cont)})
-        return feats
-
-    def flush(feats: list[dict]) -> None:
-        batch = {k: v.to(device) for k, v in collate(feats).items()}
-        ce, _, _ = supervised_ce(model, batch["input_ids"], None, batch["labels"], position_ids=batch["position_ids"])
-        sums = [-float(part.sum()) for part in torch.split(ce, [f["n"] for f in feats])]
-        scores.extend(sums[i : i + len(LETTERS)] for i in range(0, len(sums), len(LETTERS)))
-
     with cpu_vocab_projection(model):
         for _, chunk in tqdm(list(_batches(mcqs, batch_size)), desc="cloze", leave=False):
-            pending: list[dict] = []
             for q in chunk:
-                feats = question_features(q)
-                size = sum(len(f["input_ids"]) for f in feats)
-                if pending and sum(len(f["input_ids"]) for f in pending) + size > pack_tokens:
-                    flush(pending)
-                    pending = []
-                pending.extend(feats)
-            if pending:
-                flush(pending)
+                context = tokenizer(cloze_prompt(q), add_special_tokens=True)["input_ids"]
+                conts = [tokenizer(option + END_OF_TURN, add_special_tokens=False)["input_ids"] for option in q.options]
+                row = shared_prompt_row(context, conts)
+                hidden = decoder(input_ids=row["input_ids"].to(device), position_ids=row["position_ids"].to(device),
+                                 attention_mask=_additive_masks(model, row, dtype, device),
+                                 use_cache=False).last_hidden_state[0]
+                ce, _ = token_ce(model, hidden[row["predictors"].to(device)], row["targets"].to(device))
+                scores.append([-float(part.sum()) for part in torch.split(ce, row["sizes"])])
     return scores

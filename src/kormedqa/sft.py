@@ -14,12 +14,12 @@ from typing import ClassVar, Sequence
 
 from .batching import CompletionCollator, tokenize_rows
 from .checks import Range, check_config, parse_answer_weight
-from .config import GRPO_MAX_STEPS, LR_SCHEDULES, LoraArgs, ModelArgs, ResumableRunArgs, arg
+from .config import GRPO_MAX_STEPS, LR_SCHEDULES, LoraArgs, ModelArgs, ReportArgs, ResumableRunArgs, arg
 from .errors import UsageError
 from .hardware import PrecisionChoice, choose
 from .stage import (Stage, check_train_inputs, check_train_paths, claim_train_output, read_prepared_rows,
     train_resume_point, work_folder)
-from .trainer import (AnswerWeightedTrainer, TrainerSettings, last_trainer_checkpoint, prepare_trainable,
+from .trainer import (AnswerWeightedTrainer, TrainerSettings, adapter_card, last_trainer_checkpoint, prepare_trainable,
                       save_checkpoint, training_arguments)
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ TRACK_DEFAULTS = {
 
 
 @dataclass
-class TrainConfig(ModelArgs, LoraArgs, ResumableRunArgs):
+class TrainConfig(ModelArgs, LoraArgs, ReportArgs, ResumableRunArgs):
     """`kormedqa train dict|mcq`. Unset (None) values take the spec's defaults for the track."""
 
     output: str = arg("", "folder for the adapter, logs and run.json")
@@ -92,7 +92,7 @@ class TrainConfig(ModelArgs, LoraArgs, ResumableRunArgs):
                                grad_accum=r.grad_accum, learning_rate=r.learning_rate, seed=r.seed,
                                lr_scheduler_type=r.lr_scheduler_type, logging_steps=r.logging_steps,
                                save_steps=r.save_steps, group_by_length=r.group_by_length, keep_order=r.keep_order,
-                               gradient_checkpointing=r.gradient_checkpointing)
+                               gradient_checkpointing=r.gradient_checkpointing, report_to=r.report_targets())
 
 
 # ---------------------------------------------------------------- the stage
@@ -143,14 +143,24 @@ def run_training(
         train_dataset=Dataset.from_list(features),
         data_collator=CompletionCollator(tokenizer.pad_token_id, padding_free=cfg.padding_free),
         answer_weight=weight,
-        callbacks=run.callbacks(tensorboard=True),
+        callbacks=run.callbacks(report_to=cfg.report_targets()),
     )
     if resume_from is None and cfg.resume:
         resume_from = last_trainer_checkpoint(run.work)
     result = run.train(trainer, resume_from=resume_from)
     summary = run.summary(trainer, result, examples=len(features), answer_weight=weight)
-    save_checkpoint(trainer, tokenizer, run.output, summary, run.work)
+    card = adapter_card(cfg.base_model, f"SFT ({cfg.track} track, answer-only loss)",
+                        {"training rows": f"{cfg.data or stage or run.output.name} ({len(features)} examples)"},
+                        _card_settings(cfg, run), summary)
+    save_checkpoint(trainer, tokenizer, run.output, summary, run.work, card=card)
     return summary
+
+
+def _card_settings(cfg: TrainConfig, run) -> dict:
+    """The settings an SFT adapter's model card lists (`cfg` resolved; the precision the stage chose)."""
+    keys = ("epochs", "max_steps", "batch_size", "grad_accum", "learning_rate", "lr_scheduler_type", "max_length",
+            "answer_weight", "lora_r", "lora_alpha", "lora_dropout", "padding_free", "seed")
+    return {**{k: getattr(cfg, k) for k in keys}, "precision": str(run.dtype).replace("torch.", "")}
 
 
 def run_train(cfg: TrainConfig) -> dict:

@@ -18,20 +18,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable
 
 import torch
+from transformers import TrainerCallback
 
 from .data import read_jsonl
 from .errors import DataError, UsageError
 from .fsio import write_json_atomic, write_text_atomic
 from .hardware import PrecisionChoice
-from .launch import all_gather, is_main_process
+from .launch import all_gather, is_main_process, world_size
 from .modeling import check_precision, load_model, load_tokenizer
 from .provenance import RESUMABLE_CHANGES, check_resume, claim_run
 from .trainer import JsonlLogCallback, last_trainer_checkpoint
@@ -42,6 +44,40 @@ except ImportError:  # not a POSIX system: peak RSS is reported as None
     resource = None
 
 log = logging.getLogger(__name__)
+
+
+class _StopOnInterrupt(TrainerCallback):
+    """A Trainer callback that ends training at the next step end once `requested` (set by SIGINT)."""
+
+    def __init__(self, save: bool):
+        self.save = save
+        self.requested = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_save = self.save
+            control.should_training_stop = True
+        return control
+
+    @contextmanager
+    def catching_sigint(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self.requested:  # the second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self.requested = True
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def work_folder(output: str | Path) -> Path:
@@ -91,11 +127,18 @@ class Stage:
             model = load_model(base_model, self.choice, trainable_adapter=trainable_adapter)
         return model, tokenizer
 
-    def callbacks(self, tensorboard: bool = False) -> list:
+    def callbacks(self, report_to: tuple[str, ...] = ()) -> list:
         """Trainer callbacks: the JSONL log (every process checks losses are finite; the main one writes),
-        and with `tensorboard` a TensorBoard writer on the main process (closed by `train`)."""
+        and with "tensorboard" in `report_to` a TensorBoard writer on the main process in
+        `logs_dir/tensorboard/<name>` (closed by `train`). The other trackers of `report_to` are
+        transformers' own (the stage's training arguments name them); offline wandb and MLflow runs
+        land in `logs_dir` unless WANDB_DIR / MLFLOW_TRACKING_URI are set."""
+        if "wandb" in report_to:
+            os.environ.setdefault("WANDB_DIR", str(self.logs_dir.resolve()))
+        if "mlflow" in report_to:
+            os.environ.setdefault("MLFLOW_TRACKING_URI", (self.logs_dir.resolve() / "mlruns").as_uri())
         callbacks = [JsonlLogCallback(self.logs_dir / "train_log.jsonl", self.name)]
-        if tensorboard and is_main_process():
+        if "tensorboard" in report_to and is_main_process():
             from torch.utils.tensorboard import SummaryWriter
             from transformers.integrations import TensorBoardCallback
 
@@ -104,28 +147,42 @@ class Stage:
             callbacks.append(TensorBoardCallback(self._tb_writer))
         return callbacks
 
-    def train(self, trainer, resume_from: str | None = None, around: Callable | None = None):
+    def train(self, trainer, resume_from: str | None = None, around: Callable | None = None,
+              checkpoint_on_interrupt: bool = True):
         """`trainer.train(resume_from_checkpoint=resume_from)`, timed into `self.seconds` (wall seconds).
 
         `around(model)` is an optional context manager wrapped around the training (GRPO's
         `cpu_vocab_projection`). Returns the Trainer's `TrainOutput`; whatever it raises propagates
         (NonFiniteError for a NaN/inf loss), after the TensorBoard writer is closed.
+
+        Ctrl-C (SIGINT) in a single process lets the current optimizer step finish, then (with
+        `checkpoint_on_interrupt`) keeps a Trainer checkpoint in `self.work` that a resume continues
+        from, and raises KeyboardInterrupt; a second Ctrl-C stops at once. An empty work folder is
+        removed whatever happens, so an interrupted stage leaves no empty scratch behind.
         """
         self.resumed_step = _checkpoint_step(resume_from) if resume_from else 0
         if is_main_process():
             # Lines a killed attempt logged after the step training continues from are logged again.
             drop_logged_steps(self.logs_dir / "train_log.jsonl", self.name, after=self.resumed_step)
+        stop = _StopOnInterrupt(checkpoint_on_interrupt)
+        trainer.add_callback(stop)
         started = time.time()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         try:
-            with around(trainer.model) if around is not None else nullcontext():
-                result = trainer.train(resume_from_checkpoint=resume_from)
+            # Several processes would see the signal at different steps and wait for each other.
+            with stop.catching_sigint() if world_size() == 1 else nullcontext():
+                with around(trainer.model) if around is not None else nullcontext():
+                    result = trainer.train(resume_from_checkpoint=resume_from)
+            if stop.requested:
+                raise KeyboardInterrupt
         finally:
             self.seconds = time.time() - started
             if self._tb_writer is not None:
                 self._tb_writer.close()
                 self._tb_writer = None
+            if self.work.is_dir() and not any(self.work.iterdir()):
+                self.work.rmdir()
         self.peak_memory = peak_memory(self.device)
         if is_main_process():
             log.info("%s: %s", self.name, memory_line(self.peak_memory))

@@ -238,7 +238,8 @@ def training_arguments(settings: TrainerSettings, output_dir: Path, device: torc
         save_strategy="steps" if settings.save_steps else "no",
         save_steps=settings.save_steps or 500,
         save_total_limit=2,
-        report_to=list(settings.report_to) or "none",
+        # TensorBoard is attached by stage.Stage (its folder outlives the work dir); the other trackers here.
+        report_to=[n for n in settings.report_to if n != "tensorboard"] or "none",
         seed=settings.seed,
         data_seed=settings.seed,
         train_sampling_strategy=("sequential" if settings.keep_order else
@@ -264,8 +265,44 @@ def prepare_trainable(model, cfg):
     return model
 
 
-def save_checkpoint(trainer, tokenizer, output: Path, summary: dict, work: Path) -> None:
-    """Adapter + tokenizer + training_summary.json, written atomically to `output`; then drop the work dir.
+def adapter_card(base: str, method: str, data: dict[str, str], settings: dict, summary: dict) -> str:
+    """The adapter's model card (README.md, in the Hub's format: YAML front matter, then Markdown).
+
+    Says what was trained (`base`, `method`), on which data (`data`: name -> what it was, e.g. the
+    file and its example count and SHA-256), with which settings (`settings`: name -> value) and
+    with which result (`summary`: kormedqa's training summary, steps, train_loss, seconds). PEFT
+    writes an empty template in its place; this replaces it.
+    """
+    from importlib import metadata
+
+    try:
+        version = metadata.version("kormedqa")
+    except metadata.PackageNotFoundError:
+        version = "(source)"
+    loss = summary.get("train_loss")
+    lines = [
+        "---", f"base_model: {json.dumps(str(base))}", "library_name: peft",
+        f"tags: [kormedqa, lora, {method.lower()}]", "---", "",
+        f"# {summary.get('stage') or 'adapter'}: a LoRA adapter trained by kormedqa", "",
+        f"A LoRA adapter for `{base}`, trained with {method} by kormedqa {version}. Load it with "
+        "`peft.AutoPeftModelForCausalLM.from_pretrained(<this folder>)` or give the folder to any kormedqa command "
+        "as a model.", "",
+        "## Data", "", *[f"- {name}: {what}" for name, what in data.items()], "",
+        "## Training", "", "| setting | value |", "|---|---|",
+        *[f"| {name} | {value} |" for name, value in settings.items()], "",
+        "## Result", "",
+        f"- {summary.get('steps')} optimizer steps in {summary.get('seconds', 0):.0f} s (wall)",
+        f"- train loss {loss:.4f} (mean per optimizer step over the whole run)" if isinstance(loss, (int, float))
+        else "- train loss: not recorded",
+        "- Not evaluated here: `kormedqa eval --model <this folder>` scores it (a loop's best_checkpoint/ says "
+        "below how it was chosen).", "",
+    ]
+    return "\n".join(lines)
+
+
+def save_checkpoint(trainer, tokenizer, output: Path, summary: dict, work: Path, card: str | None = None) -> None:
+    """Adapter + tokenizer + training_summary.json (+ the model card `card` as README.md), written
+    atomically to `output`; then drop the work dir.
 
     `summary` is the JSON-ready training summary. Under FSDP every process gathers the weights;
     raises RuntimeError when the accelerate config does not gather a FULL_STATE_DICT.
@@ -293,6 +330,8 @@ def save_checkpoint(trainer, tokenizer, output: Path, summary: dict, work: Path)
             (scratch / "training_summary.json").write_text(
                 json.dumps(summary, indent=2, ensure_ascii=False, default=str)
             )
+            if card is not None:
+                (scratch / "README.md").write_text(card, encoding="utf-8")
     trainer.accelerator.wait_for_everyone()
     shutil.rmtree(work, ignore_errors=True)
 
