@@ -107,6 +107,9 @@ class ReportArgs:
     def report_targets(self) -> tuple[str, ...]:
         """--report-to as a tuple of integration names (() for none); UsageError for an unknown or missing one."""
         return parse_report_to(self.report_to)
+
+
+@dataclass
 class LmEvalArgs:
     """The lm-eval protocol's choices, as lm-evaluation-harness names them (kormedqa.lm_eval_protocol)."""
 
