@@ -45,8 +45,10 @@ def hub_copy(tmp_path_factory) -> Path:
     train = load_mcq(REPO / "data/sample/mcq", split="train")
     test = load_mcq(REPO / "data/sample/mcq", split="test")
     test = [q for exam in EXAM_TYPES for q in [x for x in test if x.exam_type == exam][:2]]
+    dev = load_mcq(REPO / "data/sample/mcq", split="dev")  # a loop chooses its best checkpoint on dev
+    dev = [q for exam in EXAM_TYPES for q in [x for x in dev if x.exam_type == exam][:2]]
     return write_hub_copy(tmp_path_factory.mktemp("hub") / "KorMedMCQA",
-                          {"train": train, "test": test, "fewshot": fewshot_split(train)})
+                          {"train": train, "dev": dev, "test": test, "fewshot": fewshot_split(train)})
 
 
 @pytest.fixture(scope="module")

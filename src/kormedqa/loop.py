@@ -352,7 +352,8 @@ class LoopRecipe:
             str((self.out / "best_checkpoint").resolve()), self.tokenizer, self.test_questions, self.out / "test",
             eval_mode=cfg.eval_mode, eval_batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens,
             glossary=self.glossary, rationale_template=cfg.rationale_template, choice=self.choice,
-            extra={"overlap": self.overlap, "split": cfg.test_split})
+            extra={"overlap": self.overlap, "split": cfg.test_split}, data=cfg.eval_data, split=cfg.test_split,
+            lm_eval=self.lm_eval)
         self.history["test"] = {"split": cfg.test_split, "loop": best["loop"], "checkpoint": best["checkpoint"],
                                 "chosen_on": cfg.eval_split, "n": len(self.test_questions),
                                 "metrics": _history_metrics(metrics)}
