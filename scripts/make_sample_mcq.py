@@ -246,13 +246,9 @@ def generate(dictionary: Path, seed: int) -> dict[str, list[dict]]:
     return splits
 
 
-def rephrase(splits: dict[str, list[dict]], dictionary: Path, seed: int) -> dict[str, list[dict]]:
-    """The same terms in the same splits, asked another way: for each question another of the five
-    phrasings than its own, new distractors and a new answer position, all from `random.Random(seed)`.
-
-    A model that learned a term, not a question's surface, answers these as well as the originals.
-    """
-    rng = random.Random(seed)
+def ask_again(splits: dict[str, list[dict]], dictionary: Path, ask) -> dict[str, list[dict]]:
+    """Each record's term asked anew: `ask(term, correct, entries, record)` returns the fields that
+    change (question, options, answer); ids, splits and the rest stay. Checked for leakage."""
     by_category = load_terms(dictionary)
     out: dict[str, list[dict]] = {}
     for name, records in splits.items():
@@ -260,12 +256,25 @@ def rephrase(splits: dict[str, list[dict]], dictionary: Path, seed: int) -> dict
         for record in records:
             entries = by_category[record["exam_type"]]
             term, correct = entries[record["q_number"] - 1]
-            others = [t for t in TEMPLATES if t(term) != record["question"]]
-            _, options, answer = make_question(rng, term, correct, entries)
-            new = {**record, "question": rng.choice(others)(term), **dict(zip(LETTERS, options)), "answer": answer}
-            out[name].append(new)
+            out[name].append({**record, **ask(term, correct, entries, record)})
     check_no_leakage(out)
     return out
+
+
+def rephrase(splits: dict[str, list[dict]], dictionary: Path, seed: int) -> dict[str, list[dict]]:
+    """The same terms in the same splits, asked another way: for each question another of the five
+    phrasings than its own, new distractors and a new answer position, all from `random.Random(seed)`.
+
+    A model that learned a term, not a question's surface, answers these as well as the originals.
+    """
+    rng = random.Random(seed)
+
+    def ask(term, correct, entries, record):
+        others = [t for t in TEMPLATES if t(term) != record["question"]]
+        _, options, answer = make_question(rng, term, correct, entries)
+        return {"question": rng.choice(others)(term), **dict(zip(LETTERS, options)), "answer": answer}
+
+    return ask_again(splits, dictionary, ask)
 
 
 def reverse(splits: dict[str, list[dict]], dictionary: Path, seed: int) -> dict[str, list[dict]]:
@@ -278,23 +287,18 @@ def reverse(splits: dict[str, list[dict]], dictionary: Path, seed: int) -> dict[
     to recall from here (the reversal curse, Berglund et al. 2023).
     """
     rng = random.Random(seed)
-    by_category = load_terms(dictionary)
-    out: dict[str, list[dict]] = {}
-    for name, records in splits.items():
-        out[name] = []
-        for record in records:
-            entries = by_category[record["exam_type"]]
-            term, correct = entries[record["q_number"] - 1]
-            candidates = sorted({other for other, _ in entries if other != term and not related(term, other)})
-            if len(candidates) < 4:
-                raise ValueError(f"fewer than 4 distinct distractor terms for {term!r}")
-            options = rng.sample(candidates, 4)
-            answer_index = rng.randrange(5)
-            options.insert(answer_index, term)
-            question = rng.choice(REVERSE_TEMPLATES)(correct)
-            out[name].append({**record, "question": question, **dict(zip(LETTERS, options)), "answer": answer_index + 1})
-    check_no_leakage(out)
-    return out
+
+    def ask(term, correct, entries, record):
+        candidates = sorted({other for other, _ in entries if other != term and not related(term, other)})
+        if len(candidates) < 4:
+            raise ValueError(f"fewer than 4 distinct distractor terms for {term!r}")
+        options = rng.sample(candidates, 4)
+        answer_index = rng.randrange(5)
+        options.insert(answer_index, term)
+        return {"question": rng.choice(REVERSE_TEMPLATES)(correct), **dict(zip(LETTERS, options)),
+                "answer": answer_index + 1}
+
+    return ask_again(splits, dictionary, ask)
 
 
 def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
