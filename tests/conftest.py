@@ -46,26 +46,26 @@ def tiny_model(tiny_model_dir):
     return load_model(str(tiny_model_dir), choose("cpu", "fp32"))
 
 
+def _standin(tokenizer_dir, layout: str) -> Path:
+    """The stand-in of `layout` in the test cache, built once."""
+    from kormedqa.default_model import build_standin
+
+    out = CACHE / f"standin-{layout}"
+    if not (out / "config.json").exists():
+        build_standin(out, tokenizer_dir, layout=layout)
+    return out
+
+
 @pytest.fixture(scope="session")
 def medgemma_standin(tokenizer_dir) -> Path:
     """google/medgemma-4b-it's layout (multimodal Gemma3ForConditionalGeneration, hub names, processor), tiny."""
-    from kormedqa.default_model import build_standin
-
-    out = CACHE / "standin-multimodal"
-    if not (out / "config.json").exists():
-        build_standin(out, tokenizer_dir, layout="multimodal")
-    return out
+    return _standin(tokenizer_dir, "multimodal")
 
 
 @pytest.fixture(scope="session")
 def medgemma_text_standin(tokenizer_dir) -> Path:
     """google/medgemma-27b-text-it's layout (text-only Gemma3ForCausalLM, bf16, two shards), tiny."""
-    from kormedqa.default_model import build_standin
-
-    out = CACHE / "standin-text"
-    if not (out / "config.json").exists():
-        build_standin(out, tokenizer_dir, layout="text")
-    return out
+    return _standin(tokenizer_dir, "text")
 
 
 @pytest.fixture(scope="session", params=["multimodal", "text"])
