@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .batching import CompletionCollator, supervised_ce, token_ce, tokenize_pair
+from .batching import CompletionCollator, row_logprobs, supervised_ce, tokenize_pair
 from .chat import END_OF_TURN, stop_token_ids
 from .formats import GENERATION_PREFIX, REASONING_CLOSE, USER_TURN, mcq_prompt
 from .fsio import fault_point
@@ -290,29 +290,35 @@ def cloze_prompt(mcq: MCQ) -> str:
     return f"{USER_TURN}{mcq.question}{END_OF_TURN}{GENERATION_PREFIX}"
 
 
-def shared_prompt_row(context: Sequence[int], continuations: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+def shared_prompt_row(context: Sequence[int], continuations: Sequence[Sequence[int]]) -> dict:
     """One question's prompt followed by all its continuations, as a single row.
 
-    `input_ids`/`position_ids`: (1, T) with T = len(context) + total continuation tokens; each
+    A continuation's last token is only ever a target, never an input, so it is left out of the
+    row. `input_ids`/`position_ids`: (1, T) with T = len(context) + sum(len(c) - 1); each
     continuation's positions continue the prompt's (as if it followed the prompt alone).
     `visible`: (T, T) bool, True where query i may attend key j: causal within the prompt, and
     each continuation sees the whole prompt and its own earlier tokens, never another continuation.
-    `predictors`: (n,) the row index whose next-token distribution scores each continuation token
-    (the prompt's last token for a continuation's first), `targets`: (n,) those tokens, and
-    `sizes` the continuation lengths (they sum to n).
+    `first` = len(context) - 1: every row position from it on predicts something (the prompt's
+    last token predicts each continuation's first, every continuation input its next token).
+    `rows`: (n,) for each continuation token, the index, counted from `first`, of the position
+    whose next-token distribution scores it; `targets`: (n,) those tokens; `sizes`: the
+    continuation lengths (they sum to n). ValueError for an empty context or continuation.
     """
     p = len(context)
-    ids = list(context) + [t for c in continuations for t in c]
-    pos = list(range(p)) + [p + j for c in continuations for j in range(len(c))]
-    owner = [-1] * p + [i for i, c in enumerate(continuations) for _ in c]
-    predictors, start = [], p
-    for c in continuations:
-        predictors += [p - 1] + list(range(start, start + len(c) - 1))
-        start += len(c)
+    if p == 0 or any(len(c) == 0 for c in continuations):
+        raise ValueError("a cloze row needs a non-empty prompt and non-empty continuations")
+    ids, pos, owner, rows = list(context), list(range(p)), [-1] * p, []
+    for i, c in enumerate(continuations):
+        rows.append(0)  # the prompt's last position predicts every continuation's first token
+        for j, token in enumerate(c[:-1]):
+            rows.append(len(ids) - (p - 1))
+            ids.append(token)
+            pos.append(p + j)
+            owner.append(i)
     positions, owners = torch.tensor(pos), torch.tensor(owner)
     visible = (positions[None, :] <= positions[:, None]) & ((owners[None, :] == -1) | (owners[None, :] == owners[:, None]))
-    return {"input_ids": torch.tensor([ids]), "position_ids": positions[None], "visible": visible,
-            "predictors": torch.tensor(predictors), "targets": torch.tensor([t for c in continuations for t in c]),
+    return {"input_ids": torch.tensor([ids]), "position_ids": positions[None], "visible": visible, "first": p - 1,
+            "rows": torch.tensor(rows), "targets": torch.tensor([t for c in continuations for t in c]),
             "sizes": [len(c) for c in continuations]}
 
 
@@ -337,32 +343,38 @@ def option_logprobs(model, tokenizer, mcqs: Sequence[MCQ], batch_size: int = 8) 
 
     Returns one list of 5 floats per question, in input order. Each question is one forward of
     one row: its prompt once, then its five continuations, each seeing the prompt and itself but
-    not the others (`shared_prompt_row`); only the continuation tokens' predictors reach the
-    lm_head. The prompt is computed once instead of five times (lm-evaluation-harness computes
-    it per option), and no other question shares the row, so a question's scores do not depend
-    on the batch size or on which questions come with it, in bf16 as in fp32 (tested: bitwise).
-    `batch_size` only sets the progress granularity. The continuation is tokenised on its own
-    after the prompt, which for these chat prompts (ending in a newline) gives
-    lm-evaluation-harness's split (bench/cloze_vs_harness.py checks picks).
-    Raises NonFiniteError on NaN/inf log-likelihoods; ValueError for an attention implementation
-    that takes no custom mask (kormedqa loads models with sdpa).
+    not the others (`shared_prompt_row`); each position that predicts a continuation token
+    reaches the lm_head once (`batching.row_logprobs`). lm-evaluation-harness instead runs the
+    prompt once per option and the lm_head on every position. No other question shares the
+    row, so a question's scores do not depend on the batch size or on which questions come with
+    it, in bf16 as in fp32 (tested: bitwise); `batch_size` only sets the progress granularity.
+    The continuation is tokenised on its own after the prompt, which for these chat prompts
+    (ending in a newline) gives lm-evaluation-harness's split (bench/cloze_vs_harness.py checks
+    picks). Raises NonFiniteError on NaN/inf log-likelihoods; ValueError for an attention
+    implementation that takes no custom mask (kormedqa loads models with sdpa).
     """
     impl = getattr(model.config, "_attn_implementation", None) or "eager"
     if impl not in ("sdpa", "eager"):
         raise ValueError(f"cloze scoring needs sdpa or eager attention (a custom mask per row), not {impl}")
+    scores: list[list[float]] = []
+    # No cpu_vocab_projection: at ~90 rows per question `W @ h.T` is no faster than F.linear, and
+    # its column-major logits made the log-sum-exp over the vocabulary ~2x slower.
+    for _, chunk in tqdm(list(_batches(mcqs, batch_size)), desc="cloze", leave=False):
+        for q in chunk:
+            context = tokenizer(cloze_prompt(q), add_special_tokens=True)["input_ids"]
+            conts = [tokenizer(option + END_OF_TURN, add_special_tokens=False)["input_ids"] for option in q.options]
+            scores.append(score_shared_row(model, shared_prompt_row(context, conts)))
+    return scores
+
+
+@torch.no_grad()
+def score_shared_row(model, row: dict) -> list[float]:
+    """Summed log-likelihood (nats) of each continuation of one `shared_prompt_row`, in its order:
+    one decoder forward of the row under its mask, then `batching.row_logprobs`."""
     device = next(model.parameters()).device
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
-    decoder = model.get_decoder()
-    scores: list[list[float]] = []
-    with cpu_vocab_projection(model):
-        for _, chunk in tqdm(list(_batches(mcqs, batch_size)), desc="cloze", leave=False):
-            for q in chunk:
-                context = tokenizer(cloze_prompt(q), add_special_tokens=True)["input_ids"]
-                conts = [tokenizer(option + END_OF_TURN, add_special_tokens=False)["input_ids"] for option in q.options]
-                row = shared_prompt_row(context, conts)
-                hidden = decoder(input_ids=row["input_ids"].to(device), position_ids=row["position_ids"].to(device),
+    hidden = model.get_decoder()(input_ids=row["input_ids"].to(device), position_ids=row["position_ids"].to(device),
                                  attention_mask=_additive_masks(model, row, dtype, device),
-                                 use_cache=False).last_hidden_state[0]
-                ce, _ = token_ce(model, hidden[row["predictors"].to(device)], row["targets"].to(device))
-                scores.append([-float(part.sum()) for part in torch.split(ce, row["sizes"])])
-    return scores
+                                 use_cache=False).last_hidden_state[0, row["first"]:]
+    logp = row_logprobs(model, hidden, row["rows"].to(device), row["targets"].to(device))
+    return [float(part.sum()) for part in torch.split(logp, row["sizes"])]
