@@ -133,3 +133,23 @@ def test_the_tolerance_catches_a_broken_row(tokenizer, defect):
     model.config.sliding_window = 6
     with pytest.raises(AssertionError):
         _assert_same([broken], [_plain(model, tokenizer, q)])
+
+
+@pytest.mark.parametrize("softcap", [None, 0.5])  # logits here are ~0.5: a cap of 0.5 bends them
+def test_row_logprobs_equal_a_log_softmax_of_the_whole_logits(tiny_model, softcap):
+    """The CPU path's running log-sum-exp over vocabulary blocks (last one short, targets on block edges)."""
+    from kormedqa.batching import row_logprobs
+
+    tiny_model.config.final_logit_softcapping = softcap
+    vocab = tiny_model.get_output_embeddings().weight.shape[0]
+    torch.manual_seed(0)
+    hidden = torch.randn(4, tiny_model.config.hidden_size) * 3
+    rows = torch.tensor([0, 0, 1, 2, 3, 3])
+    targets = torch.tensor([0, 999, 1000, 5000, vocab - 1, 123_456])
+    with torch.no_grad():
+        logits = tiny_model.get_output_embeddings()(hidden).float()
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        want = F.log_softmax(logits, dim=-1)[rows, targets]
+    got = row_logprobs(tiny_model, hidden, rows, targets, vocab_chunk=1000)
+    assert torch.allclose(got, want, atol=1e-5, rtol=0)
