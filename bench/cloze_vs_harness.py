@@ -14,7 +14,10 @@ question, invisible to raw picks, but a normalised pick can differ by it; the lo
 therefore also compared relative to each question's first option. The figure is questions/s,
 each side timed without loading its model.
 
-    python bench/cloze_vs_harness.py [--model DIR] [--limit 96] [--batch-size 8]
+    python bench/cloze_vs_harness.py [--model DIR] [--limit 96] [--batch-size 8] [--precision fp32]
+
+Both sides run in `--precision` (fp32 by default, as the committed figure; bf16 writes
+cloze_vs_harness_bf16.json).
 """
 from __future__ import annotations
 
@@ -48,9 +51,10 @@ metric_list:
 """
 
 
-def harness_scores(model_dir: str, rows: list[dict], batch_size: int) -> tuple[float, list[list[float]], dict]:
+def harness_scores(model_dir: str, rows: list[dict], batch_size: int, dtype: str = "float32"
+                   ) -> tuple[float, list[list[float]], dict]:
     """lm-eval's per-choice log-likelihoods (input order) and its own aggregate metrics."""
-    seconds, samples, results = run_lm_eval_task(model_dir, "kormedqa_cloze", TASK_YAML, rows, batch_size)
+    seconds, samples, results = run_lm_eval_task(model_dir, "kormedqa_cloze", TASK_YAML, rows, batch_size, dtype)
     return seconds, [[r[0][0] for r in s["resps"]] for s in samples], results
 
 
@@ -59,6 +63,7 @@ def main() -> int:
     p.add_argument("--model", default="gemma3-270m")
     p.add_argument("--limit", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     args = p.parse_args()
 
     from kormedqa.data import load_mcq
@@ -70,7 +75,7 @@ def main() -> int:
 
     model_dir = resolve_model_path(args.model)
     tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, choose("cpu", "fp32")).eval()
+    model = load_model(model_dir, choose("cpu", args.precision)).eval()
     qs = load_mcq(SAMPLE / "mcq", split="test")[: args.limit]
 
     started = time.time()
@@ -78,7 +83,8 @@ def main() -> int:
     ours_s = time.time() - started
     del model
     rows = [{"prompt": cloze_prompt(q), "choices": [o + END_OF_TURN for o in q.options], "gold": q.answer_index} for q in qs]
-    harness_s, theirs, harness_metrics = harness_scores(model_dir, rows, args.batch_size)
+    harness_s, theirs, harness_metrics = harness_scores(model_dir, rows, args.batch_size,
+                                                      {"fp32": "float32", "bf16": "bfloat16"}[args.precision])
 
     a, b = cloze_records(qs, ours), cloze_records(qs, theirs)
     same_raw = sum(a[q.id]["cloze_prediction"] == b[q.id]["cloze_prediction"] for q in qs)
@@ -90,7 +96,7 @@ def main() -> int:
     max_rel_diff = max(abs((x - s[0]) - (y - t[0])) for s, t in zip(ours, theirs) for x, y in zip(s, t))
     acc = lambda recs, key: sum(recs[q.id][key] for q in qs) / len(qs)  # noqa: E731
     result = {
-        "questions": len(qs), "batch_size": args.batch_size,
+        "questions": len(qs), "batch_size": args.batch_size, "precision": args.precision,
         "kormedqa": {"seconds": ours_s, "questions_per_s": len(qs) / ours_s,
                      "cloze_accuracy": acc(a, "cloze_correct"), "cloze_accuracy_norm": acc(a, "cloze_norm_correct")},
         "lm_eval": {"seconds": harness_s, "questions_per_s": len(qs) / harness_s,
@@ -100,10 +106,12 @@ def main() -> int:
         "max_abs_loglik_diff_within_question": max_rel_diff,
         "speedup": harness_s / ours_s,
     }
-    summary = (f"cloze: kormedqa {result['speedup']:.2f}x lm-eval multiple_choice ({same_raw}/{len(qs)} same raw picks, "
+    label = "" if args.precision == "fp32" else f" ({args.precision})"
+    summary = (f"cloze{label}: kormedqa {result['speedup']:.2f}x lm-eval multiple_choice ({same_raw}/{len(qs)} same raw picks, "
                f"{same_norm}/{len(qs)} same normalised picks, max |delta loglik| {max_diff:.2g}, {max_rel_diff:.2g} "
                f"relative to the question's first option; target >= 3x, all picks equal)")
-    write_result("cloze_vs_harness", {"machine": machine(), "model": model_dir, **result, "summary": summary})
+    name = "cloze_vs_harness" + ("" if args.precision == "fp32" else f"_{args.precision}")
+    write_result(name, {"machine": machine(), "model": model_dir, **result, "summary": summary})
     print(summary)
     return 0
 

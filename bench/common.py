@@ -79,8 +79,9 @@ def write_result(name: str, payload: dict) -> Path:
     return path
 
 
-def run_lm_eval_task(model_dir: str, task: str, task_yaml: str, rows: list[dict], batch_size: int) -> tuple[float, list[dict], dict]:
-    """Run lm-evaluation-harness (hf backend, fp32, BOS added, CPU) on a local task over `rows`.
+def run_lm_eval_task(model_dir: str, task: str, task_yaml: str, rows: list[dict], batch_size: int,
+                     dtype: str = "float32") -> tuple[float, list[dict], dict]:
+    """Run lm-evaluation-harness (hf backend, `dtype`, BOS added, CPU; log-softmax in fp32) on a local task over `rows`.
 
     `task_yaml` is a template with `{data}` where the JSONL of `rows` goes. Returns (seconds in
     `simple_evaluate`, its samples in row order, its aggregate results for the task). The model
@@ -100,8 +101,10 @@ def run_lm_eval_task(model_dir: str, task: str, task_yaml: str, rows: list[dict]
         task_dir = Path(tmp) / "tasks"
         task_dir.mkdir()
         (task_dir / f"{task}.yaml").write_text(task_yaml.format(data=data))
-        lm = get_model("hf").create_from_arg_string(f"pretrained={model_dir},dtype=float32,add_bos_token=True,device=cpu",
-                                                     {"batch_size": batch_size})
+        # Below fp32 its log-softmax runs in fp32, as kormedqa's normaliser does.
+        softmax = "" if dtype == "float32" else ",softmax_dtype=float32"
+        lm = get_model("hf").create_from_arg_string(
+            f"pretrained={model_dir},dtype={dtype},add_bos_token=True,device=cpu{softmax}", {"batch_size": batch_size})
         started = time.time()
         out = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=TaskManager(include_path=str(task_dir)),
                                       log_samples=True)

@@ -77,12 +77,12 @@ def render() -> str:
                 f"| naive per-question model.generate | {g['naive']['questions_per_s']:.3f} | | |",
                 f"| kormedqa eval --mode generate (batched) | {g['kormedqa']['questions_per_s']:.3f} | | {g['identical_outputs']}/{g['questions']} identical outputs |",
                 "", f"**{ev['summary']}**", ""]
-    cz = _load("cloze_vs_harness")
-    if cz:
+    for cz in filter(None, (_load("cloze_vs_harness"), _load("cloze_vs_harness_bf16"))):
         m, k, h = cz["machine"], cz["kormedqa"], cz["lm_eval"]
-        out += [f"## Cloze scoring ({m['date']}, {m['cpu']}, {m['torch_threads']} threads)", "",
+        out += [f"## Cloze scoring ({m['date']}, {_cpu(m)}, {m['torch_threads']} threads, {cz.get('precision', 'fp32')})", "",
                 f"Each option's text after a question-only prompt, {cz['questions']} shipped test questions, the same "
-                "prompt and continuations in both (lm-eval: a local `multiple_choice` task).", "",
+                "prompt and continuations in both (lm-eval: a local `multiple_choice` task; kormedqa: the prompt once "
+                "and the five options after it in one row, `scorers.shared_prompt_row`).", "",
                 "| | questions/s | cloze accuracy (raw / norm) |", "|---|---|---|",
                 f"| lm-evaluation-harness (hf backend) | {h['questions_per_s']:.2f} | {h['cloze_accuracy']:.3f} / {h['cloze_accuracy_norm']:.3f} |",
                 f"| kormedqa eval --mode cloze | {k['questions_per_s']:.2f} | {k['cloze_accuracy']:.3f} / {k['cloze_accuracy_norm']:.3f} |",
