@@ -121,6 +121,15 @@ def load_pretrained(name_or_path: str, choice) -> tuple[str, object, object]:
     return model_dir, load_tokenizer(model_dir), load_model(model_dir, choice).eval()
 
 
+def param_counts(model) -> dict:
+    """Parameters of a causal LM: {"total", "body": all but the input embedding table, "lm_head": the
+    output projection's}. Tied embeddings are counted once by `parameters()`, so with them
+    total = body + lm_head; the FLOP counts use 2 or 6 x body per token plus the lm_head where it runs."""
+    head = model.get_output_embeddings().weight.numel()
+    total = sum(p.numel() for p in model.parameters())
+    return {"total": total, "body": total - model.get_input_embeddings().weight.numel(), "lm_head": head}
+
+
 def trl_rows(rows: list[dict]) -> list[dict]:
     """kormedqa's prepared rows as TRL's prompt/completion examples. TRL concatenates prompt and
     completion as they are; the separator kormedqa puts between them goes at the end of the prompt,

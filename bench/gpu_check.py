@@ -43,7 +43,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "src"))  # the GPU machine runs the checkout as it is, no install
 import gpu_assets  # noqa: E402
-from common import RESULTS, SAMPLE, machine, prepared_mcq_rows, run_trl_sft  # noqa: E402
+from common import RESULTS, SAMPLE, machine, param_counts, prepared_mcq_rows, run_trl_sft  # noqa: E402
 
 H200_BF16_PEAK_TFLOPS = 790.0
 
@@ -98,12 +98,6 @@ def build_model(size: str, tokenizer, device, dtype, seed: int):
     model.generation_config.eos_token_id = stop_token_ids(tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
-
-
-def param_counts(model) -> dict:
-    head = model.get_output_embeddings().weight.numel()
-    total = sum(p.numel() for p in model.parameters())
-    return {"total": total, "body": total - model.get_input_embeddings().weight.numel(), "lm_head": head}
 
 
 def _sync(device) -> None:
