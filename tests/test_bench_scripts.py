@@ -1,5 +1,5 @@
 """The benchmark scripts that no CI machine runs for real still run: gpu_check --smoke, precision_agreement,
-train_throughput's arms; and the shared pieces in bench/common.py and bench/gpu_assets.py."""
+the TRL peer; and the shared pieces in bench/common.py and bench/gpu_assets.py."""
 import importlib.util
 import json
 import sys
