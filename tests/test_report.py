@@ -72,8 +72,8 @@ def test_the_picture_is_a_png_and_nothing_not_finite_is_drawn(tmp_path, monkeypa
     left, right = caption
     assert left.startswith("Left:") and "12 steps" in left and "dictionary stages and MCQ stages" in left
     assert "each loop after the first" in left
-    assert "answer loss missing or not finite at 2 of 12 logged steps, left out" in left
-    assert "reasoning loss missing or not finite at 1 of 12 logged steps, left out" in left
+    assert "answer loss absent from 2 of 12 logged steps" in left and "answer loss not finite" not in left
+    assert "reasoning loss not finite at 1 of 12 logged steps, left out" in left
     assert right.startswith("Right:") and "reverse (definition -> term): generation accuracy after" in right
     assert "left out" in right and "95% Wilson" in right
 

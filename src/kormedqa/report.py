@@ -122,8 +122,12 @@ def plot_report(curves: dict[str, list], stages: Sequence[dict], splits: Sequenc
     for key, label in CURVES:
         points = curves.get(key, [])
         kept = [(x, y) for x, y in points if _finite(x, y)]
-        if len(kept) < len(points):
-            left_out.append(f"{label} missing or not finite at {len(points) - len(kept)} of {len(points)} logged steps")
+        absent = sum(y is None for _, y in points)
+        if absent:
+            left_out.append(f"{label} absent from {absent} of {len(points)} logged steps (no such token in the "
+                            "step's batch)")
+        if len(points) - len(kept) - absent:
+            left_out.append(f"{label} not finite at {len(points) - len(kept) - absent} of {len(points)} logged steps")
         if kept:
             ax.plot([x for x, _ in kept], [y for _, y in kept], linewidth=1, marker="." if len(kept) < 50 else None,
                     color=_CURVE_COLOURS.get(key), label=label)
@@ -180,9 +184,9 @@ def plot_report(curves: dict[str, list], stages: Sequence[dict], splits: Sequenc
     ax2.set_title("Each split, before and after")
     by_label = dict(zip(*reversed(ax2.get_legend_handles_labels())))
     ax2.legend(by_label.values(), by_label.keys(), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
-    right = ("Right: " + (", ".join(s["label"] for s in splits) or "no split") + ", before training (grey) and "
-             f"{after_label} (red), with 95% Wilson intervals; dotted: chance (20%)"
-             + "".join(f"; {note}: left out" for note in split_notes) + ".")
+    right = (f"Right: each split before training in grey and {after_label} in red, the share of its questions "
+             "with the 95% Wilson interval as error bars: " + (", ".join(s["label"] for s in splits) or "no split")
+             + "; dotted: chance (20%)" + "".join(f"; {note}: left out" for note in split_notes) + ".")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
