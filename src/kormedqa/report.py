@@ -178,6 +178,7 @@ def plot_report(curves: dict[str, list], stages: Sequence[dict], splits: Sequenc
                          capsize=3, label=after_label if which == "after" else "before training")
     ax2.axvline(20, color="grey", linestyle=":", label="chance (5 options)")
     ax2.set_yticks(range(len(labels)))
+    ax2.set_ylim(-0.6, max(len(labels), 1) - 0.4)
     ax2.set_yticklabels(labels, fontsize=8)
     ax2.set_xlim(0, 100)
     ax2.set_xlabel("% of questions (95% Wilson interval)")
