@@ -28,7 +28,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import SAMPLE, machine, run_lm_eval_task, write_result  # noqa: E402
+from common import SAMPLE, load_pretrained, machine, run_lm_eval_task, write_result  # noqa: E402
 
 TASK_YAML = """task: kormedqa_cloze
 dataset_path: json
@@ -70,12 +70,9 @@ def main() -> int:
     from kormedqa.evaluate import cloze_records
     from kormedqa.chat import END_OF_TURN
     from kormedqa.hardware import choose
-    from kormedqa.modeling import load_model, load_tokenizer, resolve_model_path
     from kormedqa.scorers import cloze_prompt, option_logprobs
 
-    model_dir = resolve_model_path(args.model)
-    tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, choose("cpu", args.precision)).eval()
+    model_dir, tokenizer, model = load_pretrained(args.model, choose("cpu", args.precision))
     qs = load_mcq(SAMPLE / "mcq", split="test")[: args.limit]
 
     started = time.time()

@@ -1,9 +1,17 @@
-"""Shared bits of the benchmarks: machine description, the prepared sample data, result files."""
+"""Shared bits of the benchmarks: machine description, the prepared sample data, result files,
+loading a model, and the peer runs kormedqa is measured against (TRL's SFTTrainer, lm-evaluation-harness).
+
+Each benchmark script imports from here and keeps only what it measures; a peer tool is set up in
+one place, so every script compares against the same configuration of it.
+"""
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
+import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,10 +95,6 @@ def run_lm_eval_task(model_dir: str, task: str, task_yaml: str, rows: list[dict]
     `simple_evaluate`, its samples in row order, its aggregate results for the task). The model
     is loaded before the clock starts, as kormedqa's side is timed without its loading.
     """
-    import json
-    import tempfile
-    import time
-
     import lm_eval
     from lm_eval.api.registry import get_model
     from lm_eval.tasks import TaskManager
@@ -110,3 +114,76 @@ def run_lm_eval_task(model_dir: str, task: str, task_yaml: str, rows: list[dict]
                                       log_samples=True)
         seconds = time.time() - started
     return seconds, sorted(out["samples"][task], key=lambda s: s["doc_id"]), out["results"][task]
+
+
+def load_pretrained(name_or_path: str, choice) -> tuple[str, object, object]:
+    """A model as the CPU benchmarks load it: (its folder, from `resolve_model_path`; its tokenizer;
+    the model in `choice`'s precision on its device, in eval mode). `choice` is a
+    `kormedqa.hardware.PrecisionChoice`; ModelError as `kormedqa.modeling.load_model` raises it."""
+    from kormedqa.modeling import load_model, load_tokenizer, resolve_model_path
+
+    model_dir = resolve_model_path(name_or_path)
+    return model_dir, load_tokenizer(model_dir), load_model(model_dir, choice).eval()
+
+
+def param_counts(model) -> dict:
+    """Parameters of a causal LM: {"total", "body": all but the input embedding table, "lm_head": the
+    output projection's}. Tied embeddings are counted once by `parameters()`, so with them
+    total = body + lm_head; the FLOP counts use 2 or 6 x body per token plus the lm_head where it runs."""
+    head = model.get_output_embeddings().weight.numel()
+    total = sum(p.numel() for p in model.parameters())
+    return {"total": total, "body": total - model.get_input_embeddings().weight.numel(), "lm_head": head}
+
+
+def trl_rows(rows: list[dict]) -> list[dict]:
+    """kormedqa's prepared rows as TRL's prompt/completion examples. TRL concatenates prompt and
+    completion as they are; the separator kormedqa puts between them goes at the end of the prompt,
+    so both trainers see the same tokens."""
+    from kormedqa.formats import TURN_SEPARATOR
+
+    return [{"prompt": r["prompt"] + TURN_SEPARATOR, "completion": r["completion"]} for r in rows]
+
+
+def run_trl_sft(model, tokenizer, rows: list[dict], output_dir: str | Path, choice, *, steps: int, batch_size: int,
+                learning_rate: float, max_length: int, seed: int, grad_accum: int = 1, lora_dropout: float = 0.05,
+                callbacks: tuple | list = (), wrap_collator=None, disable_tqdm: bool | None = None) -> dict:
+    """Train `model` (LoRA r64, alpha 128, all projections) with TRL's SFTTrainer on `rows`.
+
+    The peer of kormedqa's training in the benchmarks, set up as TRL's documentation shows for
+    prompt/completion data (`trl_rows`): linear schedule without warm-up or weight decay, the
+    loss logged every step, nothing saved, `<end_of_turn>` as the end of a completion, at TRL's
+    fastest setting: activation checkpointing off (SFTConfig turns it on by default; it
+    recomputes the forward, about a third more compute, to save memory that is not the limit
+    here). `choice` (a `kormedqa.hardware.PrecisionChoice`) sets bf16 mixed precision and the
+    device, as kormedqa's arm gets them. `wrap_collator`, if given, wraps TRL's data collator
+    (e.g. to count tokens); `callbacks` and `disable_tqdm` go to the trainer.
+
+    Returns {"seconds": wall seconds in `trainer.train()` (loading and tokenising stay out),
+    "losses": the logged loss of every step, "data_collator": the collator train() used}.
+    """
+    # defers datasets and trl: optional on a GPU machine, where bench/gpu_assets.py installs them at run time
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from kormedqa.chat import END_OF_TURN
+    from kormedqa.modeling import lora_config
+
+    config = SFTConfig(
+        output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum, learning_rate=learning_rate, max_length=max_length,
+        lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, logging_steps=1, save_strategy="no",
+        report_to="none", seed=seed, data_seed=seed, bf16=choice.precision == "bf16",
+        use_cpu=choice.torch_device.type == "cpu", eos_token=END_OF_TURN, activation_checkpointing=False,
+        disable_tqdm=disable_tqdm,
+    )
+    assert not config.gradient_checkpointing  # the deprecated alias follows the new name
+    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(trl_rows(rows)),
+                         processing_class=tokenizer, peft_config=lora_config(64, 128, lora_dropout),
+                         callbacks=list(callbacks))
+    if wrap_collator is not None:
+        trainer.data_collator = wrap_collator(trainer.data_collator)  # read when train() builds the loader
+    started = time.time()
+    trainer.train()
+    seconds = time.time() - started
+    return {"seconds": seconds, "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+            "data_collator": trainer.data_collator}

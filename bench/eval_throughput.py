@@ -16,7 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import SAMPLE, machine, run_lm_eval_task, write_result  # noqa: E402
+from common import SAMPLE, load_pretrained, machine, run_lm_eval_task, write_result  # noqa: E402
 
 TASK_YAML = """task: kormedqa_bench
 dataset_path: json
@@ -69,11 +69,8 @@ def main() -> int:
     from kormedqa.data import load_mcq
     from kormedqa.scorers import eval_prompt, generate, letter_logprobs
     from kormedqa.hardware import choose
-    from kormedqa.modeling import load_model, load_tokenizer, resolve_model_path
 
-    model_dir = resolve_model_path(args.model)
-    tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, choose("cpu", "fp32")).eval()
+    model_dir, tokenizer, model = load_pretrained(args.model, choose("cpu", "fp32"))
     qs = load_mcq(SAMPLE / "mcq", split="test")[: args.limit]
     prompts = [eval_prompt(q) for q in qs]
     golds = [q.answer_index for q in qs]

@@ -10,8 +10,9 @@ random weights, in bf16 (what `--precision auto` picks on a GPU), measures:
   runs on supervised positions only); attention's seq^2 term is left out (sequences ~250 tokens).
 - The same against TRL's SFTTrainer at its fastest setting (activation checkpointing off, bf16,
   same LoRA, data, batch, lr and seed): tokens/s and the step-1 loss of both (they must agree).
-  TRL and `datasets` are not on the GPU machine: they come as wheels in the carried assets folder
-  and are installed into bench/work/gpu_site; without them the TRL arm is skipped with a message.
+  TRL is set up by `common.run_trl_sft`, the same as in bench/train_throughput.py. TRL and
+  `datasets` are not on the GPU machine: they come as wheels in the carried assets folder
+  (bench/gpu_assets.py) and are installed at run time; without them the TRL arm is skipped with a message.
 - Letter log-likelihood (A-E) and cloze log-likelihood (`kormedqa.scorers.option_logprobs`, when
   present) in questions/s on the shipped sample test split.
 - Batched greedy generation in new tokens/s (a random model never stops, so every row runs to
@@ -20,10 +21,10 @@ random weights, in bf16 (what `--precision auto` picks on a GPU), measures:
 Writes bench/results/gpu.json after every part, so a time-out still leaves what finished. Parts
 that would start after `--budget-s` are skipped and say so.
 
-    python bench/gpu_check.py --prepare     # here: the real tokenizer + wheels into bench/gpu_assets/
+    python bench/gpu_assets.py              # here, first: the real tokenizer + wheels into bench/gpu_assets/
     python3 bench/gpu_check.py              # on the GPU machine, with bench/gpu_assets carried along
     python bench/gpu_check.py --smoke       # CPU, a tiny config, well under a minute (run by make test);
-                                            # works on a fresh checkout (no --prepare needed)
+                                            # works on a fresh checkout (no bench/gpu_assets needed)
 
 Nothing is downloaded at run time; the sizes are configs, the weights random.
 """
@@ -31,9 +32,8 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
-import json
-import subprocess
+import inspect
+import platform
 import sys
 import time
 from pathlib import Path
@@ -42,10 +42,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "src"))  # the GPU machine runs the checkout as it is, no install
-from common import RESULTS, SAMPLE, machine  # noqa: E402
+import gpu_assets  # noqa: E402
+from common import RESULTS, SAMPLE, machine, param_counts, prepared_mcq_rows, run_trl_sft  # noqa: E402
 
-ASSETS = HERE / "gpu_assets"
-SITE = HERE / "work" / "gpu_site"
 H200_BF16_PEAK_TFLOPS = 790.0
 
 # Gemma 3 text configs. 270M: the default model's config.json. 4B: google/gemma-3-4b-it's text_config
@@ -101,12 +100,6 @@ def build_model(size: str, tokenizer, device, dtype, seed: int):
     return model
 
 
-def param_counts(model) -> dict:
-    head = model.get_output_embeddings().weight.numel()
-    total = sum(p.numel() for p in model.parameters())
-    return {"total": total, "body": total - model.get_input_embeddings().weight.numel(), "lm_head": head}
-
-
 def _sync(device) -> None:
     import torch
 
@@ -120,31 +113,6 @@ def _free(device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def ensure_trl() -> str | None:
-    """Import TRL, installing it from the carried wheels if needed; None if ready, else why not."""
-    try:
-        import trl  # noqa: F401
-        return None
-    except ImportError:
-        pass
-    wheels = sorted((ASSETS / "wheels").glob("*.whl"))
-    if not wheels:
-        return f"TRL is not installed and no wheels in {ASSETS / 'wheels'} (run --prepare where it is, carry the folder)"
-    # --no-deps into a folder of our own: the machine's torch/transformers stay as they are.
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(SITE),
-           *map(str, wheels)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        return f"installing the TRL wheels failed: {proc.stderr.strip()[-300:]}"
-    sys.path.append(str(SITE))  # last: a package the machine has keeps its own version
-    importlib.invalidate_caches()
-    try:
-        import trl  # noqa: F401,F811
-        return None
-    except Exception as err:  # an incompatible wheel shows here, not as a crash of the whole check
-        return f"TRL from the carried wheels does not import: {type(err).__name__}: {err}"
 
 
 # ---------------------------------------------------------------- training
@@ -197,7 +165,7 @@ class TokenCount:
         return batch
 
 
-def train_kormedqa(model, tokenizer, rows, args, device, dtype, work: Path) -> dict:
+def train_kormedqa(model, tokenizer, rows, args, device, choice, work: Path) -> dict:
     """kormedqa's training step (AnswerWeightedTrainer, padding-free collator, token-mean loss)."""
     from kormedqa.batching import CompletionCollator, tokenize_rows
     from kormedqa.sft import TrainConfig
@@ -209,7 +177,7 @@ def train_kormedqa(model, tokenizer, rows, args, device, dtype, work: Path) -> d
     feats = tokenize_rows(tokenizer, rows, args.max_length)
     clock, count = StepClock(device), TokenCount(CompletionCollator(tokenizer.pad_token_id, padding_free=True))
     # A plain list is a map-style dataset to the Trainer: `datasets` is not needed on the GPU machine.
-    trainer = AnswerWeightedTrainer(model=model, args=training_arguments(cfg.trainer_settings(), work, device, dtype), train_dataset=feats,
+    trainer = AnswerWeightedTrainer(model=model, args=training_arguments(cfg.trainer_settings(), work, device, choice.dtype), train_dataset=feats,
                                     data_collator=count, answer_weight=None, callbacks=[clock.callback])
     trainer.args.disable_tqdm = True
     trainer.train()
@@ -218,38 +186,21 @@ def train_kormedqa(model, tokenizer, rows, args, device, dtype, work: Path) -> d
     return {"losses": losses, "clock": clock, "count": count}
 
 
-def train_trl(model, tokenizer, rows, args, device, dtype, work: Path) -> dict:
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    import torch
-    from kormedqa.formats import TURN_SEPARATOR
-    from kormedqa.modeling import lora_config
-
-    data = Dataset.from_list([{"prompt": r["prompt"] + TURN_SEPARATOR, "completion": r["completion"]} for r in rows])
-    config = SFTConfig(
-        output_dir=str(work), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=1, learning_rate=1e-4, max_length=args.max_length, lr_scheduler_type="linear",
-        warmup_steps=0, weight_decay=0.0, logging_steps=1, save_strategy="no", report_to="none", seed=args.seed,
-        data_seed=args.seed, bf16=dtype == torch.bfloat16, use_cpu=device.type == "cpu", eos_token="<end_of_turn>",
-        activation_checkpointing=False, disable_tqdm=True,
-    )
+def train_trl(model, tokenizer, rows, args, device, choice, work: Path) -> dict:
+    """TRL's SFTTrainer as the CPU benchmark runs it (`common.run_trl_sft`), with the same clock and token count."""
     clock = StepClock(device)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
-                         peft_config=lora_config(64, 128, 0.0), callbacks=[clock.callback])
-    trainer.data_collator = count = TokenCount(trainer.data_collator)  # read when train() builds the loader
-    trainer.train()
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    del trainer
-    return {"losses": losses, "clock": clock, "count": count}
+    run = run_trl_sft(model, tokenizer, rows, work, choice, steps=args.steps, batch_size=args.batch_size,
+                      learning_rate=1e-4, max_length=args.max_length, seed=args.seed, lora_dropout=0.0,
+                      callbacks=[clock.callback], wrap_collator=TokenCount, disable_tqdm=True)
+    return {"losses": run["losses"], "clock": clock, "count": run["data_collator"]}
 
 
-def training_part(size, tokenizer, rows, args, device, dtype, peak: float, work: Path) -> dict:
-    model = build_model(size, tokenizer, device, dtype, args.seed)
+def training_part(size, tokenizer, rows, args, device, choice, peak: float, work: Path) -> dict:
+    model = build_model(size, tokenizer, device, choice.dtype, args.seed)
     n = param_counts(model)
     out = {"params": n, "steps": args.steps, "batch_size": args.batch_size}
     arms = {"kormedqa": train_kormedqa}
-    trl_missing = ensure_trl() if not args.no_trl else "--no-trl"
+    trl_missing = gpu_assets.ensure_trl() if not args.no_trl else "--no-trl"
     if trl_missing is None:
         arms["trl"] = train_trl
     else:
@@ -257,8 +208,8 @@ def training_part(size, tokenizer, rows, args, device, dtype, peak: float, work:
         print(f"  TRL arm skipped: {trl_missing}", flush=True)
     for name, arm in arms.items():
         if name != "kormedqa":
-            model = build_model(size, tokenizer, device, dtype, args.seed)  # the same weights again
-        r = arm(model, tokenizer, rows, args, device, dtype, work / f"{size}_{name}")
+            model = build_model(size, tokenizer, device, choice.dtype, args.seed)  # the same weights again
+        r = arm(model, tokenizer, rows, args, device, choice, work / f"{size}_{name}")
         del model
         _free(device)
         seconds, steps = r["clock"].steady_seconds()
@@ -285,20 +236,8 @@ def scoring_part(size, tokenizer, qs, args, device, dtype) -> dict:
 
     model = build_model(size, tokenizer, device, dtype, args.seed).eval()
     prompts = [scorers.eval_prompt(q) for q in qs]
-    out = {}
-
-    def timed(score, items) -> dict:
-        if device.type == "cuda":  # kernel selection and allocator warm-up stay out of the timing
-            score(model, tokenizer, items[: args.score_batch], args.score_batch)
-        _sync(device)
-        started = time.perf_counter()
-        score(model, tokenizer, items, args.score_batch)
-        _sync(device)
-        s = time.perf_counter() - started
-        return {"questions": len(qs), "seconds": s, "questions_per_s": len(qs) / s}
-
-    out["letter_loglik"] = timed(scorers.letter_logprobs, prompts)
-    out["cloze"] = timed(scorers.option_logprobs, qs)
+    out = {"letter_loglik": _timed(scorers.letter_logprobs, model, tokenizer, prompts, args.score_batch, device),
+           "cloze": _timed(scorers.option_logprobs, model, tokenizer, qs, args.score_batch, device)}
     gen_prompts = (prompts * (args.gen_batch // max(len(prompts), 1) + 1))[: args.gen_batch]
     scorers.generate(model, tokenizer, gen_prompts[:2], 2, 2, stop_strings=())  # warm-up
     _sync(device)
@@ -313,6 +252,18 @@ def scoring_part(size, tokenizer, qs, args, device, dtype) -> dict:
     del model
     _free(device)
     return out
+
+
+def _timed(score, model, tokenizer, items, batch_size: int, device) -> dict:
+    """Questions/s of `score(model, tokenizer, items, batch_size)` over `items` (one per question)."""
+    if device.type == "cuda":  # kernel selection and allocator warm-up stay out of the timing
+        score(model, tokenizer, items[:batch_size], batch_size)
+    _sync(device)
+    started = time.perf_counter()
+    score(model, tokenizer, items, batch_size)
+    _sync(device)
+    s = time.perf_counter() - started
+    return {"questions": len(items), "seconds": s, "questions_per_s": len(items) / s}
 
 
 def _compare_with_hf(model, tokenizer, prompts, device, new_tokens: int = 8) -> str:
@@ -338,59 +289,11 @@ def _compare_with_hf(model, tokenizer, prompts, device, new_tokens: int = 8) -> 
 # ---------------------------------------------------------------- driver
 
 
-def cached_tokenizer() -> Path:
-    """The embedded default's tokenizer, built from the installed PyPI package (no network) into the
-    tests' cache folder (`KORMEDQA_TEST_CACHE`, default .cache/test) once."""
-    import os
-
-    from kormedqa.default_model import fetch_tokenizer
-
-    cache = Path(os.environ.get("KORMEDQA_TEST_CACHE", REPO / ".cache" / "test"))
-    return fetch_tokenizer(cache / "gemma3-tokenizer")
-
-
-def default_tokenizer(smoke: bool) -> str | None:
-    """bench/gpu_assets/tokenizer once `--prepare` has put it there; for `--smoke` without it, the
-    cached tokenizer (a fresh checkout runs the smoke check as it is); else None."""
-    if (ASSETS / "tokenizer" / "tokenizer.json").exists():
-        return str(ASSETS / "tokenizer")
-    return str(cached_tokenizer()) if smoke else None
-
-
-def prepare() -> int:
-    """Here, before carrying: the real tokenizer and the wheels TRL needs beyond the GPU machine's packages."""
-    import shutil
-    from importlib import metadata
-
-    tok = ASSETS / "tokenizer"
-    if not (tok / "tokenizer.json").exists():
-        src = cached_tokenizer()
-        tok.mkdir(parents=True, exist_ok=True)
-        for f in src.iterdir():
-            shutil.copy2(f, tok / f.name)
-    wheels = ASSETS / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    # The GPU machine has Python 3.12 with torch, transformers, peft, accelerate, pandas, pyarrow; not
-    # trl or datasets, nor what datasets needs beyond those. Same versions as here.
-    wanted = [f"{name}=={metadata.version(name)}" for name in ("trl", "datasets", "dill", "multiprocess", "xxhash",
-                                                                "fsspec")]
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
-           "--implementation", "cp", "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64",
-           "-d", str(wheels), *wanted]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(f"wheels not downloaded (the TRL arm will be skipped there): {proc.stderr.strip()[-400:]}")
-    size = sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file())
-    print(f"{ASSETS}: {size / 2**20:.1f} MiB (carry limit 64 MiB): {sorted(p.name for p in wheels.iterdir())}")
-    return 0 if size < 64 * 2**20 else 1
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prepare", action="store_true", help="fetch the tokenizer and wheels into bench/gpu_assets/")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny config, tiny settings: checks the script runs")
     p.add_argument("--sizes", default=None, help="comma-separated: 270m,4b (default), tiny")
-    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default bench/gpu_assets/tokenizer)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default bench/gpu_assets/tokenizer, see bench/gpu_assets.py)")
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=8)
@@ -405,8 +308,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", default=str(RESULTS / "gpu.json"))
     args = p.parse_args(argv)
-    if args.prepare:
-        return prepare()
     if args.smoke:
         args.device = "cpu"
         args.sizes = args.sizes or "tiny"
@@ -416,20 +317,21 @@ def main(argv: list[str] | None = None) -> int:
             args.out = str(HERE / "work" / "gpu_smoke.json")
 
     budget = Budget(args.budget_s)
-    import torch
+    import torch  # defers torch and transformers: `--help` and the argument checks stay light
+    import transformers
+    from transformers import Gemma3ForCausalLM
 
     from kormedqa.data import load_mcq
-    from kormedqa.hardware import choose, pick_device
-    from kormedqa.modeling import load_tokenizer
     from kormedqa.fsio import write_json_atomic
-    from common import prepared_mcq_rows
+    from kormedqa.hardware import choose, matmul_flops, pick_device
+    from kormedqa.modeling import load_tokenizer
 
     device = pick_device(args.device)
     choice = choose(device, "auto")
     dtype = choice.dtype
-    tokenizer_dir = args.tokenizer or default_tokenizer(args.smoke)
+    tokenizer_dir = args.tokenizer or gpu_assets.default_tokenizer(args.smoke)
     if tokenizer_dir is None:
-        print(f"gpu_check: no tokenizer in {ASSETS / 'tokenizer'}: run `python bench/gpu_check.py --prepare` "
+        print(f"gpu_check: no tokenizer in {gpu_assets.ASSETS / 'tokenizer'}: run `python bench/gpu_assets.py` "
               "first (or pass --tokenizer DIR)", file=sys.stderr)
         return 2
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -437,20 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:  # the shortest few: the 262k-row lm_head on every supervised token is a CPU step's cost
         rows = sorted(rows, key=lambda r: len(r["prompt"]) + len(r["completion"]))[:8]
     qs = load_mcq(SAMPLE / "mcq", split="test")[: args.questions]
-    from kormedqa.hardware import matmul_flops
 
     # 8192^2 on a GPU; on a CPU (--smoke) the sub-second probe's size.
     measured_peak = matmul_flops(dtype, device, max_n=8192 if device.type == "cuda" else 512,
                                  min_n=8192 if device.type == "cuda" else 512, budget_s=1.0)["flops_per_s"]
     peak = args.peak_tflops * 1e12 if device.type == "cuda" else measured_peak
-    import platform
-
-    import transformers
-
-    import inspect
-
-    from transformers import Gemma3ForCausalLM
-
     # kormedqa's greedy loop passes its KV cache as `cache=` (transformers' newer name). A version whose
     # forward only knows `past_key_values` would swallow it in **kwargs and decode without a cache:
     # the comparison with HF generate then shows it.
@@ -464,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                     "forward_takes_cache": takes_cache},
         "smoke": args.smoke, "device": str(device), "precision": choice.as_dict(),
         "peak_flops_used_for_mfu": peak, "measured_matmul_flops": measured_peak,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("prepare",)}, "sizes": {},
+        "settings": dict(vars(args)), "sizes": {},
     }
     work = HERE / "work" / "gpu_check"
     started = time.time()
@@ -478,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.time()
             try:
                 if part == "training":
-                    entry[part] = training_part(size, tokenizer, rows, args, device, dtype, peak, work)
+                    entry[part] = training_part(size, tokenizer, rows, args, device, choice, peak, work)
                 else:
                     entry[part] = scoring_part(size, tokenizer, qs, args, device, dtype)
             except torch.cuda.OutOfMemoryError as err:

@@ -20,16 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import SAMPLE, machine, prepared_mcq_rows, write_result  # noqa: E402
-
-
-def body_and_head_params(model) -> tuple[int, int]:
-    head = model.get_output_embeddings().weight.numel()
-    embed = model.get_input_embeddings().weight.numel()
-    total = sum(p.numel() for p in model.parameters())
-    # Tied embeddings are counted once by parameters(); the body excludes the embedding table.
-    body = total - embed
-    return body, head
+from common import SAMPLE, load_pretrained, machine, param_counts, prepared_mcq_rows, write_result  # noqa: E402
 
 
 def main() -> int:
@@ -45,7 +36,6 @@ def main() -> int:
 
     from kormedqa.batching import tokenize_rows
     from kormedqa.data import load_mcq
-    from kormedqa.modeling import load_model, load_tokenizer, resolve_model_path
     from kormedqa.hardware import DTYPES, choose, matmul_flops
     from kormedqa.scorers import eval_prompt, letter_logprobs
     from kormedqa.sft import TrainConfig, run_training
@@ -54,10 +44,9 @@ def main() -> int:
     used = choice.precision
     peaks = {name: matmul_flops(DTYPES[name]) for name in ("fp32", "bf16")}
     peak = peaks[used]["flops_per_s"]
-    model_dir = resolve_model_path(args.model)
-    tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, choice)
-    body, head = body_and_head_params(model)
+    model_dir, tokenizer, model = load_pretrained(args.model, choice)
+    n = param_counts(model)
+    body, head = n["body"], n["lm_head"]
 
     qs = load_mcq(SAMPLE / "mcq", split="test")[: args.questions]
     prompts = [eval_prompt(q) for q in qs]

@@ -48,7 +48,10 @@ def render() -> str:
            "measures and how. Ratios compare kormedqa with the standard tool measured in the same run. Each heading "
            "names the CPU a figure came from and its speed-relevant flags: machines of the same kind differ, and "
            "bf16 is ~4x fp32 on a CPU with `avx512_bf16`/`amx_bf16` and ~300x slower without (`--precision auto` "
-           "picks accordingly).", ""]
+           "picks accordingly). What the scripts share is in `bench/common.py`: the machine description, the sample "
+           "data, model loading and the peer runs (TRL's SFTTrainer, lm-evaluation-harness), each set up once for every "
+           "script that compares against it; `bench/gpu_assets.py` prepares what the GPU check needs carried to a "
+           "machine that downloads nothing.", ""]
     tr = _load("train_throughput")
     if tr:
         m, k, t = tr["machine"], tr["kormedqa"], tr["trl"]

@@ -2,11 +2,10 @@
 
 Each arm runs in its own process (so peak RSS is its own) on the shipped sample MCQs in the seed
 format. Both use the plain token-mean loss here (`--answer-weight none`) so their losses can be
-compared step by step; TRL is set up as its documentation shows for prompt/completion data, with
-the same LoRA config, batch, grad-accum, lr and precision (what `--precision` resolves to for
-kormedqa: auto is bf16 where the CPU computes it natively, else fp32), at its fastest setting:
-activation checkpointing off (SFTConfig turns it on by default; it recomputes the forward, about
-a third more compute, to save memory that is not the limit here).
+compared step by step; TRL is set up as `common.run_trl_sft` says (its documentation's
+prompt/completion setup, at its fastest setting: activation checkpointing off), with the same
+LoRA config, batch, grad-accum, lr and precision (what `--precision` resolves to for kormedqa:
+auto is bf16 where the CPU computes it natively, else fp32).
 Throughput is measured over `trainer.train()` in both arms (both are Hugging Face Trainer loops),
 so loading the model and tokenising are outside both; the wall time with them is reported too.
 
@@ -26,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from common import machine, prepared_mcq_rows, write_result  # noqa: E402
+from common import load_pretrained, machine, prepared_mcq_rows, run_trl_sft, write_result  # noqa: E402
 
 
 def supervised_tokens(tokenizer, rows, max_length):
@@ -52,33 +51,14 @@ def arm_kormedqa(args, rows, out: Path) -> dict:
 
 
 def arm_trl(args, rows, out: Path) -> dict:
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    from kormedqa.formats import TURN_SEPARATOR
     from kormedqa.hardware import choose
-    from kormedqa.modeling import load_model, load_tokenizer, lora_config
 
     wall_started = time.time()
-    tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, choose("cpu" if args.cpu else "auto", args.precision))
-    # TRL concatenates prompt and completion as they are; the separator kormedqa puts between them
-    # goes at the end of the prompt so both arms see the same tokens.
-    data = Dataset.from_list([{"prompt": r["prompt"] + TURN_SEPARATOR, "completion": r["completion"]} for r in rows])
-    config = SFTConfig(
-        output_dir=str(out / "trl"), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, max_length=args.max_length,
-        lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, logging_steps=1, save_strategy="no",
-        report_to="none", seed=args.seed, data_seed=args.seed, bf16=_precision(args) == "bf16", use_cpu=args.cpu,
-        eos_token="<end_of_turn>", activation_checkpointing=False,
-    )
-    assert not config.gradient_checkpointing  # the deprecated alias follows the new name
-    trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
-                         peft_config=lora_config())
-    started = time.time()
-    trainer.train()
-    return {"seconds": time.time() - started, "wall_seconds": time.time() - wall_started,
-            "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h]}
+    choice = choose("cpu" if args.cpu else "auto", args.precision)
+    _, tokenizer, model = load_pretrained(args.model, choice)
+    run = run_trl_sft(model, tokenizer, rows, out / "trl", choice, steps=args.steps, batch_size=args.batch_size,
+                      grad_accum=args.grad_accum, learning_rate=args.lr, max_length=args.max_length, seed=args.seed)
+    return {"seconds": run["seconds"], "wall_seconds": time.time() - wall_started, "losses": run["losses"]}
 
 
 def _precision(args) -> str:
@@ -133,7 +113,7 @@ def main() -> int:
         return 0
     from kormedqa.modeling import resolve_model_path
 
-    args.model = resolve_model_path(args.model) if args.model != "gemma3-270m" else resolve_model_path("gemma3-270m")
+    args.model = resolve_model_path(args.model)
     results = {}
     for arm in ("trl", "kormedqa"):
         cmd = [sys.executable, __file__, "--arm", arm, *sys.argv[1:]]

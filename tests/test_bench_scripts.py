@@ -1,11 +1,14 @@
-"""The benchmark scripts that no CI machine runs for real still run: gpu_check --smoke, precision_agreement."""
+"""The benchmark scripts that no CI machine runs for real still run: gpu_check --smoke, precision_agreement,
+the TRL peer; and the shared pieces in bench/common.py and bench/gpu_assets.py."""
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))  # the scripts import their shared modules (common, gpu_assets) as the scripts run them
 
 
 def _script(name):
@@ -21,10 +24,10 @@ def test_gpu_check_smoke_runs_every_part_on_cpu(tokenizer_dir, tmp_path, monkeyp
     as a fresh checkout runs it: no --tokenizer and no bench/gpu_assets (the docstring's command)."""
     out = tmp_path / "gpu.json"
     gpu_check = _script("gpu_check")
-    monkeypatch.setattr(gpu_check, "ASSETS", tmp_path / "no_assets")
+    monkeypatch.setattr(gpu_check.gpu_assets, "ASSETS", tmp_path / "no_assets")
     monkeypatch.setenv("KORMEDQA_TEST_CACHE", str(tokenizer_dir.parent))  # the tokenizer the tests built
     assert gpu_check.main(["--out", str(tmp_path / "unused.json")]) == 2  # the full check says what to run first
-    assert "--prepare" in capsys.readouterr().err
+    assert "python bench/gpu_assets.py" in capsys.readouterr().err
     assert gpu_check.main(["--smoke", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["smoke"] and result["device"] == "cpu" and result["precision"]["reason"]
@@ -105,3 +108,45 @@ def test_bench_results_hold_no_absolute_paths(tmp_path):
     for path in sorted((BENCH / "results").glob("*.json")):
         absolute = [s for s in strings(json.loads(path.read_text())) if s.startswith("/")]
         assert not absolute, f"{path.name}: {absolute[:3]}"
+
+
+def test_gpu_assets_finds_the_carried_tokenizer_and_says_when_trl_cannot_come(tmp_path, tokenizer_dir, monkeypatch):
+    gpu_assets = _script("gpu_assets")
+    monkeypatch.setenv("KORMEDQA_TEST_CACHE", str(tokenizer_dir.parent))
+    empty = tmp_path / "empty"
+    assert gpu_assets.default_tokenizer(False, empty) is None  # the full check: nothing carried, nothing found
+    assert gpu_assets.default_tokenizer(True, empty) == str(tokenizer_dir)  # --smoke: the cached one
+    carried = tmp_path / "carried"
+    (carried / "tokenizer").mkdir(parents=True)
+    (carried / "tokenizer" / "tokenizer.json").write_text("{}")
+    assert gpu_assets.default_tokenizer(False, carried) == str(carried / "tokenizer")
+    # Where TRL is missing and no wheels were carried, the arm is skipped with the command to run.
+    monkeypatch.setitem(sys.modules, "trl", None)  # None in sys.modules: `import trl` raises ImportError
+    why = gpu_assets.ensure_trl(empty, tmp_path / "site")
+    assert "no wheels in" in why and "bench/gpu_assets.py" in why and not (tmp_path / "site").exists()
+
+
+@pytest.mark.slow  # one TRL training step on the tiny model
+def test_trl_peer_trains_on_the_tokens_kormedqa_trains_on(tiny_model_dir, tmp_path):
+    """The TRL arm both training benchmarks run (common.run_trl_sft, the model from common.load_pretrained)
+    feeds the same tokens and supervises the same positions as kormedqa's own tokenisation: the
+    comparison is like for like."""
+    from kormedqa.batching import tokenize_rows
+    from kormedqa.hardware import choose
+
+    common = _script("common")
+    rows = sorted(common.prepared_mcq_rows(42), key=lambda r: len(r["prompt"]) + len(r["completion"]))[:1]
+    choice = choose("cpu", "fp32")
+    model_dir, tokenizer, model = common.load_pretrained(str(tiny_model_dir), choice)
+    assert model_dir == str(tiny_model_dir) and not model.training
+    batches = []
+
+    def keep(collate):
+        return lambda features: batches.append(collate(features)) or batches[-1]
+
+    run = common.run_trl_sft(model, tokenizer, rows, tmp_path / "trl", choice, steps=1, batch_size=1, learning_rate=1e-5,
+                             max_length=512, seed=42, wrap_collator=keep, disable_tqdm=True)
+    ours = tokenize_rows(tokenizer, rows, 512)[0]
+    assert batches and run["data_collator"] is not None and len(run["losses"]) == 1 and run["seconds"] > 0
+    assert batches[0]["input_ids"][0].tolist() == ours["input_ids"]
+    assert batches[0]["labels"][0].tolist() == ours["labels"]

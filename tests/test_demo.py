@@ -43,6 +43,21 @@ def test_demo_scores_before_after_and_the_other_phrasings(tmp_path, tiny_model_d
     assert json.loads((out / "loop" / "run.json").read_text())["config"]["rotation_batches"] is True
     report = (out / "REPORT.md").read_text(encoding="utf-8")
     assert "Same terms asked another way" in report and "the other way round" in report
+    # The picture, from the loop's own log: its dictionary steps, then its MCQ steps, every split before and after.
+    from kormedqa.report import training_curves
+
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![training curves; every split before and after](report.png)" in report
+    log = [json.loads(line) for line in (out / "loop" / "train_log.jsonl").read_text().splitlines()]
+    curves, stages = training_curves(log)
+    assert [s["name"] for s in stages] == ["loop_1_dict", "loop_1_mcq"]
+    assert 0 < stages[0]["end"] == stages[1]["start"] < stages[1]["end"]
+    assert [x for x, _ in curves["reasoning_loss"]] == list(range(1, stages[1]["end"] + 1))  # a line per step
+    left = next(line for line in report.splitlines() if line.startswith("- Left: "))
+    right = next(line for line in report.splitlines() if line.startswith("- Right: "))
+    assert f"over the run's {stages[1]['end']} steps" in left and "dictionary stages and MCQ stages" in left
+    assert all(name in right for name in ("test split: generation accuracy", "test split: cloze accuracy",
+                                          "other phrasings: generation accuracy", "reverse (definition -> term)"))
     # The demo's loop is scored on test (it reports its one loop there) and runs no separate test pass.
     loop_config = json.loads((out / "loop" / "run.json").read_text())["config"]
     assert (loop_config["eval_split"], loop_config["test_split"]) == ("test", "")

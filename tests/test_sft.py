@@ -147,6 +147,12 @@ def test_padding_free_batch_has_the_padded_loss(tiny_model, tokenizer, weight):
     assert "attention_mask" not in packed and int((packed["position_ids"] == 0).sum()) == 3
     assert _trainer_loss(tiny_model, tokenizer, packed, weight) == pytest.approx(
         _trainer_loss(tiny_model, tokenizer, padded, weight), rel=1e-5)
+    # Rounded up to a multiple of 64 tokens (a pad segment packed, more padding padded): same loss.
+    for padding_free in (True, False):
+        rounded = CompletionCollator(tokenizer.pad_token_id, padding_free=padding_free, pad_to_multiple_of=64)(feats)
+        assert rounded["input_ids"].shape[1] % 64 == 0
+        assert _trainer_loss(tiny_model, tokenizer, rounded, weight) == pytest.approx(
+            _trainer_loss(tiny_model, tokenizer, padded, weight), rel=1e-5)
 
 
 def test_teacher_forced_letter_is_counted_once_per_packed_example(tiny_model, tokenizer):
@@ -201,7 +207,9 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_model, tokenizer):
 
     rows = [_row(), dict_example(DictEntry("고혈압", "Hypertension. 혈압이 정상 범위보다 높은 상태")), _row()]
     feats = [tokenize_pair(tokenizer, r.prompt, r.completion, 512) for r in rows]
-    packed = CompletionCollator(tokenizer.pad_token_id, padding_free=True)(feats)
+    # Rounded up with a pad segment, which must not leak into the examples before it either.
+    packed = CompletionCollator(tokenizer.pad_token_id, padding_free=True, pad_to_multiple_of=64)(feats)
+    assert packed["input_ids"].shape[1] > sum(len(f["input_ids"]) for f in feats)
     alone = []
     for f in feats:
         one = CompletionCollator(tokenizer.pad_token_id)([f])

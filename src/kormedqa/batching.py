@@ -157,14 +157,34 @@ class CompletionCollator:
     mask (flash-attention varlen kernels on GPU, a packed mask for sdpa/eager), so no compute goes
     to padding (8% of tokens at batch 2 on the sample MCQs, 19% at 4, 31% at 8) and the loss is the
     padded batch's loss. Every prompt starts with labels -100, so no target crosses two examples.
+
+    `pad_to_multiple_of=N` rounds the sequence length up to a multiple of N tokens (transformers'
+    `DataCollatorWithPadding` has the same argument): padded, by more padding; packed, by one more
+    segment of pad tokens with its own restarting positions and labels -100, so it attends only to
+    itself and adds nothing to the loss. Why: oneDNN builds kernels per matmul shape, and on a CPU
+    with AMX a step whose length it has not seen costs ~10x a seen one (docs/decisions.md, "Lengths
+    in buckets"); rounding keeps the number of distinct shapes small. None keeps exact lengths.
     """
 
-    def __init__(self, pad_token_id: int, padding_free: bool = False):
+    def __init__(self, pad_token_id: int, padding_free: bool = False, pad_to_multiple_of: int | None = None):
+        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be >= 1 or None, got {pad_to_multiple_of}")
         self.pad_token_id = pad_token_id
         self.padding_free = padding_free
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def _rounded(self, length: int) -> int:
+        m = self.pad_to_multiple_of
+        return length if not m else -(-length // m) * m
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         if self.padding_free:
+            total = sum(len(f["input_ids"]) for f in features)
+            extra = self._rounded(total) - total
+            if extra:
+                features = [*features, {"input_ids": [self.pad_token_id] * extra, "labels": [-100] * extra,
+                                        "answer_mask": [0] * extra}]
+
             def packed(key):
                 return torch.tensor([[t for f in features for t in f[key]]], dtype=torch.long)
 
@@ -175,7 +195,7 @@ class CompletionCollator:
                 "labels": packed("labels"),
                 "answer_mask": packed("answer_mask"),
             }
-        width = max(len(f["input_ids"]) for f in features)
+        width = self._rounded(max(len(f["input_ids"]) for f in features))
 
         def pad(key, value):
             return torch.tensor([f[key] + [value] * (width - len(f[key])) for f in features], dtype=torch.long)

@@ -36,8 +36,8 @@ from .metrics import proportion
 from .modeling import DEFAULT_MODEL_NAME, load_tokenizer, resolve_model_path
 from .prepare import dict_rows, mcq_rows
 from .provenance import claim_run
-from .report import (cpt_text, demo_setup_text, markdown_report, other_set_line, plot_loops, reading, results_table,
-                     significance, what_moved)
+from .report import (cpt_text, demo_setup_text, demo_splits, markdown_report, other_set_line, plot_report, reading,
+                     results_table, significance, training_curves, what_moved)
 from .scorer_table import paired_keys, parse_eval_mode
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ DEMO_LOOP_FIELDS = ("base_model", "output", "dictionary", "train_data", "eval_da
 class DemoConfig(ResumableRunArgs, DeviceArgs):
     """`kormedqa demo`: fetch, prepare, CPT, evaluate, the recipe's loop, report."""
 
-    output: str = arg("runs/demo", "demo folder: prepared/, cpt/, eval_before/, loop/, REPORT.md, summary.json and the accuracy plot")
+    output: str = arg("runs/demo", "demo folder: prepared/, cpt/, eval_before/, loop/, REPORT.md, summary.json and its "
+                      "picture report.png")
     model: str = arg("gemma3-270m", "model to start from: " + DEFAULT_MODEL_HELP)
     dictionary: list[str] = arg(help="dictionary JSON(s): CPT vocabulary, dictionary stage, glossary",
                                 factory=lambda: list(SAMPLE_DICTIONARIES))
@@ -121,7 +122,7 @@ class DemoRecipe:
         demo.evaluate_before()   # eval_before/ (and eval_before_{rephrased,reverse}/)
         demo.loop()              # loop/: the recipe's loop from the CPT model
         demo.compare()           # last loop vs before (McNemar per metric); the other sets with the best checkpoint
-        summary = demo.report()  # REPORT.md, accuracy_per_loop.png, summary.json
+        summary = demo.report()  # REPORT.md, report.png, summary.json
 
     `run()` does exactly that, timing each step into `timings` (seconds).
     """
@@ -228,9 +229,14 @@ class DemoRecipe:
                                     "test": significance(before, after, "correct")}
 
     def report(self, started: float) -> dict:
-        """REPORT.md (set-up, CPT, results table and plot, what moved, timings), summary.json; returns the summary."""
+        """REPORT.md (set-up, CPT, the picture, results table, what moved, timings), report.png (the loop's
+        training curves; every split before and after), summary.json; returns the summary."""
         out, cfg = self.out, self.cfg
-        plot = plot_loops(self.history, self.before, out / "accuracy_per_loop.png")
+        log_file = out / "loop" / "train_log.jsonl"
+        curves, stages = training_curves(read_jsonl(log_file, allow_empty=True) if log_file.exists() else [])
+        plot = out / "report.png"
+        caption = plot_report(curves, stages, demo_splits(self.before, self.after, self.other_summary), plot,
+                              after_label="after (test split: last loop; other sets: best checkpoint)")
         # This run's wall time plus the steps an earlier run finished: a resumed, finished demo reports the
         # time its results took, not the seconds it took to find them on disk.
         self.timings["total"] = round(time.time() - started + self.kept, 1)
@@ -242,8 +248,9 @@ class DemoRecipe:
             "Set-up": demo_setup_text(self.loop_cfg, self.base, len(self.train), len(self.test), len(self.entries),
                                       self.history),
             "Continued pretraining": cpt_text(self.cpt_metrics),
-            "Results on the held-out test split": table + f"\n\n![accuracy per loop]({plot.name})\n\n"
-            "Intervals are 95% Wilson intervals; chance is 20%.",
+            "At a glance": f"![training curves; every split before and after]({plot.name})\n\n"
+            + "\n".join(f"- {line}" for line in caption),
+            "Results on the held-out test split": table + "\n\nIntervals are 95% Wilson intervals; chance is 20%.",
             "What moved (before training -> last loop)": "\n".join(moved) + "\n\n" + reading(self.before, self.after,
                                                                                                 self.tests),
             "Timings (seconds)": "\n".join(f"- {k}: {v}" for k, v in self.timings.items()),

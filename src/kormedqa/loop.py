@@ -58,6 +58,7 @@ def _stage_config(cfg: LoopConfig, track: str, base: str, loop: int) -> TrainCon
         lr_scheduler_type=cfg.lr_scheduler_type,
         answer_weight=cfg.answer_weight,
         group_by_length=cfg.group_by_length,
+        pad_to_multiple_of=cfg.pad_to_multiple_of,
         keep_order=track == "mcq" and cfg.rotation_batches,  # rotation_batches orders the rows
         lora_r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,

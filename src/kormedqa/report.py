@@ -1,7 +1,9 @@
-"""Markdown report and plots from metrics.json / history.json: the last step of the pipeline."""
+"""Markdown report and its picture from metrics.json, history.json and train_log.jsonl: the last step of the pipeline."""
 from __future__ import annotations
 
+import math
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -11,7 +13,8 @@ from .hardware import cpu_name
 from .metrics import mcnemar_exact
 from .scorer_table import REPORT_METRICS
 
-# The report's views of the metrics, from the scorer table (kormedqa.scorer_table).
+# The report's views of the metrics, from the scorer table (kormedqa.scorer_table); PLOTTED: the
+# test split's rows in the picture's panel of splits.
 PLOTTED = tuple((m.name, m.phrase) for m in REPORT_METRICS if m.plot)
 PHRASES = tuple((m.name, m.phrase) for m in REPORT_METRICS if m.phrase)
 TABLE_COLUMNS = tuple((m.name, m.column) for m in REPORT_METRICS if m.column)
@@ -26,47 +29,170 @@ def _pct(p: dict | float | None) -> str:
     return f"{p:.1%}"
 
 
-def plot_loops(history: dict, before: dict | None, path: str | Path) -> Path:
-    """The scorer table's plotted metrics (accuracies, parse rates) per loop (loop 0 = before training), with 95% CIs."""
-    import matplotlib
+# The picture's left panel: the loss parts the trainer logs per optimizer step (trainer.AnswerWeightedTrainer.log).
+CURVES = (("answer_loss", "answer loss"), ("reasoning_loss", "reasoning loss"))
+STAGE_LABELS = {"dict": "dictionary stage", "mcq": "MCQ stage", "grpo": "GRPO stage"}
+_STAGE_COLOURS = {"dict": "tab:blue", "mcq": "tab:green", "grpo": "tab:olive"}
+_CURVE_COLOURS = {"answer_loss": "tab:red", "reasoning_loss": "tab:purple"}
+_STAGE_NAME = re.compile(r"loop_(\d+)_(\w+)$")
+
+
+def training_curves(log_rows: Sequence[dict]) -> tuple[dict[str, list], list[dict]]:
+    """The loop run's training curves and stage spans from its train_log.jsonl rows (in file order).
+
+    `log_rows` are the JSONL log's dicts as `trainer.JsonlLogCallback` writes them: "stage"
+    ("loop_<N>_<track>", e.g. loop_1_dict), "step" (the stage's own optimizer step, from 1), and the
+    Trainer's log ("loss", "answer_loss", "reasoning_loss", ...; the stage's last line holds
+    "train_runtime" instead of a loss). Each stage starts a new Trainer, so its steps are shifted by
+    the steps of the stages before it: x is the optimizer step of the whole run (stages in the order
+    they first appear). Returns (curves, stages): curves {key of CURVES: [[x, y], ...]}, one point
+    per logged loss line of every stage, y as logged (None where the line lacks the key, e.g. a
+    batch without answer tokens; NaN if logged so); stages [{"name", "loop" (None for a name not
+    loop_<N>_<track>), "track", "start", "end"}] with the stage's steps in (start, end].
+    A stage's line repeated for one step (a resume) counts once, the last one.
+    """
+    by_stage: dict[str, dict[int, dict]] = {}
+    length: dict[str, int] = {}
+    for row in log_rows:
+        name, step = row.get("stage"), row.get("step")
+        if not isinstance(step, int):
+            continue
+        by_stage.setdefault(name, {})
+        length[name] = max(length.get(name, 0), step)
+        if "loss" in row:
+            by_stage[name][step] = row
+    curves: dict[str, list] = {key: [] for key, _ in CURVES}
+    stages, offset = [], 0
+    for name, lines in by_stage.items():
+        match = _STAGE_NAME.match(str(name))
+        stages.append({"name": name, "loop": int(match.group(1)) if match else None,
+                       "track": match.group(2) if match else str(name), "start": offset, "end": offset + length[name]})
+        for step in sorted(lines):
+            for key, _ in CURVES:
+                curves[key].append([offset + step, lines[step].get(key)])
+        offset += length[name]
+    return curves, stages
+
+
+def demo_splits(before: dict, after: dict, others: dict[str, dict | None]) -> list[dict]:
+    """The picture's right panel: every view of every split the demo scores, before and after.
+
+    `before`/`after`: the test split's metrics.json dicts (PLOTTED views present in both, each a
+    proportion {value, ci95, total}); `others`: the demo's summary of another set per OTHER_SETS
+    name ({n, before, after, before_ci95, after_ci95}, or None when skipped). Returns
+    [{"label", "n", "before": {"value", "ci95"}, "after": {"value", "ci95"}}] as given (shares, Wilson
+    intervals), forward views first.
+    """
+    splits = [{"label": f"test split: {phrase[:1].lower()}{phrase[1:]}", "n": after[key].get("total", after.get("n")),
+               "before": before[key], "after": after[key]}
+              for key, phrase in PLOTTED if key in before and key in after]
+    for name, r in others.items():
+        if r:
+            splits.append({"label": f"{SPLIT_NAMES[name]}: generation accuracy", "n": r["n"],
+                           "before": {"value": r["before"], "ci95": r["before_ci95"]},
+                           "after": {"value": r["after"], "ci95": r["after_ci95"]}})
+    return splits
+
+
+def _finite(*values) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+
+
+def plot_report(curves: dict[str, list], stages: Sequence[dict], splits: Sequence[dict], path: str | Path,
+                after_label: str = "after training") -> list[str]:
+    """Write the report's picture (PNG) to `path` and return its caption, one line per panel.
+
+    Left: `curves` ({key of CURVES: [[optimizer step, loss], ...]}, `training_curves`'s) over the
+    whole run, on `stages`' spans shaded by track, with a dashed line where each loop after the first
+    starts. Right: each of `splits` (`demo_splits`'s: label, n, before/after {value, ci95} shares)
+    before and after (`after_label` in the legend), in percent with the 95% intervals as error bars,
+    and chance for 5 options. Nothing not finite is drawn: a loss missing or not finite at a logged
+    step, or a before/after share or interval that is not a finite number, is left out and the
+    caption says how many.
+    """
+    import matplotlib  # defers matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
 
-    loops = history["loops"]
-    xs = [0] + [l["loop"] for l in loops] if before else [l["loop"] for l in loops]
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in PLOTTED:
-        ys, errs = [], [[], []]
-        series = ([before[key]] if before and key in before else []) + [l["metrics"][key] for l in loops if key in l["metrics"]]
-        if len(series) != len(xs):
-            continue
-        for p in series:
-            ys.append(100 * p["value"])
-            errs[0].append(100 * (p["value"] - p["ci95"][0]))
-            errs[1].append(100 * (p["ci95"][1] - p["value"]))
-        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=label)
-    ax.axhline(20, color="grey", linestyle=":", label="chance (5 options)")
-    ax.set_xlabel("loop (0 = before training)")
-    ax.set_ylabel("% of held-out questions")
-    ax.set_ylim(0, 100)
-    ax.set_xticks(xs)
-    ax.legend(fontsize=8)
-    ax.set_title("Held-out test split")
-    for key, label in (("answer_loss", "answer loss: letter + <end_of_turn> (train)"), ("reasoning_loss", "reasoning-token loss (train)")):
-        ys = [l["training"].get("mcq", {}).get(key) for l in loops]
-        if all(y is not None for y in ys) and ys:
-            ax2.plot([l["loop"] for l in loops], ys, marker="o", label=label)
-    ax2.set_xlabel("loop")
-    ax2.set_ylabel("cross-entropy (last logged step)")
-    ax2.set_xticks([l["loop"] for l in loops])
-    ax2.legend(fontsize=8)
-    ax2.set_title("MCQ training loss parts")
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [1.5, 1]})
+    left_out, plotted = [], []
+    for key, label in CURVES:
+        points = curves.get(key, [])
+        kept = [(x, y) for x, y in points if _finite(x, y)]
+        absent = sum(y is None for _, y in points)
+        if absent:
+            left_out.append(f"{label} absent from {absent} of {len(points)} logged steps (no such token in the "
+                            "step's batch)")
+        if len(points) - len(kept) - absent:
+            left_out.append(f"{label} not finite at {len(points) - len(kept) - absent} of {len(points)} logged steps")
+        if kept:
+            ax.plot([x for x, _ in kept], [y for _, y in kept], linewidth=1, marker="." if len(kept) < 50 else None,
+                    color=_CURVE_COLOURS.get(key), label=label)
+            plotted += [y for _, y in kept]
+    tracks = []
+    for s in stages:
+        ax.axvspan(s["start"], s["end"], color=_STAGE_COLOURS.get(s["track"], "grey"), alpha=0.12, linewidth=0)
+        if s["track"] not in tracks:
+            tracks.append(s["track"])
+    loops = sorted({s["loop"] for s in stages if s["loop"] is not None})
+    for n in loops[1:]:
+        x = min(s["start"] for s in stages if s["loop"] == n)
+        ax.axvline(x, color="black", linestyle="--", linewidth=0.8)
+        ax.annotate(f"loop {n}", (x, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                    textcoords="offset points", fontsize=8)
+    if plotted and min(plotted) > 0 and max(plotted) / min(plotted) > 10:
+        ax.set_yscale("log")
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [Patch(color=_STAGE_COLOURS.get(t, "grey"), alpha=0.25, label=STAGE_LABELS.get(t, t)) for t in tracks]
+    if handles:
+        ax.legend(handles=handles, fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("optimizer step (whole loop run)")
+    ax.set_ylabel("training cross-entropy (per logged step)")
+    ax.set_title("Training curves")
+    total = max((s["end"] for s in stages), default=0)
+    stage_words = " and ".join(STAGE_LABELS.get(t, t) + "s" for t in tracks) or "no stages"
+    left = (f"Left: answer loss (the answer after `</reasoning>`, with `<end_of_turn>`) and reasoning loss (every "
+            f"other trained completion token), per logged optimizer step over the run's {total} steps; shaded: "
+            f"{stage_words}" + ("; dashed: where each loop after the first starts" if len(loops) > 1 else ""))
+    if not any(curves.get(key) for key, _ in CURVES):
+        left += "; no training loss was logged"
+    left += "".join(f"; {note}, left out" for note in left_out) + "."
+
+    labels, split_notes = [], []
+    for row, split in enumerate(reversed(list(splits))):
+        labels.append(f"{split['label'].replace(': ', chr(10), 1)} (n={split.get('n', '?')})")
+        for which, colour, shift in (("before", "grey", 0.15), ("after", "tab:red", -0.15)):
+            p = split.get(which)
+            ci = (p or {}).get("ci95") or [None, None]
+            if p is None or not _finite(p.get("value"), *ci):
+                split_notes.append(f"{split['label']} {which} (no finite share and interval)")
+                ax2.annotate(f"{which}: left out (not finite)", (1, row + shift), fontsize=7, va="center",
+                             color=colour)
+                continue
+            value, low, high = (100 * v for v in (p["value"], *ci))  # an end may miss the share by a rounding
+            ax2.errorbar([value], [row + shift], xerr=[[max(value - low, 0.0)], [max(high - value, 0.0)]], fmt="o", color=colour,
+                         capsize=3, label=after_label if which == "after" else "before training")
+    ax2.axvline(20, color="grey", linestyle=":", label="chance (5 options)")
+    ax2.set_yticks(range(len(labels)))
+    ax2.set_ylim(-0.6, max(len(labels), 1) - 0.4)
+    ax2.set_yticklabels(labels, fontsize=8)
+    ax2.set_xlim(0, 100)
+    ax2.set_xlabel("% of questions (95% Wilson interval)")
+    ax2.set_title("Each split, before and after")
+    by_label = dict(zip(*reversed(ax2.get_legend_handles_labels())))
+    ax2.legend(by_label.values(), by_label.keys(), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+    right = (f"Right: each split before training in grey and {after_label} in red, the share of its questions "
+             "with the 95% Wilson interval as error bars: " + (", ".join(s["label"] for s in splits) or "no split")
+             + "; dotted: chance (20%)" + "".join(f"; {note}: left out" for note in split_notes) + ".")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path
+    return [left, right]
 
 
 def significance(before_preds: Sequence[dict], after_preds: Sequence[dict], key: str = "correct") -> dict:
@@ -162,6 +288,7 @@ def cpt_text(cpt_metrics: dict) -> str:
 
 OTHER_SETS = {"rephrased": "Same terms asked another way",
               "reverse": "Same terms asked the other way round (definition -> term)"}
+SPLIT_NAMES = {"rephrased": "other phrasings", "reverse": "reverse (definition -> term)"}  # the picture's labels
 
 
 def other_set_line(name: str, summary: dict, source: str) -> str:

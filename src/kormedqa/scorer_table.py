@@ -36,10 +36,11 @@ class Metric:
     """One metric a scorer makes, keyed `name` in metrics.json.
 
     `column`: its header in the report's results table (None: not a column); `phrase`: how the
-    report's "what moved" sentences and the loop plot name it (None: not named there); `hit`: the
+    report's "what moved" sentences and its picture name it (None: not named there); `hit`: the
     per-question record field whose truth the metric is the rate of (McNemar pairs runs by it);
     `select`: a loop may pick its best checkpoint by it (`--select-by`); `history`: kept per loop
-    in history.json; `plot`: drawn per loop in the report's accuracy plot.
+    in history.json; `plot`: drawn before and after in the report picture's panel of splits (the
+    accuracies; a parse rate is in the table).
     """
 
     name: str
@@ -243,9 +244,9 @@ SCORERS: tuple[Scorer, ...] = (
             "good_format"),
            generation_metrics,
            (Metric("accuracy", "accuracy (gen)", "Generation accuracy", hit="correct", select=True, plot=True),
-            Metric("parse_rate", "parse rate", "Parse rate (any letter found)", hit="prediction", plot=True),
+            Metric("parse_rate", "parse rate", "Parse rate (any letter found)", hit="prediction"),
             Metric("format_parse_rate", "letter after `</reasoning>`",
-                   "Letter right after </reasoning> (the spec's format)", hit="answer_after_reasoning", plot=True),
+                   "Letter right after </reasoning> (the spec's format)", hit="answer_after_reasoning"),
             Metric("accuracy_among_parsed", "accuracy among parsed", "Accuracy among parsed answers"),
             Metric("reasoning_score", "reasoning score", select=True),
             Metric("valid_format_rate"), Metric("reasoning_tag_rate"))),

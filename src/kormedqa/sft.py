@@ -61,6 +61,9 @@ class TrainConfig(ModelArgs, LoraArgs, ReportArgs, ResumableRunArgs):
                                   "(for data ordered on purpose, e.g. kormedqa loop --rotation-batches)")
     padding_free: bool = arg(True, "pack each batch into one row with restarting position_ids (no padding compute; "
                                    "same loss)")
+    pad_to_multiple_of: int = arg(64, "round each batch's length up to a multiple of N tokens (padding, or a pad "
+                                      "segment when packed; same loss): few distinct shapes, so oneDNN's kernels "
+                                      "are reused (docs/decisions.md, \"Lengths in buckets\"); 0: exact lengths")
     logging_steps: int = arg(1, "log the loss every N optimizer steps")
     save_steps: int = arg(0, "also keep a resumable Trainer checkpoint every N steps (0: none)")
 
@@ -69,6 +72,7 @@ class TrainConfig(ModelArgs, LoraArgs, ReportArgs, ResumableRunArgs):
         "max_steps": Range(low=1, also=(-1,)), "batch_size": Range(low=1), "grad_accum": Range(low=1),
         "learning_rate": Range(low=0, low_open=True), "max_length": Range(low=2),
         "lora_dropout": Range(low=0, high=1, high_open=True), "logging_steps": Range(low=1), "save_steps": Range(low=0),
+        "pad_to_multiple_of": Range(low=0),
     }
 
     def __post_init__(self):
@@ -141,7 +145,8 @@ def run_training(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(features),
-        data_collator=CompletionCollator(tokenizer.pad_token_id, padding_free=cfg.padding_free),
+        data_collator=CompletionCollator(tokenizer.pad_token_id, padding_free=cfg.padding_free,
+                                         pad_to_multiple_of=cfg.pad_to_multiple_of or None),
         answer_weight=weight,
         callbacks=run.callbacks(report_to=cfg.report_targets()),
     )
@@ -159,7 +164,7 @@ def run_training(
 def _card_settings(cfg: TrainConfig, run) -> dict:
     """The settings an SFT adapter's model card lists (`cfg` resolved; the precision the stage chose)."""
     keys = ("epochs", "max_steps", "batch_size", "grad_accum", "learning_rate", "lr_scheduler_type", "max_length",
-            "answer_weight", "lora_r", "lora_alpha", "lora_dropout", "padding_free", "seed")
+            "answer_weight", "lora_r", "lora_alpha", "lora_dropout", "padding_free", "pad_to_multiple_of", "seed")
     return {**{k: getattr(cfg, k) for k in keys}, "precision": str(run.dtype).replace("torch.", "")}
 
 
