@@ -110,6 +110,9 @@ def test_shared_row_on_the_multimodal_standin(medgemma_standin, tokenizer):
 
     model, qs = load_model(str(medgemma_standin), choose("cpu", "fp32")).eval(), _questions()
     assert type(model).__name__ == "Gemma3ForConditionalGeneration"
+    # Its window lives in the text config, not the top-level one; 6 positions, so the rows run past it.
+    model.config.text_config.sliding_window = 6
+    assert model.config.text_config.layer_types[0] == "sliding_attention"
     _assert_same(option_logprobs(model, tokenizer, qs, batch_size=3), [_plain(model, tokenizer, q) for q in qs])
 
 

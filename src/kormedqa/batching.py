@@ -247,10 +247,15 @@ def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
     return keep
 
 
+def _softcap(model) -> float | None:
+    """Gemma's final logit soft-capping, read from the text config (a multimodal model nests it there)."""
+    return getattr(model.config.get_text_config(decoder=True), "final_logit_softcapping", None)
+
+
 def _final_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     """The lm_head (and Gemma's optional final soft-capping) on selected hidden states."""
     logits = model.get_output_embeddings()(hidden)
-    cap = getattr(model.config, "final_logit_softcapping", None)
+    cap = _softcap(model)
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits.float()
@@ -313,7 +318,7 @@ def row_logprobs(model, hidden: torch.Tensor, rows: torch.Tensor, targets: torch
     if type(head) is not torch.nn.Linear or hidden.device.type != "cpu":
         logits = _final_logits(model, hidden)
         return check_finite(logits[rows, targets] - torch.logsumexp(logits, dim=-1)[rows], "option log-likelihoods")
-    cap = getattr(model.config, "final_logit_softcapping", None)
+    cap = _softcap(model)
     top = hidden.new_full((hidden.shape[0],), float("-inf"), dtype=torch.float32)
     total = hidden.new_zeros(hidden.shape[0], dtype=torch.float32)
     picked = hidden.new_empty(targets.shape[0], dtype=torch.float32)

@@ -329,7 +329,8 @@ def _additive_masks(model, row: dict, dtype: torch.dtype, device) -> torch.Tenso
         return torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill(
             ~visible.to(device), torch.finfo(dtype).min)[None, None]
 
-    window = getattr(model.config, "sliding_window", None)
+    # The text config: a multimodal Gemma 3 (MedGemma-4B) keeps its window there, not at the top level.
+    window = getattr(model.config.get_text_config(decoder=True), "sliding_window", None)
     positions = row["position_ids"][0]
     if not window or int(positions.max()) < window:
         return additive(row["visible"])
