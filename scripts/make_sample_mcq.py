@@ -278,8 +278,8 @@ def rephrase(splits: dict[str, list[dict]], dictionary: Path, seed: int) -> dict
 
 
 def reverse(splits: dict[str, list[dict]], dictionary: Path, seed: int) -> dict[str, list[dict]]:
-    """The same terms in the same splits, asked the other way round: the question gives the term's
-    Korean definition in one of the REVERSE_TEMPLATES phrasings, the options are the term and four
+    """The same terms in the same splits, asked the other way round (ids with a `-rev` suffix): the
+    question gives the term's Korean definition in one of the REVERSE_TEMPLATES phrasings, the options are the term and four
     other terms of its category (none related to it, see `related`), the answer position drawn
     again, all from `random.Random(seed)`.
 
@@ -295,8 +295,9 @@ def reverse(splits: dict[str, list[dict]], dictionary: Path, seed: int) -> dict[
         options = rng.sample(candidates, 4)
         answer_index = rng.randrange(5)
         options.insert(answer_index, term)
-        return {"question": rng.choice(REVERSE_TEMPLATES)(correct), **dict(zip(LETTERS, options)),
-                "answer": answer_index + 1}
+        # Its own id: another question than the forward one, and both may be trained on together.
+        return {"id": f"{record['id']}-rev", "question": rng.choice(REVERSE_TEMPLATES)(correct),
+                **dict(zip(LETTERS, options)), "answer": answer_index + 1}
 
     return ask_again(splits, dictionary, ask)
 

@@ -433,3 +433,34 @@ def test_atomic_writer_file_mode(tmp_path):
     target.chmod(0o600)
     write_json_atomic(target, [2])
     assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_two_training_sources_may_not_share_an_id(tmp_path):
+    """Rationales, rotations and records are keyed by id: a second source repeating one is refused
+    with its file, line and field; the shipped forward and reverse splits have distinct ids."""
+    import pytest
+
+    from kormedqa.data import load_mcq_sources
+    from kormedqa.errors import DataError
+
+    root = Path(__file__).resolve().parents[1] / "data/sample"
+    both = load_mcq_sources([root / "mcq", root / "mcq_reverse"], "train")
+    assert len(both) == 448 and len({q.id for q in both}) == 448
+    with pytest.raises(DataError) as err:
+        load_mcq_sources([root / "mcq", root / "mcq"], "train")
+    assert "train.jsonl" in str(err.value) and ":1" in str(err.value) and "id" in str(err.value)
+
+
+def test_dictionary_directions_are_checked_at_parse_time():
+    import pytest
+
+    from kormedqa.errors import UsageError
+    from kormedqa.loop_config import LoopConfig
+    from kormedqa.prepare import PrepareConfig
+
+    assert LoopConfig(dict_directions="forward,reverse").dict_directions == "forward,reverse"
+    for bad in ("sideways", "forward,forward", ""):
+        with pytest.raises(UsageError, match="dict-directions"):
+            LoopConfig(dict_directions=bad)
+        with pytest.raises(UsageError, match="dict-directions"):
+            PrepareConfig(dict_directions=bad)

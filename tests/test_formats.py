@@ -127,3 +127,58 @@ def test_detailed_completion_has_keywords_and_percentages():
     text = ex.completion
     assert all(k in text for k in ("첫째:", "둘째:", "셋째:", "넷째:"))
     assert reasoning_score(text, "A") == 1.0
+
+
+# ---------------------------------------------------------------- beyond the spec: both directions
+
+
+def test_dict_examples_default_to_the_spec_rows_and_add_the_other_direction():
+    from kormedqa.formats import dict_examples
+
+    entries = [DictEntry("고혈압", "Hypertension. 혈압이 정상 범위보다 높은 상태"), DictEntry("빈혈", "Anemia. 혈색소가 부족한 상태")]
+    assert dict_examples(entries) == [dict_example(e) for e in entries]
+    rows = dict_examples(entries, ("forward", "reverse"), phrasings=2)
+    assert len(rows) == 8 and len({r.id for r in rows}) == 8
+    assert rows[:2] == [dict_example(e) for e in entries]  # the spec's rows first, unchanged
+    reverse = [r for r in rows if "~rev" in r.id]
+    assert reverse[0].prompt == "<start_of_turn>user\nWord with meaning 혈압이 정상 범위보다 높은 상태:<end_of_turn>"
+    assert reverse[0].completion == "<start_of_turn>model\n고혈압<end_of_turn>"
+    # The reverse prompt gives the Korean part only: the English name stays something to recall.
+    assert all("Hypertension" not in r.prompt and "Anemia" not in r.prompt for r in reverse)
+    assert rows[2].prompt == "<start_of_turn>user\n고혈압의 뜻:<end_of_turn>" and rows[2].completion == rows[0].completion
+
+
+def test_dictionary_line_recalls_from_the_side_the_question_gives():
+    from kormedqa.formats import template_simple_reasoning
+
+    glossary = Glossary([DictEntry("고혈압", "Hypertension. 혈압이 정상 범위보다 지속적으로 높은 상태"),
+                         DictEntry("혈압", "Blood pressure. 혈관 벽에 가해지는 압력")])
+    forward = MCQ(id="f", question="'고혈압'의 정의로 가장 적절한 것은?", options=tuple("ABCDE"), answer="A")
+    assert template_simple_reasoning(forward, glossary, "dictionary_line") == (
+        "Meaning of word 고혈압: Hypertension. 혈압이 정상 범위보다 지속적으로 높은 상태")
+    # The description mentions the term 혈압 too: the quoted definition decides the side.
+    backward = MCQ(id="r", question="다음 설명에 해당하는 용어는?\n혈압이 정상 범위보다 지속적으로 높은 상태",
+                   options=("혈압", "고혈압", "C", "D", "E"), answer="B")
+    assert template_simple_reasoning(backward, glossary, "dictionary_line") == (
+        "Word with meaning 혈압이 정상 범위보다 지속적으로 높은 상태: 고혈압")
+    # Other templates are untouched by the reverse side.
+    assert template_simple_reasoning(backward, glossary, "recall").startswith("혈압:")
+
+
+def test_the_shipped_forward_training_rationales_are_unchanged_by_the_reverse_side():
+    """dictionary_line on the sample's forward training questions: every rationale the forward recall
+    line, never the reverse one (no forward question quotes a definition)."""
+    from pathlib import Path
+
+    from kormedqa.data import load_dictionary, load_mcq
+    from kormedqa.formats import template_simple_reasoning
+
+    root = Path(__file__).resolve().parents[1] / "data/sample"
+    glossary = Glossary(load_dictionary(root / "dictionary.json", root / "characters.json"))
+    forward = load_mcq(root / "mcq", split="train")
+    assert all(template_simple_reasoning(q, glossary, "dictionary_line").startswith("Meaning of word ") for q in forward)
+    backward = load_mcq(root / "mcq_reverse", split="train")
+    lines = [template_simple_reasoning(q, glossary, "dictionary_line") for q in backward]
+    assert all(l.startswith("Word with meaning ") for l in lines)
+    # ... and each names the question's right option as the term.
+    assert all(l.endswith(": " + q.options["ABCDE".index(q.answer)]) for l, q in zip(lines, backward))

@@ -48,7 +48,7 @@ def test_reverse_asks_for_the_term_from_its_definition(tmp_path):
     shipped, reverse = _read(ROOT / "data/sample/mcq", "test"), _read(tmp_path, "test")
     terms = {(e["category"], e["term"]): e["definition"].partition(". ")[2]
              for e in json.loads((ROOT / "data/sample/dictionary.json").read_text(encoding="utf-8"))}
-    assert [q["id"] for q in reverse] == [q["id"] for q in shipped]  # same terms, same split
+    assert [q["id"] for q in reverse] == [q["id"] + "-rev" for q in shipped]  # same terms, same split, own ids
     phrasings = set()
     for old, new in zip(shipped, reverse):
         term = new["ABCDE"[new["answer"] - 1]]
@@ -62,5 +62,19 @@ def test_reverse_asks_for_the_term_from_its_definition(tmp_path):
     assert len(phrasings) >= 4  # several phrasings, not one
     assert script.main(["--out-dir", str(tmp_path / "again"), "--reverse", "1"]) == 0
     assert (tmp_path / "again" / "test.jsonl").read_bytes() == (tmp_path / "test.jsonl").read_bytes()
-    # The shipped reverse split is this output, byte for byte.
-    assert (ROOT / "data/sample/mcq_reverse/test.jsonl").read_bytes() == (tmp_path / "test.jsonl").read_bytes()
+    # The shipped reverse splits (train and dev too: `kormedqa loop --extra-train-data`) are this output, byte for byte.
+    for split in ("train", "dev", "test"):
+        assert (ROOT / f"data/sample/mcq_reverse/{split}.jsonl").read_bytes() == (tmp_path / f"{split}.jsonl").read_bytes()
+
+
+def test_the_dictionary_tracks_wordings_are_no_question_stem_of_the_sample():
+    """The extra dictionary wordings (formats.FORWARD/REVERSE_PHRASINGS) must not teach the evaluation
+    sets' question stems: none of them shares a stem with scripts/make_sample_mcq.py's templates."""
+    from kormedqa.formats import FORWARD_PHRASINGS, REVERSE_PHRASINGS
+
+    script = _script()
+    stems = {t("X") for t in script.TEMPLATES} | {t("X") for t in script.REVERSE_TEMPLATES}
+    for wording in (*FORWARD_PHRASINGS, *REVERSE_PHRASINGS):
+        ours = wording.format(term="X", description="X")
+        assert not any(ours.replace("X", "").strip(" :") in stem or stem.replace("X", "").strip(" \n'?") in ours
+                       for stem in stems), ours

@@ -281,9 +281,21 @@ def load_mcq_sources(sources, split: str | None) -> list[MCQ]:
     """The questions of every source in `sources` (files, folders, hub ids; `load_mcq` each), in order.
 
     What `prepare mcq` trains on and `rationales` writes for: the same list, so both choose the
-    same questions for the detailed format. Raises what `load_mcq` raises.
+    same questions for the detailed format. Raises what `load_mcq` raises, and DataError (file,
+    line, "id") for an id that two sources share: rationales, option rotations and records are
+    keyed by id.
     """
-    return [q for source in sources for q in load_mcq(source, split=split)]
+    out: list[MCQ] = []
+    first_seen: dict[str, str] = {}
+    for source in sources:
+        for mcq in load_mcq(source, split=split):
+            if mcq.id in first_seen:
+                path_, _, line = mcq.source.rpartition(":")
+                raise DataError(path_, int(line) if line.isdigit() else None, "id",
+                                f"duplicate id '{mcq.id}' (first at {first_seen[mcq.id]})")
+            first_seen[mcq.id] = mcq.source
+            out.append(mcq)
+    return out
 
 
 # ----------------------------------------------------------------------------- other inputs

@@ -75,6 +75,55 @@ def dict_example(entry: DictEntry) -> Example:
     )
 
 
+# Beyond the spec (selectable, off by default): the same dictionary fact asked in other words and the
+# other way round. A fact trained only as term -> definition is not recalled as definition -> term
+# (the reversal curse, Berglund et al. 2023), and facts seen in several phrasings become usable in
+# new ones (Allen-Zhu & Li 2023, Physics of Language Models 3.1/3.2). Index 0 of FORWARD_PHRASINGS
+# is the spec's prompt. None of these is a question stem of the sample's evaluation sets
+# (scripts/make_sample_mcq.py); tests check that.
+FORWARD_PHRASINGS = ("Meaning of word {term}:", "{term}의 뜻:", "Definition of {term}:")
+REVERSE_PHRASINGS = ("Word with meaning {description}:", "다음 뜻을 가진 용어: {description}",
+                     "Term defined as {description}:")
+DICT_DIRECTIONS = ("forward", "reverse")
+
+
+def reverse_description(entry: DictEntry) -> str:
+    """What a reverse row gives: the definition's Korean part (`korean_part`), as exam questions
+    describe a term in Korean; the English name stays something to recall."""
+    return korean_part(entry.definition)
+
+
+def dict_examples(entries: Sequence[DictEntry], directions: Sequence[str] = ("forward",),
+                  phrasings: int = 1) -> list[Example]:
+    """Track 1 rows: for each direction, for each of the first `phrasings` wordings, every entry.
+
+    forward: the prompt names the term, the completion is the definition (wording 0 is the spec's
+    row, `dict_example`, byte for byte); reverse: the prompt gives `reverse_description(entry)`, the
+    completion is the term. Row ids: the term, then `~fwd{k}` / `~rev{k}` for every row other than
+    the spec's. The defaults give exactly the spec's rows. Raises ValueError for an unknown
+    direction or `phrasings` outside 1..3.
+    """
+    unknown = [d for d in directions if d not in DICT_DIRECTIONS]
+    if unknown or not directions:
+        raise ValueError(f"dictionary directions are a non-empty list of {DICT_DIRECTIONS}, got {list(directions)}")
+    if not 1 <= phrasings <= len(FORWARD_PHRASINGS):
+        raise ValueError(f"dictionary phrasings must be 1-{len(FORWARD_PHRASINGS)}, got {phrasings}")
+    out: list[Example] = []
+    for direction in directions:
+        for k in range(phrasings):
+            for entry in entries:
+                if direction == "forward" and k == 0:
+                    out.append(dict_example(entry))
+                elif direction == "forward":
+                    out.append(Example(f"{USER_TURN}{FORWARD_PHRASINGS[k].format(term=entry.term)}{END_OF_TURN}",
+                                       f"{MODEL_TURN}{entry.definition}{END_OF_TURN}", f"{entry.term}~fwd{k}", "dict"))
+                else:
+                    prompt = REVERSE_PHRASINGS[k].format(description=reverse_description(entry))
+                    out.append(Example(f"{USER_TURN}{prompt}{END_OF_TURN}", f"{MODEL_TURN}{entry.term}{END_OF_TURN}",
+                                       f"{entry.term}~rev{k}", "dict"))
+    return out
+
+
 # ---------------------------------------------------------------- Track 2: MCQ
 
 
@@ -106,6 +155,12 @@ class Glossary:
     def __init__(self, entries: Sequence[DictEntry] = ()):
         # Longest terms first, so "급성 심근경색" wins over "심근경색" inside the same text.
         self._entries = sorted((e for e in entries if not e.is_symbol), key=lambda e: -len(e.term))
+
+    def described(self, text: str) -> list[DictEntry]:
+        """Entries whose Korean description (`reverse_description`) `text` quotes, longest first, at
+        most one: a question that gives a definition and asks for its term."""
+        found = [e for e in self._entries if len(reverse_description(e)) >= 8 and reverse_description(e) in text]
+        return sorted(found, key=lambda e: -len(reverse_description(e)))[:1]
 
     def mentioned(self, text: str, limit: int = 2) -> list[DictEntry]:
         found: list[DictEntry] = []
@@ -148,13 +203,22 @@ def template_simple_reasoning(mcq: MCQ, glossary: Glossary, template: str = DEFA
       written out (`Meaning of word 고혈압: Hypertension. 혈압이 ...`): the prompt the dictionary
       track trained, then its definition, English name first. The English name is in no option, so
       the model must recall it from what the dictionary track taught before it writes the Korean
-      part, which it then copies from the matching option.
+      part, which it then copies from the matching option. A question that quotes a definition
+      (definition -> term) is recalled from that side instead, as the reverse dictionary row says
+      it: `Word with meaning 혈압이 ...: 고혈압`.
     - "verdict": the earlier template, one-word verdicts without option text (`A) 정답 ✓` /
       `B) 오답`); nothing in it links the recalled definition to a letter. Kept for comparison.
     Measurements of each: docs/decisions.md ("Linked rationales") and bench/README.md.
     """
     if template not in RATIONALE_TEMPLATES:
         raise ValueError(f"rationale template must be one of {RATIONALE_TEMPLATES}, got {template!r}")
+    if template == "dictionary_line":
+        # A question quoting a definition asks for its term: recall from that side, as the
+        # reverse dictionary row says it (`Word with meaning <description>: <term>`).
+        described = glossary.described(mcq.question)
+        if described:
+            return "\n".join(f"{REVERSE_PHRASINGS[0].format(description=reverse_description(e))} {e.term}"
+                             for e in described)
     known = glossary.mentioned(mcq.question)
     if template == "dictionary_line" and known:
         return "\n".join(f"Meaning of word {entry.term}: {entry.definition}" for entry in known)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .augment import option_rotations, rotation_batches
 from .batching import REHEARSAL_FORMAT
-from .data import load_dictionary, load_mcq
+from .data import load_dictionary, load_mcq, load_mcq_sources
 from .errors import UsageError
 from .evaluate import evaluate_dict, evaluate_mcq, summary_line, write_eval
 from .formats import Glossary
@@ -176,7 +176,7 @@ class LoopRecipe:
             raise UsageError(f"unknown stage(s) {sorted(unknown)}; known: dict, mcq, grpo")
 
         self.entries = load_dictionary(*cfg.dictionary)
-        self.train_questions = load_mcq(cfg.train_data, split=cfg.train_split)
+        self.train_questions = load_mcq_sources([cfg.train_data, *cfg.extra_train_data], cfg.train_split)
         self.evaluation = self._subset(load_mcq(cfg.eval_data, split=cfg.eval_split))
         self.overlap = check_overlap(self.train_questions, self.evaluation, cfg.allow_overlap)
         # The reported split: scored once, with best_checkpoint, in cleanup().
@@ -201,7 +201,9 @@ class LoopRecipe:
         # writes run.json, the others read what it wrote after the barrier.
         start_processes(cpu=self.choice.torch_device.type == "cpu")
         # Refuses another command's folder and changed settings or data on --resume (nothing written).
-        self.out = claim_run(cfg, "loop", {"train": cfg.train_data, "eval": cfg.eval_data}, choice=self.choice)
+        self.out = claim_run(cfg, "loop", {"train": cfg.train_data, "eval": cfg.eval_data,
+                                            **{f"train_extra_{i}": d for i, d in enumerate(cfg.extra_train_data, 1)}},
+                             choice=self.choice)
         wait_for_everyone()
         self.history_path = self.out / "history.json"
         history = _read_json(self.history_path) if cfg.resume and self.history_path.exists() else {}
@@ -217,7 +219,7 @@ class LoopRecipe:
             # As a record's cot: used as written, and option_rotations keeps such a question unrotated.
             mcq_train = [replace(q, cot=given[q.id]) if q.id in given and not q.cot.strip() else q for q in mcq_train]
         mcq_train = option_rotations(mcq_train, cfg.option_rotations, cfg.seed)
-        self.rows = {"dict": dict_rows(self.entries),
+        self.rows = {"dict": dict_rows(self.entries, cfg.dict_directions, cfg.dict_phrasings),
                      "mcq": mcq_rows(mcq_train, cfg.seed, self.glossary, template=cfg.rationale_template)}
 
     def _subset(self, questions: list) -> list:

@@ -13,6 +13,7 @@ from .config import (DEFAULT_MODEL_HELP, GRPO_MAX_STEPS, LR_SCHEDULES, SAMPLE_DI
                      ModelArgs, ReportArgs, ResumableRunArgs, arg)
 from .errors import UsageError
 from .formats import DEFAULT_RATIONALE_TEMPLATE, RATIONALE_TEMPLATES
+from .prepare import parse_dict_directions
 # The --select-by metrics each evaluation scorer computes: declared with the scorers.
 from .scorer_table import MODE_HELP, SELECT_BY, SELECTABLE_BY_SCORER, parse_eval_mode, scorer_of
 from .sft import TRACK_DEFAULTS
@@ -83,6 +84,12 @@ class LoopConfig(ModelArgs, LoraArgs, LmEvalArgs, ReportArgs, ResumableRunArgs):
                                         "--mcq-batch-size a multiple of --option-rotations; rows in a fixed shuffled "
                                         "order instead of --group-by-length): only the letter differs within a batch, "
                                         "so only reading it off the options lowers the loss")
+    dict_directions: str = arg("forward", "dictionary stage: comma list of forward (term -> definition, the spec's) "
+                                          "and reverse (Korean description -> term), beyond the spec")
+    dict_phrasings: int = arg(1, "dictionary stage: wordings of each row per direction, 1-3 (1: the spec's prompt)")
+    extra_train_data: list[str] = arg(help="more KorMedMCQA-style files/folders whose --train-split questions join "
+                                      "the MCQ stage (e.g. the same kind of terms asked the other way round)",
+                                      factory=list)
     dict_rehearsal: float = arg(0.0, "dictionary rows mixed into each MCQ stage, as a fraction of its MCQ rows "
                                      "(rehearsal against forgetting; their tokens count with the reasoning, not the "
                                      "weighted answer; 0: off)")
@@ -114,7 +121,7 @@ class LoopConfig(ModelArgs, LoraArgs, LmEvalArgs, ReportArgs, ResumableRunArgs):
         "mcq_learning_rate": Range(low=0, low_open=True), "dict_batch_size": Range(low=1),
         "mcq_batch_size": Range(low=1), "dict_grad_accum": Range(low=1), "mcq_grad_accum": Range(low=1),
         "eval_limit": Range(low=1), "eval_every": Range(low=1), "dict_eval_limit": Range(low=0),
-        "eval_batch_size": Range(low=1), "pad_to_multiple_of": Range(low=0), "max_new_tokens": Range(low=1), "dict_rehearsal": Range(low=0),
+        "eval_batch_size": Range(low=1), "pad_to_multiple_of": Range(low=0), "dict_phrasings": Range(low=1, high=3), "max_new_tokens": Range(low=1), "dict_rehearsal": Range(low=0),
         "option_rotations": Range(low=1, high=5), "lora_dropout": Range(low=0, high=1, high_open=True),
     }
 
@@ -128,6 +135,7 @@ class LoopConfig(ModelArgs, LoraArgs, LmEvalArgs, ReportArgs, ResumableRunArgs):
         if not stages or unknown:
             raise UsageError(f"--stages is a comma-separated list of dict, mcq, grpo; got {self.stages!r}")
         check_rotation_batches(self.rotation_batches, self.option_rotations, self.mcq_batch_size)
+        parse_dict_directions(self.dict_directions)
         if self.test_split and self.test_split == self.eval_split:
             raise UsageError(f"--test-split {self.test_split} is also --eval-split: best_checkpoint would be chosen on "
                              "the questions it is reported on; choose on another split (dev) or pass --test-split ''")

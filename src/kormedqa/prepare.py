@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from .formats import DEFAULT_RATIONALE_TEMPLATE, DETAILED_FRACTION, RATIONALE_TEMPLATES, Glossary, dict_example, mcq_examples
+from .formats import (DEFAULT_RATIONALE_TEMPLATE, DETAILED_FRACTION, DICT_DIRECTIONS, FORWARD_PHRASINGS,
+                      RATIONALE_TEMPLATES, Glossary, dict_examples, mcq_examples)
 from .checks import Range, check_config
 from .config import RunArgs, arg
 from .data import load_dictionary, load_mcq, load_mcq_sources, read_jsonl
@@ -33,17 +34,30 @@ class PrepareConfig(RunArgs):
     eval_split: str = arg("test", "split of --eval-data to check against")
     allow_overlap: bool = arg(False, "write the file even when training questions appear in --eval-data")
     detailed_fraction: float = arg(DETAILED_FRACTION, "share of MCQ rows with the detailed prompt and rationale, in [0, 1]")
+    dict_directions: str = arg("forward", "dict: comma list of forward (term -> definition, the spec's) and reverse "
+                                          "(Korean description -> term); beyond the spec, see docs/reference.md")
+    dict_phrasings: int = arg(1, f"dict: wordings per direction, 1-{len(FORWARD_PHRASINGS)} (1: the spec's prompt only)")
     rationale_template: str = arg(DEFAULT_RATIONALE_TEMPLATE,
                                   "template rationale for records without cot: linked (option text + match verdict per "
                                   "line), recall (the recalled definitions only, then the letter), dictionary_line (as "
                                   "recall, each line the dictionary track's own 'Meaning of word X: <definition>') or "
                                   "verdict (one-word verdicts, the earlier template)", choices=RATIONALE_TEMPLATES)
 
-    RANGES: ClassVar[dict] = {"detailed_fraction": Range(low=0, high=1)}
+    RANGES: ClassVar[dict] = {"detailed_fraction": Range(low=0, high=1),
+                              "dict_phrasings": Range(low=1, high=len(FORWARD_PHRASINGS))}
 
     def __post_init__(self):
         """Choices and ranges at parse time (UsageError), before any input is read."""
         check_config(self)
+        parse_dict_directions(self.dict_directions)
+
+
+def parse_dict_directions(text: str) -> tuple[str, ...]:
+    """'forward,reverse' -> ('forward', 'reverse'). UsageError for an empty list, an unknown or a repeated name."""
+    names = tuple(d.strip() for d in text.split(",") if d.strip())
+    if not names or set(names) - set(DICT_DIRECTIONS) or len(set(names)) != len(names):
+        raise UsageError(f"--dict-directions is a comma list of {', '.join(DICT_DIRECTIONS)}, each once; got {text!r}")
+    return names
 
 
 def load_rationales(path: str | Path) -> dict[str, str]:
@@ -60,9 +74,11 @@ def load_rationales(path: str | Path) -> dict[str, str]:
     return out
 
 
-def dict_rows(entries) -> list[dict]:
-    """Dictionary entries -> the spec's Track 1 rows {prompt, completion, ...}, one per entry, in order."""
-    return [dict_example(e).to_row() for e in entries]
+def dict_rows(entries, directions: str = "forward", phrasings: int = 1) -> list[dict]:
+    """Dictionary entries -> Track 1 rows {prompt, completion, id, format}: with the defaults the
+    spec's rows, one per entry, in order; else `formats.dict_examples`' rows for the comma list
+    `directions` and `phrasings` wordings. UsageError for unknown directions."""
+    return [e.to_row() for e in dict_examples(entries, parse_dict_directions(directions), phrasings)]
 
 
 def mcq_rows(mcqs, seed: int, glossary: Glossary | None = None, rationales=None, detailed_fraction=DETAILED_FRACTION,
@@ -113,7 +129,7 @@ def run_prepare(cfg: PrepareConfig) -> dict:
         raise UsageError("--data is required")
     info: dict = {"output": str(out), "track": cfg.track}
     if cfg.track == "dict":
-        rows = dict_rows(load_dictionary(*cfg.data))
+        rows = dict_rows(load_dictionary(*cfg.data), cfg.dict_directions, cfg.dict_phrasings)
     elif cfg.track == "mcq":
         mcqs = load_mcq_sources(cfg.data, cfg.split)
         if cfg.eval_data:
