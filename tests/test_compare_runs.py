@@ -39,3 +39,13 @@ def test_a_key_renamed_on_purpose_can_be_left_out(tmp_path):
     assert compare(tmp_path / "a", tmp_path / "b", {"kind", "category"}) == []
     (tmp_path / "b" / "loop_1" / "eval" / "metrics.json").unlink()
     assert compare(tmp_path / "a", tmp_path / "b", set())[0].startswith("loop_1/eval/metrics.json: missing")
+
+
+def test_floats_may_differ_within_a_stated_tolerance(tmp_path):
+    compare = _module().compare
+    _run(tmp_path / "a", 0.5, 1.0, 1.25)
+    _run(tmp_path / "b", 0.5, 1.0, 1.25 * (1 + 5e-6))
+    assert compare(tmp_path / "a", tmp_path / "b", set()) == ["train_log.jsonl: differs"]
+    assert compare(tmp_path / "a", tmp_path / "b", set(), rel_tol=1e-5) == []
+    _run(tmp_path / "c", 0.5001, 1.0, 1.25)  # beyond 1e-5: still a difference
+    assert compare(tmp_path / "a", tmp_path / "c", set(), rel_tol=1e-5) == ["loop_1/eval/metrics.json: differs in accuracy"]
