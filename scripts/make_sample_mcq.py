@@ -147,15 +147,21 @@ def split_sizes(n: int) -> tuple[int, int, int]:
     return n - n_test - n_dev, n_dev, n_test
 
 
-def make_question(rng: random.Random, term: str, correct: str, pool: list[tuple[str, str]]) -> tuple[str, list[str], int]:
-    candidates = sorted({d for other, d in pool if d != correct and not related(term, other)})
+def among_distractors(rng: random.Random, right: str, candidates: list[str], what: str, term: str) -> tuple[list[str], int]:
+    """`right` at a random position among 4 of `candidates` (options, 1-based answer); ValueError with fewer than 4."""
     if len(candidates) < 4:
-        raise ValueError(f"fewer than 4 distinct distractors for {term!r}")
+        raise ValueError(f"fewer than 4 distinct {what} for {term!r}")
     options = rng.sample(candidates, 4)
     answer_index = rng.randrange(5)
-    options.insert(answer_index, correct)
+    options.insert(answer_index, right)
+    return options, answer_index + 1
+
+
+def make_question(rng: random.Random, term: str, correct: str, pool: list[tuple[str, str]]) -> tuple[str, list[str], int]:
+    candidates = sorted({d for other, d in pool if d != correct and not related(term, other)})
+    options, answer = among_distractors(rng, correct, candidates, "distractors", term)
     question = rng.choice(TEMPLATES)(term)
-    return question, options, answer_index + 1
+    return question, options, answer
 
 
 def term_clusters(terms: list[str]) -> list[list[int]]:
@@ -290,14 +296,10 @@ def reverse(splits: dict[str, list[dict]], dictionary: Path, seed: int) -> dict[
 
     def ask(term, correct, entries, record):
         candidates = sorted({other for other, _ in entries if other != term and not related(term, other)})
-        if len(candidates) < 4:
-            raise ValueError(f"fewer than 4 distinct distractor terms for {term!r}")
-        options = rng.sample(candidates, 4)
-        answer_index = rng.randrange(5)
-        options.insert(answer_index, term)
+        options, answer = among_distractors(rng, term, candidates, "distractor terms", term)
         # Its own id: another question than the forward one, and both may be trained on together.
         return {"id": f"{record['id']}-rev", "question": rng.choice(REVERSE_TEMPLATES)(correct),
-                **dict(zip(LETTERS, options)), "answer": answer_index + 1}
+                **dict(zip(LETTERS, options)), "answer": answer}
 
     return ask_again(splits, dictionary, ask)
 

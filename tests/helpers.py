@@ -63,3 +63,13 @@ def as_flags(settings: dict) -> list[str]:
         elif value is not False and value is not None:
             flags += [flag, *map(str, value if isinstance(value, list) else [value])]
     return flags
+
+
+def load_script(path: Path):
+    """A script outside the package (scripts/NAME.py) imported as a module, for its functions and main()."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

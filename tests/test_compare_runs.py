@@ -1,16 +1,14 @@
 """scripts/compare_runs.py: the check that a refactor leaves a run's numbers alone."""
-import importlib.util
 import json
 from pathlib import Path
+
+from helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_runs.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("compare_runs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def _run(root: Path, accuracy: float, seconds: float, loss: float, field: str = "kind"):

@@ -1,16 +1,14 @@
 """scripts/make_sample_mcq.py: the shipped sample is its output, and --rephrase asks the same terms another way."""
-import importlib.util
 import json
 from pathlib import Path
+
+from helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("make_sample_mcq", ROOT / "scripts" / "make_sample_mcq.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "scripts" / "make_sample_mcq.py")
 
 
 def _read(folder, split):

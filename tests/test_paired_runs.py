@@ -1,16 +1,14 @@
 """scripts/paired_runs.py: an arm against its control on the same questions."""
-import importlib.util
 import json
 from pathlib import Path
+
+from helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "paired_runs.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("paired_runs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def _write(folder: Path, hits: dict[str, bool]):

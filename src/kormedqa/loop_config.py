@@ -12,7 +12,7 @@ from .checks import Range, check_config, parse_answer_weight
 from .config import (DEFAULT_MODEL_HELP, GRPO_MAX_STEPS, LR_SCHEDULES, SAMPLE_DICTIONARIES, LmEvalArgs, LoraArgs,
                      ModelArgs, ReportArgs, ResumableRunArgs, arg)
 from .errors import UsageError
-from .formats import DEFAULT_RATIONALE_TEMPLATE, RATIONALE_TEMPLATES
+from .formats import DEFAULT_RATIONALE_TEMPLATE, FORWARD_PHRASINGS, RATIONALE_TEMPLATES
 from .prepare import parse_dict_directions
 # The --select-by metrics each evaluation scorer computes: declared with the scorers.
 from .scorer_table import MODE_HELP, SELECT_BY, SELECTABLE_BY_SCORER, parse_eval_mode, scorer_of
@@ -121,7 +121,7 @@ class LoopConfig(ModelArgs, LoraArgs, LmEvalArgs, ReportArgs, ResumableRunArgs):
         "mcq_learning_rate": Range(low=0, low_open=True), "dict_batch_size": Range(low=1),
         "mcq_batch_size": Range(low=1), "dict_grad_accum": Range(low=1), "mcq_grad_accum": Range(low=1),
         "eval_limit": Range(low=1), "eval_every": Range(low=1), "dict_eval_limit": Range(low=0),
-        "eval_batch_size": Range(low=1), "pad_to_multiple_of": Range(low=0), "dict_phrasings": Range(low=1, high=3), "max_new_tokens": Range(low=1), "dict_rehearsal": Range(low=0),
+        "eval_batch_size": Range(low=1), "pad_to_multiple_of": Range(low=0), "dict_phrasings": Range(low=1, high=len(FORWARD_PHRASINGS)), "max_new_tokens": Range(low=1), "dict_rehearsal": Range(low=0),
         "option_rotations": Range(low=1, high=5), "lora_dropout": Range(low=0, high=1, high_open=True),
     }
 
