@@ -93,6 +93,12 @@ def reverse_description(entry: DictEntry) -> str:
     return korean_part(entry.definition)
 
 
+def reverse_dict_prompt(entry: DictEntry, phrasing: int = 0) -> str:
+    """The user turn of a reverse dictionary row: `REVERSE_PHRASINGS[phrasing]` with the entry's
+    `reverse_description`; its answer is `entry.term`."""
+    return f"{USER_TURN}{REVERSE_PHRASINGS[phrasing].format(description=reverse_description(entry))}{END_OF_TURN}"
+
+
 def dict_examples(entries: Sequence[DictEntry], directions: Sequence[str] = ("forward",),
                   phrasings: int = 1) -> list[Example]:
     """Track 1 rows: for each direction, for each of the first `phrasings` wordings, every entry.
@@ -118,8 +124,7 @@ def dict_examples(entries: Sequence[DictEntry], directions: Sequence[str] = ("fo
                     out.append(Example(f"{USER_TURN}{FORWARD_PHRASINGS[k].format(term=entry.term)}{END_OF_TURN}",
                                        f"{MODEL_TURN}{entry.definition}{END_OF_TURN}", f"{entry.term}~fwd{k}", "dict"))
                 else:
-                    prompt = REVERSE_PHRASINGS[k].format(description=reverse_description(entry))
-                    out.append(Example(f"{USER_TURN}{prompt}{END_OF_TURN}", f"{MODEL_TURN}{entry.term}{END_OF_TURN}",
+                    out.append(Example(reverse_dict_prompt(entry, k), f"{MODEL_TURN}{entry.term}{END_OF_TURN}",
                                        f"{entry.term}~rev{k}", "dict"))
     return out
 
