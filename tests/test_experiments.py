@@ -145,3 +145,24 @@ def test_spread_refuses_runs_that_differ_in_more_than_the_seed(tmp_path, monkeyp
     assert "c.json: setting seed is 42, as in a.json" in capsys.readouterr().err
     assert spread.main(["a", "missing"]) == 2
     assert list(tmp_path.glob("*_spread.json")) == []
+
+
+def test_bench_readme_renders_a_spread_apart_from_the_runs(tmp_path, monkeypatch):
+    spread = _script("spread")
+    monkeypatch.setattr(spread, "RESULTS", tmp_path)
+    for name, seed in (("learning_x", 42), ("learning_x_seed1", 1)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(_run(seed, [True] * 3, [False] * 3)))
+    assert spread.main(["learning_x", "learning_x_seed1"]) == 0
+    bench = EXPERIMENTS.parent / "bench"
+    monkeypatch.syspath_prepend(str(bench))
+    spec = importlib.util.spec_from_file_location("bench_run_all", bench / "run_all.py")
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    monkeypatch.setattr(run_all, "RESULTS", tmp_path / "none")
+    monkeypatch.setattr(run_all, "EXPERIMENT_RESULTS", tmp_path)
+    # The per-seed runs need what learning.py writes besides; the spread alone is what is checked here.
+    for name in ("learning_x", "learning_x_seed1"):
+        (tmp_path / f"{name}.json").unlink()
+    text = run_all.render()
+    assert "## Learning over seeds (`experiments/spread.py learning_x learning_x_seed1`)" in text
+    assert "| dictline_rehearse_long | 2 | 100.0% ± 0.0% (100.0%-100.0%) |" in text
