@@ -48,6 +48,7 @@ def test_wilson_interval_known_values():
     low, high = wilson_interval(8, 10)
     assert round(low, 4) == 0.4902 and round(high, 4) == 0.9433
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(0, 0) == (0.0, 0.0)
+    assert wilson_interval(0, 224)[0] == 0.0 and wilson_interval(224, 224)[1] == 1.0  # no rounding dust
 
 
 def test_dict_eval_scores_both_directions(monkeypatch, tiny_model, tokenizer):
