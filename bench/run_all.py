@@ -142,7 +142,8 @@ def render() -> str:
     else:
         out += ["`bench/gpu_check.py` has not run on a GPU yet (no GPU was available); how to run it: its docstring "
                 "and docs/results.md, section Performance. Its `--smoke` mode runs on CPU in `make test`.", ""]
-    for path in sorted(EXPERIMENT_RESULTS.glob("learning*.json")):
+    learning = sorted(EXPERIMENT_RESULTS.glob("learning*.json"))
+    for path in [p for p in learning if not p.stem.endswith("_spread")]:
         ln = json.loads(path.read_text())
         m = ln["machine"]
         out += [f"## Learning, {ln['settings']['precision']} (`--results {path.stem}`; {m['date']}, {_cpu(m)}, "
@@ -152,6 +153,10 @@ def render() -> str:
                 f"The {len(ln['results'])} arms took {ln['arm_seconds_total'] / 60:.1f} minutes in all (each arm timed as it ran).", "", ln["table"], "",
                 f"**{ln['summary']}**", "",
                 "How to read it: docs/results.md, section \"Which training settings to start from\".", ""]
+    for path in [p for p in learning if p.stem.endswith("_spread")]:
+        sp = json.loads(path.read_text())
+        out += [f"## Learning over seeds (`experiments/spread.py {' '.join(sp['runs'])}`)", "",
+                f"Settings {json.dumps(sp['settings'])}.", "", sp["table"], ""]
     runs = _load("run_all")
     if runs:
         parts = ", ".join(f"{k} {v / 60:.1f} min" for k, v in runs["seconds"].items())

@@ -55,7 +55,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "bench"))
-from common import SAMPLE, machine  # noqa: E402  (the benchmarks' sample paths and machine record)
+from common import SAMPLE, machine, repo_relative  # noqa: E402  (the benchmarks' sample paths, machine record, paths made relative)
 from kormedqa.scorer_table import REPORT_METRICS, paired_keys, parse_eval_mode  # noqa: E402
 
 # Each arm is a recipe file in `kormedqa loop`'s keys (recipes/experiments/<arm>.yaml, with why it
@@ -426,7 +426,8 @@ def main() -> int:
              f"in {b['letter_is_named_option']} (mapping)" for n, b in breakdown.items() if b]
     if lines:
         text += "\n\nWhere the answer is lost (from each arm's raw outputs):\n" + "\n".join(lines)
-    write_json_atomic(HERE / "results" / f"{args.results}.json", {
+    # Paths inside the checkout relative to it: a result file does not name the machine's folders.
+    write_json_atomic(HERE / "results" / f"{args.results}.json", repo_relative({
         "machine": machine(), "settings": vars(args), "arms": {n: ARMS.get(n) for n in results},
         "test_questions": len(next(iter(results.values()))["preds"]) if results else 0,
         "wall_seconds": time.time() - started,
@@ -435,7 +436,7 @@ def main() -> int:
         "prediction_counts": {n: {x: sum(p.get("prediction") == x for p in r["preds"]) for x in "ABCDE"}
                               for n, r in results.items()},
         "mcnemar_vs_base": vs_base, "mcnemar_vs_control": vs_control, "decision_breakdown": breakdown,
-        "table": text, "summary": summary})
+        "table": text, "summary": summary}))
     print(text)
     print(summary)
     return 0

@@ -2,10 +2,12 @@
 
     python scripts/reverse_recall.py CHECKPOINT [--n 40] [--precision bf16]
 
-Asks `Word with meaning {Korean description}:` (formats.REVERSE_PHRASINGS[0], the reverse
+Asks `Word with meaning {Korean description}:` (formats.reverse_dict_prompt, the reverse
 dictionary row's prompt) for the terms of every second question of the sample's reverse test split
 (the first `--n`), greedy, and counts exact matches of the generated term. A diagnostic beside the
 demo's reverse split: it separates "the knowledge is in the model" from "the MCQ rationale uses it".
+The loop's own dictionary recall (`--dict-eval-limit`) counts the same for the dictionary's first
+entries as `dict_reverse_exact_match`; this script asks the terms the reverse test split asks.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 
 from kormedqa.data import load_dictionary, load_mcq
-from kormedqa.formats import END_OF_TURN, GENERATION_PREFIX, REVERSE_PHRASINGS, USER_TURN, reverse_description
+from kormedqa.formats import GENERATION_PREFIX, reverse_dict_prompt
 from kormedqa.hardware import choose
 from kormedqa.modeling import load_model, load_tokenizer
 
@@ -32,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     entries = {e.term: e for e in load_dictionary(ROOT / "data/sample/dictionary.json")}
     questions = load_mcq(ROOT / "data/sample/mcq_reverse", split="test")[::2][: args.n]
     terms = [q.options["ABCDE".index(q.answer)] for q in questions]
-    prompts = [f"{USER_TURN}{REVERSE_PHRASINGS[0].format(description=reverse_description(entries[t]))}{END_OF_TURN}"
-               f"{GENERATION_PREFIX}" for t in terms]
+    prompts = [reverse_dict_prompt(entries[t]) + GENERATION_PREFIX for t in terms]
     tokenizer = load_tokenizer(args.checkpoint)
     tokenizer.padding_side = "left"
     model = load_model(args.checkpoint, choose("cpu", args.precision)).eval()

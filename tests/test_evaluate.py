@@ -48,25 +48,34 @@ def test_wilson_interval_known_values():
     low, high = wilson_interval(8, 10)
     assert round(low, 4) == 0.4902 and round(high, 4) == 0.9433
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(0, 0) == (0.0, 0.0)
+    assert wilson_interval(0, 224)[0] == 0.0 and wilson_interval(224, 224)[1] == 1.0  # no rounding dust
 
 
-def test_dict_eval_scores_exact_and_chrf(monkeypatch, tiny_model, tokenizer):
+def test_dict_eval_scores_both_directions(monkeypatch, tiny_model, tokenizer):
+    """Forward recall: exact match and chrF of the definition; reverse recall: exact match of the term
+    after the very prompt the reverse dictionary row trains (formats.dict_examples)."""
     import kormedqa.evaluate as ev
+    from kormedqa.formats import GENERATION_PREFIX, dict_examples
     from kormedqa.records import DictEntry
 
     entries = [DictEntry("고혈압", "Hypertension. 혈압이 높은 상태"), DictEntry("빈혈", "Anemia. 산소 운반 능력 감소")]
-    seen = {}
+    seen = []
+    answers = {"Meaning of word 고혈압:": " Hypertension. 혈압이 높은 상태", "Meaning of word 빈혈:": "전혀 다른 말",
+               "Word with meaning 혈압이 높은 상태:": "저혈압", "Word with meaning 산소 운반 능력 감소:": " 빈혈\n"}
 
     def fake_generate(model, tok, prompts, *a, **k):
-        seen["prompts"] = prompts
-        return [" Hypertension. 혈압이 높은 상태", "전혀 다른 말"]
+        seen.extend(prompts)
+        return [next(v for key, v in answers.items() if key in p) for p in prompts]
 
     monkeypatch.setattr(ev, "generate", fake_generate)
     metrics, preds = ev.evaluate_dict(tiny_model, tokenizer, entries)
-    assert seen["prompts"][0] == "<start_of_turn>user\nMeaning of word 고혈압:<end_of_turn>\n<start_of_turn>model\n"
-    assert [p["exact"] for p in preds] == [True, False]
+    assert seen[0] == "<start_of_turn>user\nMeaning of word 고혈압:<end_of_turn>\n<start_of_turn>model\n"
+    reverse_rows = dict_examples(entries, directions=("reverse",))
+    assert sorted(seen[2:]) == sorted(r.prompt + GENERATION_PREFIX for r in reverse_rows)
+    assert [p["exact"] for p in preds] == [True, False] and [p["reverse_exact"] for p in preds] == [False, True]
     assert preds[0]["chrf"] == 100.0 and preds[1]["chrf"] < 20
-    assert metrics["exact_match"]["value"] == 0.5
+    assert metrics["exact_match"]["value"] == 0.5 == metrics["reverse_exact_match"]["value"]
+    assert metrics["reverse_exact_match"]["total"] == 2 and "reverse exact match 50.0%" in ev.summary_line(metrics)
 
 
 def test_chunked_completion_loss_equals_full_logits(tiny_model, tokenizer, tmp_path):

@@ -97,3 +97,72 @@ def test_learning_star_arm_runs_at_tiny_scale(tmp_path, monkeypatch, tiny_model_
     loop = json.loads((work / "star" / "loop" / "run.json").read_text())["config"]
     assert loop["base_model"] == teacher and loop["stages"] == "mcq"
     assert loop["rationales"] == str(work / "star" / "rationales" / "rationales.jsonl")
+
+
+def _run(seed, arm_hits, control_hits, precision="bf16"):
+    """A learning result file as experiments/learning.py writes it, for one seed."""
+    learning = _script("learning")
+    results = {"dictline_rehearse_long": _arm(arm_hits), "dictline_mcq_only": _arm(control_hits)}
+    for r in results.values():
+        r["metrics"]["cloze_accuracy"] = {"value": 0.5}
+        r["metrics"]["accuracy_rephrased_1"] = {"value": r["metrics"]["accuracy"]["value"] / 2}
+    return {"settings": {"model": "m", "max_new_tokens": 192, "eval_batch_size": 32, "precision": precision,
+                         "rephrase": 1, "seed": seed},
+            "machine": {"cpu": "Xeon", "cpu_flags": ["avx512_bf16", "amx_bf16"]}, "results": results,
+            "mcnemar_vs_control": {"dictline_rehearse_long": learning.paired_tests(
+                results["dictline_mcq_only"], results["dictline_rehearse_long"])}}
+
+
+def test_spread_reports_mean_sd_range_and_seeds_that_beat_the_control(tmp_path, monkeypatch):
+    spread = _script("spread")
+    monkeypatch.setattr(spread, "RESULTS", tmp_path)
+    # Seed 42: 10 of 12 against 0 (p = 0.002, beats); seed 1: 6 of 12 against 0 (p = 0.031, does not).
+    runs = {"a": _run(42, [True] * 10 + [False] * 2, [False] * 12), "b": _run(1, [True] * 6 + [False] * 6, [False] * 12)}
+    for name, run in runs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(run))
+    assert spread.main(["a", "b", "--out", "s"]) == 0
+    saved = json.loads((tmp_path / "s.json").read_text())
+    arm = saved["arms"]["dictline_rehearse_long"]
+    assert arm["accuracy"]["mean"] == pytest.approx((10 / 12 + 6 / 12) / 2)
+    assert arm["accuracy"]["sd"] == pytest.approx(((10 / 12 - 6 / 12) ** 2 / 2) ** 0.5)
+    assert (arm["accuracy"]["min"], arm["accuracy"]["max"]) == pytest.approx((0.5, 10 / 12))
+    assert arm["rephrased"]["mean"] == pytest.approx(arm["accuracy"]["mean"] / 2)
+    assert arm["beats_control"] == {"seeds": 2, "significant": 1}
+    assert saved["arms"]["dictline_mcq_only"]["beats_control"] is None
+    assert "| dictline_rehearse_long | 2 | 66.7% ± 23.6% (50.0%-83.3%) |" in saved["table"]
+    assert "0.002, 0.031 | 1 of 2 |" in saved["table"]
+
+
+def test_spread_refuses_runs_that_differ_in_more_than_the_seed(tmp_path, monkeypatch, capsys):
+    spread = _script("spread")
+    monkeypatch.setattr(spread, "RESULTS", tmp_path)
+    (tmp_path / "a.json").write_text(json.dumps(_run(42, [True], [False])))
+    (tmp_path / "b.json").write_text(json.dumps(_run(1, [True], [False], precision="fp32")))
+    (tmp_path / "c.json").write_text(json.dumps(_run(42, [True], [False])))
+    assert spread.main(["a", "b"]) == 2
+    assert "b.json: setting precision is 'fp32'" in capsys.readouterr().err
+    assert spread.main(["a", "c"]) == 2
+    assert "c.json: setting seed is 42, as in a.json" in capsys.readouterr().err
+    assert spread.main(["a", "missing"]) == 2
+    assert list(tmp_path.glob("*_spread.json")) == []
+
+
+def test_bench_readme_renders_a_spread_apart_from_the_runs(tmp_path, monkeypatch):
+    spread = _script("spread")
+    monkeypatch.setattr(spread, "RESULTS", tmp_path)
+    for name, seed in (("learning_x", 42), ("learning_x_seed1", 1)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(_run(seed, [True] * 3, [False] * 3)))
+    assert spread.main(["learning_x", "learning_x_seed1"]) == 0
+    bench = EXPERIMENTS.parent / "bench"
+    monkeypatch.syspath_prepend(str(bench))
+    spec = importlib.util.spec_from_file_location("bench_run_all", bench / "run_all.py")
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    monkeypatch.setattr(run_all, "RESULTS", tmp_path / "none")
+    monkeypatch.setattr(run_all, "EXPERIMENT_RESULTS", tmp_path)
+    # The per-seed runs need what learning.py writes besides; the spread alone is what is checked here.
+    for name in ("learning_x", "learning_x_seed1"):
+        (tmp_path / f"{name}.json").unlink()
+    text = run_all.render()
+    assert "## Learning over seeds (`experiments/spread.py learning_x learning_x_seed1`)" in text
+    assert "| dictline_rehearse_long | 2 | 100.0% ± 0.0% (100.0%-100.0%) |" in text

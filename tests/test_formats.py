@@ -1,8 +1,9 @@
 """The spec's strings, checked against the spec's own examples."""
 import random
+from pathlib import Path
 
 from kormedqa.formats import (
-    DEFAULT_RATIONALE_TEMPLATE,
+    DEFAULT_RATIONALE_TEMPLATE, korean_part,
     Glossary, choose_detailed, dict_example, mcq_completion, mcq_examples, mcq_prompt, percentages,
 )
 from kormedqa.records import MCQ, DictEntry
@@ -182,3 +183,47 @@ def test_the_shipped_forward_training_rationales_are_unchanged_by_the_reverse_si
     assert all(l.startswith("Word with meaning ") for l in lines)
     # ... and each names the question's right option as the term.
     assert all(l.endswith(": " + q.options["ABCDE".index(q.answer)]) for l, q in zip(lines, backward))
+
+
+def _naive_described(entries, text):
+    from kormedqa.formats import reverse_description
+    terms = sorted((e for e in entries if not e.is_symbol), key=lambda e: -len(e.term))
+    found = [e for e in terms if len(reverse_description(e)) >= 8 and reverse_description(e) in text]
+    return sorted(found, key=lambda e: -len(reverse_description(e)))[:1]
+
+
+def _naive_mentioned(entries, text, limit=2):
+    found = []
+    for entry in sorted((e for e in entries if not e.is_symbol), key=lambda e: -len(e.term)):
+        if entry.term in text and not any(entry.term in f.term for f in found):
+            found.append(entry)
+            if len(found) == limit:
+                break
+    return found
+
+
+def test_glossary_lookups_equal_a_scan_of_every_entry():
+    """The indexed look-ups find exactly what scanning every entry finds, on every shipped question
+    and option text (forward, rephrased, reverse) and on texts made of pieces of terms."""
+    import random
+
+    from kormedqa.data import load_dictionary, load_mcq
+
+    root = Path(__file__).resolve().parents[1] / "data" / "sample"
+    entries = load_dictionary(root / "dictionary.json", root / "characters.json")
+    entries += [DictEntry("심근", "Myocardium. 심장의 근육층"), DictEntry("급성 심근경색", "Acute MI. 관상동맥이 갑자기 막혀 심근이 괴사함"),
+                DictEntry("팔자병", "Eightosis. 여덟글자인설명문")]  # a description of exactly the indexed 8 characters
+    glossary = Glossary(entries)
+    sets = [("mcq", "train"), ("mcq", "test"), ("mcq_rephrased", "test"), ("mcq_reverse", "train"), ("mcq_reverse", "test")]
+    texts = [t for name, split in sets for q in load_mcq(root / name, split=split) for t in (q.question, *q.options)]
+    rng = random.Random(0)
+    pieces = [e.term for e in entries] + [e.definition for e in entries]
+    texts += [" ".join(rng.sample(pieces, 3)) for _ in range(300)]
+    texts += [f"다음 설명에 해당하는 것은? {korean_part(e.definition)}" for e in entries[:40]]  # quoted at the very end
+    texts += [korean_part(e.definition) for e in entries[40:60]] + [e.term for e in entries[:20]]
+    texts += ["다음 설명에 해당하는 것은? 여덟글자인설명문", "여덟글자인설명문"]
+    for text in texts:
+        assert glossary.mentioned(text) == _naive_mentioned(entries, text), text
+        assert glossary.mentioned(text, limit=5) == _naive_mentioned(entries, text, 5), text
+        assert glossary.described(text) == _naive_described(entries, text), text
+    assert any(glossary.described(t) for t in texts) and any(len(glossary.mentioned(t)) == 2 for t in texts)

@@ -158,6 +158,8 @@ def test_evaluate_checkpoint_writes_both_evaluations(tmp_path, tiny_model_dir, t
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert saved["note"] == "x" and saved["cloze_accuracy"] == metrics["cloze_accuracy"]
     assert saved["dict_chrf"]["total"] == 2 == json.loads((tmp_path / "ev_dict" / "metrics.json").read_text())["n"]
+    assert saved["dict_reverse_exact_match"]["total"] == 2 and 0 <= saved["dict_reverse_exact_match"]["value"] <= 1
+    assert all("reverse_output" in row for row in map(json.loads, (tmp_path / "ev_dict" / "predictions.jsonl").open()))
     assert len((tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()) == len(questions)
 
 

@@ -40,7 +40,7 @@ def test_derived_lists_come_from_the_table():
                                        "parse_rate", "format_parse_rate", "accuracy_among_parsed",
                                        "teacher_forced_answer_accuracy", "reasoning_score", "valid_format_rate",
                                        "reasoning_tag_rate", "reference_loss", "reference_answer_loss",
-                                       "dict_exact_match", "dict_chrf"}
+                                       "dict_exact_match", "dict_chrf", "dict_reverse_exact_match"}
     assert st.paired_keys(("generate",))["parse_rate"] == "prediction"
     assert st.scorer_of("cloze_accuracy_norm") == "cloze" and st.scorer_of("f1") is None
 

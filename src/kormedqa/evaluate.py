@@ -20,7 +20,7 @@ from .checks import Range, check_config
 from .config import DEFAULT_MODEL_HELP, DeviceArgs, LmEvalArgs, RunArgs, arg
 from .data import load_dictionary, load_mcq
 from .errors import UsageError
-from .formats import DEFAULT_RATIONALE_TEMPLATE, GENERATION_PREFIX, Glossary, dict_prompt
+from .formats import DEFAULT_RATIONALE_TEMPLATE, GENERATION_PREFIX, Glossary, dict_prompt, reverse_dict_prompt
 from .fsio import write_json_atomic, write_jsonl_atomic
 from .hardware import PrecisionChoice, choose
 from .lm_eval_protocol import LmEvalSettings, data_configs, lm_eval_settings
@@ -119,34 +119,52 @@ def evaluate_mcq(
 
 @torch.no_grad()
 def evaluate_dict(model, tokenizer, entries, batch_size: int = 8, max_new_tokens: int = 64) -> tuple[dict, list[dict]]:
-    """Track 1: generate after `Meaning of word {term}:` and compare with the definition (exact match, chrF)."""
-    from sacrebleu.metrics import CHRF
+    """Track 1 recall both ways, greedy, on `entries` (a list of DictEntry).
+
+    Forward (the spec's row): generate after `Meaning of word {term}:` and compare with the
+    definition: exact match and chrF (sacrebleu, 0-100). Reverse (the inverse row,
+    `formats.reverse_dict_prompt`): generate after `Word with meaning {Korean description}:` and
+    count an exact match of the term; a model trained one way only recalls the other way rarely
+    (the reversal curse, Berglund et al. 2023), which is what this shows. Returns (metrics, one
+    record per entry): metrics `n`, `exact_match`, `chrf`, `mean_sentence_chrf`,
+    `reverse_exact_match` (proportions are {value, ci95, ...}), `seconds`.
+    """
+    from sacrebleu.metrics import CHRF  # defers sacrebleu
 
     model.eval()
     started = time.time()
-    prompts = [dict_prompt(e.term) + GENERATION_PREFIX for e in entries]
-    mine = shard_batches(length_order(prompts), batch_size)  # several processes: see evaluate_mcq
-    texts = generate(model, tokenizer, [prompts[i] for i in mine], batch_size, max_new_tokens, desc="dict",
-                     stop_strings=())
-    by_index = {i: t for each in all_gather(dict(zip(mine, texts))) for i, t in each.items()}
-    outputs = [by_index[i] for i in range(len(entries))]
+    forward = _greedy_all(model, tokenizer, [dict_prompt(e.term) + GENERATION_PREFIX for e in entries], batch_size,
+                          max_new_tokens, "dict")
+    # A term is a few tokens; the budget only bounds a model that runs on.
+    reverse = _greedy_all(model, tokenizer, [reverse_dict_prompt(e) + GENERATION_PREFIX for e in entries], batch_size,
+                          min(max_new_tokens, 24), "dict reverse")
     chrf = CHRF()
     preds = []
-    for entry, out in zip(entries, outputs):
-        text = out.strip()
+    for entry, out, back in zip(entries, forward, reverse, strict=True):
+        text, term = out.strip(), back.strip()
         preds.append({"term": entry.term, "category": entry.category, "definition": entry.definition, "output": text,
                       "exact": text == entry.definition.strip(),
-                      "chrf": chrf.sentence_score(text, [entry.definition]).score})
-    exact = sum(p["exact"] for p in preds)
+                      "chrf": chrf.sentence_score(text, [entry.definition]).score,
+                      "reverse_output": term, "reverse_exact": term == entry.term})
     metrics = {
         "n": len(preds),
         "task": "dict",
-        "exact_match": proportion(exact, len(preds)),
+        "exact_match": proportion(sum(p["exact"] for p in preds), len(preds)),
         "chrf": chrf.corpus_score([p["output"] for p in preds], [[p["definition"] for p in preds]]).score,
         "mean_sentence_chrf": sum(p["chrf"] for p in preds) / max(len(preds), 1),
+        "reverse_exact_match": proportion(sum(p["reverse_exact"] for p in preds), len(preds)),
         "seconds": time.time() - started,
     }
     return metrics, preds
+
+
+def _greedy_all(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, desc: str) -> list[str]:
+    """Greedy texts for every prompt in order; several processes each generate a share (see evaluate_mcq)."""
+    mine = shard_batches(length_order(prompts), batch_size)
+    texts = generate(model, tokenizer, [prompts[i] for i in mine], batch_size, max_new_tokens, desc=desc,
+                     stop_strings=())
+    by_index = {i: t for each in all_gather(dict(zip(mine, texts))) for i, t in each.items()}
+    return [by_index[i] for i in range(len(prompts))]
 
 
 def summary_line(metrics: dict) -> str:
@@ -155,7 +173,8 @@ def summary_line(metrics: dict) -> str:
     """
     if metrics.get("task") == "dict":
         em = metrics["exact_match"]
-        return f"n={metrics['n']}: exact match {em['value']:.1%} [{em['ci95'][0]:.1%}, {em['ci95'][1]:.1%}], chrF {metrics['chrf']:.1f}"
+        line = f"n={metrics['n']}: exact match {em['value']:.1%} [{em['ci95'][0]:.1%}, {em['ci95'][1]:.1%}], chrF {metrics['chrf']:.1f}"
+        return line + (f", reverse exact match {_pct(metrics['reverse_exact_match'])}" if "reverse_exact_match" in metrics else "")
     labels = (("accuracy", "accuracy"), ("loglik_accuracy", "loglik"), ("cloze_accuracy", "cloze"),
               ("cloze_accuracy_norm", "cloze norm"), ("lm_eval_exact_match", "lm-eval exact_match"))
     parts = [f"{label} {_pct(metrics[key])}" for key, label in labels if key in metrics]

@@ -93,6 +93,12 @@ def reverse_description(entry: DictEntry) -> str:
     return korean_part(entry.definition)
 
 
+def reverse_dict_prompt(entry: DictEntry, phrasing: int = 0) -> str:
+    """The user turn of a reverse dictionary row: `REVERSE_PHRASINGS[phrasing]` with the entry's
+    `reverse_description`; its answer is `entry.term`."""
+    return f"{USER_TURN}{REVERSE_PHRASINGS[phrasing].format(description=reverse_description(entry))}{END_OF_TURN}"
+
+
 def dict_examples(entries: Sequence[DictEntry], directions: Sequence[str] = ("forward",),
                   phrasings: int = 1) -> list[Example]:
     """Track 1 rows: for each direction, for each of the first `phrasings` wordings, every entry.
@@ -118,8 +124,7 @@ def dict_examples(entries: Sequence[DictEntry], directions: Sequence[str] = ("fo
                     out.append(Example(f"{USER_TURN}{FORWARD_PHRASINGS[k].format(term=entry.term)}{END_OF_TURN}",
                                        f"{MODEL_TURN}{entry.definition}{END_OF_TURN}", f"{entry.term}~fwd{k}", "dict"))
                 else:
-                    prompt = REVERSE_PHRASINGS[k].format(description=reverse_description(entry))
-                    out.append(Example(f"{USER_TURN}{prompt}{END_OF_TURN}", f"{MODEL_TURN}{entry.term}{END_OF_TURN}",
+                    out.append(Example(reverse_dict_prompt(entry, k), f"{MODEL_TURN}{entry.term}{END_OF_TURN}",
                                        f"{entry.term}~rev{k}", "dict"))
     return out
 
@@ -150,22 +155,47 @@ def mcq_completion(reasoning: str, answer: str) -> str:
 
 
 class Glossary:
-    """Dictionary look-ups for template rationales: which known terms a text mentions."""
+    """Dictionary look-ups for template rationales: which known terms a text mentions, which
+    definition it quotes.
+
+    Each look-up walks the text once and checks only the entries that can start at each position
+    (indexed by first character, or by the description's first 8), so its cost grows with the
+    text and the matches, not with the dictionary: a KorMedMCQA-sized run with a 10^5-entry
+    dictionary is not 10^5 substring searches per question.
+    """
+
+    DESCRIBED_MIN = 8  # shorter descriptions ("혈압") would match inside unrelated text
 
     def __init__(self, entries: Sequence[DictEntry] = ()):
         # Longest terms first, so "급성 심근경색" wins over "심근경색" inside the same text.
         self._entries = sorted((e for e in entries if not e.is_symbol), key=lambda e: -len(e.term))
+        self._rank = {id(e): i for i, e in enumerate(self._entries)}
+        self._by_first: dict[str, list[DictEntry]] = {}
+        self._by_prefix: dict[str, list[DictEntry]] = {}
+        for e in self._entries:
+            if e.term:
+                self._by_first.setdefault(e.term[0], []).append(e)
+            description = reverse_description(e)
+            if len(description) >= self.DESCRIBED_MIN:
+                self._by_prefix.setdefault(description[: self.DESCRIBED_MIN], []).append(e)
 
     def described(self, text: str) -> list[DictEntry]:
         """Entries whose Korean description (`reverse_description`) `text` quotes, longest first, at
         most one: a question that gives a definition and asks for its term."""
-        found = [e for e in self._entries if len(reverse_description(e)) >= 8 and reverse_description(e) in text]
-        return sorted(found, key=lambda e: -len(reverse_description(e)))[:1]
+        found = {id(e): e for i in range(len(text) - self.DESCRIBED_MIN + 1)
+                 for e in self._by_prefix.get(text[i:i + self.DESCRIBED_MIN], ())
+                 if text.startswith(reverse_description(e), i)}
+        ordered = sorted(found.values(), key=lambda e: self._rank[id(e)])  # as a scan of the entries finds them
+        return sorted(ordered, key=lambda e: -len(reverse_description(e)))[:1]
 
     def mentioned(self, text: str, limit: int = 2) -> list[DictEntry]:
+        """Up to `limit` entries whose term occurs in `text`, longest first; a term inside an
+        already found one ("심근경색" in "급성 심근경색") is skipped."""
+        present = {id(e): e for i, ch in enumerate(text) for e in self._by_first.get(ch, ())
+                   if text.startswith(e.term, i)}
         found: list[DictEntry] = []
-        for entry in self._entries:
-            if entry.term in text and not any(entry.term in f.term for f in found):
+        for entry in sorted(present.values(), key=lambda e: self._rank[id(e)]):
+            if not any(entry.term in f.term for f in found):
                 found.append(entry)
                 if len(found) == limit:
                     break

@@ -114,8 +114,8 @@ def evaluate_checkpoint(model_path: str, tokenizer, questions: list, folder: Pat
     The one evaluation step behind each loop's `loop_N/eval`, the demo's `eval_before` and
     experiments/learning.py's untrained base, so all three score alike. `model_path` is a full model or a
     LoRA adapter folder (merged for inference), loaded in the run's precision `choice`; `extra` entries are added to the metrics before they
-    are written. Dictionary recall adds `dict_exact_match` and `dict_chrf` ({value, total}) to the
-    MCQ metrics. The lm_eval scorer reads `questions` from `data`/`split` with the `lm_eval`
+    are written. Dictionary recall adds `dict_exact_match`, `dict_chrf` ({value, total}) and
+    `dict_reverse_exact_match` (the term from its description) to the MCQ metrics. The lm_eval scorer reads `questions` from `data`/`split` with the `lm_eval`
     settings (`lm_eval_protocol.lm_eval_settings`) and loads `model_path` itself (an adapter as peft=).
     Raises ModelError for a model that cannot load, UsageError for a bad `eval_mode`.
     """
@@ -132,6 +132,7 @@ def evaluate_checkpoint(model_path: str, tokenizer, questions: list, folder: Pat
                        dict_metrics, dict_preds)
         metrics["dict_exact_match"] = dict_metrics["exact_match"]
         metrics["dict_chrf"] = {"value": dict_metrics["chrf"], "total": dict_metrics["n"]}
+        metrics["dict_reverse_exact_match"] = dict_metrics["reverse_exact_match"]
     del model
     if is_main_process():  # several processes: each has all records (gathered); one writes them
         write_eval(folder, metrics, preds)

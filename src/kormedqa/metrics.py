@@ -16,7 +16,10 @@ def wilson_interval(correct: int, total: int, z: float = 1.959963984540054) -> t
     denom = 1 + z * z / total
     centre = (p + z * z / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # At 0 or all correct the bound is exactly 0 or 1; centre - half leaves rounding dust (1.7e-18 at 0/224).
+    low = 0.0 if correct == 0 else max(0.0, centre - half)
+    high = 1.0 if correct == total else min(1.0, centre + half)
+    return (low, high)
 
 
 def proportion(correct: int, total: int) -> dict:

@@ -282,7 +282,8 @@ JOINT_METRICS = (
      lambda preds: proportion(sum(p["prediction"] == p["loglik_prediction"] for p in preds), len(preds))),
 )
 # What `evaluate_checkpoint`'s dictionary recall adds to an MCQ evaluation (not a scorer of MCQs).
-DICT_RECALL_METRICS = (Metric("dict_exact_match"), Metric("dict_chrf", phrase="Dictionary recall (chrF)"))
+DICT_RECALL_METRICS = (Metric("dict_exact_match"), Metric("dict_chrf", phrase="Dictionary recall (chrF)"),
+                       Metric("dict_reverse_exact_match", phrase="Reverse dictionary recall (term from its description)"))
 
 EVAL_SCORERS = tuple(s.name for s in SCORERS)
 ALL_SCORERS = tuple(s.name for s in SCORERS if s.in_all)
