@@ -1,4 +1,12 @@
 """kormedqa: fine-tune Gemma-family chat models on Korean medical licensing-exam questions."""
+import os
+
+# fp32 matrix products the same bitwise whatever the thread count and memory alignment: MKL's
+# strict conditional-numerical-reproducibility mode, read once at MKL's first call, so set before
+# any product runs; a value the user exported wins. Why and what it costs: docs/decisions.md,
+# "fp32 products reproducible on every x86 CPU".
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
 from .data import load_dictionary, load_mcq
 from .extract import extract_answer, harness_extract, reasoning_score
 from .metrics import wilson_interval
