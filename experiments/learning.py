@@ -8,6 +8,11 @@ prompt), plus dictionary recall (chrF on the first 80 entries). Each arm is comp
 untrained base and with the control arm by McNemar's exact test on the same questions.
 
     python experiments/learning.py [--model DIR] [--arms a,b,...] [--precision fp32|bf16] [--results NAME] [--fresh]
+        [--seed N] [--rephrase SEED] [--reverse]
+
+--rephrase and --reverse also score each trained arm's best checkpoint by generation on the test terms
+asked another way and asked from their definitions (data/sample/mcq_reverse), each paired with the
+arm's control by McNemar; a rerun with them only scores what is missing.
 
 Arms (counted in epochs: the dictionary stage goes over all 484 entries, the MCQ stage over the
 224 training questions, or over their rotated copies where an arm rotates options), one loop
@@ -239,25 +244,61 @@ def rephrased_questions(seed: int, work: Path) -> list:
     return load_mcq(folder, split="test")
 
 
-def score_rephrased(name: str, result: dict, args, work: Path) -> None:
-    """Generation accuracy of the arm's best checkpoint on other phrasings of the same test terms
-    (`accuracy_rephrased_<seed>` in its metrics, `loop/eval_rephrased_<seed>`): knowledge of the terms, not
-    of the questions' surface, holds up there."""
+def other_splits(args) -> dict[str, str]:
+    """The other test splits this run scores, metric key -> eval folder name under each arm's loop/."""
+    out = {}
+    if args.rephrase is not None:
+        out[f"accuracy_rephrased_{args.rephrase}"] = f"eval_rephrased_{args.rephrase}"
+    if args.reverse:
+        out["accuracy_reverse"] = "eval_reverse"
+    return out
+
+
+def other_split_questions(key: str, work: Path) -> list:
+    """The questions behind `key`: other phrasings of the test terms (`accuracy_rephrased_<seed>`) or
+    the reverse split, definition -> term (`accuracy_reverse`: data/sample/mcq_reverse)."""
+    from kormedqa.data import load_mcq
+
+    if key == "accuracy_reverse":
+        return load_mcq(SAMPLE / "mcq_reverse", split="test")
+    return rephrased_questions(int(key.rsplit("_", 1)[1]), work)
+
+
+def score_other_split(name: str, result: dict, key: str, folder: str, args, work: Path) -> None:
+    """Generation accuracy of the arm's best checkpoint on another split of the same test terms
+    (`key` in its metrics, predictions in `loop/<folder>`): other phrasings show knowledge of the
+    terms rather than of the questions' surface; the reverse split asks the term from its definition."""
     from kormedqa.hardware import choose
     from kormedqa.loop import evaluate_checkpoint
     from kormedqa.modeling import load_tokenizer
 
     checkpoint = work / name / "loop" / "best_checkpoint"
-    key = f"accuracy_rephrased_{args.rephrase}"
     if key in result["metrics"] or not checkpoint.exists():
         return
     started = time.time()
     metrics = evaluate_checkpoint(
-        str(checkpoint), load_tokenizer(args.model), rephrased_questions(args.rephrase, work),
-        work / name / "loop" / f"eval_rephrased_{args.rephrase}", eval_mode="generate",
+        str(checkpoint), load_tokenizer(args.model), other_split_questions(key, work),
+        work / name / "loop" / folder, eval_mode="generate",
         eval_batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, choice=choose("cpu", args.precision))
     result["metrics"][key] = metrics["accuracy"]
     result["eval_seconds"] += time.time() - started
+
+
+def other_split_tests(work: Path, arm: str, control: str, splits: dict[str, str]) -> dict:
+    """McNemar's exact test of `arm` against `control` on each other split both were scored on,
+    pairing questions by id in the two arms' predictions.jsonl ({metric key: test})."""
+    from kormedqa.data import read_jsonl
+    from kormedqa.metrics import mcnemar_exact
+
+    out = {}
+    for key, folder in splits.items():
+        files = [work / a / "loop" / folder / "predictions.jsonl" for a in (control, arm)]
+        if not all(f.exists() for f in files):
+            continue
+        a, b = ({p["id"]: p["correct"] for p in read_jsonl(f)} for f in files)
+        ids = sorted(a.keys() & b.keys())
+        out[key] = mcnemar_exact([a[i] for i in ids], [b[i] for i in ids])
+    return out
 
 
 def _slim(preds: list[dict]) -> list[dict]:
@@ -317,9 +358,10 @@ def _pct(m: dict | None) -> str:
 
 
 def table(results: dict, vs_base: dict, vs_control: dict) -> str:
-    lines = ["| arm | generation accuracy | generation, the same terms asked another way | parse / format parse | letter loglik | cloze (raw / norm) | recall chrF "
-             "| cloze after the dict stage | p vs base: gen / cloze | p vs control: gen / cloze | minutes (train + eval) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| arm | generation accuracy | generation, the same terms asked another way | generation, reverse (term from its definition) "
+             "| parse / format parse | letter loglik | cloze (raw / norm) | recall chrF "
+             "| cloze after the dict stage | p vs base: gen / cloze | p vs control: gen / other way / reverse / cloze | minutes (train + eval) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def p(tests, name, metric):
         t = tests.get(name, {}).get(metric)
@@ -327,15 +369,18 @@ def table(results: dict, vs_base: dict, vs_control: dict) -> str:
 
     for name, r in results.items():
         m = r["metrics"]
-        rephrased = ", ".join(f"{_pct(v)} (seed {k.rsplit('_', 1)[1]})" for k, v in m.items()
-                              if k.startswith("accuracy_rephrased_")) or "-"
+        rephrased_keys = [k for k in m if k.startswith("accuracy_rephrased_")]
+        rephrased = ", ".join(f"{_pct(m[k])} (seed {k.rsplit('_', 1)[1]})" for k in rephrased_keys) or "-"
+        other_way = " ".join(p(vs_control, name, k) for k in rephrased_keys) or "-"
         parse = (f"{m['parse_rate']['value']:.0%} / {m['format_parse_rate']['value']:.0%}"
                  if "parse_rate" in m else "-")
         lines.append(
-            f"| {name} | {_pct(m.get('accuracy'))} | {rephrased} | {parse} | {_pct(m.get('loglik_accuracy'))} "
+            f"| {name} | {_pct(m.get('accuracy'))} | {rephrased} | {_pct(m.get('accuracy_reverse'))} | {parse} "
+            f"| {_pct(m.get('loglik_accuracy'))} "
             f"| {_pct(m.get('cloze_accuracy'))} / {m['cloze_accuracy_norm']['value']:.1%} | {_pct(m.get('dict_chrf'))} "
             f"| {_pct(m.get('cloze_accuracy_after_dict'))} | {p(vs_base, name, 'accuracy')} / {p(vs_base, name, 'cloze_accuracy')} "
-            f"| {p(vs_control, name, 'accuracy')} / {p(vs_control, name, 'cloze_accuracy')} "
+            f"| {p(vs_control, name, 'accuracy')} / {other_way} / {p(vs_control, name, 'accuracy_reverse')} "
+            f"/ {p(vs_control, name, 'cloze_accuracy')} "
             f"| {r['train_seconds'] / 60:.1f} + {r['eval_seconds'] / 60:.1f} |")
     return "\n".join(lines)
 
@@ -372,6 +417,9 @@ def main() -> int:
     p.add_argument("--rephrase", type=int, metavar="SEED",
                    help="also score each trained arm's best checkpoint (generation) on the test terms asked another "
                         "way (scripts/make_sample_mcq.py --rephrase SEED)")
+    p.add_argument("--reverse", action="store_true",
+                   help="also score each trained arm's best checkpoint (generation) on the reverse split "
+                        "(data/sample/mcq_reverse: the test terms asked from their definitions)")
     args = p.parse_args()
 
     from kormedqa.fsio import write_json_atomic
@@ -399,15 +447,16 @@ def main() -> int:
         done.parent.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps(results[name], ensure_ascii=False))
         print(name, json.dumps({k: round(v["value"], 4) for k, v in results[name]["metrics"].items()}), flush=True)
-    if args.rephrase is not None:
+    splits = other_splits(args)
+    for key, folder in splits.items():
         for name in results:
             if name != "base" and (work / name / "result.json").exists():
-                score_rephrased(name, results[name], args, work)
+                score_other_split(name, results[name], key, folder, args, work)
                 (work / name / "result.json").write_text(json.dumps(results[name], ensure_ascii=False))
     vs_base = {n: paired_tests(results["base"], r) for n, r in results.items() if n != "base" and "base" in results}
     controls = {CONTROL, *CONTROLS.values()}
-    vs_control = {n: paired_tests(results[control_of(n)], r) for n, r in results.items()
-                  if n != "base" and n not in controls and control_of(n) in results}
+    vs_control = {n: {**paired_tests(results[control_of(n)], r), **other_split_tests(work, n, control_of(n), splits)}
+                  for n, r in results.items() if n != "base" and n not in controls and control_of(n) in results}
     summary = best_arm(results, vs_control)
     text = table(results, vs_base, vs_control)
     text += "\n\nEach arm's control (\"p vs control\"): " + "; ".join(

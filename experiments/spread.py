@@ -3,7 +3,8 @@
     python experiments/spread.py NAME NAME ... [--out NAME_spread]
 
 Each NAME is experiments/results/NAME.json, written by `experiments/learning.py --seed S --results
-NAME` (for instance `--arms base,dictline_rehearse_long,dictline_mcq_only --precision bf16 --rephrase 1`
+NAME` (for instance `--arms base,dictline_rehearse_long,dictline_mcq_only --precision bf16 --rephrase 1
+--reverse`
 with `--seed 42`, `1`, `2`). The runs must differ in nothing but the seed (the model, precision,
 scoring batch, generation budget and rephrased set): otherwise one line names the file and the
 setting, exit 2, nothing written. For every arm in every run: generation accuracy, generation on
@@ -26,7 +27,7 @@ from learning import control_of  # noqa: E402  (each arm's control, as the runs 
 
 RESULTS = HERE / "results"
 # What may not differ between the runs compared (experiments/learning.py's settings).
-SAME = ("model", "max_new_tokens", "eval_batch_size", "precision", "rephrase")
+SAME = ("model", "max_new_tokens", "eval_batch_size", "precision", "rephrase", "reverse")
 ALPHA = 0.01
 
 
@@ -40,6 +41,7 @@ def figures(run: dict, arm: str) -> dict:
     beat = None if test is None or control is None else (
         test["p_value"] < ALPHA and metrics["accuracy"]["value"] > control["metrics"]["accuracy"]["value"])
     return {"accuracy": metrics["accuracy"]["value"], "rephrased": rephrased[0] if rephrased else None,
+            "reverse": metrics["accuracy_reverse"]["value"] if "accuracy_reverse" in metrics else None,
             "cloze": metrics["cloze_accuracy"]["value"] if "cloze_accuracy" in metrics else None,
             "p_vs_control": None if test is None else test["p_value"], "beats_control": beat}
 
@@ -74,7 +76,7 @@ def summarise(runs: dict[str, dict]) -> dict:
     for arm in dict.fromkeys(a for run in runs.values() for a in run["results"]):
         per_seed = {run["settings"]["seed"]: figures(run, arm) for run in runs.values() if arm in run["results"]}
         out = {"per_seed": per_seed}
-        for key in ("accuracy", "rephrased", "cloze"):
+        for key in ("accuracy", "rephrased", "reverse", "cloze"):
             out[key] = spread([f[key] for f in per_seed.values() if f[key] is not None])
         tested = [f["beats_control"] for f in per_seed.values() if f["beats_control"] is not None]
         out["beats_control"] = {"seeds": len(tested), "significant": sum(tested)} if tested else None
@@ -93,13 +95,14 @@ def _cell(s: dict | None) -> str:
 
 def markdown(summary: dict) -> str:
     lines = [f"Seeds {', '.join(map(str, summary['seeds']))}; {'; '.join(summary['machines'])}; mean ± sample sd (range).", "",
-             "| arm | seeds | generation accuracy | same terms asked another way | cloze | p vs control per seed | beats control at p < 0.01 |",
-             "|---|---|---|---|---|---|---|"]
+             "| arm | seeds | generation accuracy | same terms asked another way | reverse (term from its definition) | cloze "
+             "| p vs control per seed | beats control at p < 0.01 |",
+             "|---|---|---|---|---|---|---|---|"]
     for arm, s in summary["arms"].items():
         ps = ", ".join("-" if f["p_vs_control"] is None else f"{f['p_vs_control']:.2g}" for f in s["per_seed"].values())
         beats = "-" if s["beats_control"] is None else f"{s['beats_control']['significant']} of {s['beats_control']['seeds']}"
         lines.append(f"| {arm} | {len(s['per_seed'])} | {_cell(s['accuracy'])} | {_cell(s['rephrased'])} | "
-                     f"{_cell(s['cloze'])} | {ps} | {beats} |")
+                     f"{_cell(s['reverse'])} | {_cell(s['cloze'])} | {ps} | {beats} |")
     return "\n".join(lines)
 
 

@@ -49,6 +49,38 @@ def test_learning_compares_each_arm_with_its_own_control():
     assert "dictline_rehearse_long (83.3%, McNemar p = 0.002 vs dictline_mcq_only); it meets the goal" in summary
 
 
+def test_learning_tests_the_other_splits_against_the_control_and_tabulates_them(tmp_path):
+    """The rephrased and reverse splits are paired by id from each arm's predictions and shown beside forward."""
+    learning = _script("learning")
+    args = type("Args", (), {"rephrase": 1, "reverse": True})
+    splits = learning.other_splits(args)
+    assert splits == {"accuracy_rephrased_1": "eval_rephrased_1", "accuracy_reverse": "eval_reverse"}
+    hits = {("dictline_rehearse_long", "eval_reverse"): [True] * 9 + [False] * 3,
+            ("dictline_mcq_only", "eval_reverse"): [False] * 12,
+            ("dictline_rehearse_long", "eval_rephrased_1"): [True] * 3 + [False] * 9,
+            ("dictline_mcq_only", "eval_rephrased_1"): [False] * 2 + [True] + [False] * 9}
+    for (arm, folder), h in hits.items():
+        out = tmp_path / arm / "loop" / folder
+        out.mkdir(parents=True)
+        # Another order in each file: the pairing is by id, not by line.
+        rows = [{"id": f"q{i}", "correct": c} for i, c in enumerate(h)]
+        (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (rows if arm == "dictline_mcq_only" else rows[::-1])))
+    tests = learning.other_split_tests(tmp_path, "dictline_rehearse_long", "dictline_mcq_only", splits)
+    assert tests["accuracy_reverse"]["p_value"] == pytest.approx(2 * 0.5 ** 9)
+    # 3 vs 1 correct, q2 correct in both: discordant 2 for the arm, 0 against -> p = 0.5.
+    assert tests["accuracy_rephrased_1"]["p_value"] == pytest.approx(0.5)
+    results = {"dictline_rehearse_long": _arm([True] * 10 + [False] * 2), "dictline_mcq_only": _arm([False] * 12)}
+    for r in results.values():
+        r["metrics"]["cloze_accuracy_norm"] = {"value": 0.5}
+        r.update(train_seconds=60, eval_seconds=60)
+    results["dictline_rehearse_long"]["metrics"]["accuracy_reverse"] = {"value": 0.75, "ci95": [0.5, 0.9]}
+    vs_control = {"dictline_rehearse_long": {**learning.paired_tests(results["dictline_mcq_only"], results["dictline_rehearse_long"]), **tests}}
+    row = [l for l in learning.table(results, {}, vs_control).splitlines() if l.startswith("| dictline_rehearse_long")][0]
+    assert "| 75.0% [50.0%, 90.0%] |" in row
+    # gen / other way / reverse / cloze: no rephrased metric in this arm's result, so no p for it.
+    assert f"| 0.002 / - / {2 * 0.5 ** 9:.2g} / 0.002 |" in row
+
+
 def test_learning_reuses_stored_arms_only_from_the_same_settings(tmp_path, monkeypatch):
     learning = _script("learning")
     monkeypatch.setattr(learning, "HERE", tmp_path)
@@ -106,8 +138,9 @@ def _run(seed, arm_hits, control_hits, precision="bf16"):
     for r in results.values():
         r["metrics"]["cloze_accuracy"] = {"value": 0.5}
         r["metrics"]["accuracy_rephrased_1"] = {"value": r["metrics"]["accuracy"]["value"] / 2}
+        r["metrics"]["accuracy_reverse"] = {"value": r["metrics"]["accuracy"]["value"] / 4}
     return {"settings": {"model": "m", "max_new_tokens": 192, "eval_batch_size": 32, "precision": precision,
-                         "rephrase": 1, "seed": seed},
+                         "rephrase": 1, "reverse": True, "seed": seed},
             "machine": {"cpu": "Xeon", "cpu_flags": ["avx512_bf16", "amx_bf16"]}, "results": results,
             "mcnemar_vs_control": {"dictline_rehearse_long": learning.paired_tests(
                 results["dictline_mcq_only"], results["dictline_rehearse_long"])}}
@@ -127,9 +160,10 @@ def test_spread_reports_mean_sd_range_and_seeds_that_beat_the_control(tmp_path, 
     assert arm["accuracy"]["sd"] == pytest.approx(((10 / 12 - 6 / 12) ** 2 / 2) ** 0.5)
     assert (arm["accuracy"]["min"], arm["accuracy"]["max"]) == pytest.approx((0.5, 10 / 12))
     assert arm["rephrased"]["mean"] == pytest.approx(arm["accuracy"]["mean"] / 2)
+    assert arm["reverse"]["mean"] == pytest.approx(arm["accuracy"]["mean"] / 4)
     assert arm["beats_control"] == {"seeds": 2, "significant": 1}
     assert saved["arms"]["dictline_mcq_only"]["beats_control"] is None
-    assert "| dictline_rehearse_long | 2 | 66.7% ± 23.6% (50.0%-83.3%) |" in saved["table"]
+    assert "| dictline_rehearse_long | 2 | 66.7% ± 23.6% (50.0%-83.3%) | 33.3% ± 11.8% (25.0%-41.7%) | 16.7% ± 5.9% (12.5%-20.8%) |" in saved["table"]
     assert "0.002, 0.031 | 1 of 2 |" in saved["table"]
 
 

@@ -63,7 +63,7 @@ class Example:
 
 
 def dict_prompt(term: str) -> str:
-    return f"{USER_TURN}Meaning of word {term}:{END_OF_TURN}"
+    return f"{USER_TURN}{forward_question(term)}{END_OF_TURN}"
 
 
 def dict_example(entry: DictEntry) -> Example:
@@ -87,6 +87,19 @@ REVERSE_PHRASINGS = ("Word with meaning {description}:", "다음 뜻을 가진 �
 DICT_DIRECTIONS = ("forward", "reverse")
 
 
+def forward_question(term: str, phrasing: int = 0) -> str:
+    """A forward dictionary question without turn markers: `FORWARD_PHRASINGS[phrasing]` with the
+    term (`Meaning of word 고혈압:`, the spec's at 0); the rows' prompts and the rationale
+    templates' recall lines both say it this way."""
+    return FORWARD_PHRASINGS[phrasing].format(term=term)
+
+
+def reverse_question(entry: DictEntry, phrasing: int = 0) -> str:
+    """A reverse dictionary question without turn markers: `REVERSE_PHRASINGS[phrasing]` with the
+    entry's `reverse_description` (`Word with meaning 혈압이 ...:`); its answer is `entry.term`."""
+    return REVERSE_PHRASINGS[phrasing].format(description=reverse_description(entry))
+
+
 def reverse_description(entry: DictEntry) -> str:
     """What a reverse row gives: the definition's Korean part (`korean_part`), as exam questions
     describe a term in Korean; the English name stays something to recall."""
@@ -96,7 +109,7 @@ def reverse_description(entry: DictEntry) -> str:
 def reverse_dict_prompt(entry: DictEntry, phrasing: int = 0) -> str:
     """The user turn of a reverse dictionary row: `REVERSE_PHRASINGS[phrasing]` with the entry's
     `reverse_description`; its answer is `entry.term`."""
-    return f"{USER_TURN}{REVERSE_PHRASINGS[phrasing].format(description=reverse_description(entry))}{END_OF_TURN}"
+    return f"{USER_TURN}{reverse_question(entry, phrasing)}{END_OF_TURN}"
 
 
 def dict_examples(entries: Sequence[DictEntry], directions: Sequence[str] = ("forward",),
@@ -121,7 +134,7 @@ def dict_examples(entries: Sequence[DictEntry], directions: Sequence[str] = ("fo
                 if direction == "forward" and k == 0:
                     out.append(dict_example(entry))
                 elif direction == "forward":
-                    out.append(Example(f"{USER_TURN}{FORWARD_PHRASINGS[k].format(term=entry.term)}{END_OF_TURN}",
+                    out.append(Example(f"{USER_TURN}{forward_question(entry.term, k)}{END_OF_TURN}",
                                        f"{MODEL_TURN}{entry.definition}{END_OF_TURN}", f"{entry.term}~fwd{k}", "dict"))
                 else:
                     out.append(Example(reverse_dict_prompt(entry, k), f"{MODEL_TURN}{entry.term}{END_OF_TURN}",
@@ -247,11 +260,10 @@ def template_simple_reasoning(mcq: MCQ, glossary: Glossary, template: str = DEFA
         # reverse dictionary row says it (`Word with meaning <description>: <term>`).
         described = glossary.described(mcq.question)
         if described:
-            return "\n".join(f"{REVERSE_PHRASINGS[0].format(description=reverse_description(e))} {e.term}"
-                             for e in described)
+            return "\n".join(f"{reverse_question(e)} {e.term}" for e in described)
     known = glossary.mentioned(mcq.question)
     if template == "dictionary_line" and known:
-        return "\n".join(f"Meaning of word {entry.term}: {entry.definition}" for entry in known)
+        return "\n".join(f"{forward_question(entry.term)} {entry.definition}" for entry in known)
     recalled = [f"{entry.term}: {korean_part(entry.definition)}" for entry in known]
     if template == "recall" and recalled:
         return "\n".join(recalled)
