@@ -10,7 +10,7 @@ untrained base and with the control arm by McNemar's exact test on the same ques
     python experiments/learning.py [--model DIR] [--arms a,b,...] [--precision fp32|bf16] [--results NAME] [--fresh]
         [--seed N] [--rephrase SEED] [--reverse]
 
---rephrase and --reverse also score each trained arm's best checkpoint by generation on the test terms
+--rephrase and --reverse also score each arm's best checkpoint (base: the model) by generation on the test terms
 asked another way and asked from their definitions (data/sample/mcq_reverse), each paired with the
 arm's control by McNemar; a rerun with them only scores what is missing.
 
@@ -35,6 +35,9 @@ each (recipes/experiments/<arm>.yaml); the default list is the one docs/results.
   in star_dictline.rationales.yaml: 2 sampled tries, a hinted try, the dictionary_line template for
   what fails), then five unrotated MCQ epochs on them with rehearsal 0.5; compared with
   dictline_rehearse_long and their control dictline_mcq_only.
+- dictline_both_ways: knowledge both ways (issue 25): recipes/cpu-demo-both-ways.yaml's training on the
+  bench (dictionary rows term -> definition and description -> term, the reverse training questions in
+  the MCQ stage, 0.3 MCQ epochs over five option orders, rehearsal 1.0); control dictline_mcq_only.
 - linked, verdict, mcq_only, recall_mcq_only: earlier arms, selectable with --arms (recipes/experiments/).
 Each arm must fit in 60 minutes with its evaluation on 2 cores without native bf16.
 
@@ -71,7 +74,8 @@ ARMS = {p.stem: yaml.safe_load(p.read_text(encoding="utf-8")) for p in sorted(RE
 STAR = {p.name.removesuffix(".rationales.yaml"): yaml.safe_load(p.read_text(encoding="utf-8"))
         for p in sorted(RECIPES.glob("*.rationales.yaml"))}
 # Arms compared with a matched control of their own; every other arm with CONTROL.
-CONTROLS = {"dictline_rehearse_long": "dictline_mcq_only", "star_dictline": "dictline_mcq_only"}
+CONTROLS = {"dictline_rehearse_long": "dictline_mcq_only", "star_dictline": "dictline_mcq_only",
+            "dictline_both_ways": "dictline_mcq_only"}
 CONTROL = "rotate3_mcq_only"
 EVAL_MODE = "generate,loglik,cloze"
 DICT_RECALL_ENTRIES = 80
@@ -265,14 +269,14 @@ def other_split_questions(key: str, work: Path) -> list:
 
 
 def score_other_split(name: str, result: dict, key: str, folder: str, args, work: Path) -> None:
-    """Generation accuracy of the arm's best checkpoint on another split of the same test terms
+    """Generation accuracy of the arm's best checkpoint (base: the model itself) on another split of the same test terms
     (`key` in its metrics, predictions in `loop/<folder>`): other phrasings show knowledge of the
     terms rather than of the questions' surface; the reverse split asks the term from its definition."""
     from kormedqa.hardware import choose
     from kormedqa.loop import evaluate_checkpoint
     from kormedqa.modeling import load_tokenizer
 
-    checkpoint = work / name / "loop" / "best_checkpoint"
+    checkpoint = Path(args.model) if name == "base" else work / name / "loop" / "best_checkpoint"
     if key in result["metrics"] or not checkpoint.exists():
         return
     started = time.time()
@@ -415,10 +419,10 @@ def main() -> int:
                         "a run in another precision gets its own, e.g. learning_bf16")
     p.add_argument("--fresh", action="store_true", help="retrain arms that already have a result")
     p.add_argument("--rephrase", type=int, metavar="SEED",
-                   help="also score each trained arm's best checkpoint (generation) on the test terms asked another "
+                   help="also score each arm's best checkpoint (base: the model) (generation) on the test terms asked another "
                         "way (scripts/make_sample_mcq.py --rephrase SEED)")
     p.add_argument("--reverse", action="store_true",
-                   help="also score each trained arm's best checkpoint (generation) on the reverse split "
+                   help="also score each arm's best checkpoint (base: the model) (generation) on the reverse split "
                         "(data/sample/mcq_reverse: the test terms asked from their definitions)")
     args = p.parse_args()
 
@@ -450,7 +454,7 @@ def main() -> int:
     splits = other_splits(args)
     for key, folder in splits.items():
         for name in results:
-            if name != "base" and (work / name / "result.json").exists():
+            if (work / name / "result.json").exists():
                 score_other_split(name, results[name], key, folder, args, work)
                 (work / name / "result.json").write_text(json.dumps(results[name], ensure_ascii=False))
     vs_base = {n: paired_tests(results["base"], r) for n, r in results.items() if n != "base" and "base" in results}
