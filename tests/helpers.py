@@ -73,3 +73,25 @@ def load_script(path: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def assert_same_results(a, b, path: str = "", rel: float = 1e-4, abs_: float = 1e-4) -> None:
+    """`b` equals `a` in structure, keys, counts, text and flags; floats within `rel` relative or `abs_`.
+
+    For numbers computed in two processes: their float sums may be ordered differently (another
+    process, another thread schedule), so the callers say which tolerance their figures need and why.
+    """
+    import pytest
+
+    if isinstance(a, float) or isinstance(b, float):
+        assert b == pytest.approx(a, rel=rel, abs=abs_), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same_results(a[k], b[k], f"{path}.{k}", rel, abs_)
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_results(x, y, f"{path}[{i}]", rel, abs_)
+    else:
+        assert a == b, path

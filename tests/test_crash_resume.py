@@ -1,7 +1,13 @@
 """Kill a real `kormedqa loop` with SIGKILL at several points, resume, and compare with an uninterrupted run.
 
-On CPU with a fixed seed every stage is deterministic, so the resumed run's metrics must equal the
-uninterrupted run's exactly (no tolerance is needed; none is used).
+What a resume must get right is checked exactly: every optimizer step of every stage logged once,
+in order (none lost, none redone), finished stages' checkpoints untouched, the checkpoint layout,
+the loops and every count in the metrics. The metrics' floats are compared to 1e-2 relative: the
+killed run and the reference are two processes, and on a busy machine one of them once summed a
+step's loss 1e-4 (relative) differently, which a random-weight model's greedy outputs then turned
+into a 0.5% different chrF (CI, 2026-12-03, while another bf16 training shared the 2 cores; not
+reproduced alone). The step log is what tells a resume that trains differently from one that
+rounds differently.
 """
 import json
 import os
@@ -11,7 +17,7 @@ import sys
 
 import pytest
 
-from helpers import as_flags, tiny_loop_settings, write_sample
+from helpers import as_flags, assert_same_results, tiny_loop_settings, write_sample
 
 pytestmark = pytest.mark.slow  # SIGKILLed `kormedqa loop` subprocesses, resumed
 
@@ -35,7 +41,13 @@ def reference(tmp_path_factory, tiny_model_dir):
     data = write_sample(tmp / "data")
     r = _loop(tmp, tiny_model_dir, data, tmp / "run")
     assert r.returncode == 0, r.stderr
-    return data, json.loads((tmp / "run" / "history.json").read_text())
+    return data, json.loads((tmp / "run" / "history.json").read_text()), _steps(tmp / "run")
+
+
+def _steps(run) -> list[tuple[str, int]]:
+    """(stage, optimizer step) of every logged training step of the run, in file order."""
+    rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    return [(r["stage"], r["step"]) for r in rows if "loss" in r]
 
 
 @pytest.mark.parametrize("kill_at", [
@@ -45,7 +57,7 @@ def reference(tmp_path_factory, tiny_model_dir):
     "checkpoint_written:4",    # loop 2, its dictionary checkpoint staged but not yet renamed
 ])
 def test_kill_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir, reference, kill_at):
-    data, expected = reference
+    data, expected, expected_steps = reference
     out = tmp_path / "run"
     killed = _loop(tmp_path, tiny_model_dir, data, out, kill_at=kill_at)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
@@ -60,7 +72,9 @@ def test_kill_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir, referen
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     history = json.loads((out / "history.json").read_text())
     assert [l["loop"] for l in history["loops"]] == [1, 2]
-    assert [l["metrics"] for l in history["loops"]] == [l["metrics"] for l in expected["loops"]]
+    assert_same_results([l["metrics"] for l in expected["loops"]], [l["metrics"] for l in history["loops"]], "metrics",
+                        rel=1e-2, abs_=1e-6)
+    assert _steps(out) == expected_steps  # each optimizer step of each stage logged once, in order
     # Finished stages were not redone; no scratch or half-written folder is left.
     for path, stamp in before.items():
         assert (out / path).stat().st_mtime_ns == stamp, f"{path} was rewritten"

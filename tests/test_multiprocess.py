@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import assert_same_results
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "KORMEDQA_LOG": "WARNING",
        "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -128,18 +130,7 @@ def _loop(launcher: list[str], data: dict, base: Path, out: Path, batch: int, lo
 
 def _same(a, b, path=""):
     """Equal, floats to 1e-4 relative (two processes sum gradients in another order: weights differ ~1e-7)."""
-    if isinstance(a, float) or isinstance(b, float):
-        assert b == pytest.approx(a, rel=1e-4, abs=1e-4), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
+    assert_same_results(a, b, path, rel=1e-4, abs_=1e-4)
 
 
 @pytest.mark.slow

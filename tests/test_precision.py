@@ -107,6 +107,28 @@ def test_run_json_records_the_choice_and_why(cpu_kind, native):
     assert requested["requested"] == "bf16" and ("no fast bf16" in requested["reason"]) == (not native)
 
 
+def test_a_resume_keeps_the_precision_its_run_recorded(cpu_kind, tmp_path, caplog):
+    """The automatic choice rests on a timing probe: a resume on a busy machine must not switch precision."""
+    from kormedqa.provenance import provenance, run_precision
+    from kormedqa.sft import TrainConfig
+
+    cpu_kind(True)  # the run starts where the probe says bf16
+    started = TrainConfig(device="cpu", output=str(tmp_path))
+    (tmp_path / "run.json").write_text(json.dumps(provenance(started, choice=run_precision(started))))
+    cpu_kind(False)  # today the probe says fp32
+    resumed = run_precision(TrainConfig(device="cpu", output=str(tmp_path), resume=True))
+    assert (resumed.precision, resumed.requested, resumed.cpu_bf16_flags) == ("bf16", "auto", ("avx512_bf16",))
+    assert "resuming in bf16, as the run recorded" in caplog.text
+    # A new run, an explicit precision or another kind of device decides afresh.
+    assert run_precision(TrainConfig(device="cpu", output=str(tmp_path))).precision == "fp32"
+    assert run_precision(TrainConfig(device="cpu", output=str(tmp_path), resume=True, precision="fp32")).precision == "fp32"
+    record = json.loads((tmp_path / "run.json").read_text())
+    record["precision"]["device"] = "cuda:0"
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    assert run_precision(TrainConfig(device="cpu", output=str(tmp_path), resume=True)).precision == "fp32"
+    assert run_precision(TrainConfig(device="cpu", output=str(tmp_path / "none"), resume=True)).precision == "fp32"
+
+
 def test_fp16_is_refused_for_gemma_before_anything_is_loaded(tiny_model_dir):
     with pytest.raises(P.PrecisionError, match="overflow in fp16"):
         P.check_model_precision("gemma3_text", torch.float16)

@@ -20,9 +20,9 @@ from .checks import Range, check_config
 from .config import SAMPLE_DICTIONARIES, LoraArgs, ModelArgs, ReportArgs, RunArgs, arg
 from .data import load_dictionary, read_text_corpus
 from .fsio import write_json_atomic
-from .hardware import PrecisionChoice, choose
+from .hardware import PrecisionChoice
 from .modeling import load_model, load_tokenizer, lora_config, merge_into_base
-from .provenance import claim_run, provenance
+from .provenance import claim_run, provenance, run_precision
 from .records import DataError
 from .stage import Stage
 from .trainer import AnswerWeightedTrainer, TrainerSettings, training_arguments
@@ -140,7 +140,7 @@ def run_cpt(cfg: CPTConfig, choice: PrecisionChoice | None = None) -> dict:
     heldout = read_text_corpus(cfg.heldout) if cfg.heldout else []
     entries = load_dictionary(*cfg.vocab) if cfg.vocab else []
     tokenizer = load_tokenizer(cfg.base_model)
-    choice = choice or choose(cfg.device, cfg.precision)
+    choice = choice or run_precision(cfg)
     out = claim_run(cfg, "cpt", {"corpus": cfg.corpus, "heldout": cfg.heldout or ""}, choice=choice)
     run = Stage("cpt", out / "model", choice, seed=cfg.seed, logs_dir=out,
                 work=out / ".work")

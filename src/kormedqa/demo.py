@@ -30,12 +30,12 @@ from .errors import UsageError
 from .evaluate import summary_line
 from .formats import Glossary
 from .fsio import write_json_atomic, write_jsonl_atomic
-from .hardware import PrecisionChoice, choose
+from .hardware import PrecisionChoice
 from .loop import LoopConfig, evaluate_checkpoint, run_loop
 from .metrics import proportion
 from .modeling import DEFAULT_MODEL_NAME, load_tokenizer, resolve_model_path
 from .prepare import dict_rows, mcq_rows
-from .provenance import claim_run
+from .provenance import claim_run, run_precision
 from .report import (cpt_text, demo_setup_text, demo_splits, markdown_report, other_set_line, plot_report, reading,
                      results_table, significance, training_curves, what_moved)
 from .scorer_table import paired_keys, parse_eval_mode
@@ -148,7 +148,7 @@ class DemoRecipe:
         # terms, not of the questions' surface, and whether it is usable in reverse.
         self.other_sets = {name: load_mcq(folder, split="test")[::every][: limit or None]
                            for name, folder in (("rephrased", cfg.rephrased), ("reverse", cfg.reverse)) if folder}
-        self.choice: PrecisionChoice = choose(cfg.device, cfg.precision)  # once for the whole demo; every step gets it
+        self.choice: PrecisionChoice = run_precision(cfg)  # once for the whole demo; every step gets it
         if cfg.model != DEFAULT_MODEL_NAME:
             resolve_model_path(cfg.model)  # ModelError before the output is claimed (the default is fetched below)
         # Before anything is skipped as finished: another command's folder, changed settings or data are refused.

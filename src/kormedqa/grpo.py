@@ -21,6 +21,7 @@ from .errors import DataError, UsageError
 from .extract import AFTER_REASONING, extract_answer, reasoning_score
 from .formats import GENERATION_PREFIX, REASONING_CLOSE, mcq_prompt
 from .hardware import PrecisionChoice, choose
+from .provenance import run_precision
 from .modeling import cpu_vocab_projection, lora_config
 from .records import MCQ
 from .stage import (Stage, check_train_inputs, check_train_paths, claim_train_output, read_prepared_rows,
@@ -194,7 +195,7 @@ def run_train(cfg) -> dict:
         finished, _ = train_resume_point(cfg, work_folder(Path(cfg.output) / "adapter"))
         return finished
     rows = read_prepared_rows(cfg.data)
-    choice = choose(cfg.device, cfg.precision)  # the run's precision, decided once and passed down
+    choice = run_precision(cfg)  # the run's precision, decided once (kept on resume) and passed down
     check_train_inputs(cfg, choice)
     grpo_rows = grpo_rows_from_prepared(rows, source=cfg.data)
     r = cfg.resolved()

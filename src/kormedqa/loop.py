@@ -28,13 +28,13 @@ from .evaluate import evaluate_dict, evaluate_mcq, summary_line, write_eval
 from .formats import Glossary
 from .fsio import atomic_dir, write_json_atomic
 from .grpo import GRPOStageConfig, grpo_rows_from_mcqs, run_grpo
-from .hardware import PrecisionChoice, choose
+from .hardware import PrecisionChoice
 from .launch import is_main_process, start_processes, wait_for_everyone
 from .lm_eval_protocol import data_configs, lm_eval_settings
 from .loop_config import SELECT_BY, SELECTABLE_BY_SCORER, LoopConfig, TrackArgs, check_select_by, track_args
 from .modeling import load_model, load_tokenizer, resolve_model_path
 from .prepare import check_overlap, dict_rows, load_rationales, mcq_rows
-from .provenance import claim_run
+from .provenance import claim_run, run_precision
 from .scorer_table import BY_NAME, HISTORY_METRICS, parse_eval_mode
 from .sft import TrainConfig, run_training
 from .stage import record_peak_memory
@@ -188,7 +188,7 @@ class LoopRecipe:
                 log.warning("--eval-data %s gives the same questions for --eval-split %s and --test-split %s (a file "
                             "has no splits): best_checkpoint is chosen on the questions it is reported on",
                             cfg.eval_data, cfg.eval_split, cfg.test_split)
-        self.choice = self.choice or choose(cfg.device, cfg.precision)
+        self.choice = self.choice or run_precision(cfg)
         base = resolve_model_path(cfg.base_model)
         self.base = str(Path(base).resolve()) if Path(base).exists() else base
         self.tokenizer = load_tokenizer(self.base)

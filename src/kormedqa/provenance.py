@@ -19,7 +19,7 @@ from typing import Iterable
 
 from .errors import UsageError
 from .fsio import claim_output, write_json_atomic
-from .hardware import PrecisionChoice
+from .hardware import PrecisionChoice, choose, pick_device
 from .launch import is_main_process
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,35 @@ def recorded_config(folder: str | Path) -> dict | None:
     except (ValueError, OSError):
         return None
     return config if isinstance(config, dict) else None
+
+
+def run_precision(config, output: str | Path | None = None) -> PrecisionChoice:
+    """The precision `config`'s run computes in: `choose(config.device, config.precision)`, except
+    that a `--resume` with `--precision auto` takes the choice the run recorded in
+    `output`/run.json (default `config.output`) when it was automatic on the same kind of device.
+
+    On a CPU the automatic choice rests on a sub-second matmul probe, so a resume started while the
+    machine is busy could otherwise compute in another precision than the stages it continues, and
+    one report would mix two (docs/decisions.md, "A resumed run keeps its precision").
+    """
+    fresh = choose(config.device, config.precision)
+    if not getattr(config, "resume", False) or config.precision != "auto":
+        return fresh
+    path = Path(output if output is not None else config.output) / "run.json"
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("precision") or {}
+    except (OSError, ValueError):
+        return fresh
+    if (recorded.get("requested") != "auto" or not recorded.get("device")
+            or pick_device(recorded["device"]).type != fresh.torch_device.type):
+        return fresh
+    if recorded.get("precision") != fresh.precision:
+        log.warning("%s: resuming in %s, as the run recorded (today's automatic choice would be %s: %s)",
+                    config.output, recorded["precision"], fresh.precision, fresh.reason)
+    fields = {f.name for f in dataclasses.fields(PrecisionChoice)}
+    kept = {k: v for k, v in recorded.items() if k in fields}
+    kept["cpu_bf16_flags"] = tuple(kept.get("cpu_bf16_flags") or ())
+    return PrecisionChoice(**kept)
 
 
 def check_resume(config, command: str, data_files: dict[str, str] | None = None,

@@ -46,10 +46,10 @@ from .formats import (DEFAULT_RATIONALE_TEMPLATE, DETAILED_FRACTION, DETAILED_KE
     RATIONALE_TEMPLATES, REASONING_CLOSE, REASONING_OPEN, USER_TURN, choose_detailed, mcq_prompt,
     template_detailed_reasoning, template_simple_reasoning)
 from .fsio import claim_output, fault_point, write_json_atomic, write_jsonl_atomic
-from .hardware import PrecisionChoice, choose
+from .hardware import PrecisionChoice
 from .metrics import proportion
 from .modeling import check_precision, load_model, load_tokenizer
-from .provenance import RESUMABLE_CHANGES, check_resumed_settings, provenance
+from .provenance import RESUMABLE_CHANGES, check_resumed_settings, provenance, run_precision
 from .records import EXAM_TYPES, LETTERS, MCQ
 from .scorers import ANSWER_STOPS, HFGenerator, Sampling
 from .text import normalize_text
@@ -545,7 +545,7 @@ def run_rationales(cfg: RationalesConfig) -> dict:
     glossary = Glossary(load_dictionary(*cfg.dictionary)) if cfg.dictionary else Glossary()
     if cfg.resume:  # a server on another port or a new key is the same teacher
         check_resumed_settings(cfg.output, cfg, RESUMABLE_CHANGES | {"teacher_url", "teacher_key_env", "max_retries"})
-    choice = choose(cfg.device, cfg.precision)  # the run's precision, decided once and passed down
+    choice = run_precision(cfg)  # the run's precision, decided once (kept on resume) and passed down
     teacher, teacher_info = make_teacher(cfg, choice)
     out = claim_output(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
     run = provenance(cfg, {f"data{i}": d for i, d in enumerate(cfg.data)}, choice=choice)

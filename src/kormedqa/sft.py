@@ -17,6 +17,7 @@ from .checks import Range, check_config, parse_answer_weight
 from .config import GRPO_MAX_STEPS, LR_SCHEDULES, LoraArgs, ModelArgs, ReportArgs, ResumableRunArgs, arg
 from .errors import UsageError
 from .hardware import PrecisionChoice, choose
+from .provenance import run_precision
 from .stage import (Stage, check_train_inputs, check_train_paths, claim_train_output, read_prepared_rows,
     train_resume_point, work_folder)
 from .trainer import (AnswerWeightedTrainer, TrainerSettings, adapter_card, last_trainer_checkpoint, prepare_trainable,
@@ -190,7 +191,7 @@ def run_train(cfg: TrainConfig) -> dict:
             log.warning("%s: the run finished earlier; nothing to resume", cfg.output)
             return finished
     rows = read_prepared_rows(cfg.data)
-    choice = choose(cfg.device, cfg.precision)  # the run's precision, decided once and passed down
+    choice = run_precision(cfg)  # the run's precision, decided once (kept on resume) and passed down
     tokenizer = check_train_inputs(cfg, choice)
     features = tokenize_rows(tokenizer, rows, cfg.resolved().max_length, source=cfg.data)
     out = claim_train_output(cfg, choice)
