@@ -1,15 +1,30 @@
 """A question's score does not depend on the batch it is scored in (the class of lm-eval #3055).
 
 Batch size 1 against 16 on a tiny model, in bf16 and fp32: letter log-likelihood, cloze and the
-teacher-forced loss are bitwise equal (each question is its own forward); greedy generation is
-equal in fp32 and bounded in bf16 (docs/scoring.md), so a resumed loop keeps its scoring batch.
+teacher-forced loss are bitwise equal in bf16 (each question is its own forward; a padded batch moved
+bf16 scores by up to 5e-3 nats and flipped picks) and within 1e-4 nats with the same picks in fp32,
+where two calls of the very same forward once came out 1e-6 to 5e-6 nats apart (CI, 2026-12-03; a
+padding or mask error moves scores by far more). Greedy generation is equal in fp32 and bounded in
+bf16 (docs/scoring.md), so a resumed loop keeps its scoring batch.
 """
 import pytest
 import torch
 
+from helpers import assert_same_results
 from kormedqa.records import MCQ
 
 PRECISIONS = ["fp32", "bf16"]
+FP32_NATS = 1e-4
+
+
+def _same_scores(together, alone, precision):
+    """Bitwise in bf16; in fp32 within FP32_NATS, with the same argmax per question."""
+    if precision == "bf16":
+        assert together == alone
+        return
+    a, b = torch.tensor(alone), torch.tensor(together)
+    torch.testing.assert_close(b, a, rtol=0, atol=FP32_NATS)
+    assert b.argmax(-1).tolist() == a.argmax(-1).tolist()
 
 
 def _questions(n: int = 16) -> list[MCQ]:
@@ -39,7 +54,7 @@ def test_letter_loglik_does_not_depend_on_the_batch(models, tokenizer, precision
     prompts = [eval_prompt(q) for q in _questions()]
     alone = letter_logprobs(models[precision], tokenizer, prompts, batch_size=1)
     together = letter_logprobs(models[precision], tokenizer, prompts, batch_size=16)
-    assert together == alone
+    _same_scores(together, alone, precision)
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -47,8 +62,8 @@ def test_cloze_does_not_depend_on_the_batch(models, tokenizer, precision):
     from kormedqa.scorers import option_logprobs
 
     qs = _questions()
-    assert option_logprobs(models[precision], tokenizer, qs, batch_size=16) == \
-        option_logprobs(models[precision], tokenizer, qs, batch_size=1)
+    _same_scores(option_logprobs(models[precision], tokenizer, qs, batch_size=16),
+                 option_logprobs(models[precision], tokenizer, qs, batch_size=1), precision)
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -58,8 +73,12 @@ def test_reference_loss_does_not_depend_on_the_batch(models, tokenizer, precisio
 
     rows = [{"id": q.id, "prompt": mcq_prompt(q),
              "completion": f"{MODEL_TURN}<reasoning>{q.options[0]}</reasoning>{q.answer}<end_of_turn>"} for q in _questions()]
-    assert completion_losses(models[precision], tokenizer, rows, batch_size=16) == \
-        completion_losses(models[precision], tokenizer, rows, batch_size=1)
+    together = completion_losses(models[precision], tokenizer, rows, batch_size=16)
+    alone = completion_losses(models[precision], tokenizer, rows, batch_size=1)
+    if precision == "bf16":
+        assert together == alone
+    else:
+        assert_same_results(alone, together, "losses", rel=0, abs_=FP32_NATS)
 
 
 def test_generation_does_not_depend_on_the_batch_in_fp32(models, tokenizer):
