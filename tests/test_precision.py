@@ -107,6 +107,16 @@ def test_run_json_records_the_choice_and_why(cpu_kind, native):
     assert requested["requested"] == "bf16" and ("no fast bf16" in requested["reason"]) == (not native)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_a_recorded_choice_reads_back_as_it_was(cpu_kind, native):
+    cpu_kind(native)
+    choice = P.choose("cpu", "auto")
+    record = json.loads(json.dumps(choice.as_dict()))  # as run.json holds it, with kept_fp32 added
+    assert P.PrecisionChoice.from_dict(record) == choice
+    with pytest.raises(TypeError):
+        P.PrecisionChoice.from_dict({k: v for k, v in record.items() if k != "reason"})
+
+
 def test_a_resume_keeps_the_precision_its_run_recorded(cpu_kind, tmp_path, caplog):
     """The automatic choice rests on a timing probe: a resume on a busy machine must not switch precision."""
     from kormedqa.provenance import provenance, run_precision

@@ -33,7 +33,7 @@ import functools
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -91,6 +91,15 @@ class PrecisionChoice:
         out["cpu_bf16_flags"] = list(self.cpu_bf16_flags)
         out["kept_fp32"] = ["LoRA weights", "optimizer state", "loss", "log-softmax of scores"]
         return out
+
+    @classmethod
+    def from_dict(cls, recorded: dict) -> "PrecisionChoice":
+        """The choice `as_dict` wrote (run.json's "precision"); keys it does not know are ignored.
+        Raises TypeError when a field without a default (precision, requested, device, reason) is missing."""
+        names = {f.name for f in fields(cls)}
+        kept = {k: v for k, v in recorded.items() if k in names}
+        kept["cpu_bf16_flags"] = tuple(kept.get("cpu_bf16_flags") or ())
+        return cls(**kept)
 
 
 def cpu_flags(cpuinfo: str | None = None) -> set[str]:

@@ -121,10 +121,7 @@ def run_precision(config, output: str | Path | None = None) -> PrecisionChoice:
     if recorded.get("precision") != fresh.precision:
         log.warning("%s: resuming in %s, as the run recorded (today's automatic choice would be %s: %s)",
                     config.output, recorded["precision"], fresh.precision, fresh.reason)
-    fields = {f.name for f in dataclasses.fields(PrecisionChoice)}
-    kept = {k: v for k, v in recorded.items() if k in fields}
-    kept["cpu_bf16_flags"] = tuple(kept.get("cpu_bf16_flags") or ())
-    return PrecisionChoice(**kept)
+    return PrecisionChoice.from_dict(recorded)
 
 
 def check_resume(config, command: str, data_files: dict[str, str] | None = None,
