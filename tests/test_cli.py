@@ -30,6 +30,15 @@ def test_help_lists_every_command():
     assert kq("nonsense").returncode == 2
 
 
+def test_help_and_a_mistyped_command_import_no_torch():
+    """The entry point imports a command's modules only when that command runs (docs/architecture.md)."""
+    code = ("import sys; from kormedqa.cli import main; "
+            "codes = [main(['--help']), main(['nonsense'])]; "
+            "print(codes, sorted(m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=600)
+    assert out.stdout.strip().splitlines()[-1] == "[0, 2] []", out.stdout + out.stderr
+
+
 def test_prepare_mcq_is_byte_identical_per_seed(tmp_path):
     data = write_sample(tmp_path / "d", n_train=40)
     outs = []

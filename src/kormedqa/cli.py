@@ -17,23 +17,13 @@ import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from . import grpo, sft
-from .cpt import CPTConfig, run_cpt
-from .default_model import fetch_default
-from .demo import DemoConfig, run_demo
+# The commands' modules are imported by the command that runs (below): torch, transformers, peft and
+# trl take seconds to import, and `kormedqa --help`, a typo'd command or a bad flag of a light
+# command need none of them.
 from .errors import OutputExistsError, UsageError, UserError, one_line
-from .evaluate import EvalConfig, run_eval
-from .hardware import choose
 from .fsio import claim_output
 from .launch import check_launch, is_main_process
-from .loop import LoopConfig, run_loop
-from .modeling import DEFAULT_MODEL_NAME, adapter_base, check_precision, merge_into_base, resolve_model_path
 from .numerics import NonFiniteError
-from .prepare import PrepareConfig, print_info, run_prepare, run_prepare_hub
-from .provenance import recorded_config
-from .rationales import RationalesConfig, run_rationales
-from .sft import TrainConfig
-from .stage import memory_line, record_peak_memory
 
 USAGE = """usage: kormedqa <command> [options]   (kormedqa <command> --help for each)
 
@@ -147,6 +137,8 @@ def _recorded_settings(cfg) -> dict:
     """With `cfg.resume`, the settings run.json in `cfg.output` records for fields `cfg` has; else {}."""
     if not getattr(cfg, "resume", False) or not cfg.output or not Path(cfg.output).is_dir():
         return {}
+    from .provenance import recorded_config  # defers torch
+
     recorded = recorded_config(cfg.output) or {}
     names = {f.name for f in fields(cfg)} - _NOT_RECORDED
     return {k: v for k, v in recorded.items() if k in names}
@@ -186,6 +178,9 @@ def cmd_model(argv):
     Raises UsageError for another model name, OutputExistsError when --out holds something other
     than a model (with or without --overwrite: those files are the user's).
     """
+    from .default_model import fetch_default  # defers torch
+    from .modeling import DEFAULT_MODEL_NAME  # defers torch
+
     sub, rest = _positional(argv, ("fetch",), "model")
     if rest and not rest[0].startswith("-"):
         rest = ["--name", rest[0], *rest[1:]]
@@ -204,6 +199,8 @@ def cmd_model(argv):
 
 def cmd_prepare(argv):
     """`kormedqa prepare dict|mcq|hub [flags]`: `prepare.run_prepare` (hub: `run_prepare_hub`); prints what was written as JSON."""
+    from .prepare import PrepareConfig, print_info, run_prepare, run_prepare_hub  # defers torch
+
     track, rest = _positional(argv, ("dict", "mcq", "hub"), "prepare")
     cfg = parse(PrepareConfig, rest, f"kormedqa prepare {track}", track=track)
     print_info(run_prepare_hub(cfg) if track == "hub" else run_prepare(cfg))
@@ -211,14 +208,19 @@ def cmd_prepare(argv):
 
 def cmd_rationales(argv):
     """`kormedqa rationales [flags]`: `rationales.run_rationales` (rationales.jsonl for prepare mcq --rationales)."""
+    from .rationales import RationalesConfig, run_rationales  # defers torch
+
     run_rationales(parse(RationalesConfig, argv, "kormedqa rationales"))
 
 
 def cmd_train(argv):
     """`kormedqa train dict|mcq [flags]`: `sft.run_train` (or `grpo.run_train` for --method grpo);
     the main process prints the training summary."""
+    from . import grpo, sft  # defers torch
+    from .stage import memory_line, record_peak_memory  # defers torch
+
     track, rest = _positional(argv, ("dict", "mcq"), "train")
-    cfg = parse(TrainConfig, rest, f"kormedqa train {track}", track=track)
+    cfg = parse(sft.TrainConfig, rest, f"kormedqa train {track}", track=track)
     summary = (grpo.run_train if cfg.method == "grpo" else sft.run_train)(cfg)
     record_peak_memory(Path(cfg.output) / "run.json", summary.get("peak_memory"))
     if is_main_process():
@@ -235,6 +237,9 @@ def cmd_merge(argv):
     ModelError for an adapter whose base is gone or an fp16 Gemma, OutputExistsError for an
     existing output without --overwrite.
     """
+    from .hardware import choose  # defers torch
+    from .modeling import adapter_base, check_precision, merge_into_base, resolve_model_path  # defers torch
+
     cfg = parse(MergeConfig, argv, "kormedqa merge")
     if not cfg.adapter or not cfg.output:
         raise UsageError("--adapter and --output are required")
@@ -250,11 +255,15 @@ def cmd_merge(argv):
 
 def cmd_eval(argv):
     """`kormedqa eval [flags]`: `evaluate.run_eval` (metrics.json and predictions.jsonl in --output)."""
+    from .evaluate import EvalConfig, run_eval  # defers torch
+
     run_eval(parse(EvalConfig, argv, "kormedqa eval"))
 
 
 def cmd_loop(argv):
     """`kormedqa loop [flags | --config recipe.yaml]`: `loop.run_loop`; prints why it stopped and the best loop."""
+    from .loop import LoopConfig, run_loop  # defers torch
+
     history = run_loop(parse(LoopConfig, argv, "kormedqa loop"))
     if is_main_process():
         test = history.get("test")
@@ -267,11 +276,15 @@ def cmd_loop(argv):
 
 def cmd_cpt(argv):
     """`kormedqa cpt [flags]`: `cpt.run_cpt` (merged model, perplexity before/after)."""
+    from .cpt import CPTConfig, run_cpt  # defers torch
+
     run_cpt(parse(CPTConfig, argv, "kormedqa cpt"))
 
 
 def cmd_demo(argv):
     """`kormedqa demo [flags]`: `demo.run_demo` (the whole pipeline and REPORT.md)."""
+    from .demo import DemoConfig, run_demo  # defers torch
+
     run_demo(parse(DemoConfig, argv, "kormedqa demo"))
 
 
