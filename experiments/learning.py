@@ -38,6 +38,8 @@ each (recipes/experiments/<arm>.yaml); the default list is the one docs/results.
 - dictline_both_ways: knowledge both ways (issue 25): recipes/cpu-demo-both-ways.yaml's training on the
   bench (dictionary rows term -> definition and description -> term, the reverse training questions in
   the MCQ stage, 0.3 MCQ epochs over five option orders, rehearsal 1.0); control dictline_mcq_only.
+- dictline_both_ways_long: dictline_rehearse_long's MCQ stage (three option orders, as many steps) over the
+  forward and reverse training questions, the dictionary both ways; control dictline_mcq_only.
 - linked, verdict, mcq_only, recall_mcq_only: earlier arms, selectable with --arms (recipes/experiments/).
 Each arm must fit in 60 minutes with its evaluation on 2 cores without native bf16.
 
@@ -75,7 +77,7 @@ STAR = {p.name.removesuffix(".rationales.yaml"): yaml.safe_load(p.read_text(enco
         for p in sorted(RECIPES.glob("*.rationales.yaml"))}
 # Arms compared with a matched control of their own; every other arm with CONTROL.
 CONTROLS = {"dictline_rehearse_long": "dictline_mcq_only", "star_dictline": "dictline_mcq_only",
-            "dictline_both_ways": "dictline_mcq_only"}
+            "dictline_both_ways": "dictline_mcq_only", "dictline_both_ways_long": "dictline_mcq_only"}
 CONTROL = "rotate3_mcq_only"
 EVAL_MODE = "generate,loglik,cloze"
 DICT_RECALL_ENTRIES = 80
