@@ -2,8 +2,9 @@
 
 fetch -> prepare -> CPT (briefly) -> evaluate before -> loop -> report, and the same terms asked
 another way scored before and with the best checkpoint. The loop's settings are a recipe file
-(`--recipe`, default recipes/cpu-demo.yaml: the one place they are written, also runnable on its
-own with `kormedqa loop --config`); the demo owns only what is its own: the CPT, the before/after
+(`--recipe`, by default recipes/cpu-demo.yaml, or recipes/cpu-demo-fp32.yaml when the run computes
+in fp32 on a CPU: the one place they are written, each also runnable on its own with `kormedqa loop
+--config`); the demo owns only what is its own: the CPT, the before/after
 comparison and the report. Its time and figures: docs/results.md. Every stage writes atomically
 and is skipped on `--resume` when finished, so an interrupted demo continues where it stopped.
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -49,6 +50,20 @@ DEMO_LOOP_FIELDS = ("base_model", "output", "dictionary", "train_data", "eval_da
                     "resume")
 
 
+# The demo's loop recipes, picked by the precision the run computes in (`demo_recipe`): where there is no
+# native bf16 an MCQ step takes about twice as long, and the whole demo would overrun its 30 minutes.
+DEMO_RECIPES = {"default": "recipes/cpu-demo.yaml", "fp32_cpu": "recipes/cpu-demo-fp32.yaml"}
+
+
+def demo_recipe(cfg: "DemoConfig", choice: PrecisionChoice) -> str:
+    """The recipe the demo's loop reads: `cfg.recipe` when given, else `DEMO_RECIPES["fp32_cpu"]` when
+    `choice` computes in fp32 on a CPU and `DEMO_RECIPES["default"]` otherwise. Reads nothing."""
+    if cfg.recipe:
+        return cfg.recipe
+    fp32_cpu = choice.precision == "fp32" and choice.torch_device.type == "cpu"
+    return DEMO_RECIPES["fp32_cpu" if fp32_cpu else "default"]
+
+
 @dataclass
 class DemoConfig(ResumableRunArgs, DeviceArgs):
     """`kormedqa demo`: fetch, prepare, CPT, evaluate, the recipe's loop, report."""
@@ -69,8 +84,10 @@ class DemoConfig(ResumableRunArgs, DeviceArgs):
     heldout: str = arg("data/sample/corpus/heldout.txt", "held-out text for CPT perplexity")
     cpt_steps: int = arg(8, "CPT optimizer steps (a short pass: the demo's point is the SFT loop)")
     cpt_learning_rate: float = arg(2e-4, "CPT learning rate")
-    recipe: str = arg("recipes/cpu-demo.yaml", "the loop's settings: a `kormedqa loop` recipe (YAML); the demo sets "
-                      "its " + ", ".join(DEMO_LOOP_FIELDS[:-1]) + " itself")
+    recipe: str = arg("", "the loop's settings: a `kormedqa loop` recipe (YAML); the demo sets its "
+                      + ", ".join(DEMO_LOOP_FIELDS[:-1]) + " itself. Default: by the precision the run computes in, "
+                      f"{DEMO_RECIPES['default']}, or {DEMO_RECIPES['fp32_cpu']} in fp32 on a CPU (a shorter MCQ stage, "
+                      "so a CPU without native bf16 finishes in about 30 minutes)")
     loop_set: list[str] = arg(help="loop settings over the recipe's, as name=value (e.g. --loop-set mcq_epochs=0.1 "
                               "eval_limit=8)", factory=list)
 
@@ -82,21 +99,23 @@ class DemoConfig(ResumableRunArgs, DeviceArgs):
 
 
 def demo_loop_config(cfg: DemoConfig, base_model: str = "", output: str | Path = "") -> LoopConfig:
-    """The demo's loop: `cfg.recipe`'s settings with `cfg.loop_set` over them, and the demo's own
+    """The demo's loop: `cfg.recipe`'s settings (`DEMO_RECIPES["default"]` when empty; the demo sets it
+    by precision first, `demo_recipe`) with `cfg.loop_set` over them, and the demo's own
     `DEMO_LOOP_FIELDS` (`base_model` and `output` as given; data, device, precision, seed from `cfg`;
     resume on, so a resumed demo continues its loop). UsageError for a missing or malformed recipe,
     an unknown setting or a `--loop-set` without `=`; LoopConfig's own checks (ranges, choices,
     select-by) raise UsageError too. Nothing is written.
     """
-    path = Path(cfg.recipe)
+    recipe = cfg.recipe or DEMO_RECIPES["default"]
+    path = Path(recipe)
     if not path.is_file():
-        raise UsageError(f"--recipe {cfg.recipe}: no such file")
+        raise UsageError(f"--recipe {recipe}: no such file")
     try:
         settings = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
-        raise UsageError(f"--recipe {cfg.recipe} is not valid YAML: {' '.join(str(err).split())}") from None
+        raise UsageError(f"--recipe {recipe} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(settings, dict):
-        raise UsageError(f"--recipe {cfg.recipe}: a recipe is a mapping of loop settings")
+        raise UsageError(f"--recipe {recipe}: a recipe is a mapping of loop settings")
     for item in cfg.loop_set:
         name, sep, value = item.partition("=")
         if not sep:
@@ -105,7 +124,7 @@ def demo_loop_config(cfg: DemoConfig, base_model: str = "", output: str | Path =
     known = {f.name for f in fields(LoopConfig)}
     unknown = sorted(set(settings) - known)
     if unknown:
-        raise UsageError(f"{cfg.recipe} / --loop-set: not loop settings: {', '.join(unknown)}")
+        raise UsageError(f"{recipe} / --loop-set: not loop settings: {', '.join(unknown)}")
     settings.update(base_model=base_model or cfg.model, output=str(output or Path(cfg.output) / "loop"),
                     dictionary=list(cfg.dictionary), train_data=cfg.mcq, eval_data=cfg.mcq, device=cfg.device,
                     precision=cfg.precision, seed=cfg.seed, resume=True)
@@ -137,7 +156,9 @@ class DemoRecipe:
         """Read and check every input (DataError, ModelError, UsageError for the recipe) and decide the
         precision, then claim the output: OutputExistsError without --resume/--overwrite, UsageError for
         a resume of another command's folder or with other settings. Nothing is written before."""
-        cfg = self.cfg
+        # The precision first: it picks the loop's recipe, which run.json then records as the one this run read.
+        self.choice: PrecisionChoice = run_precision(self.cfg)  # once for the whole demo; every step gets it
+        self.cfg = cfg = replace(self.cfg, recipe=demo_recipe(self.cfg, self.choice))
         self.loop_cfg = demo_loop_config(cfg)  # the recipe checked before anything is written
         self.entries = load_dictionary(*cfg.dictionary)
         self.train = load_mcq(cfg.mcq, split="train")
@@ -148,7 +169,6 @@ class DemoRecipe:
         # terms, not of the questions' surface, and whether it is usable in reverse.
         self.other_sets = {name: load_mcq(folder, split="test")[::every][: limit or None]
                            for name, folder in (("rephrased", cfg.rephrased), ("reverse", cfg.reverse)) if folder}
-        self.choice: PrecisionChoice = run_precision(cfg)  # once for the whole demo; every step gets it
         if cfg.model != DEFAULT_MODEL_NAME:
             resolve_model_path(cfg.model)  # ModelError before the output is claimed (the default is fetched below)
         # Before anything is skipped as finished: another command's folder, changed settings or data are refused.
@@ -246,7 +266,7 @@ class DemoRecipe:
         table = results_table(self.before, self.history)
         text = markdown_report("kormedqa demo report", {
             "Set-up": demo_setup_text(self.loop_cfg, self.base, len(self.train), len(self.test), len(self.entries),
-                                      self.history),
+                                      self.history, recipe=recipe_line(cfg.recipe, self.choice)),
             "Continued pretraining": cpt_text(self.cpt_metrics),
             "At a glance": f"![training curves; every split before and after]({plot.name})\n\n"
             + "\n".join(f"- {line}" for line in caption),
@@ -317,6 +337,15 @@ class DemoRecipe:
                                 eval_batch_size=c.eval_batch_size, max_new_tokens=c.max_new_tokens,
                                 glossary=self.glossary, rationale_template=c.rationale_template, choice=self.choice)
         return read_jsonl(folder / "predictions.jsonl")
+
+
+def recipe_line(recipe: str, choice: PrecisionChoice) -> str:
+    """The report's sentence on which recipe the loop read and, where the demo picked it, why."""
+    if recipe == DEMO_RECIPES["fp32_cpu"] and choice.precision == "fp32" and choice.torch_device.type == "cpu":
+        return (f"`{recipe}`, picked because this run computes in fp32 on a CPU ({choice.reason}): as "
+                f"`{DEMO_RECIPES['default']}` with a shorter MCQ stage, so the demo fits its 30 minutes without native "
+                "bf16; expect a smaller gain than the bf16 demo's (docs/results.md)")
+    return f"`{recipe}`"
 
 
 def run_demo(cfg: DemoConfig) -> dict:

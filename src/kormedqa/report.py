@@ -258,11 +258,14 @@ def parse_test(before_preds: Sequence[dict], after_preds: Sequence[dict]) -> dic
     return mcnemar_exact([a for a, _ in pairs], [b for _, b in pairs])
 
 
-def demo_setup_text(loop_cfg, base: str, n_train: int, n_test: int, n_dict: int, history: dict) -> str:
-    """The demo report's set-up section: model, data sizes, the loop's settings (`loop_cfg`, a LoopConfig), machine."""
+def demo_setup_text(loop_cfg, base: str, n_train: int, n_test: int, n_dict: int, history: dict,
+                    recipe: str = "") -> str:
+    """The demo report's set-up section: model, data sizes, the loop's settings (`loop_cfg`, a LoopConfig;
+    `recipe`, a sentence naming the file they came from), machine."""
     c = loop_cfg
     return (
-        f"- Model: {base} (Gemma 3 270M, pretrained, dequantized from the embedded Q4_K_M GGUF), LoRA r64/alpha128 on all projections.\n"
+        (f"- Recipe: {recipe}.\n" if recipe else "")
+        + f"- Model: {base} (Gemma 3 270M, pretrained, dequantized from the embedded Q4_K_M GGUF), LoRA r64/alpha128 on all projections.\n"
         f"- Data: the shipped sample data (not KorMedMCQA): {n_dict} dictionary entries, {n_train} training MCQs, "
         f"{n_test} held-out test MCQs.\n"
         f"- Loop: {len(history['loops'])} loop(s), each {c.dict_epochs:g} dictionary epoch(s) (batch {c.dict_batch_size}) + "
