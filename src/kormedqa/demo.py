@@ -55,13 +55,16 @@ DEMO_LOOP_FIELDS = ("base_model", "output", "dictionary", "train_data", "eval_da
 DEMO_RECIPES = {"default": "recipes/cpu-demo.yaml", "fp32_cpu": "recipes/cpu-demo-fp32.yaml"}
 
 
-def demo_recipe(cfg: "DemoConfig", choice: PrecisionChoice) -> str:
-    """The recipe the demo's loop reads: `cfg.recipe` when given, else `DEMO_RECIPES["fp32_cpu"]` when
-    `choice` computes in fp32 on a CPU and `DEMO_RECIPES["default"]` otherwise. Reads nothing."""
-    if cfg.recipe:
-        return cfg.recipe
+def recipe_for(choice: PrecisionChoice) -> str:
+    """The recipe the demo picks for `choice`: `DEMO_RECIPES["fp32_cpu"]` when it computes in fp32 on a
+    CPU, `DEMO_RECIPES["default"]` otherwise."""
     fp32_cpu = choice.precision == "fp32" and choice.torch_device.type == "cpu"
     return DEMO_RECIPES["fp32_cpu" if fp32_cpu else "default"]
+
+
+def demo_recipe(cfg: "DemoConfig", choice: PrecisionChoice) -> str:
+    """The recipe the demo's loop reads: `cfg.recipe` when given, else `recipe_for(choice)`. Reads nothing."""
+    return cfg.recipe or recipe_for(choice)
 
 
 @dataclass
@@ -341,10 +344,10 @@ class DemoRecipe:
 
 def recipe_line(recipe: str, choice: PrecisionChoice) -> str:
     """The report's sentence on which recipe the loop read and, where the demo picked it, why."""
-    if recipe == DEMO_RECIPES["fp32_cpu"] and choice.precision == "fp32" and choice.torch_device.type == "cpu":
+    if recipe == DEMO_RECIPES["fp32_cpu"] == recipe_for(choice):
         return (f"`{recipe}`, picked because this run computes in fp32 on a CPU ({choice.reason}): as "
                 f"`{DEMO_RECIPES['default']}` with a shorter MCQ stage, so the demo fits its 30 minutes without native "
-                "bf16; expect a smaller gain than the bf16 demo's (docs/results.md)")
+                "bf16 (its figures: docs/results.md)")
     return f"`{recipe}`"
 
 
