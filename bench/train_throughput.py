@@ -96,7 +96,7 @@ def run_arm(args) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(REPO / "models" / "gemma3-270m"))
+    p.add_argument("--model", default="gemma3-270m")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--grad-accum", type=int, default=1)
