@@ -91,6 +91,11 @@ def main() -> int:
     # scores carry log P("\n" | prompt), the same for all five options: what may differ beyond
     # rounding is an option's score relative to the question's first.
     max_rel_diff = max(abs((x - s[0]) - (y - t[0])) for s, t in zip(ours, theirs) for x, y in zip(s, t))
+    # Where the raw picks differ: how far apart the two picked options were, in each side's own scores
+    # (in bf16, options closer than the rounding can swap; in fp32 none should differ).
+    differ = [(s, t) for q, s, t in zip(qs, ours, theirs) if a[q.id]["cloze_prediction"] != b[q.id]["cloze_prediction"]]
+    pick = lambda scores: max(range(len(scores)), key=scores.__getitem__)  # noqa: E731
+    gap = max([0.0] + [max(s[pick(s)] - s[pick(t)], t[pick(t)] - t[pick(s)]) for s, t in differ])
     acc = lambda recs, key: sum(recs[q.id][key] for q in qs) / len(qs)  # noqa: E731
     result = {
         "questions": len(qs), "batch_size": args.batch_size, "precision": args.precision,
@@ -100,13 +105,15 @@ def main() -> int:
                     "cloze_accuracy": acc(b, "cloze_correct"), "cloze_accuracy_norm": acc(b, "cloze_norm_correct"),
                     "own_acc": harness_metrics.get("acc,none"), "own_acc_norm": harness_metrics.get("acc_norm,none")},
         "same_picks_raw": same_raw, "same_picks_norm": same_norm, "max_abs_loglik_diff": max_diff,
-        "max_abs_loglik_diff_within_question": max_rel_diff,
+        "max_abs_loglik_diff_within_question": max_rel_diff, "differing_picks_max_gap": gap,
         "speedup": harness_s / ours_s,
     }
     label = "" if args.precision == "fp32" else f" ({args.precision})"
     summary = (f"cloze{label}: kormedqa {result['speedup']:.2f}x lm-eval multiple_choice ({same_raw}/{len(qs)} same raw picks, "
                f"{same_norm}/{len(qs)} same normalised picks, max |delta loglik| {max_diff:.2g}, {max_rel_diff:.2g} "
-               f"relative to the question's first option; target >= 3x, all picks equal)")
+               f"relative to the question's first option"
+               + (f"; where picks differ, the two options were within {gap:.2g} nats on both sides" if differ else "")
+               + "; target >= 3x, all picks equal)")
     name = "cloze_vs_harness" + ("" if args.precision == "fp32" else f"_{args.precision}")
     write_result(name, {"machine": machine(), "model": model_dir, **result, "summary": summary})
     print(summary)

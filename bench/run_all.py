@@ -1,6 +1,6 @@
 """`make bench`: run the benchmarks and write their table to bench/README.md.
 
-    python bench/run_all.py [--only train_throughput,eval_throughput,roofline,precision_agreement] [--with-learning]
+    python bench/run_all.py [--only train_throughput,eval_throughput,...] [--with-learning] [--render-only]
 
 The learning experiment (experiments/learning.py, about 25-40 minutes an arm here) runs only with
 --with-learning; its last results (experiments/results/learning*.json), if any, are still rendered.
@@ -20,7 +20,11 @@ sys.path.insert(0, str(HERE))
 from common import write_result
 RESULTS = HERE / "results"
 EXPERIMENT_RESULTS = HERE.parent / "experiments" / "results"  # the learning experiment's, rendered here too
-FAST = ("train_throughput", "eval_throughput", "cloze_vs_harness", "roofline", "precision_agreement", "profile_train")
+FAST = ("train_throughput", "eval_throughput", "cloze_vs_harness", "roofline", "precision_agreement", "profile_train",
+        "profile_train_mcq", "train_levers", "cloze_vs_harness_bf16")
+# Result names that a script writes when given arguments: name -> (script, arguments).
+RUNS = {"profile_train_mcq": ("profile_train", ["--track", "mcq"]),
+        "cloze_vs_harness_bf16": ("cloze_vs_harness", ["--precision", "bf16"])}
 
 
 def _load(name: str) -> dict | None:
@@ -67,7 +71,13 @@ def render() -> str:
                 "|---|---|---|---|---|---|---|",
                 f"| TRL SFTTrainer | {t['seconds']:.1f} | {t.get('wall_seconds', float('nan')):.1f} | {t['examples_per_s']:.3f} | {t['supervised_tokens_per_s']:.1f} | {t['peak_rss_gb']:.2f} | {t['losses'][0]:.4f} |",
                 f"| kormedqa train mcq | {k['seconds']:.1f} | {k.get('wall_seconds', float('nan')):.1f} | {k['examples_per_s']:.3f} | {k['supervised_tokens_per_s']:.1f} | {k['peak_rss_gb']:.2f} | {k['losses'][0]:.4f} |",
-                "", f"**{tr['summary']}**", ""]
+                ""]
+        if tr.get("fp32_step1"):
+            one = tr["fp32_step1"]
+            out += [f"Step-1 loss of the same first batch in fp32 (each arm once more, one step): TRL {one['trl']:.5f}, "
+                    f"kormedqa {one['kormedqa']:.5f}, delta {one['delta']:.1e}: the arms compute the same loss; in "
+                    f"{k['precision']} their differently shaped batches (TRL pads, kormedqa packs) round differently.", ""]
+        out += [f"**{tr['summary']}**", ""]
     ev = _load("eval_throughput")
     if ev:
         m, ll, g = ev["machine"], ev["loglik"], ev["generate"]
@@ -123,15 +133,31 @@ def render() -> str:
                            f"{r['seconds']['fp32']:.1f} / {r['seconds']['bf16']:.1f} |")
             out.append("")
         out += [f"**{pa['summary']}**", ""] if pa["summary"] else []
-    prof = _load("profile_train")
-    if prof:
-        m = prof["machine"]
-        out += [f"## Where a training step goes ({m['date']}, {_cpu(m)}, {m['torch_threads']} threads, torch {m['torch']})",
-                "", f"`bench/profile_train.py`: PyTorch profiler over {prof['steps_profiled']} steps of the demo's "
-                f"dictionary stage (batch 8, rows of ~30 tokens, {prof['precision']}), {prof['profiled_seconds']:.1f} s; "
-                "top ops by self CPU time.", "", "| op | share | self CPU ms | calls |", "|---|---|---|---|"]
+    for prof in filter(None, (_load("profile_train"), _load("profile_train_mcq"))):
+        m, track = prof["machine"], prof.get("track", "dict")
+        shape = "batch 8, rows of ~30 tokens" if track == "dict" else "batch 5, `dictionary_line` MCQ rows"
+        out += [f"## Where a training step goes: {track} ({m['date']}, {_cpu(m)}, {m['torch_threads']} threads, "
+                f"torch {m['torch']})", "", f"`bench/profile_train.py --track {track}`: PyTorch profiler over "
+                f"{prof['steps_profiled']} steps of the demo's {track} stage ({shape}, {prof['precision']}), "
+                f"{prof['profiled_seconds']:.1f} s; top ops by self CPU time.", "", "| op | share | self CPU ms | calls |",
+                "|---|---|---|---|"]
         out += [f"| `{o['op']}` | {o['share']:.1%} | {o['self_cpu_ms']:.0f} | {o['calls']} |" for o in prof["top_ops"]]
         out += ["", f"**{prof['summary']}**", ""]
+    lv = _load("train_levers")
+    if lv:
+        m, st = lv["machine"], lv["settings"]
+        variants = st["variants"].split(",")
+        out += [f"## Training levers ({m['date']}, {_cpu(m)}, {m['torch_threads']} threads, torch {m['torch']})", "",
+                f"`bench/train_levers.py`: kormedqa's training on the demo's rows in {lv['precision']}, {st['steps']} "
+                f"optimizer steps a run, {st['repeats']} run(s) of each variant interleaved; the median step time "
+                "from step 3 on, and the largest step-loss difference from the baseline's run (what each variant "
+                "is: the script's docstring; why the demo keeps or drops it: docs/decisions.md).", "",
+                "| stage | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
+        for track, res in lv["tracks"].items():
+            cells = [f"{sorted(res[v]['step_s'])[len(res[v]['step_s']) // 2]:.3f} s ({res[v]['speedup']:.2f}x, "
+                     f"loss delta {res[v]['max_loss_delta']:.1e})" for v in variants]
+            out.append(f"| {track} | " + " | ".join(cells) + " |")
+        out += ["", f"**{lv['summary']}**", ""]
     gpu = _load("gpu")
     out += ["## GPU check", ""]
     if gpu and not gpu.get("smoke"):
@@ -177,8 +203,9 @@ def main() -> int:
     for name in names:
         print(f"== {name}", flush=True)
         started = time.time()
-        script = HERE.parent / "experiments" / "learning.py" if name == "learning" else HERE / f"{name}.py"
-        subprocess.run([sys.executable, str(script)], check=True)
+        stem, extra = RUNS.get(name, (name, []))
+        script = HERE.parent / "experiments" / "learning.py" if name == "learning" else HERE / f"{stem}.py"
+        subprocess.run([sys.executable, str(script), *extra], check=True)
         timings[name] = round(time.time() - started, 1)
     if timings:
         # The run's own duration is a result too: the issue bounds `make bench` at 30 minutes.

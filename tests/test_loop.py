@@ -208,6 +208,7 @@ def test_the_demo_loads_its_loop_from_the_recipe_unchanged():
         rotation_batches=True, eval_mode="generate,loglik,cloze", eval_limit=None, eval_every=2, eval_batch_size=32,
         max_new_tokens=64, dict_eval_limit=40, device="auto", precision="auto", seed=42, resume=True,
         eval_split="test", test_split="",  # the demo reports its one loop on test; no separate test pass
+        lora_dropout=0.0,  # since 2026-12-04 (docs/decisions.md, "LoRA without dropout")
     )
     assert demo_loop_config(cfg, "cpt", "runs/demo/loop") == old
     changed = demo_loop_config(DemoConfig(loop_set=["mcq_epochs=0.1", "eval_limit=8"], seed=3), "cpt", "x")

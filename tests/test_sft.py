@@ -250,3 +250,39 @@ def test_lr_scheduler_type_sets_the_logged_learning_rates(tiny_model_dir, tokeni
         assert rates == pytest.approx([1e-3] * 3)
     else:
         assert rates[0] > rates[1] > rates[2] > 0
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_lora_input_cast_is_skipped_only_where_it_is_a_round_trip(tiny_model_dir, tokenizer, tmp_path, monkeypatch,
+                                                                   dropout):
+    """bf16 training without LoRA dropout skips peft's cast of each LoRA input to fp32 (autocast casts it
+    back): losses and adapter bit for bit those of a run that casts. With dropout the cast stays."""
+    from contextlib import nullcontext
+
+    from safetensors.torch import load_file
+
+    from kormedqa import trainer as trainer_module
+    from kormedqa.sft import run_training
+
+    rows = [{"prompt": r.prompt, "completion": r.completion}
+            for r in [_row(), dict_example(DictEntry("고혈압", "Hypertension. 혈압이 높은 상태"))]]
+    plain = trainer_module.lora_input_cast
+    seen = []
+
+    def spy(model, active):
+        ctx = plain(model, active)
+        seen.append(not isinstance(ctx, nullcontext))
+        return ctx
+
+    runs = {}
+    for name, lever in (("skip", spy), ("cast", lambda model, active: nullcontext())):
+        monkeypatch.setattr(trainer_module, "lora_input_cast", lever)
+        cfg = TrainConfig(base_model=str(tiny_model_dir), track="mcq", max_steps=3, batch_size=1, grad_accum=1,
+                          learning_rate=1e-2, lora_dropout=dropout, device="cpu", precision="bf16", seed=7)
+        summary = run_training(cfg, rows, tmp_path / name, tokenizer=tokenizer, stage=name)
+        runs[name] = ([r["loss"] for r in summary["log"] if "loss" in r],
+                      load_file(tmp_path / name / "adapter_model.safetensors"))
+    assert seen and all(seen) == (dropout == 0.0) and any(seen) == (dropout == 0.0)
+    if dropout == 0.0:
+        assert runs["skip"][0] == runs["cast"][0]
+        assert all(torch.equal(runs["skip"][1][k], v) for k, v in runs["cast"][1].items())

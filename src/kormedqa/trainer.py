@@ -80,8 +80,13 @@ class AnswerWeightedTrainer(Trainer):
         # use_cache=False: transformers derives the block-diagonal mask of a packed (padding-free)
         # row from its position_ids only when no cache exists; Gemma's config has use_cache=True,
         # and with a cache every packed example would attend to the ones before it.
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-                        position_ids=inputs.get("position_ids"), logits_to_keep=keep, use_cache=False)
+        # Only where accelerate's autocast wraps the forward (not FSDP, whose mixed-precision policy
+        # casts instead), and not under activation checkpointing (the recomputed forward runs outside).
+        skip_cast = (self.args.bf16 and model.training and not self.args.activation_checkpointing
+                     and not getattr(self, "is_fsdp_enabled", False))
+        with lora_input_cast(model, skip_cast):
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                            position_ids=inputs.get("position_ids"), logits_to_keep=keep, use_cache=False)
         logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])  # (n_supervised, vocab)
         targets = labels[:, 1:][keep[:, :-1]]
         is_answer = inputs["answer_mask"][:, 1:][keep[:, :-1]].bool()
@@ -114,6 +119,25 @@ class AnswerWeightedTrainer(Trainer):
             logs.update(self._parts.summary(reduce, self.args.device))
             self._parts = _LossParts()
         super().log(logs, start_time)
+
+
+def lora_input_cast(model, under_autocast: bool):
+    """A context in which peft's LoRA layers skip casting their input to the LoRA weights' dtype, when
+    that cast is a round trip: `under_autocast` (bf16 mixed precision, where the frozen base computes
+    in bf16, the LoRA weights stay fp32 and autocast casts the input back to bf16 for their matmul)
+    and no LoRA dropout (with dropout the mask is applied in fp32 between the two casts, so they are
+    kept). The same numbers either way, bit for bit (tests/test_sft.py), without two copies of every
+    projection's input per step (the time saved: docs/decisions.md, "LoRA without dropout")."""
+    from contextlib import nullcontext
+
+    if not under_autocast:
+        return nullcontext()
+    from peft.helpers import disable_input_dtype_casting
+
+    dropouts = [d for m in model.modules() for d in getattr(m, "lora_dropout", {}).values()]
+    if not dropouts or any(not isinstance(d, torch.nn.Identity) for d in dropouts):
+        return nullcontext()
+    return disable_input_dtype_casting(model)
 
 
 _NONFINITE_HINT = "Try --precision fp32 or a lower --learning-rate; finished checkpoints are kept."
