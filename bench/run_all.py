@@ -154,7 +154,7 @@ def render() -> str:
                 "is: the script's docstring; why the demo keeps or drops it: docs/decisions.md).", "",
                 "| stage | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
         for track, res in lv["tracks"].items():
-            cells = [f"{sorted(res[v]['step_s'])[len(res[v]['step_s']) // 2]:.3f} s ({res[v]['speedup']:.2f}x, "
+            cells = [f"{res[v].get('median_step_s', res[v]['step_s'][0]):.3f} s ({res[v]['speedup']:.2f}x, "
                      f"loss delta {res[v]['max_loss_delta']:.1e})" for v in variants]
             out.append(f"| {track} | " + " | ".join(cells) + " |")
         out += ["", f"**{lv['summary']}**", ""]

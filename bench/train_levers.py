@@ -3,8 +3,9 @@
 Runs kormedqa's own `run_training` (Gemma 3 270M, LoRA r64 on all projections, `--precision auto`)
 on the demo's rows (recipes/cpu-demo.yaml): the dictionary track (rows of ~30 tokens, batch 8) and
 the MCQ track (the shipped training MCQs with the `dictionary_line` rationale, batch 5), for
-`--steps` optimizer steps per run. Every variant runs `--repeats` times, interleaved (A B A B ...)
-in one process, so a change in the machine's load falls on all of them alike. Per run it records
+`--steps` optimizer steps per run. Every variant runs `--repeats` times, interleaved in one process
+and in reversed order every other round (A B C, C B A, ...), so neither a change in the machine's
+load nor being first falls on one of them alone; a variant's step time is the median over its runs. Per run it records
 the steady step time (median of the step-to-step gaps from step 3 on: the first steps build
 oneDNN's kernels and the optimizer state) and the losses of every step, compared with the
 baseline's (same seed and data, so a lever that changes no numerics gives the same losses).
@@ -12,13 +13,18 @@ baseline's (same seed and data, so a lever that changes no numerics gives the sa
 Variants (`--variants`, comma list; baseline first):
   baseline      the defaults (lora_dropout 0.05)
   dropout0      --lora-dropout 0 (peft's dropout becomes an identity)
-  dropout0_nocast  dropout 0 and peft's cast of each LoRA input to fp32 switched off
-                (`peft.helpers.disable_input_dtype_casting`; under bf16 autocast the cast is a round trip)
+  dropout0_nocast  dropout 0, so peft's cast of each LoRA input to fp32 is switched off (under bf16
+                autocast a round trip; `trainer.lora_input_cast`): the demo's settings
+  argmax_all    the demo's settings, but the logged answer accuracy's argmax taken over every
+                supervised position's 262k logits, as before 2026-12-04 (now only at answers' first tokens)
+  padded        the demo's settings, but each batch padded to one row per example instead of packed
+                into one row (`--no-padding-free`): attention then skips the other examples' blocks,
+                which a packed row computes and masks
   compile       the baseline under `torch.compile` (TrainingArguments.torch_compile, inductor)
 
 Writes bench/results/train_levers.json.
 
-    python bench/train_levers.py [--steps 12] [--repeats 1] [--tracks dict,mcq] [--variants ...]
+    python bench/train_levers.py [--steps 12] [--repeats 2] [--tracks dict,mcq] [--variants ...]
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ import json
 import statistics
 import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -53,23 +59,24 @@ def lever(name: str):
     """Patches for the variants that are not a TrainConfig field; restores everything after."""
     from kormedqa import trainer as trainer_module
 
-    if name != "dropout0_nocast" and name != "compile":
+    if name in ("baseline", "dropout0_nocast", "padded"):
         yield
         return
-    if name == "dropout0_nocast":
-        from peft.helpers import disable_input_dtype_casting
+    if name in ("dropout0", "argmax_all"):
+        # dropout0: the input cast kept although dropout is 0; argmax_all: the old argmax's cost added.
+        target, attr = ((trainer_module, "lora_input_cast") if name == "dropout0"
+                        else (trainer_module._LossParts, "add"))
+        plain = getattr(target, attr)
 
-        plain = trainer_module.AnswerWeightedTrainer.compute_loss
+        def argmax_all(self, ce, logits, *a, **kw):
+            logits.argmax(-1)
+            return plain(self, ce, logits, *a, **kw)
 
-        def compute_loss(self, model, inputs, *a, **kw):
-            with disable_input_dtype_casting(model):
-                return plain(self, model, inputs, *a, **kw)
-
-        trainer_module.AnswerWeightedTrainer.compute_loss = compute_loss
+        setattr(target, attr, (lambda model, active: nullcontext()) if name == "dropout0" else argmax_all)
         try:
             yield
         finally:
-            trainer_module.AnswerWeightedTrainer.compute_loss = plain
+            setattr(target, attr, plain)
         return
     plain_args = trainer_module.training_arguments
 
@@ -91,9 +98,10 @@ def lever(name: str):
 def one_run(model_dir: str, choice, track: str, rows, variant: str, steps: int) -> dict:
     from kormedqa.sft import TrainConfig, run_training
 
-    dropout = 0.0 if variant.startswith("dropout0") else 0.05
+    dropout = 0.0 if variant in ("dropout0", "dropout0_nocast", "argmax_all", "padded") else 0.05
     cfg = TrainConfig(base_model=model_dir, track=track, max_steps=steps, grad_accum=1, device="cpu",
-                      precision=choice.precision, lora_dropout=dropout, group_by_length=True, **TRACKS[track])
+                      precision=choice.precision, lora_dropout=dropout, group_by_length=True,
+                      padding_free=variant != "padded", **TRACKS[track])
     with tempfile.TemporaryDirectory() as tmp, lever(variant):
         summary = run_training(cfg, rows, Path(tmp) / "adapter", stage=variant, logs_dir=Path(tmp), choice=choice)
         log = [json.loads(l) for l in (Path(tmp) / "train_log.jsonl").read_text().splitlines()]
@@ -107,9 +115,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="gemma3-270m")
     p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--tracks", default="dict,mcq")
-    p.add_argument("--variants", default="baseline,dropout0,dropout0_nocast")
+    p.add_argument("--variants", default="baseline,dropout0,dropout0_nocast,argmax_all")
     p.add_argument("--precision", default="auto")
     p.add_argument("--out", default="train_levers")
     args = p.parse_args()
@@ -126,14 +134,14 @@ def main() -> int:
     for track in args.tracks.split(","):
         rows = track_rows(track)
         runs: dict[str, list] = {v: [] for v in variants}
-        for _ in range(args.repeats):
-            for v in variants:
+        for round_ in range(args.repeats):
+            for v in (variants if round_ % 2 == 0 else variants[::-1]):
                 runs[v].append(one_run(model_dir, choice, track, rows, v, args.steps))
                 print(track, v, f"{runs[v][-1]['step_s']:.3f} s/step", flush=True)
         base = runs[variants[0]]
         results[track] = {
-            v: {"step_s": [r["step_s"] for r in rs], "speedup": statistics.median(r["step_s"] for r in base)
-                / statistics.median(r["step_s"] for r in rs),
+            v: {"step_s": [r["step_s"] for r in rs], "median_step_s": statistics.median(r["step_s"] for r in rs),
+                "speedup": statistics.median(r["step_s"] for r in base) / statistics.median(r["step_s"] for r in rs),
                 "max_loss_delta": max(abs(a - b) for a, b in zip(rs[0]["losses"], base[0]["losses"])),
                 "runs": rs}
             for v, rs in runs.items()}

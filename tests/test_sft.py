@@ -165,6 +165,28 @@ def test_teacher_forced_letter_is_counted_once_per_packed_example(tiny_model, to
         assert int(flags.sum()) == 2
 
 
+
+def test_answer_accuracy_reads_the_argmax_at_answers_first_tokens_only(tokenizer):
+    """The logged answer_token_accuracy: the argmax is right at 1 of the 2 letters; elsewhere it is
+    wrong everywhere, which must not count."""
+    from kormedqa.trainer import _first_answer_flags, _LossParts
+
+    feats = [tokenize_pair(tokenizer, r.prompt, r.completion, 512) for r in (_row(), _row())]
+    batch = CompletionCollator(tokenizer.pad_token_id, padding_free=True)(feats)
+    keep = supervised_positions(batch["labels"])
+    targets = batch["labels"][:, 1:][keep[:, :-1]]
+    is_answer = batch["answer_mask"][:, 1:][keep[:, :-1]].bool()
+    first = _first_answer_flags(batch["answer_mask"], keep)
+    logits = torch.zeros(len(targets), 50)
+    logits[torch.arange(len(targets)), (targets + 1) % 50] = 1.0  # wrong everywhere
+    hit = first.nonzero()[0, 0]
+    logits[hit, targets[hit] % 50] = 2.0  # right at the first letter only
+    targets = targets % 50
+    parts = _LossParts()
+    parts.add(torch.ones(len(targets)), logits, targets, is_answer, batch["answer_mask"], keep)
+    assert parts.summary()["answer_token_accuracy"] == 0.5
+
+
 @pytest.mark.parametrize("weight", ["none", "2/3"])
 def test_gradient_accumulation_trains_like_one_big_batch(tiny_model_dir, tokenizer, tmp_path, weight):
     """batch 3 x accum 1 and batch 1 x accum 3 see the same examples: same logged loss, same update."""

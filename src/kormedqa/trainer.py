@@ -97,7 +97,7 @@ class AnswerWeightedTrainer(Trainer):
         ce = F.cross_entropy(logits.float(), targets, reduction="none")
         loss = completion_loss(ce, is_answer, self.answer_weight, n_answer, n_other)
         self._check_finite(loss)
-        self._parts.add(ce.detach(), logits.detach().argmax(-1) == targets, is_answer, inputs["answer_mask"], keep)
+        self._parts.add(ce.detach(), logits.detach(), targets, is_answer, inputs["answer_mask"], keep)
         # DDP averages gradients over processes; counts are global, so scale back up.
         loss = loss * max(self.accelerator.num_processes, 1)
         return (loss, outputs) if return_outputs else loss
@@ -153,15 +153,18 @@ class _LossParts:
         self.first_total = 0
 
     @torch.no_grad()
-    def add(self, ce, hits, is_answer, answer_mask, keep):
-        """Add one micro-batch's per-position losses `ce` and argmax hits, split by `is_answer`."""
+    def add(self, ce, logits, targets, is_answer, answer_mask, keep):
+        """Add one micro-batch's per-position losses `ce` (n,), split by `is_answer` (n,), and whether
+        the argmax of `logits` (n, vocab) is the target (n,) at each answer's first token."""
         self.sums["answer"] += float(ce[is_answer].sum())
         self.sums["other"] += float(ce[~is_answer].sum())
         self.counts["answer"] += int(is_answer.sum())
         self.counts["other"] += int((~is_answer).sum())
         # The first token of each answer span is the letter: argmax there is the teacher-forced answer.
+        # The argmax only where it is counted: over the 262k-wide rows of every supervised position
+        # it cost a twentieth of a dictionary step (bench/results/profile_train.json, 2026-12-04).
         first = _first_answer_flags(answer_mask, keep)
-        self.first_hits += int((hits & first).sum())
+        self.first_hits += int((logits[first].argmax(-1) == targets[first]).sum())
         self.first_total += int(first.sum())
 
     def summary(self, reduce=None, device=None) -> dict:
