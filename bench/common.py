@@ -159,7 +159,8 @@ def run_trl_sft(model, tokenizer, rows: list[dict], output_dir: str | Path, choi
     (e.g. to count tokens); `callbacks` and `disable_tqdm` go to the trainer.
 
     Returns {"seconds": wall seconds in `trainer.train()` (loading and tokenising stay out),
-    "losses": the logged loss of every step, "data_collator": the collator train() used}.
+    "losses": the logged loss of every step, "data_collator": the collator train() used,
+    "model": the trained PeftModel}.
     """
     # defers datasets and trl: optional on a GPU machine, where bench/gpu_assets.py installs them at run time
     from datasets import Dataset
@@ -186,4 +187,4 @@ def run_trl_sft(model, tokenizer, rows: list[dict], output_dir: str | Path, choi
     trainer.train()
     seconds = time.time() - started
     return {"seconds": seconds, "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
-            "data_collator": trainer.data_collator}
+            "data_collator": trainer.data_collator, "model": trainer.model}

@@ -72,11 +72,15 @@ def render() -> str:
                 f"| TRL SFTTrainer | {t['seconds']:.1f} | {t.get('wall_seconds', float('nan')):.1f} | {t['examples_per_s']:.3f} | {t['supervised_tokens_per_s']:.1f} | {t['peak_rss_gb']:.2f} | {t['losses'][0]:.4f} |",
                 f"| kormedqa train mcq | {k['seconds']:.1f} | {k.get('wall_seconds', float('nan')):.1f} | {k['examples_per_s']:.3f} | {k['supervised_tokens_per_s']:.1f} | {k['peak_rss_gb']:.2f} | {k['losses'][0]:.4f} |",
                 ""]
-        if tr.get("fp32_step1"):
-            one = tr["fp32_step1"]
-            out += [f"Step-1 loss of the same first batch in fp32 (each arm once more, one step): TRL {one['trl']:.5f}, "
-                    f"kormedqa {one['kormedqa']:.5f}, delta {one['delta']:.1e}: the arms compute the same loss; in "
-                    f"{k['precision']} their differently shaped batches (TRL pads, kormedqa packs) round differently.", ""]
+        if tr.get("fp32_check"):
+            one, lora = tr["fp32_check"], tr["lora"]
+            out += [f"The same {s['steps']} steps once more in fp32, each arm: losses TRL "
+                    + ", ".join(f"{v:.5f}" for v in one["trl_losses"]) + "; kormedqa "
+                    + ", ".join(f"{v:.5f}" for v in one["kormedqa_losses"])
+                    + f" (largest difference {one['max_loss_delta']:.1e}); the trained LoRA weights ({lora['tensors']} "
+                    f"tensors) within {lora['max_abs_diff']:.1e} of each other, the largest weight being "
+                    f"{lora['max_abs_weight']:.3f}. The arms train the same model; in {k['precision']} their "
+                    "differently shaped batches (TRL pads, kormedqa packs) round differently.", ""]
         out += [f"**{tr['summary']}**", ""]
     ev = _load("eval_throughput")
     if ev:

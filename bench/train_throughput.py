@@ -13,8 +13,12 @@ docs/decisions.md, "LoRA without dropout"): each at its fastest.
 
 The step-1 losses must agree (delta <= 1e-3). In bf16 the arms' batches differ in shape (kormedqa
 packs a batch into one row, TRL pads it), so bf16 rounding alone moves the mean loss by ~1e-3; when
-the run is bf16, both arms also take one step in fp32 (`fp32_step1`), where the same computation
-gives the same loss to ~1e-5, and that delta is the one the target is checked on.
+the run is bf16, both arms also train the same steps in fp32 (`fp32_check`), where the same
+computation gives the same numbers: the step-1 delta the target is checked on, every step's loss,
+and the trained LoRA weights of both, compared entry by entry (the largest difference relative to
+the largest weight; tolerance 1e-3: Adam's first steps move each weight by about the learning rate
+whatever its gradient's size, so entries whose gradient is ~0 may differ in sign between the two
+by rounding, as tests/test_sft.py allows for gradient accumulation).
 
     python bench/train_throughput.py [--model DIR] [--steps 4] [--batch-size 2] [--grad-accum 1]
 """
@@ -51,6 +55,7 @@ def arm_kormedqa(args, rows, out: Path) -> dict:
     )
     started = time.time()
     summary = run_training(cfg, rows, out / "adapter", stage="kormedqa", logs_dir=out)
+    _save_lora(out / "adapter" / "adapter_model.safetensors", out / "lora.safetensors")
     # summary["seconds"] times trainer.train(), as the TRL arm does; the wall time adds loading the
     # model, tokenising and writing the adapter.
     return {"seconds": summary["seconds"], "wall_seconds": time.time() - started,
@@ -66,6 +71,11 @@ def arm_trl(args, rows, out: Path) -> dict:
     run = run_trl_sft(model, tokenizer, rows, out / "trl", choice, steps=args.steps, batch_size=args.batch_size,
                       grad_accum=args.grad_accum, learning_rate=args.lr, max_length=args.max_length, seed=args.seed,
                       lora_dropout=args.lora_dropout)
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    save_file({k: v.float().contiguous() for k, v in get_peft_model_state_dict(run["model"]).items()},
+              str(out / "lora.safetensors"))
     return {"seconds": run["seconds"], "wall_seconds": time.time() - wall_started, "losses": run["losses"]}
 
 
@@ -129,23 +139,49 @@ def main() -> int:
     delta = abs(k["losses"][0] - t["losses"][0])
     if k["precision"] != t["precision"]:
         raise SystemExit(f"the arms ran in different precisions: kormedqa {k['precision']}, TRL {t['precision']}")
-    fp32_step1 = None
+    work = Path(args.work)
+    fp32_check = None
     if k["precision"] != "fp32":
-        one = {arm: _run_arm(arm, args, "--steps", "1", "--precision", "fp32") for arm in ("trl", "kormedqa")}
-        fp32_step1 = {"kormedqa": one["kormedqa"]["losses"][0], "trl": one["trl"]["losses"][0],
-                      "delta": abs(one["kormedqa"]["losses"][0] - one["trl"]["losses"][0])}
-    checked = fp32_step1["delta"] if fp32_step1 else delta
+        fp32_work = str(work / "fp32")
+        one = {arm: _run_arm(arm, args, "--precision", "fp32", "--work", fp32_work) for arm in ("trl", "kormedqa")}
+        fp32_check = {"kormedqa_losses": one["kormedqa"]["losses"], "trl_losses": one["trl"]["losses"],
+                      "delta_step1": abs(one["kormedqa"]["losses"][0] - one["trl"]["losses"][0]),
+                      "max_loss_delta": max(abs(a - b) for a, b in zip(one["kormedqa"]["losses"], one["trl"]["losses"])),
+                      "lora": _compare_lora(Path(fp32_work))}
+    lora = fp32_check["lora"] if fp32_check else _compare_lora(work)
+    checked = fp32_check["delta_step1"] if fp32_check else delta
     summary = (f"train ({k['precision']}): kormedqa {ratio:.2f}x TRL with activation checkpointing off "
-               f"(loss delta at step 1 {delta:.1e}" + (f", {checked:.1e} in fp32" if fp32_step1 else "")
-               + "; target >= 3x, delta <= 1e-3" + (" in fp32)" if fp32_step1 else ")"))
+               f"(loss delta at step 1 {delta:.1e}" + (f", {checked:.1e} in fp32" if fp32_check else "")
+               + f"; LoRA weights after {args.steps} steps{' in fp32' if fp32_check else ''} within "
+               f"{lora['max_rel_diff']:.1e} of the largest; target >= 3x, delta <= 1e-3, weights within 1e-3)")
     write_result("train_throughput", {
         "machine": machine(), "settings": {**{k_: v for k_, v in vars(args).items() if k_ not in ("arm",)},
                                            "trl_activation_checkpointing": False},
-        "kormedqa": k, "trl": t, "speedup": ratio, "loss_delta_step1": delta, "fp32_step1": fp32_step1,
+        "kormedqa": k, "trl": t, "speedup": ratio, "loss_delta_step1": delta, "fp32_check": fp32_check, "lora": lora,
         "summary": summary,
     })
     print(summary)
     return 0
+
+
+def _save_lora(adapter: Path, out: Path) -> None:
+    """The LoRA weights of a saved adapter, fp32, under the names peft's state dict gives them."""
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: v.float().contiguous() for k, v in load_file(str(adapter)).items()}, str(out))
+
+
+def _compare_lora(work: Path) -> dict:
+    """The two arms' trained LoRA weights: the largest entry-wise difference, absolute and relative to
+    the largest weight; KeyError if the arms trained different modules."""
+    from safetensors.torch import load_file
+
+    ours, theirs = (load_file(str(work / arm / "lora.safetensors")) for arm in ("kormedqa", "trl"))
+    if set(ours) != set(theirs):
+        raise KeyError(f"the arms trained different LoRA weights: {sorted(set(ours) ^ set(theirs))[:4]}")
+    diff = max(float((ours[n] - theirs[n]).abs().max()) for n in ours)
+    scale = max(float(v.abs().max()) for v in theirs.values())
+    return {"tensors": len(ours), "max_abs_diff": diff, "max_abs_weight": scale, "max_rel_diff": diff / scale}
 
 
 def _run_arm(arm: str, args, *extra: str) -> dict:
