@@ -162,7 +162,7 @@ class _LossParts:
         self.counts["other"] += int((~is_answer).sum())
         # The first token of each answer span is the letter: argmax there is the teacher-forced answer.
         # The argmax only where it is counted: over the 262k-wide rows of every supervised position
-        # it cost a twentieth of a dictionary step (bench/results/profile_train.json, 2026-12-04).
+        # it cost 6-8% of a step (docs/decisions.md, "LoRA without dropout ... the argmax").
         first = _first_answer_flags(answer_mask, keep)
         self.first_hits += int((logits[first].argmax(-1) == targets[first]).sum())
         self.first_total += int(first.sum())
