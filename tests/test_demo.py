@@ -38,9 +38,9 @@ def test_demo_scores_before_after_and_the_other_phrasings(tmp_path, tiny_model_d
     reverse_after = [json.loads(l) for l in (out / "eval_reverse" / "predictions.jsonl").read_text().splitlines()]
     assert v["after"] == sum(p["correct"] for p in reverse_after) / 3
     assert (out / "eval_before_reverse" / "predictions.jsonl").exists()
-    # In fp32 on a CPU the demo read the shorter recipe, recorded it, and its report says why.
-    assert json.loads((out / "run.json").read_text())["config"]["recipe"] == "recipes/cpu-demo-fp32.yaml"
-    assert "picked because this run computes in fp32 on a CPU" in (out / "REPORT.md").read_text(encoding="utf-8")
+    # In fp32 on a CPU too the demo read its one recipe, recorded it, and its report names it.
+    assert json.loads((out / "run.json").read_text())["config"]["recipe"] == "recipes/cpu-demo.yaml"
+    assert "- Recipe: `recipes/cpu-demo.yaml`." in (out / "REPORT.md").read_text(encoding="utf-8")
     # Every stage ran in the precision asked for, and the demo's MCQ stage kept questions together.
     assert json.loads((out / "loop" / "run.json").read_text())["config"]["precision"] == "fp32"
     assert json.loads((out / "loop" / "run.json").read_text())["config"]["rotation_batches"] is True

@@ -221,28 +221,16 @@ def test_the_demo_loads_its_loop_from_the_recipe_unchanged():
         demo_loop_config(DemoConfig(recipe="recipes/none.yaml"))
 
 
-def test_the_demo_picks_the_shorter_recipe_in_fp32_on_a_cpu():
-    """Without native bf16 the demo reads recipes/cpu-demo-fp32.yaml: the default recipe in every setting
-    but the MCQ stage's length (and its own output folder); a recipe given wins, and fp32 on a GPU or
-    bf16 on a CPU keep the default."""
-    import yaml
+def test_the_demo_reads_one_recipe_unless_given_one():
+    """The demo reads recipes/cpu-demo.yaml whatever the precision (since 2026-12-04 it fits its 30
+    minutes in fp32 too; tests/test_demo.py checks an fp32 run records it); a recipe given wins."""
+    from kormedqa.demo import DEMO_RECIPE, DemoConfig, demo_loop_config
 
-    from kormedqa.demo import DEMO_RECIPES, DemoConfig, demo_loop_config, demo_recipe
-    from kormedqa.hardware import PrecisionChoice
-
-    default, fp32 = (yaml.safe_load((RECIPES.parent / DEMO_RECIPES[k]).read_text()) for k in ("default", "fp32_cpu"))
-    differs = {k for k in default.keys() | fp32.keys() if default.get(k) != fp32.get(k)}
-    assert differs == {"mcq_epochs", "output"} and fp32["mcq_epochs"] < default["mcq_epochs"]
-
-    def choice(precision, device):
-        return PrecisionChoice(precision=precision, requested="auto", device=device, reason="test")
-
-    assert demo_recipe(DemoConfig(), choice("fp32", "cpu")) == DEMO_RECIPES["fp32_cpu"]
-    for precision, device in (("bf16", "cpu"), ("fp32", "cuda"), ("bf16", "cuda")):
-        assert demo_recipe(DemoConfig(), choice(precision, device)) == DEMO_RECIPES["default"], (precision, device)
-    assert demo_recipe(DemoConfig(recipe="recipes/mine.yaml"), choice("fp32", "cpu")) == "recipes/mine.yaml"
-    loop = demo_loop_config(DemoConfig(recipe=DEMO_RECIPES["fp32_cpu"]), "cpt", "x")
-    assert (loop.mcq_epochs, loop.dict_epochs, loop.option_rotations) == (fp32["mcq_epochs"], 3.0, 5)
+    assert DEMO_RECIPE == "recipes/cpu-demo.yaml" and not (RECIPES / "cpu-demo-fp32.yaml").exists()
+    default = demo_loop_config(DemoConfig(), "cpt", "x")
+    assert default == demo_loop_config(DemoConfig(recipe=DEMO_RECIPE), "cpt", "x")
+    given = demo_loop_config(DemoConfig(recipe=str(RECIPES / "cpu-demo-both-ways.yaml")), "cpt", "x")
+    assert given != default
 
 
 def test_dict_rehearsal_rows_cycle_the_dictionary_and_are_marked():

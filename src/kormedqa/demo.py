@@ -2,9 +2,8 @@
 
 fetch -> prepare -> CPT (briefly) -> evaluate before -> loop -> report, and the same terms asked
 another way scored before and with the best checkpoint. The loop's settings are a recipe file
-(`--recipe`, by default recipes/cpu-demo.yaml, or recipes/cpu-demo-fp32.yaml when the run computes
-in fp32 on a CPU: the one place they are written, each also runnable on its own with `kormedqa loop
---config`); the demo owns only what is its own: the CPT, the before/after
+(`--recipe`, by default recipes/cpu-demo.yaml, whatever the precision: the one place they are
+written, also runnable on its own with `kormedqa loop --config`); the demo owns only what is its own: the CPT, the before/after
 comparison and the report. Its time and figures: docs/results.md. Every stage writes atomically
 and is skipped on `--resume` when finished, so an interrupted demo continues where it stopped.
 
@@ -50,21 +49,9 @@ DEMO_LOOP_FIELDS = ("base_model", "output", "dictionary", "train_data", "eval_da
                     "resume")
 
 
-# The demo's loop recipes, picked by the precision the run computes in (`demo_recipe`): where there is no
-# native bf16 an MCQ step takes about twice as long, and the whole demo would overrun its 30 minutes.
-DEMO_RECIPES = {"default": "recipes/cpu-demo.yaml", "fp32_cpu": "recipes/cpu-demo-fp32.yaml"}
-
-
-def recipe_for(choice: PrecisionChoice) -> str:
-    """The recipe the demo picks for `choice`: `DEMO_RECIPES["fp32_cpu"]` when it computes in fp32 on a
-    CPU, `DEMO_RECIPES["default"]` otherwise."""
-    fp32_cpu = choice.precision == "fp32" and choice.torch_device.type == "cpu"
-    return DEMO_RECIPES["fp32_cpu" if fp32_cpu else "default"]
-
-
-def demo_recipe(cfg: "DemoConfig", choice: PrecisionChoice) -> str:
-    """The recipe the demo's loop reads: `cfg.recipe` when given, else `recipe_for(choice)`. Reads nothing."""
-    return cfg.recipe or recipe_for(choice)
+# The demo's loop, in every precision: since its LoRA trains without dropout, the fp32 demo on a CPU
+# without native bf16 fits its 30 minutes with it (docs/results.md, "The demo without native bf16").
+DEMO_RECIPE = "recipes/cpu-demo.yaml"
 
 
 @dataclass
@@ -88,9 +75,7 @@ class DemoConfig(ResumableRunArgs, DeviceArgs):
     cpt_steps: int = arg(8, "CPT optimizer steps (a short pass: the demo's point is the SFT loop)")
     cpt_learning_rate: float = arg(2e-4, "CPT learning rate")
     recipe: str = arg("", "the loop's settings: a `kormedqa loop` recipe (YAML); the demo sets its "
-                      + ", ".join(DEMO_LOOP_FIELDS[:-1]) + " itself. Default: by the precision the run computes in, "
-                      f"{DEMO_RECIPES['default']}, or {DEMO_RECIPES['fp32_cpu']} in fp32 on a CPU (a shorter MCQ stage, "
-                      "so a CPU without native bf16 finishes in about 30 minutes)")
+                      + ", ".join(DEMO_LOOP_FIELDS[:-1]) + f" itself. Default: {DEMO_RECIPE}")
     loop_set: list[str] = arg(help="loop settings over the recipe's, as name=value (e.g. --loop-set mcq_epochs=0.1 "
                               "eval_limit=8)", factory=list)
 
@@ -102,14 +87,13 @@ class DemoConfig(ResumableRunArgs, DeviceArgs):
 
 
 def demo_loop_config(cfg: DemoConfig, base_model: str = "", output: str | Path = "") -> LoopConfig:
-    """The demo's loop: `cfg.recipe`'s settings (`DEMO_RECIPES["default"]` when empty; the demo sets it
-    by precision first, `demo_recipe`) with `cfg.loop_set` over them, and the demo's own
+    """The demo's loop: `cfg.recipe`'s settings (`DEMO_RECIPE` when empty) with `cfg.loop_set` over them, and the demo's own
     `DEMO_LOOP_FIELDS` (`base_model` and `output` as given; data, device, precision, seed from `cfg`;
     resume on, so a resumed demo continues its loop). UsageError for a missing or malformed recipe,
     an unknown setting or a `--loop-set` without `=`; LoopConfig's own checks (ranges, choices,
     select-by) raise UsageError too. Nothing is written.
     """
-    recipe = cfg.recipe or DEMO_RECIPES["default"]
+    recipe = cfg.recipe or DEMO_RECIPE
     path = Path(recipe)
     if not path.is_file():
         raise UsageError(f"--recipe {recipe}: no such file")
@@ -159,9 +143,8 @@ class DemoRecipe:
         """Read and check every input (DataError, ModelError, UsageError for the recipe) and decide the
         precision, then claim the output: OutputExistsError without --resume/--overwrite, UsageError for
         a resume of another command's folder or with other settings. Nothing is written before."""
-        # The precision first: it picks the loop's recipe, which run.json then records as the one this run read.
         self.choice: PrecisionChoice = run_precision(self.cfg)  # once for the whole demo; every step gets it
-        self.cfg = cfg = replace(self.cfg, recipe=demo_recipe(self.cfg, self.choice))
+        self.cfg = cfg = replace(self.cfg, recipe=self.cfg.recipe or DEMO_RECIPE)  # run.json records the one read
         self.loop_cfg = demo_loop_config(cfg)  # the recipe checked before anything is written
         self.entries = load_dictionary(*cfg.dictionary)
         self.train = load_mcq(cfg.mcq, split="train")
@@ -269,7 +252,7 @@ class DemoRecipe:
         table = results_table(self.before, self.history)
         text = markdown_report("kormedqa demo report", {
             "Set-up": demo_setup_text(self.loop_cfg, self.base, len(self.train), len(self.test), len(self.entries),
-                                      self.history, recipe=recipe_line(cfg.recipe, self.choice)),
+                                      self.history, recipe=f"`{cfg.recipe}`"),
             "Continued pretraining": cpt_text(self.cpt_metrics),
             "At a glance": f"![training curves; every split before and after]({plot.name})\n\n"
             + "\n".join(f"- {line}" for line in caption),
@@ -340,15 +323,6 @@ class DemoRecipe:
                                 eval_batch_size=c.eval_batch_size, max_new_tokens=c.max_new_tokens,
                                 glossary=self.glossary, rationale_template=c.rationale_template, choice=self.choice)
         return read_jsonl(folder / "predictions.jsonl")
-
-
-def recipe_line(recipe: str, choice: PrecisionChoice) -> str:
-    """The report's sentence on which recipe the loop read and, where the demo picked it, why."""
-    if recipe == DEMO_RECIPES["fp32_cpu"] == recipe_for(choice):
-        return (f"`{recipe}`, picked because this run computes in fp32 on a CPU ({choice.reason}): as "
-                f"`{DEMO_RECIPES['default']}` with a shorter MCQ stage, so the demo fits its 30 minutes without native "
-                "bf16 (its figures: docs/results.md)")
-    return f"`{recipe}`"
 
 
 def run_demo(cfg: DemoConfig) -> dict:
