@@ -33,7 +33,7 @@ import json
 import statistics
 import sys
 import tempfile
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -54,45 +54,33 @@ def track_rows(track: str) -> list[dict]:
     return mcq_rows(load_mcq(SAMPLE / "mcq", split="train"), 42, Glossary(entries), template="dictionary_line")
 
 
-@contextmanager
 def lever(name: str):
-    """Patches for the variants that are not a TrainConfig field; restores everything after."""
-    from kormedqa import trainer as trainer_module
-
-    if name in ("baseline", "dropout0_nocast", "padded"):
-        yield
-        return
-    if name in ("dropout0", "argmax_all"):
-        # dropout0: the input cast kept although dropout is 0; argmax_all: the old argmax's cost added.
-        target, attr = ((trainer_module, "lora_input_cast") if name == "dropout0"
-                        else (trainer_module._LossParts, "add"))
-        plain = getattr(target, attr)
-
-        def argmax_all(self, ce, logits, *a, **kw):
-            logits.argmax(-1)
-            return plain(self, ce, logits, *a, **kw)
-
-        setattr(target, attr, (lambda model, active: nullcontext()) if name == "dropout0" else argmax_all)
-        try:
-            yield
-        finally:
-            setattr(target, attr, plain)
-        return
-    plain_args = trainer_module.training_arguments
-
-    def compiled(*a, **kw):
-        args = plain_args(*a, **kw)
-        args.torch_compile = True
-        args.torch_compile_backend = "inductor"
-        return args
+    """The patch (a context manager) for a variant that is not a TrainConfig field; nothing otherwise."""
+    from unittest import mock
 
     from kormedqa import sft
+    from kormedqa import trainer as trainer_module
 
-    sft.training_arguments = compiled
-    try:
-        yield
-    finally:
-        sft.training_arguments = plain_args
+    if name == "dropout0":  # the input cast kept although dropout is 0
+        return mock.patch.object(trainer_module, "lora_input_cast", lambda model, active: nullcontext())
+    if name == "argmax_all":  # the old argmax's cost added
+        plain_add = trainer_module._LossParts.add
+
+        def add(self, ce, logits, *a, **kw):
+            logits.argmax(-1)
+            return plain_add(self, ce, logits, *a, **kw)
+
+        return mock.patch.object(trainer_module._LossParts, "add", add)
+    if name == "compile":
+        plain_args = sft.training_arguments
+
+        def compiled(*a, **kw):
+            args = plain_args(*a, **kw)
+            args.torch_compile, args.torch_compile_backend = True, "inductor"
+            return args
+
+        return mock.patch.object(sft, "training_arguments", compiled)
+    return nullcontext()
 
 
 def one_run(model_dir: str, choice, track: str, rows, variant: str, steps: int) -> dict:

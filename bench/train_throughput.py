@@ -55,7 +55,6 @@ def arm_kormedqa(args, rows, out: Path) -> dict:
     )
     started = time.time()
     summary = run_training(cfg, rows, out / "adapter", stage="kormedqa", logs_dir=out)
-    _save_lora(out / "adapter" / "adapter_model.safetensors", out / "lora.safetensors")
     # summary["seconds"] times trainer.train(), as the TRL arm does; the wall time adds loading the
     # model, tokenising and writing the adapter.
     return {"seconds": summary["seconds"], "wall_seconds": time.time() - started,
@@ -74,8 +73,9 @@ def arm_trl(args, rows, out: Path) -> dict:
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    save_file({k: v.float().contiguous() for k, v in get_peft_model_state_dict(run["model"]).items()},
-              str(out / "lora.safetensors"))
+    # What peft's save_pretrained writes, under the same names as kormedqa's adapter (`_compare_lora`).
+    save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(run["model"]).items()},
+              str(out / "adapter_model.safetensors"))
     return {"seconds": run["seconds"], "wall_seconds": time.time() - wall_started, "losses": run["losses"]}
 
 
@@ -164,23 +164,17 @@ def main() -> int:
     return 0
 
 
-def _save_lora(adapter: Path, out: Path) -> None:
-    """The LoRA weights of a saved adapter, fp32, under the names peft's state dict gives them."""
-    from safetensors.torch import load_file, save_file
-
-    save_file({k: v.float().contiguous() for k, v in load_file(str(adapter)).items()}, str(out))
-
-
 def _compare_lora(work: Path) -> dict:
     """The two arms' trained LoRA weights: the largest entry-wise difference, absolute and relative to
     the largest weight; KeyError if the arms trained different modules."""
     from safetensors.torch import load_file
 
-    ours, theirs = (load_file(str(work / arm / "lora.safetensors")) for arm in ("kormedqa", "trl"))
+    ours, theirs = (load_file(str(path)) for path in (work / "kormedqa" / "adapter" / "adapter_model.safetensors",
+                                                      work / "trl" / "adapter_model.safetensors"))
     if set(ours) != set(theirs):
         raise KeyError(f"the arms trained different LoRA weights: {sorted(set(ours) ^ set(theirs))[:4]}")
-    diff = max(float((ours[n] - theirs[n]).abs().max()) for n in ours)
-    scale = max(float(v.abs().max()) for v in theirs.values())
+    diff = max(float((ours[n].float() - theirs[n].float()).abs().max()) for n in ours)
+    scale = max(float(v.float().abs().max()) for v in theirs.values())
     return {"tensors": len(ours), "max_abs_diff": diff, "max_abs_weight": scale, "max_rel_diff": diff / scale}
 
 
