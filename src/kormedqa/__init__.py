@@ -6,6 +6,11 @@ import os
 # any product runs; a value the user exported wins. Why and what it costs: docs/decisions.md,
 # "fp32 products reproducible on every x86 CPU".
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+# transformers >= 5.24 swaps layers for "hub kernels" it downloads at model.train()/eval() time
+# whenever the `kernels` package is installed (a dependency of transformers): unpinned code from
+# the hub, other numerics, and on an offline GPU machine a crash at the first training step. Off
+# unless the user exports USE_HUB_KERNELS=1. docs/decisions.md, "No hub kernels unless asked for".
+os.environ.setdefault("USE_HUB_KERNELS", "0")
 
 from .data import load_dictionary, load_mcq
 from .extract import extract_answer, harness_extract, reasoning_score

@@ -172,9 +172,26 @@ TEXT_HUB_FILES = ("config.json", "generation_config.json", "model.safetensors.in
 IMAGE_TOKENS = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
 
 
+# Stand-in shapes. "tiny": the tests' (seconds on a CPU). "4b": google/medgemma-4b-it's own config
+# (STACK_NOTES.md, "MedGemma as it ships"): 4.3B parameters, for sizing real runs (memory, step time)
+# where the weights cannot be downloaded; build it on a GPU (`device`), it is 8.6 GB on disk.
+STANDIN_SIZES = {
+    "tiny": {"text": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                          num_key_value_heads=1, head_dim=32, max_position_embeddings=2048, sliding_window=512),
+             "vision": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                            image_size=56, patch_size=14),
+             "mm_tokens_per_image": 4},
+    "4b": {"text": dict(hidden_size=2560, intermediate_size=10240, num_hidden_layers=34, num_attention_heads=8,
+                        num_key_value_heads=4, head_dim=256, max_position_embeddings=131072, sliding_window=1024),
+           "vision": dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                          image_size=896, patch_size=14),
+           "mm_tokens_per_image": 256},
+}
+
+
 def build_standin(out: str | Path, tokenizer_dir: str | Path, layout: str = "multimodal", seed: int = 0,
-                  hidden: int = 64, layers: int = 2) -> Path:
-    """A tiny random stand-in of a hub MedGemma folder, built offline from config in seconds.
+                  size: str = "tiny", device: str = "cpu") -> Path:
+    """A random stand-in of a hub MedGemma folder, built offline from config (seconds when tiny).
 
     `layout` "multimodal" is google/medgemma-4b-it's: `Gemma3ForConditionalGeneration` (config
     `model_type` gemma3 with a `gemma3_text` text_config and a `siglip_vision_model` vision_config,
@@ -185,8 +202,10 @@ def build_standin(out: str | Path, tokenizer_dir: str | Path, layout: str = "mul
     special_tokens_map.json, added_tokens.json). `layout` "text" is google/medgemma-27b-text-it's:
     `Gemma3ForCausalLM`, tensors `model.*`. Both: bf16, two shards + model.safetensors.index.json,
     vocabulary 262208 (the hub's padded size), the real Gemma 3 tokenizer from `tokenizer_dir`.
-    Only the sizes are tiny: `hidden`-wide, `layers` layers, a 56-pixel image of 4 tokens.
-    The folder is published atomically; returns `out`. Raises ValueError for another layout.
+    `size` "tiny" (default): 64 wide, 2 layers, a 56-pixel image of 4 tokens; "4b": MedGemma-4B's
+    shapes (`STANDIN_SIZES`). The weights are initialised on `device` ("cuda" for "4b": minutes on
+    a CPU). The folder is published atomically; returns `out`. Raises ValueError for another layout
+    or size.
     """
     from safetensors.torch import load_file
     from transformers import (AutoTokenizer, Gemma3Config, Gemma3ForCausalLM, Gemma3ForConditionalGeneration,
@@ -194,33 +213,35 @@ def build_standin(out: str | Path, tokenizer_dir: str | Path, layout: str = "mul
 
     if layout not in ("multimodal", "text"):
         raise ValueError(f"layout must be 'multimodal' or 'text', not {layout!r}")
+    if size not in STANDIN_SIZES:
+        raise ValueError(f"size must be one of {sorted(STANDIN_SIZES)}, not {size!r}")
+    shape = STANDIN_SIZES[size]
     multimodal = layout == "multimodal"
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), extra_special_tokens=IMAGE_TOKENS if multimodal else None)
     tokenizer.chat_template = GEMMA3_HUB_CHAT_TEMPLATE
     eos = stop_token_ids(tokenizer)
-    text = dict(vocab_size=262208, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-                num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=2048,
-                sliding_window=512, rope_scaling={"rope_type": "linear", "factor": 8.0},
+    text = dict(vocab_size=262208, **shape["text"], rope_scaling={"rope_type": "linear", "factor": 8.0},
                 pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=eos)
     torch.manual_seed(seed)
     if multimodal:
-        vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, image_size=56, patch_size=14, vision_use_head=False)
+        vision = dict(model_type="siglip_vision_model", **shape["vision"], vision_use_head=False)
         config = Gemma3Config(text_config=dict(text, model_type="gemma3_text"), vision_config=vision,
-                              mm_tokens_per_image=4, image_token_index=tokenizer.image_token_id,
+                              mm_tokens_per_image=shape["mm_tokens_per_image"], image_token_index=tokenizer.image_token_id,
                               boi_token_index=tokenizer.boi_token_id, eoi_token_index=tokenizer.eoi_token_id,
                               eos_token_id=eos)
-        model = Gemma3ForConditionalGeneration(config)
+        with torch.device(device):
+            model = Gemma3ForConditionalGeneration(config)
         # transformers initialises the projection to zeros: every image would look the same.
         torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.5)
     else:
-        model = Gemma3ForCausalLM(Gemma3TextConfig(**text))
+        with torch.device(device):
+            model = Gemma3ForCausalLM(Gemma3TextConfig(**text))
     model = model.to(torch.bfloat16)
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     out = Path(out)
     with atomic_dir(out) as scratch:
-        model.save_pretrained(scratch)
+        model.save_pretrained(scratch, max_shard_size="100GB")  # one file, re-sharded below as the hub has it
         # transformers 5 writes the SigLIP tower as `vision_tower.*`; the hub's files (and what it
         # writes back for a model loaded from them) say `vision_tower.vision_model.*`.
         state = load_file(scratch / "model.safetensors")
@@ -235,14 +256,14 @@ def build_standin(out: str | Path, tokenizer_dir: str | Path, layout: str = "mul
             _write_json(scratch / "added_tokens.json", {IMAGE_TOKENS["image_token"]: tokenizer.image_token_id})
             _write_json(scratch / "processor_config.json", {"image_seq_length": config.mm_tokens_per_image,
                                                             "processor_class": "Gemma3Processor"})
-            size = config.vision_config.image_size
+            pixels = config.vision_config.image_size
             _write_json(scratch / "preprocessor_config.json", {
                 "do_convert_rgb": None, "do_normalize": True, "do_pan_and_scan": None, "do_rescale": True,
                 "do_resize": True, "image_mean": [0.5, 0.5, 0.5], "image_processor_type": "Gemma3ImageProcessor",
                 "image_seq_length": config.mm_tokens_per_image, "image_std": [0.5, 0.5, 0.5],
                 "pan_and_scan_max_num_crops": None, "pan_and_scan_min_crop_size": None,
                 "pan_and_scan_min_ratio_to_activate": None, "processor_class": "Gemma3Processor", "resample": 2,
-                "rescale_factor": 1 / 255, "size": {"height": size, "width": size}})
+                "rescale_factor": 1 / 255, "size": {"height": pixels, "width": pixels}})
             _write_json(scratch / "chat_template.json", {"chat_template": GEMMA3_HUB_CHAT_TEMPLATE})
         _write_json(scratch / "special_tokens_map.json", specials)
     return out

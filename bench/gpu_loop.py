@@ -1,0 +1,150 @@
+"""The spec's MedGemma-4B run on one GPU, sized: `kormedqa loop --config recipes/medgemma-4b-seed.yaml`
+on a random-weight stand-in with MedGemma-4B's hub layout and shapes, the shipped sample as data.
+
+The stand-in is `default_model.build_standin(layout="multimodal", size="4b")`: google/medgemma-4b-it's
+config (Gemma3ForConditionalGeneration, 4.3B parameters with the SigLIP tower), tensor names, two
+bf16 shards and processor files, random weights initialised on the GPU. The loop runs as a user
+runs it (`kormedqa.cli.main`, the recipe's hyperparameters: dictionary batch 4 x 4, MCQ 2 x 8, LoRA
+r64 on the language model, evaluation in every mode with 256 new tokens), bounded to one loop of
+`--dict-max-steps` / `--mcq-max-steps` optimizer steps and `--eval-limit` questions of dev and test.
+
+Writes bench/results/gpu_loop.json: whether the run finished, seconds and peak GPU memory of each
+stage, the evaluations' seconds per question, and from those the hours one full loop of the spec's
+run would take (KorMedMCQA's 3,401 training rows and 1,059 dev questions, STACK_NOTES.md; the
+dictionary stage at the shipped sample's size, since the user's dictionary sets it). A random
+model's accuracy is chance and is recorded only as a check that every scorer ran.
+
+    python bench/gpu_assets.py          # here, first: tokenizer + the pinned library stack (bench/gpu_assets/)
+    python3 bench/gpu_loop.py           # on the GPU machine, bench/gpu_assets carried along
+    python bench/gpu_loop.py --smoke    # CPU, the tiny stand-in, a few steps (run by make test)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO / "src"))  # the GPU machine runs the checkout as it is, no install
+import gpu_assets  # noqa: E402
+from common import RESULTS, SAMPLE, machine, repo_relative  # noqa: E402
+
+RECIPE = REPO / "recipes" / "medgemma-4b-seed.yaml"
+# KorMedMCQA's sizes (STACK_NOTES.md, "KorMedMCQA on the hub"): train and dev over the four exams.
+KORMEDMCQA_TRAIN_ROWS = 1890 + 582 + 632 + 297
+KORMEDMCQA_DEV_ROWS = 164 + 291 + 300 + 304
+
+
+def stage_estimate(training: dict, rows: int, per_step_rows: int) -> dict:
+    """Seconds one epoch of `rows` would take at `training`'s measured seconds per optimizer step."""
+    per_step = training["seconds"] / max(training["steps"], 1)
+    steps = -(-rows // per_step_rows)
+    return {"seconds_per_step": per_step, "steps_per_epoch": steps, "epoch_seconds": per_step * steps}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="CPU, the tiny stand-in, 2 steps a stage, 2 questions")
+    p.add_argument("--size", default=None, help="stand-in size: 4b (default) or tiny")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: from bench/gpu_assets/)")
+    p.add_argument("--dict-max-steps", type=int, default=20)
+    p.add_argument("--mcq-max-steps", type=int, default=20)
+    p.add_argument("--eval-limit", type=int, default=32)
+    p.add_argument("--work", default=str(HERE / "work" / "gpu_loop"))
+    p.add_argument("--out", default=str(RESULTS / "gpu_loop.json"))
+    args = p.parse_args(argv)
+    extra = []
+    if args.smoke:
+        args.size = args.size or "tiny"
+        args.dict_max_steps, args.mcq_max_steps, args.eval_limit = 2, 2, 2
+        extra = ["--max-new-tokens", "8", "--eval-batch-size", "2"]
+        if args.out == str(RESULTS / "gpu_loop.json"):
+            args.out = str(HERE / "work" / "gpu_loop_smoke.json")
+    size = args.size or "4b"
+
+    stack = gpu_assets.activate() if not args.smoke else {"source": "machine", "why": "--smoke"}
+    print(f"library stack: {stack}", flush=True)
+    import torch  # after `activate`: the carried transformers must be the one imported
+    import transformers
+
+    from kormedqa import cli
+    from kormedqa.default_model import build_standin
+    from kormedqa.fsio import write_json_atomic
+
+    tokenizer_dir = args.tokenizer or gpu_assets.default_tokenizer(args.smoke)
+    if tokenizer_dir is None:
+        print(f"gpu_loop: no tokenizer in {gpu_assets.ASSETS} (tokenizer.tar.xz): run `python bench/gpu_assets.py` "
+              "first (or pass --tokenizer DIR)", file=sys.stderr)
+        return 2
+    cuda = torch.cuda.is_available()
+    work = Path(args.work)
+    standin, run_dir = work / f"medgemma-{size}-standin", work / "run"
+    result = {"machine": {**machine(), "gpu": torch.cuda.get_device_name() if cuda else None,
+                          "transformers": transformers.__version__, "library_stack": stack},
+              "smoke": args.smoke, "size": size, "recipe": repo_relative(RECIPE), "settings": dict(vars(args))}
+    started = time.time()
+    if not (standin / "config.json").exists():
+        build_standin(standin, tokenizer_dir, layout="multimodal", size=size, device="cuda" if cuda else "cpu")
+    result["standin_seconds"] = time.time() - started
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    loop_argv = ["loop", "--config", str(RECIPE), "--base-model", str(standin),
+                 "--train-data", str(SAMPLE / "mcq"), "--eval-data", str(SAMPLE / "mcq"),
+                 "--dictionary", str(SAMPLE / "dictionary.json"), str(SAMPLE / "characters.json"),
+                 "--max-loops", "1", "--dict-max-steps", str(args.dict_max_steps),
+                 "--mcq-max-steps", str(args.mcq_max_steps), "--eval-limit", str(args.eval_limit),
+                 "--output", str(run_dir), "--overwrite", *extra]
+    result["command"] = "kormedqa " + " ".join(repo_relative(a) for a in loop_argv)
+    t0 = time.time()
+    status = cli.main(loop_argv)
+    result["loop_seconds"] = time.time() - t0
+    result["exit_status"] = status
+    if cuda:
+        result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    history_path = run_dir / "history.json"
+    if status == 0 and history_path.exists():
+        history = json.loads(history_path.read_text())
+        loop = history["loops"][0]
+        result["training"] = loop["training"]
+        result["evaluation"] = {}
+        for name, metrics_path in (("dev", run_dir / "loop_1" / "eval" / "metrics.json"),
+                                   ("test", run_dir / "test" / "metrics.json")):
+            if metrics_path.exists():
+                m = json.loads(metrics_path.read_text())
+                result["evaluation"][name] = {"questions": m["n"], "seconds": m["seconds"],
+                                              "seconds_per_question": m["seconds"] / max(m["n"], 1),
+                                              "accuracy": m.get("accuracy", {}).get("value")}
+        dict_rows = _dictionary_rows()
+        est = {}
+        if "dict" in loop["training"]:
+            est["dict"] = stage_estimate(loop["training"]["dict"], dict_rows, 4 * 4)
+        if "mcq" in loop["training"]:
+            est["mcq"] = stage_estimate(loop["training"]["mcq"], KORMEDMCQA_TRAIN_ROWS, 2 * 8)
+        if "dev" in result["evaluation"]:
+            est["dev_eval_seconds"] = result["evaluation"]["dev"]["seconds_per_question"] * KORMEDMCQA_DEV_ROWS
+        est["loop_hours"] = (sum(v["epoch_seconds"] for v in est.values() if isinstance(v, dict))
+                             + est.get("dev_eval_seconds", 0.0)) / 3600
+        est["basis"] = (f"dictionary: the sample's {dict_rows} entries; MCQ: KorMedMCQA's {KORMEDMCQA_TRAIN_ROWS} "
+                        f"training rows; dev: its {KORMEDMCQA_DEV_ROWS} questions (eval_mode all)")
+        result["full_loop_estimate"] = est
+    result["seconds"] = time.time() - started
+    write_json_atomic(args.out, result)
+    if not args.smoke:
+        shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints of random weights: nothing to keep
+    print(json.dumps({k: result.get(k) for k in ("exit_status", "loop_seconds", "peak_gpu_memory_gib",
+                                                   "full_loop_estimate")}, indent=1, default=str))
+    return 0 if status == 0 else 1
+
+
+def _dictionary_rows() -> int:
+    return sum(len(json.loads((SAMPLE / f).read_text(encoding="utf-8"))) for f in ("dictionary.json", "characters.json"))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
