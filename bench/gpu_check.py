@@ -45,7 +45,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "src"))  # the GPU machine runs the checkout as it is, no install
 import gpu_assets  # noqa: E402
-from common import RESULTS, SAMPLE, machine, param_counts, prepared_mcq_rows, run_trl_sft  # noqa: E402
+from common import RESULTS, SAMPLE, machine, param_counts, prepared_mcq_rows, repo_relative, run_trl_sft  # noqa: E402
 
 H200_BF16_PEAK_TFLOPS = 790.0
 
@@ -429,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                     "forward_takes_cache": takes_cache, "library_stack": stack},
         "smoke": args.smoke, "device": str(device), "precision": choice.as_dict(),
         "peak_flops_used_for_mfu": peak, "measured_matmul_flops": measured_peak,
-        "settings": dict(vars(args)), "sizes": {},
+        "settings": repo_relative(dict(vars(args))), "sizes": {},
     }
     work = HERE / "work" / "gpu_check"
     started = time.time()

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     standin, run_dir = work / f"medgemma-{size}-standin", work / "run"
     result = {"machine": {**machine(), "gpu": torch.cuda.get_device_name() if cuda else None,
                           "transformers": transformers.__version__, "library_stack": stack},
-              "smoke": args.smoke, "size": size, "recipe": repo_relative(RECIPE), "settings": dict(vars(args))}
+              "smoke": args.smoke, "size": size, "recipe": repo_relative(str(RECIPE)), "settings": repo_relative(dict(vars(args)))}
     started = time.time()
     if not (standin / "config.json").exists():
         build_standin(standin, tokenizer_dir, layout="multimodal", size=size, device="cuda" if cuda else "cpu")

@@ -120,10 +120,53 @@ def test_gpu_assets_finds_the_carried_tokenizer_and_says_when_trl_cannot_come(tm
     (carried / "tokenizer").mkdir(parents=True)
     (carried / "tokenizer" / "tokenizer.json").write_text("{}")
     assert gpu_assets.default_tokenizer(False, carried) == str(carried / "tokenizer")
+    # What prepare() writes: the tokenizer packed, unpacked once where the check runs.
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    import shutil
+
+    shutil.make_archive(str(packed / "tokenizer"), "xztar", root_dir=carried, base_dir="tokenizer")
+    unpacked = gpu_assets.default_tokenizer(False, packed, unpack_to=tmp_path / "unpacked")
+    assert unpacked == str(tmp_path / "unpacked" / "tokenizer") and (tmp_path / "unpacked" / "tokenizer" / "tokenizer.json").read_text() == "{}"
     # Where TRL is missing and no wheels were carried, the arm is skipped with the command to run.
     monkeypatch.setitem(sys.modules, "trl", None)  # None in sys.modules: `import trl` raises ImportError
     why = gpu_assets.ensure_trl(empty, tmp_path / "site")
     assert "no wheels in" in why and "bench/gpu_assets.py" in why and not (tmp_path / "site").exists()
+    # ... and the whole stack stays the machine's, saying why, with sys.path untouched.
+    before = list(sys.path)
+    assert gpu_assets.activate(empty, tmp_path / "site") == {"source": "machine", "why": why.split(" and ", 1)[1]}
+    assert sys.path == before
+
+
+def test_the_carried_stack_is_the_pinned_libraries_and_what_they_need_beyond_the_gpu_image():
+    """bench/gpu_assets.py carries transformers, peft, accelerate, trl and datasets at the versions installed
+    here, with their dependencies on CPython 3.12/Linux, never torch or what the GPU machine's image has."""
+    from importlib import metadata
+
+    wanted = dict(r.split("==") for r in _script("gpu_assets").carried_requirements())
+    for name in ("transformers", "peft", "accelerate", "trl", "datasets", "huggingface-hub"):
+        assert wanted[name] == metadata.version(name)
+    assert not {"torch", "numpy", "pyarrow", "triton", "tokenizers"} & set(wanted)
+    assert not any(n.startswith("nvidia") for n in wanted)
+
+
+@pytest.mark.slow  # one loop of the seed's recipe on the tiny multimodal stand-in
+def test_gpu_loop_smoke_runs_the_seed_recipe_on_a_multimodal_standin(tokenizer_dir, tmp_path):
+    """bench/gpu_loop.py --smoke: `kormedqa loop --config recipes/medgemma-4b-seed.yaml` on the tiny
+    stand-in of MedGemma-4B's layout, two steps a stage; the JSON has each stage, both evaluations and
+    the full-loop estimate built from them."""
+    out = tmp_path / "gpu_loop.json"
+    gpu_loop = _script("gpu_loop")
+    assert gpu_loop.main(["--smoke", "--tokenizer", str(tokenizer_dir), "--work", str(tmp_path / "work"),
+                          "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["exit_status"] == 0 and result["recipe"] == "recipes/medgemma-4b-seed.yaml"
+    assert {s: result["training"][s]["steps"] for s in ("dict", "mcq")} == {"dict": 2, "mcq": 2}
+    assert {k: v["questions"] for k, v in result["evaluation"].items()} == {"dev": 2, "test": 2}
+    est = result["full_loop_estimate"]
+    assert est["mcq"]["steps_per_epoch"] == -(-3401 // 16) and est["dict"]["steps_per_epoch"] == -(-484 // 16)
+    assert est["loop_hours"] * 3600 == pytest.approx(est["dict"]["epoch_seconds"] + est["mcq"]["epoch_seconds"]
+                                                     + est["dev_eval_seconds"])
 
 
 @pytest.mark.slow  # one TRL training step on the tiny model

@@ -85,3 +85,24 @@ def test_unknown_layout_is_refused(tmp_path, tokenizer_dir, layout):
 
     with pytest.raises(ValueError, match="layout"):
         build_standin(tmp_path / "x", tokenizer_dir, layout=layout)
+
+
+def test_the_4b_standin_has_medgemma_4b_s_shapes(tokenizer_dir):
+    """bench/gpu_loop.py sizes the seed's run on `size="4b"`: google/medgemma-4b-it's parameter count
+    (4.3B, 417M of them in the SigLIP tower; STACK_NOTES.md) and Gemma 3's five-local-one-global layers.
+    Built on the meta device: shapes only, no memory."""
+    import torch
+    from transformers import Gemma3ForConditionalGeneration
+
+    from kormedqa.default_model import build_standin, standin_config
+
+    config, _ = standin_config(tokenizer_dir, "multimodal", "4b")
+    with torch.device("meta"):
+        model = Gemma3ForConditionalGeneration(config)
+    total = sum(p.numel() for p in model.parameters())
+    vision = sum(p.numel() for p in model.model.vision_tower.parameters())
+    assert abs(total - 4.300e9) < 0.005e9 and abs(vision - 417e6) < 1e6
+    assert config.text_config.layer_types[:6] == ["sliding_attention"] * 5 + ["full_attention"]
+    assert (config.text_config.sliding_window, config.mm_tokens_per_image, config.vision_config.image_size) == (1024, 256, 896)
+    with pytest.raises(ValueError, match="size"):
+        build_standin("unused", tokenizer_dir, size="27b")

@@ -208,34 +208,17 @@ def build_standin(out: str | Path, tokenizer_dir: str | Path, layout: str = "mul
     or size.
     """
     from safetensors.torch import load_file
-    from transformers import (AutoTokenizer, Gemma3Config, Gemma3ForCausalLM, Gemma3ForConditionalGeneration,
-                              Gemma3TextConfig)
+    from transformers import Gemma3ForCausalLM, Gemma3ForConditionalGeneration
 
-    if layout not in ("multimodal", "text"):
-        raise ValueError(f"layout must be 'multimodal' or 'text', not {layout!r}")
-    if size not in STANDIN_SIZES:
-        raise ValueError(f"size must be one of {sorted(STANDIN_SIZES)}, not {size!r}")
-    shape = STANDIN_SIZES[size]
+    config, tokenizer = standin_config(tokenizer_dir, layout, size)
     multimodal = layout == "multimodal"
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), extra_special_tokens=IMAGE_TOKENS if multimodal else None)
-    tokenizer.chat_template = GEMMA3_HUB_CHAT_TEMPLATE
     eos = stop_token_ids(tokenizer)
-    text = dict(vocab_size=262208, **shape["text"], rope_scaling={"rope_type": "linear", "factor": 8.0},
-                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=eos)
     torch.manual_seed(seed)
+    with torch.device(device):
+        model = Gemma3ForConditionalGeneration(config) if multimodal else Gemma3ForCausalLM(config)
     if multimodal:
-        vision = dict(model_type="siglip_vision_model", **shape["vision"], vision_use_head=False)
-        config = Gemma3Config(text_config=dict(text, model_type="gemma3_text"), vision_config=vision,
-                              mm_tokens_per_image=shape["mm_tokens_per_image"], image_token_index=tokenizer.image_token_id,
-                              boi_token_index=tokenizer.boi_token_id, eoi_token_index=tokenizer.eoi_token_id,
-                              eos_token_id=eos)
-        with torch.device(device):
-            model = Gemma3ForConditionalGeneration(config)
         # transformers initialises the projection to zeros: every image would look the same.
         torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.5)
-    else:
-        with torch.device(device):
-            model = Gemma3ForCausalLM(Gemma3TextConfig(**text))
     model = model.to(torch.bfloat16)
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -267,6 +250,33 @@ def build_standin(out: str | Path, tokenizer_dir: str | Path, layout: str = "mul
             _write_json(scratch / "chat_template.json", {"chat_template": GEMMA3_HUB_CHAT_TEMPLATE})
         _write_json(scratch / "special_tokens_map.json", specials)
     return out
+
+
+def standin_config(tokenizer_dir: str | Path, layout: str = "multimodal", size: str = "tiny"):
+    """(config, tokenizer) of `build_standin`'s folder: the hub's Gemma3Config (multimodal) or
+    Gemma3TextConfig (text) at `size`'s shapes, and the real tokenizer with MedGemma's image tokens
+    added for the multimodal layout. Raises ValueError for another layout or size."""
+    from transformers import AutoTokenizer, Gemma3Config, Gemma3TextConfig
+
+    if layout not in ("multimodal", "text"):
+        raise ValueError(f"layout must be 'multimodal' or 'text', not {layout!r}")
+    if size not in STANDIN_SIZES:
+        raise ValueError(f"size must be one of {sorted(STANDIN_SIZES)}, not {size!r}")
+    shape = STANDIN_SIZES[size]
+    multimodal = layout == "multimodal"
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), extra_special_tokens=IMAGE_TOKENS if multimodal else None)
+    tokenizer.chat_template = GEMMA3_HUB_CHAT_TEMPLATE
+    eos = stop_token_ids(tokenizer)
+    text = dict(vocab_size=262208, **shape["text"], rope_scaling={"rope_type": "linear", "factor": 8.0},
+                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=eos)
+    if not multimodal:
+        return Gemma3TextConfig(**text), tokenizer
+    vision = dict(model_type="siglip_vision_model", **shape["vision"], vision_use_head=False)
+    config = Gemma3Config(text_config=dict(text, model_type="gemma3_text"), vision_config=vision,
+                          mm_tokens_per_image=shape["mm_tokens_per_image"], image_token_index=tokenizer.image_token_id,
+                          boi_token_index=tokenizer.boi_token_id, eoi_token_index=tokenizer.eoi_token_id,
+                          eos_token_id=eos)
+    return config, tokenizer
 
 
 def _write_json(path: Path, obj) -> None:
