@@ -170,10 +170,25 @@ def render() -> str:
         out += [f"`bench/gpu_check.py` on {gpu['machine'].get('gpu')} ({gpu['machine']['date']}), "
                 f"{gpu['precision']['precision']}, random-initialised Gemma 3; MFU against "
                 f"{gpu['peak_flops_used_for_mfu'] / 1e12:.0f} TFLOP/s (measured matmul "
-                f"{gpu['measured_matmul_flops'] / 1e12:.0f}).", "", f"**{gpu['summary']}**", ""]
+                f"{gpu['measured_matmul_flops'] / 1e12:.0f}); torch {gpu['machine']['torch']}, "
+                f"libraries {_stack(gpu['machine'].get('library_stack'))}.", "", f"**{gpu['summary']}**", ""]
+        if gpu.get("note"):
+            out += [gpu["note"], ""]
     else:
         out += ["`bench/gpu_check.py` has not run on a GPU yet (no GPU was available); how to run it: its docstring "
                 "and docs/results.md, section Performance. Its `--smoke` mode runs on CPU in `make test`.", ""]
+    loop = _load("gpu_loop")
+    out += ["## The seed's run sized on a GPU", ""]
+    if loop and not loop.get("smoke"):
+        est = loop.get("full_loop_estimate", {})
+        out += [f"`bench/gpu_loop.py` on {loop['machine'].get('gpu')} ({loop['machine']['date']}): `{loop['command']}` "
+                f"on a random MedGemma-4B-shaped multimodal stand-in: exit status {loop['exit_status']}, "
+                f"{loop['loop_seconds']:.0f} s, peak GPU memory {loop.get('peak_gpu_memory_gib', float('nan')):.1f} GiB; "
+                f"one full loop of the spec's run (dictionary epoch, MCQ epoch on KorMedMCQA's training rows, dev "
+                f"scored in every mode) estimated at **{est.get('loop_hours', float('nan')):.2f} h**.", ""]
+    else:
+        out += ["`bench/gpu_loop.py` (the seed recipe on a MedGemma-4B-sized multimodal stand-in) has no GPU result "
+                "yet: docs/results.md, section Performance, says what happened to its one attempt.", ""]
     learning = sorted(EXPERIMENT_RESULTS.glob("learning*.json"))
     for path in [p for p in learning if not p.stem.endswith("_spread")]:
         ln = json.loads(path.read_text())
@@ -197,6 +212,15 @@ def render() -> str:
         if full and full is not runs and full.get("seconds") != runs["seconds"]:
             out += [f"Last run of every script (`make bench`, {full['date']}): {full['total_seconds'] / 60:.1f} min.", ""]
     return "\n".join(out)
+
+
+def _stack(stack) -> str:
+    """'transformers 5.25.0, peft ...' when the carried stack ran, else the machine's own and why."""
+    if not stack:
+        return "as installed"
+    if stack.get("source") == "carried":
+        return "carried at the project's pins (" + ", ".join(f"{k} {v}" for k, v in stack["versions"].items()) + ")"
+    return f"the machine's own ({stack.get('why', '')})"
 
 
 def main() -> int:
