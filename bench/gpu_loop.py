@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dict-max-steps", type=int, default=20)
     p.add_argument("--mcq-max-steps", type=int, default=20)
     p.add_argument("--eval-limit", type=int, default=32)
+    p.add_argument("--standin", default=None, help="an existing stand-in folder to use (default: build one in --work)")
     p.add_argument("--work", default=str(HERE / "work" / "gpu_loop"))
     p.add_argument("--out", default=str(RESULTS / "gpu_loop.json"))
     args = p.parse_args(argv)
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cuda = torch.cuda.is_available()
     work = Path(args.work)
-    standin, run_dir = work / f"medgemma-{size}-standin", work / "run"
+    standin, run_dir = Path(args.standin or work / f"medgemma-{size}-standin"), work / "run"
     result = {"machine": {**machine(), "gpu": torch.cuda.get_device_name() if cuda else None,
                           "transformers": transformers.__version__, "library_stack": stack},
               "smoke": args.smoke, "size": size, "recipe": repo_relative(str(RECIPE)), "settings": repo_relative(dict(vars(args)))}

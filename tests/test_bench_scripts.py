@@ -151,14 +151,14 @@ def test_the_carried_stack_is_the_pinned_libraries_and_what_they_need_beyond_the
 
 
 @pytest.mark.slow  # one loop of the seed's recipe on the tiny multimodal stand-in
-def test_gpu_loop_smoke_runs_the_seed_recipe_on_a_multimodal_standin(tokenizer_dir, tmp_path):
+def test_gpu_loop_smoke_runs_the_seed_recipe_on_a_multimodal_standin(tokenizer_dir, medgemma_standin, tmp_path):
     """bench/gpu_loop.py --smoke: `kormedqa loop --config recipes/medgemma-4b-seed.yaml` on the tiny
     stand-in of MedGemma-4B's layout, two steps a stage; the JSON has each stage, both evaluations and
     the full-loop estimate built from them."""
     out = tmp_path / "gpu_loop.json"
     gpu_loop = _script("gpu_loop")
-    assert gpu_loop.main(["--smoke", "--tokenizer", str(tokenizer_dir), "--work", str(tmp_path / "work"),
-                          "--out", str(out)]) == 0
+    assert gpu_loop.main(["--smoke", "--tokenizer", str(tokenizer_dir), "--standin", str(medgemma_standin),
+                          "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["exit_status"] == 0 and result["recipe"] == "recipes/medgemma-4b-seed.yaml"
     assert {s: result["training"][s]["steps"] for s in ("dict", "mcq")} == {"dict": 2, "mcq": 2}
