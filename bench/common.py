@@ -65,6 +65,23 @@ def prepared_mcq_rows(seed: int = 42, template: str = "verdict") -> list[dict]:
     return mcq_rows(load_mcq(SAMPLE / "mcq", split="train"), seed, glossary, template=template)
 
 
+# The demo's two training stages as bench/train_levers.py and bench/profile_train.py run them:
+# dictionary rows (~30 tokens) at batch 8, seed-format MCQs with the dictionary_line rationale at batch 5.
+TRACKS = {"dict": dict(batch_size=8, learning_rate=5e-4), "mcq": dict(batch_size=5, learning_rate=5e-4)}
+
+
+def track_rows(track: str) -> list[dict]:
+    """The sample's training rows of `track` ("dict" or "mcq"), prepared as the demo prepares them."""
+    from kormedqa.data import load_dictionary, load_mcq
+    from kormedqa.formats import Glossary
+    from kormedqa.prepare import dict_rows, mcq_rows
+
+    entries = load_dictionary(SAMPLE / "dictionary.json", SAMPLE / "characters.json")
+    if track == "dict":
+        return dict_rows(entries)
+    return mcq_rows(load_mcq(SAMPLE / "mcq", split="train"), 42, Glossary(entries), template="dictionary_line")
+
+
 def repo_relative(value, repo: Path = REPO):
     """`value` with every string that is an absolute path inside `repo` made relative to it (in
     nested dicts and lists too): a result file says `models/gemma3-270m`, not where the checkout

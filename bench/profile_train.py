@@ -21,8 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import machine, write_result  # noqa: E402
-from train_levers import TRACKS, track_rows  # noqa: E402
+from common import TRACKS, machine, track_rows, write_result  # noqa: E402
 
 
 def main() -> int:

@@ -61,7 +61,7 @@ def render() -> str:
         m, k, t = tr["machine"], tr["kormedqa"], tr["trl"]
         s = tr["settings"]
         out += [f"## Training throughput ({m['date']}, {_cpu(m)}, {m['torch_threads']} threads, torch {m['torch']})", "",
-                f"Gemma 3 270M, LoRA r64 all projections"
+                "Gemma 3 270M, LoRA r64 all projections"
                 + (f" with dropout {s['lora_dropout']:g} in both arms" if "lora_dropout" in s else "")
                 + f", {s['steps']} optimizer steps x batch {s['batch_size']} x "
                 f"grad-accum {s['grad_accum']}, max_length {s['max_length']}, precision {s['precision']}"

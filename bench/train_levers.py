@@ -38,21 +38,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import SAMPLE, machine, write_result  # noqa: E402
-
-TRACKS = {"dict": dict(batch_size=8, learning_rate=5e-4), "mcq": dict(batch_size=5, learning_rate=5e-4)}
-
-
-def track_rows(track: str) -> list[dict]:
-    from kormedqa.data import load_dictionary, load_mcq
-    from kormedqa.formats import Glossary
-    from kormedqa.prepare import dict_rows, mcq_rows
-
-    entries = load_dictionary(SAMPLE / "dictionary.json", SAMPLE / "characters.json")
-    if track == "dict":
-        return dict_rows(entries)
-    return mcq_rows(load_mcq(SAMPLE / "mcq", split="train"), 42, Glossary(entries), template="dictionary_line")
-
+from common import TRACKS, machine, track_rows, write_result  # noqa: E402
 
 def lever(name: str):
     """The patch (a context manager) for a variant that is not a TrainConfig field; nothing otherwise."""
