@@ -7,7 +7,7 @@ Here, on a connected machine, before carrying the checkout over:
 It holds `tokenizer.tar.xz` (the embedded default's tokenizer, built from the installed PyPI
 package; 3.5 MiB packed, 32 MiB unpacked) and `wheels/`: transformers, peft, accelerate, trl and
 datasets at the versions installed here (the project's pins), with what they need beyond the GPU
-machine's image, for CPython 3.12 on manylinux x86_64. The machine's image has torch and older
+machine's image, for the GPU machine's CPython 3.12 on manylinux x86_64 (whatever Python runs this). The machine's image has torch and older
 transformers/peft/accelerate but no trl or datasets. There, `gpu_check.py` calls `activate` before
 importing torch: the wheels go into bench/work/gpu_site (`--no-deps`), a subprocess checks that the
 stack imports on the machine's torch, and only then the folder goes first on sys.path, so the GPU
@@ -72,11 +72,27 @@ def default_tokenizer(smoke: bool, assets: Path | None = None, unpack_to: Path |
     return str(cached_tokenizer()) if smoke else None
 
 
+def setup(script: str, tokenizer: str | None, smoke: bool) -> tuple[str, dict] | None:
+    """What a GPU script needs before it imports torch: (the tokenizer folder, the library stack as
+    `activate` left it). `tokenizer` wins over the carried one. None, after one line on stderr naming
+    the command to run first, when no tokenizer was given or prepared. `--smoke` keeps the installed
+    packages (it runs where the project is installed)."""
+    tokenizer_dir = tokenizer or default_tokenizer(smoke)
+    if tokenizer_dir is None:
+        print(f"{script}: no tokenizer.tar.xz in {ASSETS}: run `python bench/gpu_assets.py` first on a machine "
+              "that reaches the package index, and carry bench/gpu_assets along (or pass --tokenizer DIR)",
+              file=sys.stderr)
+        return None
+    stack = activate() if not smoke else {"source": "machine", "why": "--smoke"}
+    print(f"library stack: {stack}", flush=True)
+    return tokenizer_dir, stack
+
+
 def _install(assets: Path, site: Path) -> str | None:
     """The carried wheels installed into `site` (once per set of wheels); None when done, else why not."""
     wheels = sorted((assets / "wheels").glob("*.whl"))
     if not wheels:
-        return f"no wheels in {assets / 'wheels'} (run bench/gpu_assets.py where it is, carry the folder)"
+        return f"no wheels in {assets / 'wheels'} (run bench/gpu_assets.py on a machine that reaches the package index, carry the folder)"
     marker, names = site / ".installed", "\n".join(w.name for w in wheels)
     if marker.exists() and marker.read_text() == names:
         return None
@@ -192,8 +208,8 @@ def prepare(assets: Path | None = None) -> int:
     if proc.returncode != 0:
         print(f"wheels not downloaded (the check will use the machine's packages): {proc.stderr.strip()[-400:]}")
     size = sum(f.stat().st_size for f in assets.rglob("*") if f.is_file())
-    print(f"{assets}: {size / 2**20:.1f} MiB (carry limit {CARRY_LIMIT_BYTES / 2**20:.0f} MiB): "
-          f"{sorted(p.name for p in wheels.iterdir())}")
+    print(f"{assets}: {size / 2**20:.1f} MiB (carry limit {CARRY_LIMIT_BYTES / 2**20:.0f} MiB): {TOKENIZER_ARCHIVE} "
+          f"and {len(list(wheels.iterdir()))} wheels {sorted(p.name for p in wheels.iterdir())}")
     return 0 if size < CARRY_LIMIT_BYTES else 1
 
 

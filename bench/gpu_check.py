@@ -23,10 +23,10 @@ random weights, in bf16 (what `--precision auto` picks on a GPU), measures:
 Writes bench/results/gpu.json after every part, so a time-out still leaves what finished. Parts
 that would start after `--budget-s` are skipped and say so.
 
-    python bench/gpu_assets.py              # here, first: the real tokenizer + wheels into bench/gpu_assets/
-    python3 bench/gpu_check.py              # on the GPU machine, with bench/gpu_assets carried along
-    python bench/gpu_check.py --smoke       # CPU, a tiny config, well under a minute (run by make test);
-                                            # works on a fresh checkout (no bench/gpu_assets needed)
+    .venv/bin/python bench/gpu_assets.py         # here, first: the real tokenizer + wheels into bench/gpu_assets/
+    python3 bench/gpu_check.py [--profile]       # on the GPU machine, with bench/gpu_assets carried along
+    .venv/bin/python bench/gpu_check.py --smoke  # CPU, a tiny config, well under a minute (run by make test);
+                                                 # a fresh checkout after `make install`; writes bench/work/gpu_smoke.json
 
 Nothing is downloaded at run time; the sizes are configs, the weights random.
 """
@@ -387,8 +387,10 @@ def main(argv: list[str] | None = None) -> int:
 
     budget = Budget(args.budget_s)
     # Before torch and transformers are imported: the pinned stack carried in bench/gpu_assets/, if it imports here.
-    stack = gpu_assets.activate() if not args.smoke else {"source": "machine", "why": "--smoke"}
-    print(f"library stack: {stack}", flush=True)
+    ready = gpu_assets.setup("gpu_check", args.tokenizer, args.smoke)
+    if ready is None:
+        return 2
+    tokenizer_dir, stack = ready
     import torch  # defers torch and transformers: `--help` and the argument checks stay light
     import transformers
     from transformers import Gemma3ForCausalLM
@@ -401,11 +403,6 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     choice = choose(device, "auto")
     dtype = choice.dtype
-    tokenizer_dir = args.tokenizer or gpu_assets.default_tokenizer(args.smoke)
-    if tokenizer_dir is None:
-        print(f"gpu_check: no tokenizer in {gpu_assets.ASSETS} (tokenizer.tar.xz): run `python bench/gpu_assets.py` "
-              "first (or pass --tokenizer DIR)", file=sys.stderr)
-        return 2
     tokenizer = load_tokenizer(tokenizer_dir)
     rows = prepared_mcq_rows(args.seed)
     if args.smoke:  # the shortest few: the 262k-row lm_head on every supervised token is a CPU step's cost
@@ -455,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     result["summary"] = summary(result)
     write_json_atomic(args.out, result)
     print(result["summary"])
+    print(f"written: {repo_relative(str(Path(args.out).resolve()))}")
     return 0
 
 

@@ -10,13 +10,14 @@ r64 on the language model, evaluation in every mode with 256 new tokens), bounde
 
 Writes bench/results/gpu_loop.json: whether the run finished, seconds and peak GPU memory of each
 stage, the evaluations' seconds per question, and from those the hours one full loop of the spec's
-run would take (KorMedMCQA's 3,401 training rows and 1,059 dev questions, STACK_NOTES.md; the
+run would take (KorMedMCQA's 3,401 training rows and 1,059 dev questions, ../shared/notes/STACK_NOTES.md; the
 dictionary stage at the shipped sample's size, since the user's dictionary sets it). A random
 model's accuracy is chance and is recorded only as a check that every scorer ran.
 
-    python bench/gpu_assets.py          # here, first: tokenizer + the pinned library stack (bench/gpu_assets/)
-    python3 bench/gpu_loop.py           # on the GPU machine, bench/gpu_assets carried along
-    python bench/gpu_loop.py --smoke    # CPU, the tiny stand-in, a few steps (run by make test)
+    .venv/bin/python bench/gpu_assets.py        # here, first: tokenizer + the pinned library stack (bench/gpu_assets/)
+    python3 bench/gpu_loop.py [--standin DIR]   # on the GPU machine, bench/gpu_assets carried along
+    .venv/bin/python bench/gpu_loop.py --smoke  # CPU, the tiny stand-in, a few steps (make test);
+                                                # writes bench/work/gpu_loop_smoke.json, removes its run folder
 """
 from __future__ import annotations
 
@@ -68,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             args.out = str(HERE / "work" / "gpu_loop_smoke.json")
     size = args.size or "4b"
 
-    stack = gpu_assets.activate() if not args.smoke else {"source": "machine", "why": "--smoke"}
-    print(f"library stack: {stack}", flush=True)
+    ready = gpu_assets.setup("gpu_loop", args.tokenizer, args.smoke)
+    if ready is None:
+        return 2
+    tokenizer_dir, stack = ready
     import torch  # after `activate`: the carried transformers must be the one imported
     import transformers
 
@@ -77,11 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     from kormedqa.default_model import build_standin
     from kormedqa.fsio import write_json_atomic
 
-    tokenizer_dir = args.tokenizer or gpu_assets.default_tokenizer(args.smoke)
-    if tokenizer_dir is None:
-        print(f"gpu_loop: no tokenizer in {gpu_assets.ASSETS} (tokenizer.tar.xz): run `python bench/gpu_assets.py` "
-              "first (or pass --tokenizer DIR)", file=sys.stderr)
-        return 2
     cuda = torch.cuda.is_available()
     work = Path(args.work)
     standin, run_dir = Path(args.standin or work / f"medgemma-{size}-standin"), work / "run"
@@ -134,12 +132,16 @@ def main(argv: list[str] | None = None) -> int:
         est["basis"] = (f"dictionary: the sample's {dict_rows} entries; MCQ: KorMedMCQA's {KORMEDMCQA_TRAIN_ROWS} "
                         f"training rows; dev: its {KORMEDMCQA_DEV_ROWS} questions (eval_mode all)")
         result["full_loop_estimate"] = est
+    if args.smoke:
+        result["note"] = "smoke: the tiny stand-in on a CPU; the estimate only checks its arithmetic"
     result["seconds"] = time.time() - started
     write_json_atomic(args.out, result)
-    if not args.smoke:
-        shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints of random weights: nothing to keep
+    shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints of random weights: nothing to keep
+    if args.smoke and not args.standin:
+        shutil.rmtree(standin, ignore_errors=True)  # a tiny one rebuilds in seconds
     print(json.dumps({k: result.get(k) for k in ("exit_status", "loop_seconds", "peak_gpu_memory_gib",
                                                    "full_loop_estimate")}, indent=1, default=str))
+    print(f"written: {repo_relative(str(Path(args.out).resolve()))}")
     return 0 if status == 0 else 1
 
 
