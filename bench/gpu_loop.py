@@ -6,7 +6,8 @@ config (Gemma3ForConditionalGeneration, 4.3B parameters with the SigLIP tower), 
 bf16 shards and processor files, random weights initialised on the GPU. The loop runs as a user
 runs it (`kormedqa.cli.main`, the recipe's hyperparameters: dictionary batch 4 x 4, MCQ 2 x 8, LoRA
 r64 on the language model, evaluation in every mode with 256 new tokens), bounded to one loop of
-`--dict-max-steps` / `--mcq-max-steps` optimizer steps and `--eval-limit` questions of dev and test.
+`--dict-max-steps` / `--mcq-max-steps` optimizer steps (20 each) and `--eval-limit` questions (16) of
+dev and test. About 4 minutes on an H200, most of it writing and loading the 8.6 GB stand-in.
 
 Writes bench/results/gpu_loop.json: whether the run finished, seconds and peak GPU memory of each
 stage, the evaluations' seconds per question, and from those the hours one full loop of the spec's
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: from bench/gpu_assets/)")
     p.add_argument("--dict-max-steps", type=int, default=20)
     p.add_argument("--mcq-max-steps", type=int, default=20)
-    p.add_argument("--eval-limit", type=int, default=32)
+    p.add_argument("--eval-limit", type=int, default=16, help="dev and test questions scored (one batch of the recipe's 16)")
     p.add_argument("--standin", default=None, help="an existing stand-in folder to use (default: build one in --work)")
     p.add_argument("--work", default=str(HERE / "work" / "gpu_loop"))
     p.add_argument("--out", default=str(RESULTS / "gpu_loop.json"))
@@ -130,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         est["loop_hours"] = (sum(v["epoch_seconds"] for v in est.values() if isinstance(v, dict))
                              + est.get("dev_eval_seconds", 0.0)) / 3600
         est["basis"] = (f"dictionary: the sample's {dict_rows} entries; MCQ: KorMedMCQA's {KORMEDMCQA_TRAIN_ROWS} "
-                        f"training rows; dev: its {KORMEDMCQA_DEV_ROWS} questions (eval_mode all)")
+                        f"training rows; dev: its {KORMEDMCQA_DEV_ROWS} questions (eval_mode all). Upper bounds: "
+                        "seconds per step include the first step's warm-up, and a random model never stops "
+                        "generating, so every answer runs to max_new_tokens (256)")
         result["full_loop_estimate"] = est
     if args.smoke:
         result["note"] = "smoke: the tiny stand-in on a CPU; the estimate only checks its arithmetic"
