@@ -28,7 +28,7 @@ def test_gpu_check_smoke_runs_every_part_on_cpu(tokenizer_dir, tmp_path, monkeyp
     monkeypatch.setenv("KORMEDQA_TEST_CACHE", str(tokenizer_dir.parent))  # the tokenizer the tests built
     assert gpu_check.main(["--out", str(tmp_path / "unused.json")]) == 2  # the full check says what to run first
     assert "python bench/gpu_assets.py" in capsys.readouterr().err
-    assert gpu_check.main(["--smoke", "--out", str(out)]) == 0
+    assert gpu_check.main(["--smoke", "--profile", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["smoke"] and result["device"] == "cpu" and result["precision"]["reason"]
     training = result["sizes"]["tiny"]["training"]
@@ -42,6 +42,9 @@ def test_gpu_check_smoke_runs_every_part_on_cpu(tokenizer_dir, tmp_path, monkeyp
     assert scoring["letter_loglik"]["questions_per_s"] > 0 and scoring["generation"]["tokens_per_s"] > 0
     assert "questions_per_s" in scoring["cloze"] or "skipped" in scoring["cloze"]
     assert "/" in scoring["generation"]["same_as_hf_generate"]
+    # --profile: the top ops of one more training round and of a letter-scoring pass, outside the timings
+    assert training["kormedqa_profile"]["by_self_cpu"][0]["self_ms"] > 0
+    assert scoring["letter_loglik"]["profile"]["by_self_cpu"] and len(training["kormedqa_rounds_tokens_per_s"]) == 1
     assert result["summary"].startswith("gpu_check (")
 
 
