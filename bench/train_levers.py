@@ -20,8 +20,6 @@ Variants (`--variants`, comma list; baseline first):
   padded        the demo's settings, but each batch padded to one row per example instead of packed
                 into one row (`--no-padding-free`): attention then skips the other examples' blocks,
                 which a packed row computes and masks
-  ce_standard   the demo's settings, but the loss's cross-entropy as `F.cross_entropy` on an fp32 copy of the
-                (n, 262k) logits, as before 2026-12-04 (now `batching.token_cross_entropy`, a few rows at a time)
   compile       the baseline under `torch.compile` (TrainingArguments.torch_compile, inductor)
 
 Writes bench/results/train_levers.json.
@@ -59,11 +57,6 @@ def lever(name: str):
             return plain_add(self, ce, logits, *a, **kw)
 
         return mock.patch.object(trainer_module._LossParts, "add", add)
-    if name == "ce_standard":  # the cross-entropy as F.cross_entropy on an fp32 copy of every logit, as before 2026-12-04
-        import torch.nn.functional as F
-
-        return mock.patch.object(trainer_module, "token_cross_entropy",
-                                 lambda logits, targets: F.cross_entropy(logits.float(), targets, reduction="none"))
     if name == "compile":
         plain_args = sft.training_arguments
 
@@ -79,7 +72,7 @@ def lever(name: str):
 def one_run(model_dir: str, choice, track: str, rows, variant: str, steps: int) -> dict:
     from kormedqa.sft import TrainConfig, run_training
 
-    dropout = 0.0 if variant in ("dropout0", "dropout0_nocast", "argmax_all", "padded", "ce_standard") else 0.05
+    dropout = 0.0 if variant in ("dropout0", "dropout0_nocast", "argmax_all", "padded") else 0.05
     cfg = TrainConfig(base_model=model_dir, track=track, max_steps=steps, grad_accum=1, device="cpu",
                       precision=choice.precision, lora_dropout=dropout, group_by_length=True,
                       padding_free=variant != "padded", **TRACKS[track])

@@ -308,30 +308,3 @@ def test_lora_input_cast_is_skipped_only_where_it_is_a_round_trip(tiny_model_dir
     if dropout == 0.0:
         assert runs["skip"][0] == runs["cast"][0]
         assert all(torch.equal(runs["skip"][1][k], v) for k, v in runs["cast"][1].items())
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("n", [1, 4, 9])
-def test_token_cross_entropy_is_f_cross_entropy_to_fp32_rounding(dtype, n):
-    """The training loss's cross-entropy, a few rows at a time on CPU (`chunk_rows` 4: chunks of 1, 4,
-    and 4+4+1 rows): values and gradients as `F.cross_entropy` on an fp32 copy, the logits untouched,
-    the gradient in the logits' dtype. Tolerances: fp32 rounding of a sum over the vocabulary; in
-    bf16 the gradient is rounded to bf16 by both."""
-    from kormedqa.batching import token_cross_entropy
-
-    torch.manual_seed(n)
-    logits = (torch.randn(n, 3000) * 4).to(dtype)
-    targets = torch.randint(0, 3000, (n,))
-    weights = torch.rand(n)
-    ref = logits.clone().requires_grad_()
-    expected = F.cross_entropy(ref.float(), targets, reduction="none")
-    (expected * weights).sum().backward()
-    ours = logits.clone().requires_grad_()
-    got = token_cross_entropy(ours, targets, chunk_rows=4)
-    (got * weights).sum().backward()
-    assert got.dtype == torch.float32 and ours.grad.dtype == dtype
-    assert torch.allclose(got, expected, rtol=1e-6, atol=1e-5)
-    assert torch.allclose(ours.grad.float(), ref.grad.float(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-7)
-    assert torch.equal(ours.detach(), logits)  # the backward worked on copies
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # as the Trainer calls it under bf16 mixed precision
-        assert token_cross_entropy(logits.to(torch.bfloat16), targets).dtype == torch.float32

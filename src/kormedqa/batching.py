@@ -213,55 +213,6 @@ class CompletionCollator:
 # ---------------------------------------------------------------- loss
 
 
-def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, chunk_rows: int = 4) -> torch.Tensor:
-    """Per-token cross-entropy (n,) in fp32 nats of `logits` (n, vocab; bf16 or fp32) against `targets`
-    (n,) of valid ids: `F.cross_entropy(logits.float(), targets, reduction="none")`, differentiable,
-    equal to it to fp32 rounding (the log-sum-exp is summed in another order).
-
-    On a CPU it runs `chunk_rows` rows at a time: the fp32 copy of a 262k-wide row is 1 MB, so a few
-    rows stay in cache through the log-sum-exp, and the backward writes softmax - one-hot straight
-    into the gradient in the logits' dtype. The standard path instead materialises (n, vocab) fp32
-    tensors five times over (the cast, log_softmax, the zeroed nll gradient, its backward, the cast
-    back): 2.7x slower forward + backward at 96 x 262144 on 2 Xeon cores (docs/decisions.md, "The
-    training cross-entropy a few rows at a time"). On other devices, where that memory traffic is
-    cheap and a Python loop over chunks is not, it is `F.cross_entropy`.
-    """
-    if logits.device.type != "cpu":
-        return F.cross_entropy(logits.float(), targets, reduction="none")
-    return _ChunkedCrossEntropy.apply(logits, targets, chunk_rows)
-
-
-class _ChunkedCrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, targets, chunk_rows):
-        with torch.autocast(logits.device.type, enabled=False):
-            buf = logits.new_empty((min(chunk_rows, logits.shape[0]), logits.shape[1]), dtype=torch.float32)
-            lse = logits.new_empty(logits.shape[0], dtype=torch.float32)
-            for start in range(0, logits.shape[0], chunk_rows):
-                rows = buf[: min(chunk_rows, logits.shape[0] - start)]
-                rows.copy_(logits[start : start + chunk_rows])
-                lse[start : start + chunk_rows] = torch.logsumexp(rows, dim=-1)
-            picked = logits.gather(1, targets[:, None]).squeeze(1).float()
-        ctx.save_for_backward(logits, targets, lse)
-        ctx.chunk_rows = chunk_rows
-        return lse - picked
-
-    @staticmethod
-    def backward(ctx, grad):
-        logits, targets, lse = ctx.saved_tensors
-        step = ctx.chunk_rows
-        out = torch.empty_like(logits)
-        buf = logits.new_empty((min(step, logits.shape[0]), logits.shape[1]), dtype=torch.float32)
-        for start in range(0, logits.shape[0], step):
-            rows = buf[: min(step, logits.shape[0] - start)]
-            rows.copy_(logits[start : start + step])  # a copy also in fp32: the saved logits stay as they were
-            rows.sub_(lse[start : start + step, None]).exp_()  # softmax
-            rows[torch.arange(rows.shape[0], device=rows.device), targets[start : start + step]] -= 1
-            rows.mul_(grad[start : start + step, None])
-            out[start : start + step] = rows
-        return out, None, None
-
-
 def completion_loss(
     ce: torch.Tensor,
     is_answer: torch.Tensor,

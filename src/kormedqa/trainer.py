@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .batching import completion_loss, supervised_positions, token_cross_entropy
+from .batching import completion_loss, supervised_positions
 from .fsio import atomic_dir, fault_point
 from .hardware import keep_trainable_fp32
 from .modeling import lora_config, record_base
@@ -93,7 +94,7 @@ class AnswerWeightedTrainer(Trainer):
             n_answer, n_other = self._window_counts
         else:
             n_answer, n_other = float(is_answer.sum()), float((~is_answer).sum())
-        ce = token_cross_entropy(logits, targets)
+        ce = F.cross_entropy(logits.float(), targets, reduction="none")
         loss = completion_loss(ce, is_answer, self.answer_weight, n_answer, n_other)
         self._check_finite(loss)
         self._parts.add(ce.detach(), logits.detach(), targets, is_answer, inputs["answer_mask"], keep)
