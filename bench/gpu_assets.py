@@ -59,16 +59,20 @@ def default_tokenizer(smoke: bool, assets: Path | None = None, unpack_to: Path |
     runs the smoke check as it is); else None."""
     assets = ASSETS if assets is None else assets
     dest = (HERE / "work" / "gpu_tokenizer") if unpack_to is None else unpack_to
-    if (assets / "tokenizer" / "tokenizer.json").exists():
-        return str(assets / "tokenizer")
-    if (assets / TOKENIZER_ARCHIVE).exists():
-        if not (dest / "tokenizer" / "tokenizer.json").exists():
+    archive = assets / TOKENIZER_ARCHIVE
+    if archive.exists():
+        stamp = f"{archive.stat().st_size} {archive.stat().st_mtime_ns}"
+        marker = dest / ".from-archive"
+        if not (marker.exists() and marker.read_text() == stamp):  # unpacked once per archive
             partial = dest.with_name(dest.name + ".partial")  # a killed unpack leaves no half folder behind
             shutil.rmtree(partial, ignore_errors=True)
-            shutil.unpack_archive(assets / TOKENIZER_ARCHIVE, partial)
+            shutil.unpack_archive(archive, partial)
+            (partial / ".from-archive").write_text(stamp)
             shutil.rmtree(dest, ignore_errors=True)
             partial.rename(dest)
         return str(dest / "tokenizer")
+    if (assets / "tokenizer" / "tokenizer.json").exists():  # an unpacked folder (prepare before 2026-12-04)
+        return str(assets / "tokenizer")
     return str(cached_tokenizer()) if smoke else None
 
 
@@ -126,8 +130,9 @@ def activate(assets: Path | None = None, site: Path | None = None) -> dict:
         proc = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ, PYTHONPATH=path),
                               capture_output=True, text=True)
         if proc.returncode == 0:
-            sys.path.insert(0, str(site))
-            os.environ["PYTHONPATH"] = path
+            if str(site) not in sys.path:  # a second call changes nothing
+                sys.path.insert(0, str(site))
+                os.environ["PYTHONPATH"] = path
             importlib.invalidate_caches()
             return {"source": "carried", "versions": json.loads(proc.stdout.strip().splitlines()[-1])}
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -167,11 +172,14 @@ def carried_requirements(stack=STACK, machine_has=MACHINE_HAS) -> list[str]:
                platform_machine="x86_64", platform_system="Linux", implementation_name="cpython")
     skip = {canonicalize_name(n) for n in machine_has}
     seen: dict[str, str] = {}
-    todo = list(stack)
+    done: set[tuple[str, str]] = set()
+    todo = [(name, "") for name in stack]  # (distribution, extra asked for: "" for its plain requirements)
     while todo:
-        name = canonicalize_name(todo.pop())
-        if name in seen or name in skip:
+        raw, extra = todo.pop()
+        name = canonicalize_name(raw)
+        if (name, extra) in done or name in skip:
             continue
+        done.add((name, extra))
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
@@ -179,8 +187,8 @@ def carried_requirements(stack=STACK, machine_has=MACHINE_HAS) -> list[str]:
         seen[name] = dist.version
         for line in dist.requires or []:
             req = Requirement(line)
-            if req.marker is None or req.marker.evaluate(dict(env, extra="")):
-                todo.append(req.name)
+            if req.marker is None or req.marker.evaluate(dict(env, extra=extra)):
+                todo += [(req.name, "")] + [(req.name, e) for e in req.extras]  # e.g. fsspec[http]
     return [f"{n}=={v}" for n, v in sorted(seen.items())]
 
 
@@ -197,16 +205,22 @@ def prepare(assets: Path | None = None) -> int:
         packed = shutil.make_archive(str(staging / "tokenizer"), "xztar", root_dir=staging, base_dir="tokenizer")
         os.replace(packed, assets / TOKENIZER_ARCHIVE)
         shutil.rmtree(staging)
-    wheels = assets / "wheels"
-    shutil.rmtree(wheels, ignore_errors=True)  # no stale versions beside the new ones
-    wheels.mkdir()
+    shutil.rmtree(assets / "tokenizer", ignore_errors=True)  # the unpacked copy of an earlier prepare: 32 MiB
+    wheels, fresh = assets / "wheels", assets / "wheels.partial"
+    shutil.rmtree(fresh, ignore_errors=True)
+    fresh.mkdir()
     wanted = carried_requirements()
     platforms = [a for p in PLATFORMS for a in ("--platform", p)]
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
-           "--implementation", "cp", *platforms, "-d", str(wheels), *wanted]
+           "--implementation", "cp", *platforms, "-d", str(fresh), *wanted]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(f"wheels not downloaded (the check will use the machine's packages): {proc.stderr.strip()[-400:]}")
+    if proc.returncode != 0:  # the wheels already there (if any) stay; no partial set replaces them
+        shutil.rmtree(fresh, ignore_errors=True)
+        print(f"wheels not downloaded, {wheels} left as it was: {proc.stderr.strip()[-400:]}")
+    else:  # the new set whole, no stale versions beside it
+        shutil.rmtree(wheels, ignore_errors=True)
+        fresh.rename(wheels)
+    wheels.mkdir(exist_ok=True)
     size = sum(f.stat().st_size for f in assets.rglob("*") if f.is_file())
     print(f"{assets}: {size / 2**20:.1f} MiB (carry limit {CARRY_LIMIT_BYTES / 2**20:.0f} MiB): {TOKENIZER_ARCHIVE} "
           f"and {len(list(wheels.iterdir()))} wheels {sorted(p.name for p in wheels.iterdir())}")

@@ -9,7 +9,8 @@ r64 on the language model, evaluation in every mode with 256 new tokens), bounde
 `--dict-max-steps` / `--mcq-max-steps` optimizer steps (20 each) and `--eval-limit` questions (16) of
 dev and test. About 4 minutes on an H200, most of it writing and loading the 8.6 GB stand-in.
 
-Writes bench/results/gpu_loop.json: whether the run finished, seconds and peak GPU memory of each
+Writes bench/results/gpu_loop.json (also when the loop fails: its error, and the run folder is kept
+for its logs; on success the folder of random-weight checkpoints is removed): whether the run finished, seconds and peak GPU memory of each
 stage, the evaluations' seconds per question, and from those the hours one full loop of the spec's
 run would take (KorMedMCQA's 3,401 training rows and 1,059 dev questions, ../shared/notes/STACK_NOTES.md; the
 dictionary stage at the shipped sample's size, since the user's dictionary sets it). A random
@@ -27,7 +28,10 @@ import json
 import shutil
 import sys
 import time
+import traceback
 from pathlib import Path
+
+import yaml
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -84,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     work = Path(args.work)
     standin, run_dir = Path(args.standin or work / f"medgemma-{size}-standin"), work / "run"
+    if args.standin:  # what the given folder holds, not what --size says
+        config = json.loads((standin / "config.json").read_text())
+        text = config.get("text_config", config)
+        size = f"given: hidden {text.get('hidden_size')}, {text.get('num_hidden_layers')} layers"
     result = {"machine": {**machine(), "gpu": torch.cuda.get_device_name() if cuda else None,
                           "transformers": transformers.__version__, "library_stack": stack},
               "smoke": args.smoke, "size": size, "recipe": repo_relative(str(RECIPE)), "settings": repo_relative(dict(vars(args)))}
@@ -102,7 +110,12 @@ def main(argv: list[str] | None = None) -> int:
                  "--output", str(run_dir), "--overwrite", *extra]
     result["command"] = "kormedqa " + " ".join(repo_relative(a) for a in loop_argv)
     t0 = time.time()
-    status = cli.main(loop_argv)
+    try:
+        status = cli.main(loop_argv)
+    except Exception as err:  # a bug's traceback: recorded, so the machine's one run still leaves a result
+        status = 1
+        result["error"] = "".join(traceback.format_exception(err)[-3:])[-2000:]
+        traceback.print_exc()
     result["loop_seconds"] = time.time() - t0
     result["exit_status"] = status
     if cuda:
@@ -121,25 +134,37 @@ def main(argv: list[str] | None = None) -> int:
                                               "seconds_per_question": m["seconds"] / max(m["n"], 1),
                                               "accuracy": m.get("accuracy", {}).get("value")}
         dict_rows = _dictionary_rows()
+        recipe = yaml.safe_load(RECIPE.read_text(encoding="utf-8"))
         est = {}
         if "dict" in loop["training"]:
-            est["dict"] = stage_estimate(loop["training"]["dict"], dict_rows, 4 * 4)
+            est["dict"] = stage_estimate(loop["training"]["dict"], dict_rows,
+                                         recipe["dict_batch_size"] * recipe["dict_grad_accum"])
         if "mcq" in loop["training"]:
-            est["mcq"] = stage_estimate(loop["training"]["mcq"], KORMEDMCQA_TRAIN_ROWS, 2 * 8)
+            est["mcq"] = stage_estimate(loop["training"]["mcq"], KORMEDMCQA_TRAIN_ROWS,
+                                        recipe["mcq_batch_size"] * recipe["mcq_grad_accum"])
         if "dev" in result["evaluation"]:
             est["dev_eval_seconds"] = result["evaluation"]["dev"]["seconds_per_question"] * KORMEDMCQA_DEV_ROWS
+        # What the loop spent besides training and scoring (loading, saving and copying checkpoints of an
+        # 8.6 GB model, the test split at the end): taken as a fixed cost per loop.
+        measured = (sum(t.get("seconds") or 0.0 for t in loop["training"].values())
+                    + sum(e["seconds"] for e in result["evaluation"].values()))
+        est["other_seconds"] = max(result["loop_seconds"] - measured, 0.0)
         est["loop_hours"] = (sum(v["epoch_seconds"] for v in est.values() if isinstance(v, dict))
-                             + est.get("dev_eval_seconds", 0.0)) / 3600
+                             + est.get("dev_eval_seconds", 0.0) + est["other_seconds"]) / 3600
         est["basis"] = (f"dictionary: the sample's {dict_rows} entries; MCQ: KorMedMCQA's {KORMEDMCQA_TRAIN_ROWS} "
-                        f"training rows; dev: its {KORMEDMCQA_DEV_ROWS} questions (eval_mode all). Upper bounds: "
+                        f"training rows; dev: its {KORMEDMCQA_DEV_ROWS} questions (eval_mode all); batches as the "
+                        "recipe sets them; other_seconds (loading, saving, the test split) once. Leaning high: "
                         "seconds per step include the first step's warm-up, and a random model never stops "
                         "generating, so every answer runs to max_new_tokens (256)")
         result["full_loop_estimate"] = est
     if args.smoke:
         result["note"] = "smoke: the tiny stand-in on a CPU; the estimate only checks its arithmetic"
     result["seconds"] = time.time() - started
+    if status != 0:
+        result["run_folder_kept"] = repo_relative(str(run_dir))  # its logs are the diagnosis
     write_json_atomic(args.out, result)
-    shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints of random weights: nothing to keep
+    if status == 0:
+        shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints of random weights: nothing to keep
     if args.smoke and not args.standin:
         shutil.rmtree(standin, ignore_errors=True)  # a tiny one rebuilds in seconds
     print(json.dumps({k: result.get(k) for k in ("exit_status", "loop_seconds", "peak_gpu_memory_gib",

@@ -179,7 +179,10 @@ def render() -> str:
                 "and docs/results.md, section Performance. Its `--smoke` mode runs on CPU in `make test`.", ""]
     loop = _load("gpu_loop")
     out += ["## The seed's run sized on a GPU", ""]
-    if loop and not loop.get("smoke"):
+    if loop and not loop.get("smoke") and loop.get("exit_status") != 0:
+        out += [f"`bench/gpu_loop.py` on {loop['machine'].get('gpu')} ({loop['machine']['date']}) did not finish "
+                f"(exit status {loop.get('exit_status')}): {(loop.get('error') or 'see its log').strip().splitlines()[-1]}", ""]
+    elif loop and not loop.get("smoke"):
         est = loop.get("full_loop_estimate", {})
         out += [f"`bench/gpu_loop.py` on {loop['machine'].get('gpu')} ({loop['machine']['date']}): `{loop['command']}` "
                 f"on a random MedGemma-4B-shaped multimodal stand-in: exit status {loop['exit_status']}, "

@@ -1,7 +1,9 @@
 """The benchmark scripts that no CI machine runs for real still run: gpu_check --smoke, precision_agreement,
 the TRL peer; and the shared pieces in bench/common.py and bench/gpu_assets.py."""
+import importlib
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -141,6 +143,35 @@ def test_gpu_assets_finds_the_carried_tokenizer_and_says_when_trl_cannot_come(tm
     assert sys.path == before
 
 
+def test_a_carried_stack_that_imports_goes_first_on_sys_path_once(tmp_path, monkeypatch):
+    """activate()'s success path: the carried wheels installed into the site folder, which goes first on
+    sys.path and on PYTHONPATH (for subprocesses) once, however often it is called. The carried set here is
+    one hand-made wheel; the stack the probe imports is this venv's own."""
+    import zipfile
+
+    gpu_assets = _script("gpu_assets")
+    wheels = tmp_path / "assets" / "wheels"
+    wheels.mkdir(parents=True)
+    files = {"kormedqa_probe_pkg/__init__.py": "VALUE = 7\n",
+             "kormedqa_probe_pkg-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: kormedqa-probe-pkg\nVersion: 0.1\n",
+             "kormedqa_probe_pkg-0.1.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files["kormedqa_probe_pkg-0.1.dist-info/RECORD"] = "".join(f"{name},,\n" for name in files) + "kormedqa_probe_pkg-0.1.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(wheels / "kormedqa_probe_pkg-0.1-py3-none-any.whl", "w") as whl:
+        for name, text in files.items():
+            whl.writestr(name, text)
+    site = tmp_path / "site"
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    first = gpu_assets.activate(tmp_path / "assets", site)
+    assert first["source"] == "carried", first
+    assert first["versions"]["transformers"] == __import__("transformers").__version__
+    assert sys.path[0] == str(site) and os.environ["PYTHONPATH"] == str(site)
+    assert importlib.import_module("kormedqa_probe_pkg").VALUE == 7
+    assert gpu_assets.activate(tmp_path / "assets", site)["source"] == "carried"
+    assert sys.path.count(str(site)) == 1 and os.environ["PYTHONPATH"] == str(site)
+    sys.modules.pop("kormedqa_probe_pkg", None)
+
+
 def test_the_carried_stack_is_the_pinned_libraries_and_what_they_need_beyond_the_gpu_image():
     """bench/gpu_assets.py carries transformers, peft, accelerate, trl and datasets at the versions installed
     here, with their dependencies on CPython 3.12/Linux, never torch or what the GPU machine's image has."""
@@ -169,7 +200,9 @@ def test_gpu_loop_smoke_runs_the_seed_recipe_on_a_multimodal_standin(tokenizer_d
     est = result["full_loop_estimate"]
     assert est["mcq"]["steps_per_epoch"] == -(-3401 // 16) and est["dict"]["steps_per_epoch"] == -(-484 // 16)
     assert est["loop_hours"] * 3600 == pytest.approx(est["dict"]["epoch_seconds"] + est["mcq"]["epoch_seconds"]
-                                                     + est["dev_eval_seconds"])
+                                                     + est["dev_eval_seconds"] + est["other_seconds"])
+    assert 0 < est["other_seconds"] < result["loop_seconds"] and result["size"] == "given: hidden 64, 2 layers"
+    assert not (tmp_path / "work" / "run").exists()  # a finished run's random checkpoints are not kept
 
 
 @pytest.mark.slow  # one TRL training step on the tiny model
@@ -210,3 +243,21 @@ def test_every_script_runs_on_a_fresh_checkout_by_default():
     assert defaults["train_throughput.py"], "the pattern no longer finds the scripts' --model"
     wrong = {name: d for name, found in defaults.items() for d in found if d != repr(DEFAULT_MODEL_NAME).replace("'", '"')}
     assert not wrong, wrong
+
+
+def test_gpu_loop_records_a_crash_and_keeps_the_run_folder(tokenizer_dir, medgemma_standin, tmp_path, monkeypatch):
+    """A GPU machine gives one run: a loop that dies of a bug (as the H200's first attempt did) still
+    leaves the JSON with its error, exit status 1, and the run folder with its logs."""
+    from kormedqa import cli
+
+    def crash(argv):
+        (tmp_path / "work" / "run").mkdir(parents=True)
+        raise RuntimeError("Version 2 of 'kernels-community/rotary' is not available in the local cache")
+
+    monkeypatch.setattr(cli, "main", crash)
+    out = tmp_path / "gpu_loop.json"
+    assert _script("gpu_loop").main(["--smoke", "--tokenizer", str(tokenizer_dir), "--standin", str(medgemma_standin),
+                                     "--work", str(tmp_path / "work"), "--out", str(out)]) == 1
+    result = json.loads(out.read_text())
+    assert result["exit_status"] == 1 and "kernels-community/rotary" in result["error"]
+    assert "training" not in result and (tmp_path / "work" / "run").is_dir() and result["run_folder_kept"]
