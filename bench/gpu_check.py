@@ -201,6 +201,8 @@ def training_part(size, tokenizer, rows, args, device, choice, peak: float, work
     """Both arms `--repeats` times in alternating order (kormedqa, trl, then trl, kormedqa, ...): the first
     training in a process pays one-time costs (CUDA context, cuBLAS handles, allocator growth) that
     would otherwise all fall on whichever arm runs first. Each arm's figures are its fastest round."""
+    import torch
+
     n = param_counts(build_model(size, tokenizer, "meta", choice.dtype, args.seed))
     out = {"params": n, "steps": args.steps, "batch_size": args.batch_size, "repeats": args.repeats}
     arms = {"kormedqa": train_kormedqa}
@@ -213,8 +215,15 @@ def training_part(size, tokenizer, rows, args, device, choice, peak: float, work
     order = list(arms)
     for round_ in range(args.repeats):
         for name in (order if round_ % 2 == 0 else order[::-1]):
-            model = build_model(size, tokenizer, device, choice.dtype, args.seed)  # the same weights every time
-            r = arms[name](model, tokenizer, rows, args, device, choice, work / f"{size}_{name}_{round_}")
+            try:
+                model = build_model(size, tokenizer, device, choice.dtype, args.seed)  # the same weights every time
+                r = arms[name](model, tokenizer, rows, args, device, choice, work / f"{size}_{name}_{round_}")
+            except torch.cuda.OutOfMemoryError as err:  # the rounds already measured stay
+                out.setdefault("failed_rounds", []).append(f"{name} round {round_ + 1}: out of memory: {str(err)[:160]}")
+                print(f"  {name} (round {round_ + 1}): out of memory", flush=True)
+                model = r = None
+                _free(device)
+                continue
             del model
             _free(device)
             seconds, steps = r["clock"].steady_seconds()
@@ -239,7 +248,9 @@ def training_part(size, tokenizer, rows, args, device, choice, peak: float, work
         del model
         _free(device)
         out["kormedqa_profile"] = _top_ops(prof, device)
-    if "trl" in arms:
+    if "kormedqa" not in out:
+        raise torch.cuda.OutOfMemoryError("; ".join(out.get("failed_rounds", [])))  # the part fails as a whole
+    if "trl" in arms and "trl" in out:
         out["speedup_vs_trl"] = out["kormedqa"]["tokens_per_s"] / out["trl"]["tokens_per_s"]
         out["loss_delta_step1"] = abs(out["kormedqa"]["losses"][0] - out["trl"]["losses"][0])
     return out
@@ -371,23 +382,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-tflops", type=float, default=H200_BF16_PEAK_TFLOPS)
     p.add_argument("--budget-s", type=float, default=420, help="skip parts that would start after this many seconds")
     p.add_argument("--no-trl", action="store_true")
-    p.add_argument("--repeats", type=int, default=2, help="training rounds of both arms, in alternating order")
+    p.add_argument("--repeats", type=int, default=None, help="training rounds of both arms, in alternating order "
+                   "(default 2; 1 with --smoke)")
     p.add_argument("--profile", action="store_true", help="torch.profiler over one more kormedqa training round and "
                    "one more letter-scoring pass, both outside the timed figures: top ops in the JSON")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", default=str(RESULTS / "gpu.json"))
     args = p.parse_args(argv)
-    if args.repeats < 1:
+    if args.repeats is not None and args.repeats < 1:
         p.error("--repeats must be at least 1")
     if args.smoke:
         args.device = "cpu"
         args.sizes = args.sizes or "tiny"
         args.steps, args.batch_size, args.max_length = 1, 1, 512
         args.questions, args.score_batch, args.gen_batch, args.gen_tokens = 4, 4, 2, 4
-        args.repeats = 1
+        args.repeats = args.repeats or 1
         if args.out == str(RESULTS / "gpu.json"):
             args.out = str(HERE / "work" / "gpu_smoke.json")
 
+    args.repeats = args.repeats or 2
     budget = Budget(args.budget_s)
     # Before torch and transformers are imported: the pinned stack carried in bench/gpu_assets/, if it imports here.
     ready = gpu_assets.setup("gpu_check", args.tokenizer, args.smoke)

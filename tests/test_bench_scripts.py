@@ -261,3 +261,20 @@ def test_gpu_loop_records_a_crash_and_keeps_the_run_folder(tokenizer_dir, medgem
     result = json.loads(out.read_text())
     assert result["exit_status"] == 1 and "kernels-community/rotary" in result["error"]
     assert "training" not in result and (tmp_path / "work" / "run").is_dir() and result["run_folder_kept"]
+
+
+@pytest.mark.slow  # gpu_check --smoke once more, its TRL arm out of memory
+def test_gpu_check_keeps_the_rounds_it_measured_when_one_runs_out_of_memory(tmp_path, monkeypatch):
+    import torch
+
+    gpu_check = _script("gpu_check")
+
+    def oom(*a, **kw):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(gpu_check, "train_trl", oom)
+    out = tmp_path / "gpu.json"
+    assert gpu_check.main(["--smoke", "--sizes", "tiny", "--out", str(out)]) == 0
+    training = json.loads(out.read_text())["sizes"]["tiny"]["training"]
+    assert training["kormedqa"]["tokens_per_s"] > 0 and "speedup_vs_trl" not in training
+    assert training["failed_rounds"] == ["trl round 1: out of memory: CUDA out of memory. Tried to allocate 2.00 GiB"]
