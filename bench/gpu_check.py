@@ -38,6 +38,7 @@ import inspect
 import platform
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -243,7 +244,7 @@ def training_part(size, tokenizer, rows, args, device, choice, peak: float, work
                 out[name] = figures
     if args.profile:  # one more kormedqa round under the profiler, kept out of the timed figures
         model = build_model(size, tokenizer, device, choice.dtype, args.seed)
-        with _profiler(device, True) as prof:
+        with _profiler(device) as prof:
             arms["kormedqa"](model, tokenizer, rows, args, device, choice, work / f"{size}_kormedqa_profiled")
         del model
         _free(device)
@@ -256,27 +257,15 @@ def training_part(size, tokenizer, rows, args, device, choice, peak: float, work
     return out
 
 
-class _profiler:
-    """torch.profiler over a block when `on` (CPU and, on a GPU, CUDA activities); else nothing."""
+@contextmanager
+def _profiler(device):
+    """torch.profiler over a block (CPU and, on a GPU, CUDA activities), the device synchronised before it stops."""
+    from torch.profiler import ProfilerActivity, profile
 
-    def __init__(self, device, on: bool):
-        self.device, self.on, self.prof = device, on, None
-
-    def __enter__(self):
-        if not self.on:
-            return None
-        from torch.profiler import ProfilerActivity, profile
-
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
-        self.prof = profile(activities=acts)
-        self.prof.__enter__()
-        return self.prof
-
-    def __exit__(self, *exc):
-        if self.prof is not None:
-            _sync(self.device)
-            self.prof.__exit__(*exc)
-        return False
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        yield prof
+        _sync(device)
 
 
 def _top_ops(prof, device, top: int = 12) -> dict:
@@ -322,7 +311,7 @@ def scoring_part(size, tokenizer, qs, args, device, dtype) -> dict:
     out["generation"] = {"prompts": len(texts), "max_new_tokens": args.gen_tokens, "seconds": s,
                          "tokens_per_s": len(texts) * args.gen_tokens / s}
     if args.profile:  # after the timed passes, so it warms none of them
-        with _profiler(device, True) as prof:
+        with _profiler(device) as prof:
             _timed(scorers.letter_logprobs, model, tokenizer, prompts, args.score_batch, device)
         out["letter_loglik"]["profile"] = _top_ops(prof, device)
     out["generation"]["same_as_hf_generate"] = _compare_with_hf(model, tokenizer, gen_prompts[:4], device)
@@ -396,11 +385,10 @@ def main(argv: list[str] | None = None) -> int:
         args.sizes = args.sizes or "tiny"
         args.steps, args.batch_size, args.max_length = 1, 1, 512
         args.questions, args.score_batch, args.gen_batch, args.gen_tokens = 4, 4, 2, 4
-        args.repeats = args.repeats or 1
         if args.out == str(RESULTS / "gpu.json"):
             args.out = str(HERE / "work" / "gpu_smoke.json")
 
-    args.repeats = args.repeats or 2
+    args.repeats = args.repeats or (1 if args.smoke else 2)
     budget = Budget(args.budget_s)
     # Before torch and transformers are imported: the pinned stack carried in bench/gpu_assets/, if it imports here.
     ready = gpu_assets.setup("gpu_check", args.tokenizer, args.smoke)

@@ -38,7 +38,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "src"))  # the GPU machine runs the checkout as it is, no install
 import gpu_assets  # noqa: E402
-from common import RESULTS, SAMPLE, machine, repo_relative  # noqa: E402
+from common import RESULTS, SAMPLE, machine, repo_relative, track_rows  # noqa: E402
 
 RECIPE = REPO / "recipes" / "medgemma-4b-seed.yaml"
 # KorMedMCQA's sizes (STACK_NOTES.md, "KorMedMCQA on the hub"): train and dev over the four exams.
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["evaluation"][name] = {"questions": m["n"], "seconds": m["seconds"],
                                               "seconds_per_question": m["seconds"] / max(m["n"], 1),
                                               "accuracy": m.get("accuracy", {}).get("value")}
-        dict_rows = _dictionary_rows()
+        dict_rows = len(track_rows("dict"))  # the rows the dictionary stage trains on, one per entry
         recipe = yaml.safe_load(RECIPE.read_text(encoding="utf-8"))
         est = {}
         if "dict" in loop["training"]:
@@ -172,9 +172,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"written: {repo_relative(str(Path(args.out).resolve()))}")
     return 0 if status == 0 else 1
 
-
-def _dictionary_rows() -> int:
-    return sum(len(json.loads((SAMPLE / f).read_text(encoding="utf-8"))) for f in ("dictionary.json", "characters.json"))
 
 
 if __name__ == "__main__":
