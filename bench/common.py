@@ -35,8 +35,7 @@ def machine() -> dict:
     """Date, CPU (model, speed-relevant flags, what `--precision auto` picks there and why), threads, versions."""
     import torch
 
-    from kormedqa.hardware import choose
-    from kormedqa.hardware import cpu_name
+    from kormedqa.hardware import choose, cpu_allocator, cpu_name
 
     auto = choose("cpu", "auto")
     return {
@@ -45,6 +44,7 @@ def machine() -> dict:
         "cpu_flags": cpu_speed_flags(),
         "cpu_auto_precision": auto.precision,
         "cpu_auto_precision_reason": auto.reason,
+        "cpu_allocator": cpu_allocator(),  # every arm of a script runs under it: its choose("cpu") comes first
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

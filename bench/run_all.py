@@ -21,7 +21,7 @@ from common import write_result
 RESULTS = HERE / "results"
 EXPERIMENT_RESULTS = HERE.parent / "experiments" / "results"  # the learning experiment's, rendered here too
 FAST = ("train_throughput", "eval_throughput", "cloze_vs_harness", "roofline", "precision_agreement", "profile_train",
-        "profile_train_mcq", "train_levers", "cloze_vs_harness_bf16")
+        "profile_train_mcq", "train_levers", "allocator_ab", "cloze_vs_harness_bf16")
 # Result names that a script writes when given arguments: name -> (script, arguments).
 RUNS = {"profile_train_mcq": ("profile_train", ["--track", "mcq"]),
         "cloze_vs_harness_bf16": ("cloze_vs_harness", ["--precision", "bf16"])}
@@ -164,6 +164,21 @@ def render() -> str:
                      f"loss delta {res[v]['max_loss_delta']:.1e})" for v in variants]
             out.append(f"| {track} | " + " | ".join(cells) + " |")
         out += ["", f"**{lv['summary']}**", ""]
+    ab = _load("allocator_ab")
+    if ab:
+        m, st = ab["machine"], ab["settings"]
+        out += [f"## The allocator ({m['date']}, {_cpu(m)}, {m['torch_threads']} threads, torch {m['torch']})", "",
+                f"`bench/allocator_ab.py`: the demo's settings (`train_levers.py --variants dropout0_nocast`), "
+                f"{st['steps']} optimizer steps a stage, in fresh processes under glibc's defaults "
+                "(`KORMEDQA_ALLOCATOR=system`) and under kormedqa's setting (`hardware.cpu_allocator`: freed "
+                f"memory kept for reuse), {st['rounds']} round(s) in alternating order; the median step time.", "",
+                "| stage | glibc defaults | freed memory kept | speed-up | loss delta |", "|---|---|---|---|---|"]
+        for track, res in ab["tracks"].items():
+            step = res["median_step_s"]
+            out.append(f"| {track} | {step['system']:.3f} s | {step['kept']:.3f} s | {res['speedup']:.2f}x | "
+                       f"{res['max_loss_delta']:.1e} |")
+        out += ["", f"Peak RSS of the process: {ab['peak_rss_mb']['system']:.0f} MB with glibc's defaults, "
+                f"{ab['peak_rss_mb']['kept']:.0f} MB kept.", "", f"**{ab['summary']}**", ""]
     gpu = _load("gpu")
     out += ["## GPU check", ""]
     if gpu and not gpu.get("smoke"):

@@ -19,7 +19,7 @@ from typing import Iterable
 
 from .errors import UsageError
 from .fsio import claim_output, write_json_atomic
-from .hardware import PrecisionChoice, choose, pick_device
+from .hardware import PrecisionChoice, choose, cpu_allocator, pick_device
 from .launch import is_main_process
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,8 @@ def provenance(config, data_files: dict[str, str] | None = None, command: str | 
     """run.json's content: the kormedqa `command` that made the run ("kormedqa_command": train, loop,
     eval, cpt, demo), command line, `config` (a dataclass, as a dict), package versions, python,
     git commit, SHA-256 of each existing file or folder of `data_files` (name -> path), seed and
-    `choice`, the precision the run decided on (with why; None for a run that computes nothing).
+    `choice`, the precision the run decided on (with why; None for a run that computes nothing), and
+    on a CPU what the allocator does with freed memory (`hardware.cpu_allocator`).
     """
     versions = {}
     for name in PACKAGES:
@@ -201,6 +202,7 @@ def provenance(config, data_files: dict[str, str] | None = None, command: str | 
         "data_sha256": {k: file_sha256(v) for k, v in (data_files or {}).items() if v and Path(v).exists()},
         "seed": getattr(config, "seed", None),
         "precision": choice.as_dict() if choice is not None else None,
+        "cpu_allocator": cpu_allocator() if choice is not None and choice.torch_device.type == "cpu" else None,
     }
 
 
