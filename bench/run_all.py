@@ -116,9 +116,15 @@ def render() -> str:
                 f"{rf['peak_matmul_flops']['bf16'] / 1e9:.0f} GFLOP/s. Training and scoring ran in **{used}**"
                 + (f" ({rf['precision']['reason'].split(': ', 1)[-1]})" if "precision" in rf else "") + f" and are given as fractions of the {used} peak.", "",
                 f"| | achieved GFLOP/s | fraction of {used} peak |", "|---|---|---|",
-                f"| training (LoRA, 6·N·tokens + lm_head on supervised positions) | {rf['training']['flops_per_s'] / 1e9:.1f} | {frac(rf['training']):.1%} |",
-                f"| training, counting only what LoRA needs (4·N frozen + 6·N LoRA per token, 4·lm_head) | {rf['training'].get('needed_flops_per_s', float('nan')) / 1e9:.1f} | {frac(rf['training'], 'needed_fraction_of_peak'):.1%} |",
+                f"| training (LoRA, 6·N·tokens + lm_head on supervised positions; seed-format MCQs, batch {rf['training'].get('batch_size', 2)}) | {rf['training']['flops_per_s'] / 1e9:.1f} | {frac(rf['training']):.1%} |",
+                f"| the same, counting only what LoRA needs (4·N frozen + 6·N LoRA per token, 4·lm_head) | {rf['training'].get('needed_flops_per_s', float('nan')) / 1e9:.1f} | {frac(rf['training'], 'needed_fraction_of_peak'):.1%} |",
+                *[f"| training, the demo's {t} stage (batch {r['batch_size']}, ~{r['mean_tokens']:.0f} tokens an example) | "
+                  f"{r['flops_per_s'] / 1e9:.1f} | {frac(r):.1%} |" for t, r in rf.get("demo_stages", {}).items()],
                 f"| scoring (2·N·tokens + lm_head on the last position) | {rf['scoring']['flops_per_s'] / 1e9:.1f} | {frac(rf['scoring']):.1%} |",
+                *([f"| for scale: each of the model's projection products alone, 256 and 1,024 rows (LoRA rank-64 pair included) | "
+                   f"{min(ms['flops_per_s'].values()) / 1e9:.0f}-{max(ms['flops_per_s'].values()) / 1e9:.0f} | "
+                   f"{ms['fraction_of_peak_min']:.0%}-{ms['fraction_of_peak_max']:.0%} |"]
+                  if (ms := rf.get("matmul_at_model_shapes")) else []),
                 "", f"**{rf['summary']}**", ""]
     pa = _load("precision_agreement")
     if pa:
