@@ -65,6 +65,36 @@ def test_the_users_own_allocator_settings_win(exported):
     assert grown >= 256 << 20
 
 
+# Resident MiB after 256 MiB were freed, then after release_freed_memory.
+RELEASE = """
+import os
+from kormedqa.hardware import choose, release_freed_memory
+def rss_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // (1 << 20)
+choose("cpu", "fp32")
+block = bytearray(256 << 20)
+block[::4096] = b"x" * len(block[::4096])
+del block
+print(rss_mib())
+release_freed_memory()
+print(rss_mib())
+"""
+
+
+@pytest.mark.parametrize("exported", [{}, {"KORMEDQA_ALLOCATOR": "system"}])
+def test_freed_memory_is_kept_within_a_stage_and_handed_back_between(exported):
+    """Kept: a freed block stays resident for the next step until release_freed_memory (between stages)
+    hands it back. Under glibc's defaults it was never kept, and the release does nothing."""
+    env = {k: v for k, v in os.environ.items() if k not in USER_SETTINGS} | exported
+    proc = subprocess.run([sys.executable, "-c", RELEASE], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    after_free, after_release = map(int, proc.stdout.split()[-2:])
+    if exported:
+        assert abs(after_free - after_release) < 64
+    else:
+        assert after_free - after_release >= 200
+
+
 def test_another_preloaded_allocator_is_left_alone(monkeypatch):
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
     monkeypatch.delenv("KORMEDQA_ALLOCATOR", raising=False)

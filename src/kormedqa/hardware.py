@@ -296,7 +296,23 @@ def cpu_allocator() -> str:
         done = False
     if not done:
         return "glibc malloc, defaults (mallopt refused)"
-    return "glibc malloc without mmap or trimming: freed memory reused, not returned to the system"
+    global _keeping_freed
+    _keeping_freed = True
+    return ("glibc malloc without mmap or trimming within a stage: freed memory reused, handed back "
+            "between stages")
+
+
+_keeping_freed = False  # cpu_allocator turned glibc's own hand-back off in this process
+
+
+def release_freed_memory() -> None:
+    """Hand the memory freed so far back to the system (glibc's `malloc_trim(0)`), where
+    `cpu_allocator` keeps it; nothing otherwise. Called between stages (after a training, before a
+    model loads): within a stage the kept blocks save the page faults, across stages they would only
+    add up, since blocks of other sizes leave holes the next stage cannot always use (the demo's
+    peak RSS was +23-32% without it; docs/decisions.md, "Freed memory kept for reuse")."""
+    if _keeping_freed:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def check_model_precision(model_type: str | None, dtype: torch.dtype) -> None:

@@ -19,7 +19,7 @@ from .chat import ensure_chat_template, stop_token_ids
 from .default_model import fetch_default
 from .errors import ModelError
 from .fsio import atomic_dir
-from .hardware import DTYPES, PrecisionChoice, check_model_precision
+from .hardware import DTYPES, PrecisionChoice, check_model_precision, release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +222,7 @@ def load_model(name_or_path: str, choice: PrecisionChoice, trainable_adapter: bo
     """
     path = resolve_model_path(name_or_path)
     check_precision(path, choice)
+    release_freed_memory()  # what the previous stage freed, before this model's weights need room
     base = adapter_base(path) if Path(path).exists() else None
     model_path = base if base is not None else path
     model = load_text_only(model_path, choice.dtype)

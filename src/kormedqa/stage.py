@@ -32,7 +32,7 @@ from transformers import TrainerCallback
 from .data import read_jsonl
 from .errors import DataError, UsageError
 from .fsio import write_json_atomic, write_text_atomic
-from .hardware import PrecisionChoice
+from .hardware import PrecisionChoice, release_freed_memory
 from .launch import all_gather, is_main_process, world_size
 from .modeling import check_precision, load_model, load_tokenizer
 from .provenance import RESUMABLE_CHANGES, check_resume, claim_run
@@ -183,6 +183,7 @@ class Stage:
                 self._tb_writer = None
             if self.work.is_dir() and not any(self.work.iterdir()):
                 self.work.rmdir()
+            release_freed_memory()  # the steps' activations and logits, kept for reuse while they ran
         self.peak_memory = peak_memory(self.device)
         if is_main_process():
             log.info("%s: %s", self.name, memory_line(self.peak_memory))
