@@ -44,7 +44,9 @@ def machine() -> dict:
         "cpu_flags": cpu_speed_flags(),
         "cpu_auto_precision": auto.precision,
         "cpu_auto_precision_reason": auto.reason,
-        "cpu_allocator": cpu_allocator(),  # every arm of a script runs under it: its choose("cpu") comes first
+        # What keep_freed_memory made of the allocator: a CPU script's choose("cpu") settles it before its
+        # first arm, so every arm runs under the same; a GPU script's never does ("not settled").
+        "cpu_allocator": cpu_allocator(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -3,11 +3,13 @@
 Achieved FLOP/s: training (steady state: the steps after the second, which build oneDNN's kernels
 and the optimizer state; LoRA r64 without dropout, as the demo) on seed-format MCQs at batch 2 (the
 figure kept since 2026-11-27) and on each of the demo's two stages at its own batch size (dictionary
-rows at 8, `dictionary_line` MCQs at 5, `common.TRACKS`; mean real tokens, padding not counted):
+rows at 8, `dictionary_line` MCQs at 5, `common.TRACKS`; the track's mean real tokens an example,
+padding not counted: the timed steps' own examples may differ from that mean by ~8% either way):
 6 x params x tokens (forward + both backward matmuls of the body; LoRA freezes the weights, so this
 over-counts the weight-gradient third: the fraction reported is an upper bound) plus the lm_head on supervised positions; scoring 2 x params x tokens plus the lm_head
-on the scored position only. For scale, each of the model's projection products (and the LoRA
-rank-64 pair) is timed alone at 256 and 1,024 rows: what the matmuls reach with nothing else running.
+on the scored position only. For scale, each of the model's projection products (and some of the
+LoRA rank-64 shapes) is timed alone at 256 and 1,024 rows, ten products after a warm-up: roughly
+what the matmuls reach with nothing else running.
 Training and scoring run in the precision `--precision` resolves to
 (auto: bf16 where the CPU computes it natively, else fp32; the reason is recorded) and are given
 as fractions of the dense-matmul peak of that precision. The other precision's peak is measured

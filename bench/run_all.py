@@ -121,7 +121,7 @@ def render() -> str:
                 *[f"| training, the demo's {t} stage (batch {r['batch_size']}, ~{r['mean_tokens']:.0f} tokens an example) | "
                   f"{r['flops_per_s'] / 1e9:.1f} | {frac(r):.1%} |" for t, r in rf.get("demo_stages", {}).items()],
                 f"| scoring (2·N·tokens + lm_head on the last position) | {rf['scoring']['flops_per_s'] / 1e9:.1f} | {frac(rf['scoring']):.1%} |",
-                *([f"| for scale: each of the model's projection products alone, 256 and 1,024 rows (LoRA rank-64 pair included) | "
+                *([f"| for scale: each of the model's projection products alone, 256 and 1,024 rows (some LoRA rank-64 shapes too) | "
                    f"{min(ms['flops_per_s'].values()) / 1e9:.0f}-{max(ms['flops_per_s'].values()) / 1e9:.0f} | "
                    f"{ms['fraction_of_peak_min']:.0%}-{ms['fraction_of_peak_max']:.0%} |"]
                   if (ms := rf.get("matmul_at_model_shapes")) else []),
@@ -176,15 +176,16 @@ def render() -> str:
         out += [f"## The allocator ({m['date']}, {_cpu(m)}, {m['torch_threads']} threads, torch {m['torch']})", "",
                 f"`bench/allocator_ab.py`: the demo's settings (`train_levers.py --variants dropout0_nocast`), "
                 f"{st['steps']} optimizer steps a stage, in fresh processes under glibc's defaults "
-                "(`KORMEDQA_ALLOCATOR=system`) and under kormedqa's setting (`hardware.cpu_allocator`: freed "
+                "(`KORMEDQA_ALLOCATOR=system`) and under kormedqa's setting (`hardware.keep_freed_memory`: freed "
                 f"memory kept for reuse), {st['rounds']} round(s) in alternating order; the median step time.", "",
                 "| stage | glibc defaults | freed memory kept | speed-up | loss delta |", "|---|---|---|---|---|"]
         for track, res in ab["tracks"].items():
             step = res["median_step_s"]
             out.append(f"| {track} | {step['system']:.3f} s | {step['kept']:.3f} s | {res['speedup']:.2f}x | "
                        f"{res['max_loss_delta']:.1e} |")
-        out += ["", f"Peak RSS of the process: {ab['peak_rss_mb']['system']:.0f} MB with glibc's defaults, "
-                f"{ab['peak_rss_mb']['kept']:.0f} MB kept.", "", f"**{ab['summary']}**", ""]
+        rss = ab.get("peak_rss_mib") or ab["peak_rss_mb"]  # named _mb before 2026-12-04 evening; MiB either way
+        out += ["", f"Peak RSS of the process: {rss['system']:.0f} MiB with glibc's defaults, "
+                f"{rss['kept']:.0f} MiB kept.", "", f"**{ab['summary']}**", ""]
     gpu = _load("gpu")
     out += ["## GPU check", ""]
     if gpu and not gpu.get("smoke"):

@@ -1,8 +1,9 @@
-"""The CPU allocator setting (`hardware.cpu_allocator`): freed memory kept for reuse unless the user chose otherwise.
+"""The CPU allocator setting (`hardware.keep_freed_memory`): freed memory kept within a stage, handed
+back between stages, unless the user chose otherwise.
 
-The setting is process-wide and cannot be undone, so each case runs in a fresh interpreter; it
-checks what glibc does (`mallinfo2().hblkhd`, the bytes held in mmapped blocks, around a 256 MiB
-allocation) rather than what the function says.
+The setting is process-wide and cannot be undone, so every case that applies it runs in a fresh
+interpreter and checks what glibc does (`mallinfo2().hblkhd`, the bytes held in mmapped blocks,
+and the resident set) rather than what the function says; the pytest process itself never applies it here.
 """
 import ctypes
 import os
@@ -12,15 +13,14 @@ import sys
 
 import pytest
 
-from kormedqa import hardware
+from kormedqa import hardware, modeling
+from kormedqa.errors import UsageError
 from kormedqa.hardware import PrecisionChoice
 from kormedqa.provenance import provenance
 
-GLIBC = platform.libc_ver()
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or GLIBC[0] != "glibc" or not hasattr(ctypes.CDLL("libc.so.6"), "mallinfo2"),
-    reason="glibc >= 2.33 (mallinfo2) only",
-)
+GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+needs_glibc = pytest.mark.skipif(not GLIBC or not hasattr(ctypes.CDLL("libc.so.6") if GLIBC else None, "mallinfo2"),
+                                 reason="glibc >= 2.33 (mallinfo2) only")
 
 # Prints the allocator line, then the growth in mmapped bytes while 256 MiB are held.
 PROBE = """
@@ -37,72 +37,121 @@ block = bytearray(256 << 20)
 print(cpu_allocator())
 print(libc.mallinfo2().hblkhd - before)
 """
-USER_SETTINGS = ("KORMEDQA_ALLOCATOR", "GLIBC_TUNABLES", "LD_PRELOAD", *hardware.GLIBC_MALLOC_ENV)
-
-
-def probe(**exported) -> tuple[str, int]:
-    env = {k: v for k, v in os.environ.items() if k not in USER_SETTINGS} | exported
-    proc = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-500:]
-    line, grown = proc.stdout.strip().splitlines()[-2:]
-    return line, int(grown)
-
-
-def test_a_cpu_run_keeps_large_blocks_off_mmap():
-    """choose('cpu') applies it: 256 MiB come from the heap, not a fresh mapping page-faulted in again."""
-    line, grown = probe()
-    assert "without mmap" in line
-    assert grown < 1 << 20
-
-
-@pytest.mark.parametrize("exported", [{"KORMEDQA_ALLOCATOR": "system"},
-                                      {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=65536"},
-                                      {"MALLOC_TRIM_THRESHOLD_": "131072"}])
-def test_the_users_own_allocator_settings_win(exported):
-    """Opting out (or configuring glibc oneself) leaves glibc's behaviour: a 256 MiB block is its own mapping."""
-    line, grown = probe(**exported)
-    assert "without mmap" not in line
-    assert grown >= 256 << 20
-
-
-# Resident MiB after 256 MiB were freed, then after release_freed_memory.
+# Resident MiB before, while 256 MiB are held, after they were freed, and after release_freed_memory.
 RELEASE = """
 import os
 from kormedqa.hardware import choose, release_freed_memory
 def rss_mib():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // (1 << 20)
 choose("cpu", "fp32")
+before = rss_mib()
 block = bytearray(256 << 20)
 block[::4096] = b"x" * len(block[::4096])
+held = rss_mib()
 del block
-print(rss_mib())
+freed = rss_mib()
 release_freed_memory()
-print(rss_mib())
+print(before, held, freed, rss_mib())
 """
+USER_SETTINGS = ("KORMEDQA_ALLOCATOR", "GLIBC_TUNABLES", "LD_PRELOAD", *hardware.GLIBC_MALLOC_ENV)
 
 
+def run(code: str, **exported) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k not in USER_SETTINGS} | exported
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    return proc.stdout.strip().splitlines()
+
+
+@needs_glibc
+def test_a_cpu_run_keeps_large_blocks_off_mmap():
+    """choose('cpu') applies it: 256 MiB come from the heap, not a fresh mapping page-faulted in again."""
+    line, grown = run(PROBE)[-2:]
+    assert line.startswith("glibc malloc without mmap")
+    assert int(grown) < 1 << 20
+
+
+@needs_glibc
+@pytest.mark.parametrize("exported", [{"KORMEDQA_ALLOCATOR": "system"},
+                                      {"KORMEDQA_ALLOCATOR": " System "},
+                                      {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=65536"},
+                                      {"MALLOC_TRIM_THRESHOLD_": "131072"}])
+def test_the_users_own_allocator_settings_win(exported):
+    """Opting out (or configuring glibc's mmap/trimming oneself) leaves glibc's behaviour: a 256 MiB block is its own mapping."""
+    line, grown = run(PROBE, **exported)[-2:]
+    assert "without mmap" not in line
+    assert int(grown) >= 256 << 20
+
+
+@needs_glibc
+def test_a_glibc_tunable_that_decides_nothing_of_this_keeps_the_setting():
+    line, grown = run(PROBE, GLIBC_TUNABLES="glibc.malloc.tcache_count=7")[-2:]
+    assert line.startswith("glibc malloc without mmap") and int(grown) < 1 << 20
+
+
+@needs_glibc
 @pytest.mark.parametrize("exported", [{}, {"KORMEDQA_ALLOCATOR": "system"}])
 def test_freed_memory_is_kept_within_a_stage_and_handed_back_between(exported):
     """Kept: a freed block stays resident for the next step until release_freed_memory (between stages)
-    hands it back. Under glibc's defaults it was never kept, and the release does nothing."""
-    env = {k: v for k, v in os.environ.items() if k not in USER_SETTINGS} | exported
-    proc = subprocess.run([sys.executable, "-c", RELEASE], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-500:]
-    after_free, after_release = map(int, proc.stdout.split()[-2:])
+    hands it back. Under glibc's defaults it leaves at once, and the release has nothing to do."""
+    before, held, freed, released = map(int, run(RELEASE, **exported)[-1].split())
+    assert held - before >= 250
     if exported:
-        assert abs(after_free - after_release) < 64
+        assert held - freed >= 250 and abs(freed - released) < 64
     else:
-        assert after_free - after_release >= 200
+        assert held - freed < 16 and freed - released >= 250
 
 
-def test_another_preloaded_allocator_is_left_alone(monkeypatch):
-    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
-    monkeypatch.delenv("KORMEDQA_ALLOCATOR", raising=False)
-    assert hardware.cpu_allocator.__wrapped__() == "allocator from LD_PRELOAD (/usr/lib/x86_64-linux-gnu/libjemalloc.so.2), as exported"
+def test_an_unknown_allocator_choice_is_a_one_line_user_error(monkeypatch):
+    monkeypatch.setattr(hardware, "_allocator_line", None)
+    monkeypatch.setenv("KORMEDQA_ALLOCATOR", "jemalloc")
+    with pytest.raises(UsageError, match="KORMEDQA_ALLOCATOR must be keep or system, not 'jemalloc'"):
+        hardware.keep_freed_memory()
 
 
-def test_run_json_records_the_allocator_of_cpu_runs_only():
+def test_other_c_libraries_and_other_mallocs_are_left_alone(monkeypatch):
+    monkeypatch.setattr(hardware.platform, "libc_ver", lambda: ("musl", "1.2"))
+    assert hardware._keep_freed("keep") == ("the C library's allocator (" + sys.platform + "), unchanged", False)
+    if GLIBC:  # a malloc that is not libc's: what an LD_PRELOADed jemalloc looks like to ctypes
+        monkeypatch.setattr(hardware.platform, "libc_ver", lambda: ("glibc", "2.36"))
+        real = ctypes.CDLL
+
+        class Other:
+            malloc = real("libc.so.6").free  # any other address
+
+        monkeypatch.setattr(hardware.ctypes, "CDLL", lambda name: Other() if name is None else real(name))
+        line, keeping = hardware._keep_freed("keep")
+        assert line.startswith("another allocator than glibc's provides malloc") and not keeping
+
+
+def test_only_cpu_runs_settle_the_allocator(monkeypatch):
+    calls = []
+    monkeypatch.setattr(hardware, "keep_freed_memory", lambda: calls.append(1) or "kept")
+    hardware.choose("cuda", "bf16")
+    assert calls == []
+    hardware.choose("cpu", "fp32")
+    assert calls == [1]
+
+
+def test_model_loading_hands_back_what_the_last_stage_freed(tiny_model_dir, monkeypatch):
+    calls = []
+    monkeypatch.setattr(modeling, "release_freed_memory", lambda: calls.append(1))
+    modeling.load_model(str(tiny_model_dir), PrecisionChoice("fp32", "fp32", "cpu", "fp32: requested"))
+    assert calls == [1]
+
+
+def test_run_json_records_what_the_allocator_does_for_cpu_runs_only(monkeypatch):
+    monkeypatch.setattr(hardware, "_allocator_line", "glibc malloc without mmap or trimming within a stage: ...")
     cpu = PrecisionChoice("fp32", "fp32", "cpu", "fp32: requested")
     gpu = PrecisionChoice("bf16", "auto", "cuda", "bf16: a GPU")
-    assert provenance({}, choice=cpu)["cpu_allocator"] == hardware.cpu_allocator()
+    assert provenance({}, choice=cpu)["cpu_allocator"].startswith("glibc malloc without mmap")
     assert provenance({}, choice=gpu)["cpu_allocator"] is None
+    monkeypatch.setattr(hardware, "_allocator_line", None)
+    assert provenance({}, choice=cpu)["cpu_allocator"].startswith("not settled")
+
+
+def test_the_tests_own_process_is_not_settled_by_them():
+    """Reading the setting changes nothing (the probes above apply it in their own interpreters)."""
+    before = hardware._allocator_line
+    hardware.cpu_allocator()
+    assert hardware._allocator_line == before

@@ -4,7 +4,8 @@ This module answers four questions, each in one place: which CPU this is (`cpu_n
 `cpu_flags`), which device a run uses (`pick_device`), which precision it computes in
 (`choose`, returning a `PrecisionChoice` that the entry point of a run makes once and passes to
 `Stage`, `modeling.load_model`, `provenance.provenance` and the vLLM generator), and, for a run on
-the CPU, how the process's allocator treats freed memory (`cpu_allocator`, applied by `choose`).
+the CPU, how the process's allocator treats freed memory (`keep_freed_memory`, applied by `choose`;
+`cpu_allocator` says what it did).
 
 `--precision auto` picks what the hardware computes fast:
 
@@ -42,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelError
+from .errors import ModelError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,14 @@ PROBE_MIN_SPEEDUP = 1.5
 PROBE_N = 512
 PROBE_ROUNDS = 3
 
-# glibc's mallopt parameters (malloc.h) and the environment through which a user sets them.
+# glibc's mallopt parameters (malloc.h), and the settings through which a user decides the same
+# things (mmap, trimming) themselves: exported, they win.
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-GLIBC_MALLOC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
-                    "MALLOC_ARENA_MAX")
-OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
+GLIBC_MMAP_DEFAULT_MAX = 65536
+GLIBC_MALLOC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+GLIBC_MALLOC_TUNABLES = ("glibc.malloc.mmap_max", "glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold",
+                         "glibc.malloc.top_pad")
+ALLOCATOR_CHOICES = ("keep", "system")
 
 # Model families trained in bf16 whose activations overflow fp16 (max 65504). Gemma 3's
 # residual stream reaches ~1e5 within a few layers: every logit becomes inf/NaN.
@@ -242,13 +246,14 @@ def choose(device: torch.device | str = "auto", precision: str = "auto") -> Prec
 
     `precision` is auto, fp32, bf16 or fp16; PrecisionError (a ModelError, so a one-line user
     error) on any other name. Called once by each run's entry point; the choice is passed down.
-    On a CPU it also settles the process's allocator once (`cpu_allocator`).
+    On a CPU it also settles the process's allocator once (`keep_freed_memory`); UsageError for a
+    KORMEDQA_ALLOCATOR other than keep or system.
     """
     if precision not in PRECISIONS:
         raise PrecisionError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     device = pick_device(device)
     if device.type == "cpu":
-        cpu_allocator()
+        keep_freed_memory()
         auto = _this_cpu()
         if precision == "auto":
             return auto
@@ -264,53 +269,77 @@ def choose(device: torch.device | str = "auto", precision: str = "auto") -> Prec
     return PrecisionChoice("fp32", "auto", str(device), f"fp32: {device.type} device without bf16 support")
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_allocator() -> str:
-    """Keep memory the process frees for its next tensors instead of handing it back; once per process.
+_allocator_line: str | None = None  # what keep_freed_memory did in this process; None: not called
+_keeping_freed = False  # keep_freed_memory turned glibc's own hand-back off in this process
 
-    Returns one line saying what the process's allocator now does, for run.json
-    (`provenance.provenance` records it for CPU runs). On Linux with glibc, calls
-    `mallopt(M_MMAP_MAX, 0)` and `mallopt(M_TRIM_THRESHOLD, 2**31 - 1)`: glibc otherwise serves every
-    allocation over 32 MiB with a fresh `mmap` and unmaps it on free, so each training step's
-    262k-vocabulary logits (50-300 MB in bf16 and fp32) page-fault in again, zeroed by the kernel,
-    every step. Measured with `bench/train_levers.py` (docs/decisions.md, "Freed memory kept for
-    reuse"): the demo's dictionary step 1.25x faster, its MCQ step 1.1-1.2x, peak RSS +6%.
-    Left as it is, and said so, where the user chose otherwise: KORMEDQA_ALLOCATOR=system exported
-    (memory handed back as soon as it is freed, at the cost above), another allocator in LD_PRELOAD
-    (jemalloc, tcmalloc, mimalloc), a glibc malloc tunable in GLIBC_TUNABLES or a MALLOC_*_
-    variable exported; and on a C library other than glibc. Never raises.
+
+def keep_freed_memory() -> str:
+    """Keep the memory a CPU run frees for its next tensors instead of handing it back; once per process.
+
+    Returns (and `cpu_allocator` repeats, for run.json) one line saying what the allocator now does.
+    On Linux with glibc's malloc, calls `mallopt(M_MMAP_MAX, 0)` and `mallopt(M_TRIM_THRESHOLD,
+    2**31 - 1)`: glibc otherwise serves every block over 32 MiB of the main thread's arena with a fresh
+    `mmap` and unmaps it on free, so each training step's 262k-vocabulary logits (50-300 MB in bf16
+    and fp32) were page-faulted in again, zeroed by the kernel, every step. (Other threads' arenas
+    still map blocks over 64 MiB; kormedqa allocates its tensors on the main thread.) Between stages
+    `release_freed_memory` hands the kept memory back. Measured with `bench/allocator_ab.py`
+    (docs/decisions.md, "Freed memory kept for reuse"): the demo's dictionary steps 1.20-1.28x, its
+    MCQ steps 1.06-1.10x, losses identical; the stages' peak RSS +21-24%.
+    Left as it is, and said so, where the user chose otherwise: KORMEDQA_ALLOCATOR=system (memory
+    handed back as soon as it is freed), an allocator other than glibc's providing `malloc` (LD_PRELOAD
+    of jemalloc, tcmalloc ... or one linked in), glibc's mmap/trim settings exported (GLIBC_TUNABLES
+    glibc.malloc.mmap_*/trim_threshold/top_pad, MALLOC_MMAP_*_, MALLOC_TRIM_THRESHOLD_,
+    MALLOC_TOP_PAD_); and a C library other than glibc. Raises UsageError for a KORMEDQA_ALLOCATOR
+    other than keep (the default) or system; nothing else raises.
     """
-    if os.environ.get("KORMEDQA_ALLOCATOR", "") == "system":
-        return "the C library's allocator as configured (KORMEDQA_ALLOCATOR=system)"
-    preload = os.environ.get("LD_PRELOAD", "")
-    if any(name in preload for name in OTHER_ALLOCATORS):
-        return f"allocator from LD_PRELOAD ({preload}), as exported"
+    global _allocator_line, _keeping_freed
+    if _allocator_line is None:
+        chosen = os.environ.get("KORMEDQA_ALLOCATOR", "keep").strip().lower() or "keep"
+        if chosen not in ALLOCATOR_CHOICES:
+            raise UsageError(f"KORMEDQA_ALLOCATOR must be {' or '.join(ALLOCATOR_CHOICES)}, not "
+                             f"{os.environ['KORMEDQA_ALLOCATOR']!r}")
+        _allocator_line, _keeping_freed = _keep_freed(chosen)
+    return _allocator_line
+
+
+def _keep_freed(chosen: str) -> tuple[str, bool]:
+    if chosen == "system":
+        return "the C library's allocator as configured (KORMEDQA_ALLOCATOR=system)", False
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
-        return f"the C library's allocator ({sys.platform}), unchanged"
-    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "") or any(k in os.environ for k in GLIBC_MALLOC_ENV):
-        return "glibc malloc with the exported GLIBC_TUNABLES/MALLOC_* settings"
+        return f"the C library's allocator ({sys.platform}), unchanged", False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        done = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+        ours = ctypes.cast(libc.malloc, ctypes.c_void_p).value
+        used = ctypes.cast(ctypes.CDLL(None).malloc, ctypes.c_void_p).value
     except (OSError, AttributeError):
-        done = False
-    if not done:
-        return "glibc malloc, defaults (mallopt refused)"
-    global _keeping_freed
-    _keeping_freed = True
+        return "glibc malloc, defaults (libc not reachable through ctypes)", False
+    if ours != used:
+        preload = os.environ.get("LD_PRELOAD", "")
+        return f"another allocator than glibc's provides malloc{f' (LD_PRELOAD={preload})' if preload else ''}", False
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if any(t in tunables for t in GLIBC_MALLOC_TUNABLES) or any(k in os.environ for k in GLIBC_MALLOC_ENV):
+        return "glibc malloc with the exported GLIBC_TUNABLES/MALLOC_* settings", False
+    if libc.mallopt(M_MMAP_MAX, 0) != 1:
+        return "glibc malloc, defaults (mallopt refused)", False
+    if libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) != 1:
+        libc.mallopt(M_MMAP_MAX, GLIBC_MMAP_DEFAULT_MAX)  # both or neither
+        return "glibc malloc, defaults (mallopt refused)", False
     return ("glibc malloc without mmap or trimming within a stage: freed memory reused, handed back "
-            "between stages")
+            "between stages"), True
 
 
-_keeping_freed = False  # cpu_allocator turned glibc's own hand-back off in this process
+def cpu_allocator() -> str:
+    """What `keep_freed_memory` made of this process's allocator, as one line for run.json and the
+    benchmarks' machine record; changes nothing ("not settled in this process" before it ran)."""
+    return _allocator_line or "not settled in this process (keep_freed_memory not called)"
 
 
 def release_freed_memory() -> None:
     """Hand the memory freed so far back to the system (glibc's `malloc_trim(0)`), where
-    `cpu_allocator` keeps it; nothing otherwise. Called between stages (after a training, before a
+    `keep_freed_memory` keeps it; nothing otherwise. Called between stages (after a training, before a
     model loads): within a stage the kept blocks save the page faults, across stages they would only
     add up, since blocks of other sizes leave holes the next stage cannot always use (the demo's
-    peak RSS was +23-32% without it; docs/decisions.md, "Freed memory kept for reuse")."""
+    process peak 10.5 GB without it, 8.9 GB with it; docs/decisions.md, "Freed memory kept for reuse")."""
     if _keeping_freed:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
