@@ -155,3 +155,22 @@ def test_the_tests_own_process_is_not_settled_by_them():
     before = hardware._allocator_line
     hardware.cpu_allocator()
     assert hardware._allocator_line == before
+
+
+def test_merge_refuses_fp16_gemma_without_settling_the_allocator(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """`kormedqa merge --dtype fp16` checks the precision only: one line, exit 2, nothing written,
+    and the process's allocator left alone (merging is no CPU run of the pipeline)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from kormedqa.cli import main
+
+    adapter = tmp_path / "adapter"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                   LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
+    monkeypatch.setattr(hardware, "keep_freed_memory", lambda: pytest.fail("merge settled the allocator"))
+    capsys.readouterr()  # the adapter's own loading bars
+    assert main(["merge", "--adapter", str(adapter), "--output", str(tmp_path / "out"), "--dtype", "fp16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fp16" in err[0]
+    assert not (tmp_path / "out").exists()

@@ -237,7 +237,7 @@ def cmd_merge(argv):
     ModelError for an adapter whose base is gone or an fp16 Gemma, OutputExistsError for an
     existing output without --overwrite.
     """
-    from .hardware import choose  # defers torch
+    from .hardware import PrecisionChoice  # defers torch
     from .modeling import adapter_base, check_precision, merge_into_base, resolve_model_path  # defers torch
 
     cfg = parse(MergeConfig, argv, "kormedqa merge")
@@ -247,7 +247,8 @@ def cmd_merge(argv):
     if adapter_base(resolve_model_path(cfg.adapter)) is None:
         raise UsageError(f"{cfg.adapter} is not a LoRA adapter folder (no adapter_config.json): nothing to merge")
     if cfg.dtype == "fp16":
-        check_precision(cfg.adapter, choose("cpu", "fp16"))  # ModelError for Gemma, before the output is claimed
+        # ModelError for Gemma, before the output is claimed (not `choose`: merging settles nothing of the process)
+        check_precision(cfg.adapter, PrecisionChoice("fp16", "fp16", "cpu", "fp16: --dtype"))
     claim_output(cfg.output, overwrite=cfg.overwrite, is_dir=False)
     merge_into_base(resolve_model_path(cfg.adapter), cfg.output, dtype=cfg.dtype)
     print(f"merged model written to {cfg.output}")
