@@ -3,7 +3,7 @@
 `hardware.keep_freed_memory` (applied by every CPU run's `choose`) stops glibc from unmapping large
 blocks on free within a stage, a process-wide setting that cannot be undone inside a process, so the
 two arms run as separate processes, with every user setting that would decide the allocator instead
-(`tests/test_allocator.py`'s list) left out of their environment: `bench/train_levers.py --variants dropout0_nocast --repeats 1` (the demo's settings on
+(`hardware.ALLOCATOR_ENV`) left out of their environment: `bench/train_levers.py --variants dropout0_nocast --repeats 1` (the demo's settings on
 both demo stages) once with KORMEDQA_ALLOCATOR=system (glibc's defaults: every allocation over
 32 MiB a fresh mmap, page-faulted in again) and once without (the default), `--rounds` times in
 alternating order (system first, then kept first, ...) so neither the machine's load nor being
@@ -32,15 +32,14 @@ sys.path.insert(0, str(HERE))
 from common import machine, write_result  # noqa: E402
 
 ARMS = {"system": {"KORMEDQA_ALLOCATOR": "system"}, "kept": {}}
-# Every exported setting that would decide the allocator in place of the arm's.
-USER_SETTINGS = ("KORMEDQA_ALLOCATOR", "GLIBC_TUNABLES", "LD_PRELOAD", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_",
-                 "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
 
 def one_process(arm: str, steps: int, tracks: str, work: Path) -> dict:
     """One train_levers run in a fresh process under `arm`'s environment: its JSON plus the process's peak RSS."""
+    from kormedqa.hardware import ALLOCATOR_ENV
+
     out = work / f"{arm}.json"
-    env = {k: v for k, v in os.environ.items() if k not in USER_SETTINGS} | ARMS[arm]
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV} | ARMS[arm]
     cmd = [sys.executable, str(HERE / "train_levers.py"), "--variants", "dropout0_nocast", "--repeats", "1",
            "--steps", str(steps), "--tracks", tracks, "--out", str(out.with_suffix(""))]
     proc = subprocess.Popen(cmd, env=env)

@@ -35,9 +35,9 @@ def machine() -> dict:
     """Date, CPU (model, speed-relevant flags, what `--precision auto` picks there and why), threads, versions."""
     import torch
 
-    from kormedqa.hardware import choose, cpu_allocator, cpu_name
+    from kormedqa.hardware import cpu_allocator, cpu_auto_choice, cpu_name
 
-    auto = choose("cpu", "auto")
+    auto = cpu_auto_choice()  # not choose("cpu"): recording the machine settles nothing of a GPU script's process
     return {
         "date": datetime.date.today().isoformat(),
         "cpu": cpu_name(),

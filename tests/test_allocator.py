@@ -53,11 +53,10 @@ freed = rss_mib()
 release_freed_memory()
 print(before, held, freed, rss_mib())
 """
-USER_SETTINGS = ("KORMEDQA_ALLOCATOR", "GLIBC_TUNABLES", "LD_PRELOAD", *hardware.GLIBC_MALLOC_ENV)
 
 
 def run(code: str, **exported) -> list[str]:
-    env = {k: v for k, v in os.environ.items() if k not in USER_SETTINGS} | exported
+    env = {k: v for k, v in os.environ.items() if k not in hardware.ALLOCATOR_ENV} | exported
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-500:]
     return proc.stdout.strip().splitlines()
@@ -111,7 +110,7 @@ def test_an_unknown_allocator_choice_is_a_one_line_user_error(monkeypatch):
 
 def test_other_c_libraries_and_other_mallocs_are_left_alone(monkeypatch):
     monkeypatch.setattr(hardware.platform, "libc_ver", lambda: ("musl", "1.2"))
-    assert hardware._keep_freed("keep") == ("the C library's allocator (" + sys.platform + "), unchanged", False)
+    assert hardware._keep_freed("keep") == ("the C library's allocator (" + sys.platform + "), unchanged", None)
     if GLIBC:  # a malloc that is not libc's: what an LD_PRELOADed jemalloc looks like to ctypes
         monkeypatch.setattr(hardware.platform, "libc_ver", lambda: ("glibc", "2.36"))
         real = ctypes.CDLL
@@ -120,8 +119,8 @@ def test_other_c_libraries_and_other_mallocs_are_left_alone(monkeypatch):
             malloc = real("libc.so.6").free  # any other address
 
         monkeypatch.setattr(hardware.ctypes, "CDLL", lambda name: Other() if name is None else real(name))
-        line, keeping = hardware._keep_freed("keep")
-        assert line.startswith("another allocator than glibc's provides malloc") and not keeping
+        line, kept_by = hardware._keep_freed("keep")
+        assert line.startswith("another allocator than glibc's provides malloc") and kept_by is None
 
 
 def test_only_cpu_runs_settle_the_allocator(monkeypatch):

@@ -71,7 +71,7 @@ def plain_cpu(monkeypatch):
     from kormedqa import hardware as P
 
     choice = P.decide_cpu(set(), lambda: pytest.fail("no probe without a flag"), machine="x86_64", cpu="simulated")
-    monkeypatch.setattr(P, "_this_cpu", lambda: choice)
+    monkeypatch.setattr(P, "cpu_auto_choice", lambda: choice)
 
 
 def test_precision_agreement_skips_where_bf16_is_emulated(plain_cpu, tmp_path):

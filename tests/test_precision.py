@@ -75,7 +75,7 @@ def cpu_kind(monkeypatch):
         cpuinfo = X86_NATIVE if native else X86_PLAIN
         probe, _ = _probe(100.7, 407.6)
         choice = P.decide_cpu(P.cpu_flags(cpuinfo), probe, machine="x86_64", cpu="simulated")
-        monkeypatch.setattr(P, "_this_cpu", lambda: choice)
+        monkeypatch.setattr(P, "cpu_auto_choice", lambda: choice)
         return choice
 
     return set_kind

@@ -67,6 +67,8 @@ GLIBC_MALLOC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_T
 GLIBC_MALLOC_TUNABLES = ("glibc.malloc.mmap_max", "glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold",
                          "glibc.malloc.top_pad")
 ALLOCATOR_CHOICES = ("keep", "system")
+# Every exported setting that decides the allocator in place of `keep_freed_memory`.
+ALLOCATOR_ENV = ("KORMEDQA_ALLOCATOR", "GLIBC_TUNABLES", "LD_PRELOAD", *GLIBC_MALLOC_ENV)
 
 # Model families trained in bf16 whose activations overflow fp16 (max 65504). Gemma 3's
 # residual stream reaches ~1e5 within a few layers: every logit becomes inf/NaN.
@@ -235,7 +237,9 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
 
 
 @functools.lru_cache(maxsize=1)
-def _this_cpu() -> PrecisionChoice:
+def cpu_auto_choice() -> PrecisionChoice:
+    """What `--precision auto` picks on this CPU and why (flags, then the probe), once per process;
+    settles nothing else (`choose("cpu")` also settles the allocator)."""
     choice = decide_cpu(cpu_flags(), cpu=cpu_name())
     log.debug("precision auto on CPU: %s", choice.reason)  # run.json records it; stderr stays for errors
     return choice
@@ -254,7 +258,7 @@ def choose(device: torch.device | str = "auto", precision: str = "auto") -> Prec
     device = pick_device(device)
     if device.type == "cpu":
         keep_freed_memory()
-        auto = _this_cpu()
+        auto = cpu_auto_choice()
         if precision == "auto":
             return auto
         reason = f"{precision}: requested"
@@ -270,7 +274,7 @@ def choose(device: torch.device | str = "auto", precision: str = "auto") -> Prec
 
 
 _allocator_line: str | None = None  # what keep_freed_memory did in this process; None: not called
-_keeping_freed = False  # keep_freed_memory turned glibc's own hand-back off in this process
+_kept_by = None  # the glibc (ctypes.CDLL) whose hand-back keep_freed_memory turned off; None: not turned off
 
 
 def keep_freed_memory() -> str:
@@ -284,7 +288,7 @@ def keep_freed_memory() -> str:
     still map blocks over 64 MiB; kormedqa allocates its tensors on the main thread.) Between stages
     `release_freed_memory` hands the kept memory back. Measured with `bench/allocator_ab.py`
     (docs/decisions.md, "Freed memory kept for reuse"): the demo's dictionary steps 1.20-1.28x, its
-    MCQ steps 1.06-1.10x, losses identical; the stages' peak RSS +21-24%.
+    MCQ steps 1.06-1.10x, losses identical; the stages' peak RSS +22-27%.
     Left as it is, and said so, where the user chose otherwise: KORMEDQA_ALLOCATOR=system (memory
     handed back as soon as it is freed), an allocator other than glibc's providing `malloc` (LD_PRELOAD
     of jemalloc, tcmalloc ... or one linked in), glibc's mmap/trim settings exported (GLIBC_TUNABLES
@@ -292,40 +296,40 @@ def keep_freed_memory() -> str:
     MALLOC_TOP_PAD_); and a C library other than glibc. Raises UsageError for a KORMEDQA_ALLOCATOR
     other than keep (the default) or system; nothing else raises.
     """
-    global _allocator_line, _keeping_freed
+    global _allocator_line, _kept_by
     if _allocator_line is None:
         chosen = os.environ.get("KORMEDQA_ALLOCATOR", "keep").strip().lower() or "keep"
         if chosen not in ALLOCATOR_CHOICES:
             raise UsageError(f"KORMEDQA_ALLOCATOR must be {' or '.join(ALLOCATOR_CHOICES)}, not "
                              f"{os.environ['KORMEDQA_ALLOCATOR']!r}")
-        _allocator_line, _keeping_freed = _keep_freed(chosen)
+        _allocator_line, _kept_by = _keep_freed(chosen)
     return _allocator_line
 
 
-def _keep_freed(chosen: str) -> tuple[str, bool]:
+def _keep_freed(chosen: str) -> tuple[str, ctypes.CDLL | None]:
     if chosen == "system":
-        return "the C library's allocator as configured (KORMEDQA_ALLOCATOR=system)", False
+        return "the C library's allocator as configured (KORMEDQA_ALLOCATOR=system)", None
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
-        return f"the C library's allocator ({sys.platform}), unchanged", False
+        return f"the C library's allocator ({sys.platform}), unchanged", None
     try:
         libc = ctypes.CDLL("libc.so.6")
         ours = ctypes.cast(libc.malloc, ctypes.c_void_p).value
         used = ctypes.cast(ctypes.CDLL(None).malloc, ctypes.c_void_p).value
     except (OSError, AttributeError):
-        return "glibc malloc, defaults (libc not reachable through ctypes)", False
+        return "glibc malloc, defaults (libc not reachable through ctypes)", None
     if ours != used:
         preload = os.environ.get("LD_PRELOAD", "")
-        return f"another allocator than glibc's provides malloc{f' (LD_PRELOAD={preload})' if preload else ''}", False
+        return f"another allocator than glibc's provides malloc{f' (LD_PRELOAD={preload})' if preload else ''}", None
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     if any(t in tunables for t in GLIBC_MALLOC_TUNABLES) or any(k in os.environ for k in GLIBC_MALLOC_ENV):
-        return "glibc malloc with the exported GLIBC_TUNABLES/MALLOC_* settings", False
+        return "glibc malloc with the exported GLIBC_TUNABLES/MALLOC_* settings", None
     if libc.mallopt(M_MMAP_MAX, 0) != 1:
-        return "glibc malloc, defaults (mallopt refused)", False
+        return "glibc malloc, defaults (mallopt refused)", None
     if libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) != 1:
         libc.mallopt(M_MMAP_MAX, GLIBC_MMAP_DEFAULT_MAX)  # both or neither
-        return "glibc malloc, defaults (mallopt refused)", False
+        return "glibc malloc, defaults (mallopt refused)", None
     return ("glibc malloc without mmap or trimming within a stage: freed memory reused, handed back "
-            "between stages"), True
+            "between stages"), libc
 
 
 def cpu_allocator() -> str:
@@ -340,8 +344,8 @@ def release_freed_memory() -> None:
     model loads): within a stage the kept blocks save the page faults, across stages they would only
     add up, since blocks of other sizes leave holes the next stage cannot always use (the demo's
     process peak 10.5 GB without it, 8.9 GB with it; docs/decisions.md, "Freed memory kept for reuse")."""
-    if _keeping_freed:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    if _kept_by is not None:
+        _kept_by.malloc_trim(0)
 
 
 def check_model_precision(model_type: str | None, dtype: torch.dtype) -> None:
