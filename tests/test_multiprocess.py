@@ -52,7 +52,7 @@ def _train(launcher: list[str], data: Path, base: Path, out: Path, batch: int, a
             "--lora-r", 8, "--lora-alpha", 16, "--lora-dropout", 0, "--answer-weight", weight,
             "--device", "cpu", "--precision", "fp32", "--seed", 3]
     run = subprocess.run([*launcher, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.returncode == 0, _failure(run.stderr)
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     return [row for row in log if "loss" in row]
 
@@ -124,7 +124,7 @@ def _loop(launcher: list[str], data: dict, base: Path, out: Path, batch: int, lo
             "--lora_r", 4, "--lora_alpha", 8, "--lora_dropout", 0, "--max_new_tokens", 4, "--eval_batch_size", 2,
             "--dict_eval_limit", 3, "--device", "cpu", "--precision", "fp32", *(["--resume"] if resume else [])]
     run = subprocess.run([*launcher, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.returncode == 0, _failure(run.stderr)
     return json.loads((out / "history.json").read_text())
 
 
@@ -175,3 +175,9 @@ def test_each_process_scores_whole_batches_each_item_once(monkeypatch):
         batches = [order[k:k + 3] for k in range(0, len(order), 3)]
         for rank, share in enumerate(shares):  # the one-process batches, dealt round-robin
             assert share == sorted(i for b in batches[rank::world] for i in b)
+
+
+def _failure(stderr: str) -> str:
+    """Each rank's one-line kormedqa error first (a rank that exits 2 says why in one line, which the
+    other rank's traceback would push out of the tail), then the tail."""
+    return "\n".join([line for line in stderr.splitlines() if "error: " in line][:4] + [stderr[-3000:]])
